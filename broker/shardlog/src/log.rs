@@ -1,0 +1,979 @@
+//! The shard log: one writer ([`ShardLog`]) and any number of readers
+//! ([`LogReader`]) over a directory of segments.
+//!
+//! Invariants:
+//! - **Dense sequences.** Sequence numbers are assigned by the log, start at
+//!   0 and increase by one per record with no gaps, across segments; segment
+//!   `k + 1` starts exactly where segment `k` ends.
+//! - **Atomic batches.** A batch is one frame with one CRC; after a crash it
+//!   is wholly readable or wholly absent.
+//! - **Acknowledge after sync.** `append` only buffers and writes; a batch is
+//!   durable once a later `sync` returns `Ok`. A failed write or sync
+//!   poisons the log: every later `append`, `sync` and `publish` fails until
+//!   the log is reopened, so a batch whose bytes may not have reached the disk
+//!   is never reported durable (a second fsync after a failed one can
+//!   "succeed" without the data, see fsyncgate).
+//! - **Readers see only published batches.** `sync` (or, for non-durable
+//!   modes, `publish`) moves the visible end; readers never read past it, so
+//!   they never see a batch that a crash could take back (when the owner uses
+//!   `sync`), nor a half-written one.
+//! - **Sealed segments are whole and durable.** Before a new segment is
+//!   created, the current one is synced and its index files are written and
+//!   synced; then the new file's header and the directory are synced. So only
+//!   the newest segment can have a torn tail.
+//! - **Timestamps never decrease.** A batch's timestamp is the later of the
+//!   caller's and the previous batch's, so time lookups can binary-search.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::error::{Error, Result, io_err};
+use crate::format::{self, FILE_HEADER_LEN, FileKind};
+use crate::io::{Io, StdIo};
+use crate::recovery::{self, Found, FoundActive, RecoveryReport, path_of};
+use crate::segment::{IndexBuilder, ScanEnd, Segment, SegmentIndex, scan_frames};
+
+/// A record to append: the partition key (UTF-8, 1–256 characters) and the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Partition key bytes; must be valid UTF-8 of 1–256 characters.
+    pub partition_key: &'a [u8],
+    /// The record's payload.
+    pub data: &'a [u8],
+}
+
+/// A stored record. `partition_key` and `data` share the buffer they were
+/// read into; cloning them never copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Sequence number in its shard.
+    pub seq: u64,
+    /// Arrival time, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Partition key as appended.
+    pub partition_key: Bytes,
+    /// Payload as appended.
+    pub data: Bytes,
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the batch's first record.
+    pub first_seq: u64,
+    /// One past the batch's last sequence number.
+    pub next_seq: u64,
+    /// The timestamp stored for the batch (the caller's, or the previous
+    /// batch's if the caller's clock went backwards).
+    pub timestamp_ms: u64,
+}
+
+/// The result of a read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// Records in sequence order, starting at the requested sequence number.
+    pub records: Vec<Record>,
+    /// Where the next read should start.
+    pub next_seq: u64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Segments deleted.
+    pub segments: usize,
+    /// Bytes of log deleted.
+    pub bytes: u64,
+    /// The trim horizon after the pass.
+    pub first_seq: u64,
+}
+
+/// Size and extent of the readable log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Oldest readable sequence number (the trim horizon).
+    pub first_seq: u64,
+    /// One past the newest readable sequence number.
+    pub next_seq: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes in the readable part of the segment files.
+    pub bytes: u64,
+    /// Arrival time of the newest readable record.
+    pub last_timestamp_ms: Option<u64>,
+}
+
+/// What readers may see of a segment.
+#[derive(Debug, Clone)]
+struct Visible {
+    segment: Arc<Segment>,
+    len: u64,
+    next_seq: u64,
+    max_ts: Option<u64>,
+}
+
+/// Shared between the writer and its readers. The lock is held only to copy
+/// or update these few fields, never across I/O.
+#[derive(Debug)]
+struct Shared {
+    segments: RwLock<Vec<Visible>>,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Vec<Visible>> {
+        // Updates are single assignments of plain values; a panic cannot leave them half-done.
+        self.segments.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Vec<Visible>> {
+        self.segments.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The segment being appended to, as the writer knows it (including bytes
+/// not yet visible to readers).
+#[derive(Debug)]
+struct Active {
+    segment: Arc<Segment>,
+    len: u64,
+    first_ts: Option<u64>,
+    max_ts: Option<u64>,
+    indexer: IndexBuilder,
+}
+
+impl Active {
+    fn from_found(f: FoundActive) -> Self {
+        Self {
+            segment: f.found.segment,
+            len: f.found.len,
+            first_ts: f.found.first_ts,
+            max_ts: f.found.max_ts,
+            indexer: f.indexer,
+        }
+    }
+}
+
+/// The writer of one shard's log. There is exactly one per directory; it is
+/// `Send` but not shared. Readers come from [`ShardLog::reader`].
+#[derive(Debug)]
+pub struct ShardLog {
+    dir: PathBuf,
+    config: Config,
+    io: Arc<dyn Io>,
+    shared: Arc<Shared>,
+    active: Active,
+    /// Encoded batches not yet written to the active segment; they end at `active.len`.
+    pending: Vec<u8>,
+    next_seq: u64,
+    durable_next_seq: u64,
+    last_ts: u64,
+    poisoned: Option<String>,
+    report: RecoveryReport,
+}
+
+impl ShardLog {
+    /// Opens (creating if needed) the log in `dir` on the real filesystem,
+    /// recovering from any crash. See [`crate::recovery`] for what is repaired.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Self> {
+        Self::open_with_io(dir, config, Arc::new(StdIo))
+    }
+
+    /// Opens the log through the given I/O implementation.
+    pub fn open_with_io(dir: impl AsRef<Path>, config: Config, io: Arc<dyn Io>) -> Result<Self> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        io.create_dir_all(&dir).map_err(io_err("create dir", &dir))?;
+        let mut report = RecoveryReport::default();
+        let mut bases = recovery::list_segments(io.as_ref(), &dir, &mut report)?;
+        if bases.is_empty() {
+            recovery::create_segment(io.as_ref(), &dir, 0)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                io.sync_dir(parent).map_err(io_err("sync dir", parent))?;
+            }
+            bases.push(0);
+        }
+        let (&active_base, sealed) = bases.split_last().expect("at least one segment exists");
+        let mut visible = Vec::with_capacity(bases.len());
+        let mut expected = sealed.first().copied();
+        for &base in sealed {
+            let found = recovery::open_sealed(io.as_ref(), &dir, base, &config, &mut report)?;
+            check_continuity(&found, expected)?;
+            expected = Some(found.next_seq);
+            visible.push(visible_of(&found));
+        }
+        let active = recovery::open_active(io.as_ref(), &dir, active_base, &config, &mut report)?;
+        check_continuity(&active.found, expected)?;
+        visible.push(visible_of(&active.found));
+        report.segments = visible.len();
+        let next_seq = active.found.next_seq;
+        let last_ts = visible.iter().filter_map(|v| v.max_ts).max().unwrap_or(0);
+        Ok(Self {
+            dir,
+            config,
+            io,
+            shared: Arc::new(Shared { segments: RwLock::new(visible) }),
+            active: Active::from_found(active),
+            pending: Vec::new(),
+            next_seq,
+            durable_next_seq: next_seq,
+            last_ts,
+            poisoned: None,
+            report,
+        })
+    }
+
+    /// What recovery found and did when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A handle for reading from other threads.
+    pub fn reader(&self) -> LogReader {
+        LogReader { shared: self.shared.clone() }
+    }
+
+    /// The sequence number the next appended record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// One past the last record known to be durable.
+    pub fn durable_next_seq(&self) -> u64 {
+        self.durable_next_seq
+    }
+
+    /// The oldest stored sequence number (the trim horizon).
+    pub fn first_seq(&self) -> u64 {
+        self.reader().first_seq()
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Appends one batch with the given arrival time. The batch is buffered
+    /// or written, not yet durable nor visible: call [`sync`](Self::sync)
+    /// (or [`publish`](Self::publish)) before acknowledging it.
+    pub fn append(&mut self, timestamp_ms: u64, records: &[RecordRef<'_>]) -> Result<Appended> {
+        self.check_poisoned()?;
+        let count = self.validate_batch(records)?;
+        let len = format::frame_len(records.iter().map(|r| (r.partition_key, r.data)));
+        if len > u64::from(self.config.batch_bytes_max) {
+            return Err(Error::InvalidBatch {
+                field: "bytes",
+                reason: format!(
+                    "batch encodes to {len} bytes, more than batch_bytes_max {}",
+                    self.config.batch_bytes_max
+                ),
+            });
+        }
+        let timestamp_ms = timestamp_ms.max(self.last_ts);
+        if self.should_roll(len, count, timestamp_ms) {
+            self.roll()?;
+        }
+        let base_seq = self.next_seq;
+        let position = self.active.len;
+        let rel_seq = u32::try_from(base_seq - self.active.segment.base_seq)
+            .expect("should_roll keeps relative sequences within u32");
+        format::encode_frame(
+            &mut self.pending,
+            base_seq,
+            timestamp_ms,
+            count,
+            len as u32,
+            records.iter().map(|r| (r.partition_key, r.data)),
+        );
+        if let Some(entries) = self.active.indexer.observe(rel_seq, position, len, timestamp_ms) {
+            self.active.segment.index_mut().push(entries);
+        }
+        self.active.len += len;
+        self.active.first_ts.get_or_insert(timestamp_ms);
+        self.active.max_ts = Some(timestamp_ms);
+        self.next_seq += u64::from(count);
+        self.last_ts = timestamp_ms;
+        if self.pending.len() >= self.config.write_buffer_bytes {
+            self.flush_pending()?;
+        }
+        Ok(Appended { first_seq: base_seq, next_seq: self.next_seq, timestamp_ms })
+    }
+
+    /// Writes buffered batches, makes everything appended so far durable
+    /// (`fdatasync`) and visible to readers. One call covers every batch
+    /// appended since the last: this is the group commit.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        self.flush_pending()?;
+        if self.durable_next_seq != self.next_seq {
+            let r = self.active.segment.file.sync_data();
+            self.fail_on_err(r, "sync segment")?;
+            self.durable_next_seq = self.next_seq;
+        }
+        self.publish_written();
+        Ok(())
+    }
+
+    /// Writes buffered batches and makes them visible to readers without
+    /// making them durable, for the broker's `interval` and `never` modes.
+    pub fn publish(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        self.flush_pending()?;
+        self.publish_written();
+        Ok(())
+    }
+
+    /// Syncs and closes the log.
+    pub fn close(mut self) -> Result<()> {
+        self.sync()
+    }
+
+    /// Reads up to `max_records` records (and about `max_bytes` of keys and
+    /// data, but always at least one record if any is available) from `from_seq`.
+    pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
+        self.reader().read(from_seq, max_records, max_bytes)
+    }
+
+    /// The first visible sequence number whose arrival time is at or after `timestamp_ms`.
+    pub fn seq_at_or_after_timestamp(&self, timestamp_ms: u64) -> Result<u64> {
+        self.reader().seq_at_or_after_timestamp(timestamp_ms)
+    }
+
+    /// Retention: deletes whole sealed segments whose newest record is older
+    /// than `cutoff_ms`, oldest first. The active segment is never deleted.
+    pub fn trim_before(&mut self, cutoff_ms: u64) -> Result<Trimmed> {
+        let removed: Vec<Visible> = {
+            let mut segments = self.shared.write();
+            let sealed = segments.len() - 1;
+            let n = segments[..sealed].iter().take_while(|v| v.max_ts.is_none_or(|t| t < cutoff_ms)).count();
+            segments.drain(..n).collect()
+        };
+        let mut trimmed = Trimmed { segments: removed.len(), bytes: 0, first_seq: self.first_seq() };
+        if removed.is_empty() {
+            return Ok(trimmed);
+        }
+        // Oldest first, log before its indexes: whatever a crash interrupts
+        // leaves a contiguous suffix of segments and, at worst, orphaned
+        // index files that the next open removes.
+        for v in &removed {
+            trimmed.bytes += v.len;
+            self.io.remove_file(&v.segment.path).map_err(io_err("remove segment", &v.segment.path))?;
+            for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+                remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
+            }
+        }
+        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
+        Ok(trimmed)
+    }
+
+    /// Repair: removes every record after `seq`, so the next append gets
+    /// `seq + 1`. A batch that straddles the cut is rewritten with its
+    /// records up to `seq`. Readers racing with a truncation may see an error.
+    pub fn truncate_after(&mut self, seq: u64) -> Result<()> {
+        self.check_poisoned()?;
+        let new_next = seq.saturating_add(1);
+        let first = self.first_seq();
+        if new_next < first || new_next > self.next_seq {
+            return Err(Error::InvalidTruncate { seq, first, next: self.next_seq });
+        }
+        if new_next == self.next_seq {
+            return Ok(());
+        }
+        self.flush_pending()?;
+        let result = self.cut(new_next);
+        self.fail_on_err(result, "truncate")
+    }
+
+    fn cut(&mut self, new_next: u64) -> Result<()> {
+        let segments: Vec<Visible> = self.shared.read().clone();
+        let target = segments.partition_point(|v| v.segment.base_seq <= new_next) - 1;
+        // Newest first, so a crash leaves a contiguous prefix of segments.
+        for v in segments[target + 1..].iter().rev() {
+            self.io.remove_file(&v.segment.path).map_err(io_err("remove segment", &v.segment.path))?;
+        }
+        let keep = &segments[target].segment;
+        for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+            for v in &segments[target..] {
+                remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
+            }
+        }
+        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
+        let file_len = keep.file.len().map_err(io_err("stat segment", &keep.path))?;
+        let (start_seq, start_pos) = keep.index().floor(keep.base_seq, new_next);
+        let mut cut: Option<(u64, Option<Vec<u8>>)> = None;
+        let end = scan_frames(keep.file.as_ref(), start_pos, file_len, start_seq, 1 << 20, |pos, h, frame| {
+            if h.next_seq() <= new_next {
+                return true;
+            }
+            let rewrite = (h.base_seq < new_next).then(|| {
+                let keep_n = (new_next - h.base_seq) as u32;
+                let kept: Vec<(&[u8], &[u8])> =
+                    format::records(frame, keep_n).map(|(k, d)| (&frame[k], &frame[d])).collect();
+                let len = format::frame_len(kept.iter().copied()) as u32;
+                let mut out = Vec::with_capacity(len as usize);
+                format::encode_frame(&mut out, h.base_seq, h.timestamp_ms, keep_n, len, kept.into_iter());
+                out
+            });
+            cut = Some((pos, rewrite));
+            false
+        })
+        .map_err(io_err("scan segment", &keep.path))?;
+        match (end, cut) {
+            (ScanEnd::Stopped, Some((pos, rewrite))) => {
+                keep.file.set_len(pos).map_err(io_err("truncate segment", &keep.path))?;
+                if let Some(frame) = rewrite {
+                    keep.file.write_all_at(&frame, pos).map_err(io_err("rewrite batch", &keep.path))?;
+                }
+            }
+            (ScanEnd::Clean { .. }, None) => {}
+            (ScanEnd::Bad { pos, reason }, _) => {
+                return Err(Error::Corrupt { path: keep.path.clone(), position: pos, reason });
+            }
+            (end, cut) => unreachable!("scan ended {end:?} with cut {cut:?}"),
+        }
+        keep.file.sync_data().map_err(io_err("sync segment", &keep.path))?;
+        let mut report = RecoveryReport::default();
+        let found = recovery::open_active(self.io.as_ref(), &self.dir, keep.base_seq, &self.config, &mut report)?;
+        debug_assert_eq!(found.found.next_seq, new_next, "the cut keeps exactly the records up to seq");
+        {
+            let mut visible = self.shared.write();
+            visible.truncate(target);
+            visible.push(visible_of(&found.found));
+            // As a reopen would: the clamp continues from what remains.
+            self.last_ts = visible.iter().filter_map(|v| v.max_ts).max().unwrap_or(0);
+        }
+        self.next_seq = found.found.next_seq;
+        self.durable_next_seq = self.next_seq;
+        self.active = Active::from_found(found);
+        Ok(())
+    }
+
+    /// Reads every visible batch and checks its CRC; returns the first damage found.
+    pub fn verify(&self) -> Result<()> {
+        self.reader().verify()
+    }
+
+    fn validate_batch(&self, records: &[RecordRef<'_>]) -> Result<u32> {
+        if records.is_empty() {
+            return Err(Error::InvalidBatch { field: "records", reason: "a batch needs at least one record".into() });
+        }
+        if records.len() > self.config.batch_records_max as usize {
+            return Err(Error::InvalidBatch {
+                field: "records",
+                reason: format!(
+                    "{} records, more than batch_records_max {}",
+                    records.len(),
+                    self.config.batch_records_max
+                ),
+            });
+        }
+        for (index, r) in records.iter().enumerate() {
+            validate_record(index, r, self.config.record_bytes_max)?;
+        }
+        Ok(records.len() as u32)
+    }
+
+    fn should_roll(&self, len: u64, count: u32, timestamp_ms: u64) -> bool {
+        if self.active.len == FILE_HEADER_LEN {
+            return false;
+        }
+        let records_after = self.next_seq - self.active.segment.base_seq + u64::from(count);
+        self.active.len + len > self.config.segment_bytes_max
+            || self.active.first_ts.is_some_and(|t| timestamp_ms.saturating_sub(t) >= self.config.segment_age_max_ms)
+            || records_after > u64::from(u32::MAX)
+    }
+
+    /// Seals the active segment and starts a new one. Order matters; see the module docs.
+    fn roll(&mut self) -> Result<()> {
+        self.flush_pending()?;
+        let synced = self.active.segment.file.sync_data();
+        self.fail_on_err(synced, "sync segment")?;
+        self.durable_next_seq = self.next_seq;
+        let index = self.active.segment.index().clone();
+        let written = recovery::write_indexes(self.io.as_ref(), &self.dir, self.active.segment.base_seq, &index);
+        self.fail_on_err(written, "write index")?;
+        let created = recovery::create_segment(self.io.as_ref(), &self.dir, self.next_seq);
+        let file = self.fail_on_err(created, "create segment")?;
+        let path = path_of(&self.dir, self.next_seq, FileKind::Log);
+        let segment = Arc::new(Segment::new(self.next_seq, path, file, SegmentIndex::default()));
+        let fresh = Active {
+            segment,
+            len: FILE_HEADER_LEN,
+            first_ts: None,
+            max_ts: None,
+            indexer: IndexBuilder::new(self.config.index_interval_bytes),
+        };
+        let old = std::mem::replace(&mut self.active, fresh);
+        let mut visible = self.shared.write();
+        let last = visible.last_mut().expect("the log always has a segment");
+        *last = Visible { segment: old.segment, len: old.len, next_seq: self.next_seq, max_ts: old.max_ts };
+        visible.push(Visible {
+            segment: self.active.segment.clone(),
+            len: FILE_HEADER_LEN,
+            next_seq: self.next_seq,
+            max_ts: None,
+        });
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let position = self.active.len - self.pending.len() as u64;
+        let r = self.active.segment.file.write_all_at(&self.pending, position);
+        self.fail_on_err(r, "write segment")?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn publish_written(&mut self) {
+        debug_assert!(self.pending.is_empty(), "publish only what is written");
+        let mut visible = self.shared.write();
+        let last = visible.last_mut().expect("the log always has a segment");
+        last.len = self.active.len;
+        last.next_seq = self.next_seq;
+        last.max_ts = self.active.max_ts;
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the log on any failure of a write-path operation.
+    fn fail_on_err<T, E: Into<ErrorSource>>(&mut self, r: std::result::Result<T, E>, op: &'static str) -> Result<T> {
+        r.map_err(|e| {
+            let err = match e.into() {
+                ErrorSource::Io(source) => Error::Io { op, path: self.active.segment.path.clone(), source },
+                ErrorSource::Log(err) => err,
+            };
+            self.poisoned = Some(err.to_string());
+            err
+        })
+    }
+}
+
+/// Either kind of failure a write-path step can return.
+enum ErrorSource {
+    Io(std::io::Error),
+    Log(Error),
+}
+
+impl From<std::io::Error> for ErrorSource {
+    fn from(e: std::io::Error) -> Self {
+        ErrorSource::Io(e)
+    }
+}
+
+impl From<Error> for ErrorSource {
+    fn from(e: Error) -> Self {
+        ErrorSource::Log(e)
+    }
+}
+
+fn remove_if_present(io: &dyn Io, path: &Path) -> Result<()> {
+    match io.remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove index", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn visible_of(f: &Found) -> Visible {
+    Visible { segment: f.segment.clone(), len: f.len, next_seq: f.next_seq, max_ts: f.max_ts }
+}
+
+fn check_continuity(found: &Found, expected: Option<u64>) -> Result<()> {
+    match expected {
+        Some(e) if e != found.segment.base_seq => Err(Error::Corrupt {
+            path: found.segment.path.clone(),
+            position: 0,
+            reason: format!(
+                "segment starts at sequence {}, but the previous segment ends at {e}",
+                found.segment.base_seq
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks one record against the format's and the configuration's limits.
+pub fn validate_record(index: usize, r: &RecordRef<'_>, record_bytes_max: u32) -> Result<()> {
+    let bad = |field, reason: String| Err(Error::InvalidRecord { index, field, reason });
+    if r.partition_key.is_empty() {
+        return bad("partition_key", "must not be empty".into());
+    }
+    if r.partition_key.len() > format::PARTITION_KEY_BYTES_MAX {
+        return bad("partition_key", format!("{} bytes is more than 256 characters can take", r.partition_key.len()));
+    }
+    let Ok(key) = std::str::from_utf8(r.partition_key) else {
+        return bad("partition_key", "must be valid UTF-8".into());
+    };
+    let chars = key.chars().count();
+    if chars > format::PARTITION_KEY_CHARS_MAX {
+        return bad("partition_key", format!("{chars} characters, more than 256"));
+    }
+    let size = r.partition_key.len() + r.data.len();
+    if size > record_bytes_max as usize {
+        return bad(
+            "data",
+            format!("record is {size} bytes (key + data), more than record_bytes_max {record_bytes_max}"),
+        );
+    }
+    Ok(())
+}
+
+/// Reads a shard log from any thread, concurrently with its writer.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+/// How many segments one read may cross; a read stops early at that bound
+/// and the caller continues from `next_seq`.
+const READ_SEGMENTS_MAX: usize = 2;
+
+impl LogReader {
+    /// The oldest readable sequence number (the trim horizon).
+    pub fn first_seq(&self) -> u64 {
+        self.shared.read()[0].segment.base_seq
+    }
+
+    /// One past the newest readable sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.read().last().map_or(0, |v| v.next_seq)
+    }
+
+    /// Size and extent of the readable log.
+    pub fn stats(&self) -> LogStats {
+        let segments = self.shared.read();
+        LogStats {
+            first_seq: segments[0].segment.base_seq,
+            next_seq: segments.last().map_or(0, |v| v.next_seq),
+            segments: segments.len(),
+            bytes: segments.iter().map(|v| v.len).sum(),
+            last_timestamp_ms: segments.iter().rev().find_map(|v| v.max_ts),
+        }
+    }
+
+    /// See [`ShardLog::read`].
+    pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
+        let window: Vec<Visible> = {
+            let segments = self.shared.read();
+            let first = segments[0].segment.base_seq;
+            let next = segments.last().map_or(0, |v| v.next_seq);
+            if from_seq < first {
+                return Err(Error::SequenceTrimmed { requested: from_seq, first });
+            }
+            if from_seq > next {
+                return Err(Error::SequenceBeyondEnd { requested: from_seq, next });
+            }
+            let i = segments.partition_point(|v| v.segment.base_seq <= from_seq) - 1;
+            segments[i..].iter().take(READ_SEGMENTS_MAX).cloned().collect()
+        };
+        let mut out = ReadBatch { records: Vec::new(), next_seq: from_seq };
+        let mut bytes = 0usize;
+        for v in &window {
+            if out.records.len() >= max_records {
+                break;
+            }
+            if out.next_seq >= v.next_seq {
+                continue;
+            }
+            let (start_seq, start_pos) = v.segment.index().floor(v.segment.base_seq, out.next_seq);
+            let chunk = max_bytes.saturating_add(64 * 1024).clamp(64 * 1024, 16 * 1024 * 1024);
+            let mut full = false;
+            let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, chunk, |_, h, frame| {
+                if h.next_seq() <= out.next_seq {
+                    return true;
+                }
+                for (i, (k, d)) in format::records(frame, h.record_count).enumerate() {
+                    let seq = h.base_seq + i as u64;
+                    if seq < out.next_seq {
+                        continue;
+                    }
+                    let size = k.len() + d.len();
+                    if out.records.len() >= max_records || (!out.records.is_empty() && bytes + size > max_bytes) {
+                        full = true;
+                        return false;
+                    }
+                    bytes += size;
+                    out.records.push(Record {
+                        seq,
+                        timestamp_ms: h.timestamp_ms,
+                        partition_key: frame.slice(k),
+                        data: frame.slice(d),
+                    });
+                    out.next_seq = seq + 1;
+                }
+                true
+            })
+            .map_err(io_err("read segment", &v.segment.path))?;
+            if let ScanEnd::Bad { pos, reason } = end {
+                return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
+            }
+            if full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// See [`ShardLog::seq_at_or_after_timestamp`]. A timestamp after the
+    /// newest record gives the visible end (where the next record will be).
+    pub fn seq_at_or_after_timestamp(&self, timestamp_ms: u64) -> Result<u64> {
+        let v = {
+            let segments = self.shared.read();
+            // Segments are few; a linear search stays correct around the
+            // empty segment a roll leaves at the end.
+            match segments.iter().find(|v| v.max_ts.is_some_and(|t| t >= timestamp_ms)) {
+                Some(v) => v.clone(),
+                None => return Ok(segments.last().map_or(0, |v| v.next_seq)),
+            }
+        };
+        let (start_seq, start_pos) = v.segment.index().time_floor(v.segment.base_seq, timestamp_ms);
+        let mut found = None;
+        let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, 64 * 1024, |_, h, _| {
+            if h.timestamp_ms >= timestamp_ms {
+                found = Some(h.base_seq);
+                return false;
+            }
+            true
+        })
+        .map_err(io_err("read segment", &v.segment.path))?;
+        if let ScanEnd::Bad { pos, reason } = end {
+            return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
+        }
+        Ok(found.unwrap_or(v.next_seq))
+    }
+
+    /// See [`ShardLog::verify`].
+    pub fn verify(&self) -> Result<()> {
+        let segments: Vec<Visible> = self.shared.read().clone();
+        for v in segments {
+            let end =
+                scan_frames(v.segment.file.as_ref(), FILE_HEADER_LEN, v.len, v.segment.base_seq, 4 << 20, |_, _, _| {
+                    true
+                })
+                .map_err(io_err("read segment", &v.segment.path))?;
+            if let ScanEnd::Bad { pos, reason } = end {
+                return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::SimIo;
+
+    fn small() -> Config {
+        Config {
+            segment_bytes_max: 64 * 1024,
+            index_interval_bytes: 256,
+            write_buffer_bytes: 1024,
+            batch_bytes_max: 64 * 1024,
+            ..Config::default()
+        }
+    }
+
+    fn open(io: &SimIo, config: Config) -> ShardLog {
+        ShardLog::open_with_io("/shard", config, Arc::new(io.clone())).expect("open")
+    }
+
+    fn payload(seq: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+    }
+
+    /// Appends `batches` batches of `per` records with 100-byte payloads, one ms apart.
+    fn fill(log: &mut ShardLog, batches: u64, per: u64, t0: u64) {
+        for b in 0..batches {
+            let seq0 = log.next_seq();
+            let data: Vec<Vec<u8>> = (0..per).map(|i| payload(seq0 + i, 100)).collect();
+            let recs: Vec<RecordRef<'_>> = data.iter().map(|d| RecordRef { partition_key: b"pk", data: d }).collect();
+            log.append(t0 + b, &recs).expect("append");
+        }
+    }
+
+    fn seqs(batch: &ReadBatch) -> Vec<u64> {
+        batch.records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn appended_records_read_back_from_any_position() {
+        let io = SimIo::new();
+        let mut log = open(&io, small());
+        fill(&mut log, 150, 7, 1_000);
+        log.sync().expect("sync");
+        assert!(log.reader().stats().segments > 1, "64 KiB segments must have rolled");
+        for from in [0, 1, 6, 7, 100, 349, 700, 1049] {
+            let got = log.read(from, 1000, usize::MAX).expect("read");
+            assert_eq!(seqs(&got).first().copied(), Some(from));
+            assert!(got.next_seq > from, "a read crosses into the next segment");
+            for r in &got.records {
+                assert_eq!(&r.data[..], &payload(r.seq, 100)[..], "seq {}", r.seq);
+                assert_eq!(r.timestamp_ms, 1_000 + r.seq / 7);
+            }
+        }
+        let mut all = Vec::new();
+        let mut from = 0;
+        while from < 1050 {
+            let got = log.read(from, 1000, usize::MAX).expect("read");
+            all.extend(seqs(&got));
+            from = got.next_seq;
+        }
+        assert_eq!(all, (0..1050).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn limits_bound_a_read_but_one_record_always_fits() {
+        let io = SimIo::new();
+        let mut log = open(&io, small());
+        fill(&mut log, 4, 10, 1);
+        log.sync().expect("sync");
+        assert_eq!(seqs(&log.read(3, 5, usize::MAX).expect("read")), vec![3, 4, 5, 6, 7]);
+        assert_eq!(seqs(&log.read(3, 100, 250).expect("read")), vec![3, 4], "102 bytes each (key + data)");
+        assert_eq!(seqs(&log.read(3, 100, 1).expect("read")), vec![3]);
+        let end = log.read(40, 10, 100).expect("read at end");
+        assert!(end.records.is_empty());
+        assert_eq!(end.next_seq, 40);
+    }
+
+    #[test]
+    fn nothing_is_visible_before_sync_or_publish() {
+        let io = SimIo::new();
+        let mut log = open(&io, small());
+        let reader = log.reader();
+        fill(&mut log, 3, 2, 1);
+        assert_eq!(reader.next_seq(), 0);
+        assert!(matches!(reader.read(1, 10, 100), Err(Error::SequenceBeyondEnd { requested: 1, next: 0 })));
+        log.publish().expect("publish");
+        assert_eq!(reader.next_seq(), 6);
+        assert_eq!(log.durable_next_seq(), 0, "publish does not make anything durable");
+        fill(&mut log, 1, 1, 5);
+        log.sync().expect("sync");
+        assert_eq!((reader.next_seq(), log.durable_next_seq()), (7, 7));
+    }
+
+    #[test]
+    fn timestamps_never_go_backwards_and_time_lookup_finds_the_first_at_or_after() {
+        let io = SimIo::new();
+        let mut log = open(&io, small());
+        let stamps = [100u64, 100, 105, 103, 200, 150, 400];
+        for (i, &ts) in stamps.iter().enumerate() {
+            let data = payload(i as u64, 3000);
+            let a = log.append(ts, &[RecordRef { partition_key: b"k", data: &data }]).expect("append");
+            assert_eq!(a.timestamp_ms, stamps[..=i].iter().copied().max().unwrap_or(0));
+        }
+        log.sync().expect("sync");
+        // Stored: 100 100 105 105 200 200 400 at seqs 0..7.
+        for (ts, want) in [(0, 0), (100, 0), (101, 2), (105, 2), (106, 4), (200, 4), (201, 6), (400, 6), (401, 7)] {
+            assert_eq!(log.seq_at_or_after_timestamp(ts).expect("lookup"), want, "ts {ts}");
+        }
+    }
+
+    #[test]
+    fn segments_roll_by_age() {
+        let io = SimIo::new();
+        let mut log = open(&io, Config { segment_age_max_ms: 1_000, ..small() });
+        fill(&mut log, 3, 1, 0);
+        fill(&mut log, 1, 1, 999);
+        assert_eq!(log.reader().stats().segments, 1);
+        fill(&mut log, 1, 1, 1_000);
+        log.sync().expect("sync");
+        assert_eq!(log.reader().stats().segments, 2);
+        let names = io.list_dir(Path::new("/shard")).expect("ls");
+        assert!(names.contains(&"00000000000000000004.log".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn retention_deletes_only_old_sealed_segments() {
+        let io = SimIo::new();
+        let mut log = open(&io, Config { segment_age_max_ms: 10, ..small() });
+        for t in 0..5u64 {
+            fill(&mut log, 10, 1, t * 10);
+        }
+        log.sync().expect("sync");
+        assert_eq!(log.reader().stats().segments, 5);
+        let t = log.trim_before(25).expect("trim");
+        assert_eq!((t.segments, t.first_seq), (2, 20), "segments ending at ts 9 and 19 are older than 25");
+        assert!(matches!(log.read(19, 1, 1), Err(Error::SequenceTrimmed { requested: 19, first: 20 })));
+        assert_eq!(seqs(&log.read(20, 1, 1).expect("read")), vec![20]);
+        let t = log.trim_before(u64::MAX).expect("trim everything");
+        assert_eq!((t.segments, t.first_seq), (2, 40), "the active segment is never deleted");
+        assert_eq!(log.reader().stats().segments, 1);
+        let names = io.list_dir(Path::new("/shard")).expect("ls");
+        assert_eq!(names, vec!["00000000000000000040.log".to_string()]);
+        drop(log);
+        let log = open(&io, small());
+        assert_eq!((log.first_seq(), log.next_seq()), (40, 50));
+    }
+
+    #[test]
+    fn truncate_after_cuts_inside_a_batch_and_across_segments() {
+        let io = SimIo::new();
+        let mut log = open(&io, small());
+        fill(&mut log, 200, 5, 7);
+        log.sync().expect("sync");
+        let segments_before = log.reader().stats().segments;
+        log.truncate_after(12).expect("truncate mid-batch");
+        assert_eq!(log.next_seq(), 13);
+        assert_eq!(log.reader().stats().segments, 1);
+        assert!(segments_before > 1);
+        let got = log.read(0, 100, usize::MAX).expect("read");
+        assert_eq!(seqs(&got), (0..13).collect::<Vec<_>>());
+        fill(&mut log, 1, 2, 9);
+        log.sync().expect("sync");
+        drop(log);
+        let log = open(&io, small());
+        assert!(log.recovery_report().is_clean(), "{:?}", log.recovery_report());
+        let got = log.read(10, 100, usize::MAX).expect("read");
+        assert_eq!(seqs(&got), vec![10, 11, 12, 13, 14]);
+        assert_eq!(&got.records[3].data[..], &payload(13, 100)[..]);
+        let mut log = log;
+        assert!(matches!(log.truncate_after(15), Err(Error::InvalidTruncate { .. })));
+    }
+
+    #[test]
+    fn bad_records_and_batches_name_the_field() {
+        let io = SimIo::new();
+        let mut log = open(&io, Config { record_bytes_max: 1100, batch_records_max: 3, ..small() });
+        let long_key = "k".repeat(257);
+        let emoji_key = "😀".repeat(256);
+        let too_many_emoji = "😀".repeat(257);
+        let big = vec![0u8; 1100];
+        let cases: Vec<(&[u8], &[u8], &str)> = vec![
+            (b"", b"x", "partition_key"),
+            (long_key.as_bytes(), b"x", "partition_key"),
+            (too_many_emoji.as_bytes(), b"x", "partition_key"),
+            (&[0xff, 0xfe], b"x", "partition_key"),
+            (b"k", &big, "data"),
+        ];
+        for (key, data, field) in cases {
+            let ok = RecordRef { partition_key: b"fine", data: b"x" };
+            match log.append(1, &[ok, RecordRef { partition_key: key, data }]) {
+                Err(Error::InvalidRecord { index: 1, field: f, .. }) => assert_eq!(f, field),
+                other => panic!("key {key:?}: expected InvalidRecord on {field}, got {other:?}"),
+            }
+        }
+        assert!(log.append(1, &[RecordRef { partition_key: emoji_key.as_bytes(), data: b"x" }]).is_ok());
+        assert!(matches!(log.append(1, &[]), Err(Error::InvalidBatch { field: "records", .. })));
+        let r = RecordRef { partition_key: b"k", data: b"x" };
+        assert!(matches!(log.append(1, &[r; 4]), Err(Error::InvalidBatch { field: "records", .. })));
+        let mut log = open(&SimIo::new(), Config { batch_bytes_max: 100, ..small() });
+        let r = RecordRef { partition_key: b"k", data: &[0; 40] };
+        assert!(matches!(log.append(1, &[r, r]), Err(Error::InvalidBatch { field: "bytes", .. })));
+        assert_eq!(log.next_seq(), 0, "rejected batches assign no sequence numbers");
+    }
+}
