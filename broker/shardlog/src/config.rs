@@ -7,8 +7,10 @@ use crate::format::FRAME_BYTES_MAX;
 /// checked by [`Config::validate`], which names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// A segment is rolled before a batch would take it past this size.
-    /// Default 128 MiB; at most 1 GiB (positions in the index are u32).
+    /// A segment is rolled before a batch would take it past this size (a
+    /// batch larger than this gets a segment of its own). Default 128 MiB;
+    /// at most 1 GiB, so positions (at most this plus one 64 MiB frame) fit
+    /// the index's u32.
     pub segment_bytes_max: u64,
     /// A segment is rolled when a batch arrives this long after the
     /// segment's first batch, so retention can free data at a steady pace.
@@ -70,9 +72,6 @@ impl Config {
         }
         if !(1..=FRAME_BYTES_MAX).contains(&self.batch_bytes_max) {
             return bad("batch_bytes_max", format!("{} is outside 1..=64 MiB", self.batch_bytes_max));
-        }
-        if u64::from(self.batch_bytes_max) > self.segment_bytes_max {
-            return bad("batch_bytes_max", "must not exceed segment_bytes_max".into());
         }
         if self.write_buffer_bytes > 64 * 1024 * 1024 {
             return bad("write_buffer_bytes", format!("{} exceeds 64 MiB", self.write_buffer_bytes));

@@ -46,8 +46,8 @@ pub trait Io: Send + Sync + fmt::Debug {
 
 /// File-level operations. All positional, so readers share a file without a cursor.
 pub trait IoFile: Send + Sync + fmt::Debug {
-    /// Current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    /// Current size in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Reads into `buf` from `pos`; may return fewer bytes at end of file.
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `pos`.
@@ -120,7 +120,7 @@ impl Io for StdIo {
 }
 
 impl IoFile for StdFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 
@@ -253,8 +253,8 @@ struct FaultyFile {
 }
 
 impl IoFile for FaultyFile {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
@@ -425,7 +425,7 @@ impl Io for SimIo {
 struct SimHandle(Arc<SimFile>);
 
 impl IoFile for SimHandle {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(lock(&self.0.data).current.len() as u64)
     }
 

@@ -405,7 +405,7 @@ impl ShardLog {
             }
         }
         self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
-        let file_len = keep.file.len().map_err(io_err("stat segment", &keep.path))?;
+        let file_len = keep.file.size().map_err(io_err("stat segment", &keep.path))?;
         let (start_seq, start_pos) = keep.index().floor(keep.base_seq, new_next);
         let mut cut: Option<(u64, Option<Vec<u8>>)> = None;
         let end = scan_frames(keep.file.as_ref(), start_pos, file_len, start_seq, 1 << 20, |pos, h, frame| {
@@ -719,6 +719,11 @@ impl LogReader {
             })
             .map_err(io_err("read segment", &v.segment.path))?;
             if let ScanEnd::Bad { pos, reason } = end {
+                // Hand out what was read before the damage; the read that
+                // starts at the damaged batch reports it.
+                if !out.records.is_empty() {
+                    break;
+                }
                 return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
             }
             if full {

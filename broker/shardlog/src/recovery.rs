@@ -186,7 +186,7 @@ pub(crate) fn open_sealed(
 ) -> Result<Found> {
     let path = path_of(dir, base_seq, FileKind::Log);
     let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
-    let len = file.len().map_err(io_err("stat segment", &path))?;
+    let len = file.size().map_err(io_err("stat segment", &path))?;
     let header = read_header(file.as_ref(), &path, len)?;
     format::check_file_header(&header, FileKind::Log, base_seq).map_err(|r| corrupt(&path, 0, r))?;
     if len == FILE_HEADER_LEN {
@@ -228,7 +228,7 @@ fn load_indexes(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("open index", &p)(e)),
         };
-        let n = f.len().map_err(io_err("stat index", &p))?;
+        let n = f.size().map_err(io_err("stat index", &p))?;
         if n > FILE_HEADER_LEN + batches_max * entry_len as u64 {
             return Ok(None);
         }
@@ -299,7 +299,7 @@ pub(crate) fn open_active(
 ) -> Result<FoundActive> {
     let path = path_of(dir, base_seq, FileKind::Log);
     let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
-    let len = file.len().map_err(io_err("stat segment", &path))?;
+    let len = file.size().map_err(io_err("stat segment", &path))?;
     let header = read_header(file.as_ref(), &path, len)?;
     if let Err(reason) = format::check_file_header(&header, FileKind::Log, base_seq) {
         if len > FILE_HEADER_LEN {
