@@ -1,1 +1,29 @@
-//! The stream-broker daemon. It will hold the stream catalogue, routing, quotas, group commit, retention, consumer groups and the gRPC and HTTP edges, on top of `shardlog` (issue: broker daemon).
+//! `broker`: the stream-broker daemon as a library. `main.rs` only parses
+//! flags, loads configuration, installs logging, binds and calls
+//! [`server::run`]; tests start the same server in-process through
+//! [`testing::TestBroker`].
+//!
+//! Map of the data path: a produce is validated and routed in [`grpc`]
+//! (MD5 hash ranges, [`routing`]), admitted by the shard's token buckets
+//! ([`quota`]), queued to the shard's single writer ([`shard`]) which
+//! appends and group-commits with one fdatasync, then acknowledged. Readers
+//! read committed records through the log's sparse index and are woken by a
+//! watch channel. Streams and their lifecycle live in [`catalog`], their
+//! definitions in sled behind [`metadata`].
+
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod iterator;
+pub mod metadata;
+pub mod quota;
+pub mod routing;
+pub mod server;
+pub mod shard;
+pub mod telemetry;
+pub mod testing;
+
+pub use error::{BrokerError, Result};

@@ -1,1 +1,9 @@
-//! The stream-broker gRPC contract. It will hold the `.proto` files and the code `protox` + `tonic-prost-build` generate from them (issue: broker daemon).
+//! The stream-broker gRPC contract: messages and services generated from
+//! `proto/streambroker/v1/*.proto`. Wire types stay here; the broker and the
+//! client convert them to domain types at their edges.
+
+/// Version 1 of the API.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("streambroker.v1");
+}

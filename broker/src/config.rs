@@ -1,0 +1,384 @@
+//! Broker configuration: defaults, then a TOML file, then `STREAM_BROKER_*`
+//! environment variables, then command-line flags. Every key is checked at
+//! start, and an error names the key. `deploy/broker.toml` documents every
+//! key with its default.
+//!
+//! Environment variables name a key by its path, upper-cased, with `__`
+//! between table and key: `STREAM_BROKER_DURABILITY__MODE=interval`,
+//! `STREAM_BROKER_DATA_DIR=/var/lib/stream-broker`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::quota::QuotaValues;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "STREAM_BROKER_";
+
+/// When an acknowledged produce is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge after fdatasync, by group commit. The default.
+    Always,
+    /// Acknowledge after write; fdatasync every `durability.interval_ms`.
+    Interval,
+    /// Acknowledge after write; fdatasync at segment roll and shutdown only.
+    Never,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Where shard logs and the metadata store live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP admin (metrics, health) listen address.
+    pub http_addr: SocketAddr,
+    /// Durability of acknowledged writes.
+    pub durability: DurabilityConfig,
+    /// Default per-shard quotas.
+    pub quotas: QuotaConfig,
+    /// Segment files.
+    pub storage: StorageConfig,
+    /// Retention janitor.
+    pub retention: RetentionConfig,
+    /// Limits on clients and queues.
+    pub limits: LimitsConfig,
+}
+
+/// `[durability]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// `always`, `interval` or `never`.
+    pub mode: DurabilityMode,
+    /// fdatasync period in `interval` mode.
+    pub interval_ms: u64,
+}
+
+/// `[quotas]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// When false, no quota is enforced (for benchmarks).
+    pub enforce: bool,
+    /// Records per second in, per shard.
+    pub write_records_per_sec: u64,
+    /// Bytes per second in (keys and data), per shard.
+    pub write_bytes_per_sec: u64,
+    /// GetRecords calls per second, per shard.
+    pub read_calls_per_sec: u64,
+    /// Bytes per second out through GetRecords, per shard.
+    pub read_bytes_per_sec: u64,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Segment size at which a shard log rolls.
+    pub segment_bytes_max: u64,
+    /// Segment age at which a shard log rolls.
+    pub segment_age_max_ms: u64,
+    /// Bytes between sparse index entries.
+    pub index_interval_bytes: u32,
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How often the janitor looks for expired segments.
+    pub check_interval_ms: u64,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest gRPC message accepted or sent.
+    pub grpc_max_message_bytes: usize,
+    /// Open client connections; more are refused until one closes.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_concurrent_streams: u32,
+    /// Deadline of a unary call.
+    pub request_timeout_ms: u64,
+    /// Produce requests queued per shard before producers wait.
+    pub shard_queue_depth: usize,
+    /// Most produce requests one group commit covers.
+    pub group_commit_max_requests: usize,
+    /// Concurrent SubscribeShard calls per shard.
+    pub subscribers_per_shard: usize,
+    /// Heartbeat period of an idle subscription.
+    pub subscribe_heartbeat_ms: u64,
+    /// Batches in flight on one Produce stream.
+    pub produce_stream_in_flight: usize,
+    /// Streams in the broker.
+    pub max_streams: usize,
+    /// Shards in one stream.
+    pub max_shards_per_stream: u32,
+    /// Time in-flight calls get to finish at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7470)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7471)),
+            durability: DurabilityConfig::default(),
+            quotas: QuotaConfig::default(),
+            storage: StorageConfig::default(),
+            retention: RetentionConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        Self { mode: DurabilityMode::Always, interval_ms: 50 }
+    }
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        let k = QuotaValues::KINESIS;
+        Self {
+            enforce: true,
+            write_records_per_sec: k.write_records_per_sec,
+            write_bytes_per_sec: k.write_bytes_per_sec,
+            read_calls_per_sec: k.read_calls_per_sec,
+            read_bytes_per_sec: k.read_bytes_per_sec,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let s = shardlog::Config::default();
+        Self {
+            segment_bytes_max: s.segment_bytes_max,
+            segment_age_max_ms: s.segment_age_max_ms,
+            index_interval_bytes: s.index_interval_bytes,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { check_interval_ms: 60_000 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            grpc_max_message_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
+            max_concurrent_streams: 256,
+            request_timeout_ms: 30_000,
+            shard_queue_depth: 1024,
+            group_commit_max_requests: 1024,
+            subscribers_per_shard: 64,
+            subscribe_heartbeat_ms: 5_000,
+            produce_stream_in_flight: 64,
+            max_streams: 1000,
+            max_shards_per_stream: 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl QuotaConfig {
+    /// The quota values as the buckets take them.
+    pub fn values(&self) -> QuotaValues {
+        QuotaValues {
+            write_records_per_sec: self.write_records_per_sec,
+            write_bytes_per_sec: self.write_bytes_per_sec,
+            read_calls_per_sec: self.read_calls_per_sec,
+            read_bytes_per_sec: self.read_bytes_per_sec,
+        }
+    }
+}
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl BrokerConfig {
+    /// Loads defaults, then `file` (if any), then the `STREAM_BROKER_*`
+    /// variables among `env`, and validates the result.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &path, parse_env_value(&value)).map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        }
+        // Round-trip through text so that type errors quote the offending key.
+        let text = toml::to_string(&table).map_err(|e| ConfigError(e.to_string()))?;
+        let config: BrokerConfig = toml::from_str(&text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every bound; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let l = &self.limits;
+        if self.durability.mode == DurabilityMode::Interval && !(1..=60_000).contains(&self.durability.interval_ms) {
+            return bad("durability.interval_ms", "must be 1..=60000 in interval mode");
+        }
+        let q = &self.quotas;
+        for (key, v) in [
+            ("quotas.write_records_per_sec", q.write_records_per_sec),
+            ("quotas.write_bytes_per_sec", q.write_bytes_per_sec),
+            ("quotas.read_calls_per_sec", q.read_calls_per_sec),
+            ("quotas.read_bytes_per_sec", q.read_bytes_per_sec),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive (set quotas.enforce = false to lift quotas)");
+            }
+        }
+        let storage = shardlog::Config {
+            segment_bytes_max: self.storage.segment_bytes_max,
+            segment_age_max_ms: self.storage.segment_age_max_ms,
+            index_interval_bytes: self.storage.index_interval_bytes,
+            ..shardlog::Config::default()
+        };
+        if let Err(shardlog::Error::InvalidConfig { field, reason }) = storage.validate() {
+            return Err(ConfigError(format!("storage.{field}: {reason}")));
+        }
+        if self.retention.check_interval_ms == 0 {
+            return bad("retention.check_interval_ms", "must be positive");
+        }
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&l.grpc_max_message_bytes) {
+            return bad("limits.grpc_max_message_bytes", "must be 64 KiB..=256 MiB");
+        }
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_concurrent_streams", u64::from(l.max_concurrent_streams)),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.shard_queue_depth", l.shard_queue_depth as u64),
+            ("limits.group_commit_max_requests", l.group_commit_max_requests as u64),
+            ("limits.subscribers_per_shard", l.subscribers_per_shard as u64),
+            ("limits.subscribe_heartbeat_ms", l.subscribe_heartbeat_ms),
+            ("limits.produce_stream_in_flight", l.produce_stream_in_flight as u64),
+            ("limits.max_streams", l.max_streams as u64),
+            ("limits.max_shards_per_stream", u64::from(l.max_shards_per_stream)),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive");
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard-log configuration for a stream whose records are at most `record_bytes_max`.
+    pub fn shardlog_config(&self, record_bytes_max: u32) -> shardlog::Config {
+        shardlog::Config {
+            segment_bytes_max: self.storage.segment_bytes_max,
+            segment_age_max_ms: self.storage.segment_age_max_ms,
+            index_interval_bytes: self.storage.index_interval_bytes,
+            record_bytes_max,
+            ..shardlog::Config::default()
+        }
+    }
+}
+
+/// An environment value is read as a TOML value when it is one (numbers,
+/// booleans, arrays), and as a string otherwise.
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| format!("{p} is not a table"))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_kinesis_and_durable() {
+        let c = BrokerConfig::load(None, env(&[])).expect("defaults load");
+        assert_eq!(c.durability.mode, DurabilityMode::Always);
+        assert_eq!(c.quotas.values(), QuotaValues::KINESIS);
+    }
+
+    #[test]
+    fn the_shipped_config_file_matches_the_defaults() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/broker.toml");
+        let c = BrokerConfig::load(Some(&shipped), env(&[])).expect("deploy/broker.toml loads");
+        assert_eq!(c, BrokerConfig::default(), "deploy/broker.toml must show the defaults");
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("b.toml");
+        std::fs::write(&file, "data_dir = \"/from/file\"\n[durability]\nmode = \"never\"\n").expect("write");
+        let c = BrokerConfig::load(
+            Some(&file),
+            env(&[
+                ("STREAM_BROKER_DURABILITY__MODE", "interval"),
+                ("STREAM_BROKER_QUOTAS__ENFORCE", "false"),
+                ("STREAM_BROKER_LIMITS__MAX_STREAMS", "7"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.durability.mode, DurabilityMode::Interval);
+        assert!(!c.quotas.enforce);
+        assert_eq!(c.limits.max_streams, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (vec![("STREAM_BROKER_DURABILITY__MODE", "sometimes")], "mode"),
+            (vec![("STREAM_BROKER_LIMITS__MAX_STREAMS", "lots")], "max_streams"),
+            (vec![("STREAM_BROKER_NO_SUCH_KEY", "1")], "no_such_key"),
+            (vec![("STREAM_BROKER_QUOTAS__READ_CALLS_PER_SEC", "0")], "quotas.read_calls_per_sec"),
+            (vec![("STREAM_BROKER_STORAGE__SEGMENT_BYTES_MAX", "10")], "storage.segment_bytes_max"),
+            (vec![("STREAM_BROKER_LIMITS__SHARD_QUEUE_DEPTH", "0")], "limits.shard_queue_depth"),
+        ];
+        for (vars, key) in cases {
+            let err = BrokerConfig::load(None, env(&vars)).expect_err("invalid config");
+            assert!(err.to_string().contains(key), "{err} does not name {key}");
+        }
+    }
+}

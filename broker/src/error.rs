@@ -1,0 +1,122 @@
+//! The broker's one error type. The gRPC edge maps it to `tonic::Status` in
+//! `grpc::status`; nothing else decides status codes.
+
+/// Everything a broker operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// A request field is missing or out of bounds.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The request field, as named in the proto.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No stream has this name.
+    #[error("stream {name:?} not found")]
+    StreamNotFound {
+        /// The requested name.
+        name: String,
+    },
+    /// A stream with this name exists already.
+    #[error("stream {name:?} already exists")]
+    StreamExists {
+        /// The requested name.
+        name: String,
+    },
+    /// The stream exists but has no such shard.
+    #[error("stream {stream:?} has no shard {shard_id:?}")]
+    ShardNotFound {
+        /// The stream's name.
+        stream: String,
+        /// The requested shard id.
+        shard_id: String,
+    },
+    /// A quota or a capacity limit was hit; retry after the hint.
+    #[error("{what}; retry after {retry_after_ms} ms")]
+    Throttled {
+        /// Which limit.
+        what: String,
+        /// When a retry can succeed.
+        retry_after_ms: u64,
+    },
+    /// A broker-wide limit (streams, shards, connections) is reached.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The shard iterator is older than five minutes.
+    #[error("shard iterator expired {age_ms} ms after it was issued (iterators last 300000 ms)")]
+    ExpiredIterator {
+        /// Age of the iterator.
+        age_ms: u64,
+    },
+    /// The requested position was removed by retention.
+    #[error("sequence number {requested} is below the trim horizon {first} of {shard_id}")]
+    SequenceTrimmed {
+        /// The shard.
+        shard_id: String,
+        /// The requested position.
+        requested: u64,
+        /// The oldest stored sequence number.
+        first: u64,
+    },
+    /// The shard had a write or fsync failure and refuses writes until restart.
+    #[error("shard {shard_id} refuses writes after a storage failure: {cause}")]
+    ShardReadOnly {
+        /// The shard.
+        shard_id: String,
+        /// The failure.
+        cause: String,
+    },
+    /// The broker is shutting down or a component is gone.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Storage failed in a way the caller cannot fix.
+    #[error("storage: {0}")]
+    Storage(#[from] shardlog::Error),
+    /// The metadata store failed.
+    #[error("metadata store: {0}")]
+    Metadata(String),
+    /// A filesystem operation outside the shard logs failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BrokerError {
+    /// An [`BrokerError::InvalidArgument`] naming `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// A stable, machine-readable name for the error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "InvalidArgument",
+            Self::StreamNotFound { .. } => "StreamNotFound",
+            Self::StreamExists { .. } => "StreamExists",
+            Self::ShardNotFound { .. } => "ShardNotFound",
+            Self::Throttled { .. } => "Throttled",
+            Self::LimitExceeded(_) => "LimitExceeded",
+            Self::ExpiredIterator { .. } => "ExpiredIterator",
+            Self::SequenceTrimmed { .. } => "SequenceTrimmed",
+            Self::ShardReadOnly { .. } => "ShardReadOnly",
+            Self::Unavailable(_) => "Unavailable",
+            Self::Storage(_) | Self::Metadata(_) | Self::Io { .. } => "Internal",
+        }
+    }
+}
+
+impl From<sled::Error> for BrokerError {
+    fn from(e: sled::Error) -> Self {
+        Self::Metadata(e.to_string())
+    }
+}
+
+/// Shorthand for broker results.
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,667 @@
+//! The gRPC edge: converts `proto` messages to domain calls and back.
+//! Validation of request fields happens here or in the catalogue, and every
+//! rejection names the field; errors become statuses only in [`status`].
+
+pub mod status;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::v1 as pb;
+use proto::v1::stream_broker_server::StreamBroker;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::catalog::{Catalog, CreateStream, Stream as BrokerStream, validate_stream_name};
+use crate::config::DurabilityMode;
+use crate::error::{BrokerError, Result};
+use crate::iterator::{IteratorSigner, Position};
+use crate::routing::{hash_key, parse_explicit_hash_key};
+use crate::shard::{NewRecord, Shard, parse_shard_id};
+use status::to_status;
+
+/// Most records in one PutRecords request.
+pub const PUT_RECORDS_MAX: usize = 500;
+/// Most key + data bytes in one PutRecords request.
+pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
+/// Most records one GetRecords call returns.
+pub const GET_RECORDS_LIMIT_MAX: u32 = 10_000;
+/// Most key + data bytes one GetRecords call returns.
+pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
+/// Most key + data bytes in one SubscribeShard event.
+const SUBSCRIBE_EVENT_BYTES_MAX: usize = 1024 * 1024;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    catalog: Arc<Catalog>,
+    signer: IteratorSigner,
+    shutdown: CancellationToken,
+}
+
+impl GrpcService {
+    /// A service over `catalog`; streaming calls end when `shutdown` fires.
+    pub fn new(catalog: Arc<Catalog>, signer: IteratorSigner, shutdown: CancellationToken) -> Self {
+        Self { catalog, signer, shutdown }
+    }
+
+    fn now(&self) -> u64 {
+        self.catalog.clock().now_ms()
+    }
+
+    /// Runs a unary handler under the configured request deadline.
+    async fn unary<T>(&self, name: &'static str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let deadline = Duration::from_millis(self.catalog.config().limits.request_timeout_ms);
+        let result = match tokio::time::timeout(deadline, f).await {
+            Ok(r) => r,
+            Err(_) => {
+                Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis())))
+            }
+        };
+        metrics::histogram!("stream_broker_request_duration_seconds", "method" => name)
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
+        }
+        result.map(Response::new).map_err(to_status)
+    }
+
+    fn shard_of(stream: &BrokerStream, shard_id: &str) -> Result<Arc<Shard>> {
+        let index = parse_shard_id(shard_id).ok_or_else(|| {
+            BrokerError::invalid("shard_id", format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
+        })?;
+        stream
+            .shards
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.meta().name, shard_id: shard_id.to_string() })
+    }
+
+    /// The first sequence number a reader starting at this position gets.
+    async fn resolve_start(
+        &self,
+        shard: &Shard,
+        kind: i32,
+        sequence_number: Option<u64>,
+        timestamp_ms: Option<u64>,
+    ) -> Result<u64> {
+        let reader = shard.reader().clone();
+        let (first, next) = (reader.first_seq(), reader.next_seq());
+        let at = |field: &str, seq: Option<u64>, offset: u64| -> Result<u64> {
+            let seq = seq.ok_or_else(|| BrokerError::invalid(field, "required for this iterator type"))?;
+            let start = seq.saturating_add(offset);
+            if start < first {
+                return Err(BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested: seq, first });
+            }
+            if start > next {
+                return Err(BrokerError::invalid(field, format!("{seq} is beyond the end of the shard ({next})")));
+            }
+            Ok(start)
+        };
+        match pb::IteratorType::try_from(kind) {
+            Ok(pb::IteratorType::TrimHorizon) => Ok(first),
+            Ok(pb::IteratorType::Latest) => Ok(next),
+            Ok(pb::IteratorType::AtSequenceNumber) => at("starting_sequence_number", sequence_number, 0),
+            Ok(pb::IteratorType::AfterSequenceNumber) => at("starting_sequence_number", sequence_number, 1),
+            Ok(pb::IteratorType::AtTimestamp) => {
+                let ts =
+                    timestamp_ms.ok_or_else(|| BrokerError::invalid("timestamp_ms", "required for AT_TIMESTAMP"))?;
+                if ts > self.now() {
+                    return Err(BrokerError::invalid("timestamp_ms", format!("{ts} is in the future")));
+                }
+                tokio::task::spawn_blocking(move || reader.seq_at_or_after_timestamp(ts))
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?
+                    .map_err(BrokerError::from)
+            }
+            _ => Err(BrokerError::invalid("iterator_type", format!("{kind} is not a known iterator type"))),
+        }
+    }
+
+    /// Validates, routes, applies quotas and queues a PutRecords batch.
+    /// Records over quota fail alone; once a shard throttles a record, its
+    /// later records in the same batch are throttled too, which keeps each
+    /// shard's accepted records in request order.
+    async fn submit_put(&self, stream_name: &str, entries: Vec<pb::PutRecordsEntry>) -> Result<PendingPut> {
+        validate_stream_name(stream_name)?;
+        let stream = self.catalog.get(stream_name)?;
+        if entries.is_empty() || entries.len() > PUT_RECORDS_MAX {
+            return Err(BrokerError::invalid("records", format!("must hold 1..=500 records, got {}", entries.len())));
+        }
+        let total: usize = entries.iter().map(|e| e.partition_key.len() + e.data.len()).sum();
+        if total > PUT_RECORDS_BYTES_MAX {
+            return Err(BrokerError::invalid("records", format!("{total} bytes of keys and data, more than 5 MiB")));
+        }
+        let meta = stream.meta();
+        let mut routed = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            validate_partition_key(&e.partition_key)
+                .map_err(|r| BrokerError::invalid(format!("records[{i}].partition_key"), r))?;
+            let size = e.partition_key.len() + e.data.len();
+            if size > meta.max_record_bytes as usize {
+                return Err(BrokerError::invalid(
+                    format!("records[{i}].data"),
+                    format!("record is {size} bytes (key + data), more than the stream's {}", meta.max_record_bytes),
+                ));
+            }
+            let hash = match &e.explicit_hash_key {
+                Some(k) => parse_explicit_hash_key(k)
+                    .map_err(|r| BrokerError::invalid(format!("records[{i}].explicit_hash_key"), r))?,
+                None => hash_key(&e.partition_key),
+            };
+            routed.push((stream.ranges.shard_for(hash), size));
+        }
+        let now = self.now();
+        let mut outcome: Vec<Outcome> = Vec::with_capacity(entries.len());
+        let mut groups: HashMap<u32, Vec<NewRecord>> = HashMap::new();
+        let mut throttled_shards: HashMap<u32, u64> = HashMap::new();
+        let (mut bytes_in, mut throttled) = (0u64, 0u64);
+        for (e, (shard, size)) in entries.into_iter().zip(routed) {
+            let quota = &stream.shards[shard as usize].quota;
+            let admitted = match throttled_shards.get(&shard) {
+                Some(&wait) => Err(wait),
+                None => quota.try_write(size as u64, now),
+            };
+            match admitted {
+                Ok(()) => {
+                    let group = groups.entry(shard).or_default();
+                    outcome.push(Outcome::Queued { shard, offset: group.len() as u64 });
+                    group.push((Bytes::from(e.partition_key), e.data));
+                    bytes_in += size as u64;
+                }
+                Err(wait) => {
+                    throttled_shards.entry(shard).or_insert(wait);
+                    outcome.push(Outcome::Throttled { shard, retry_after_ms: wait });
+                    throttled += 1;
+                }
+            }
+        }
+        let mut acks = HashMap::with_capacity(groups.len());
+        for (shard, records) in groups {
+            acks.insert(shard, stream.shards[shard as usize].submit(records).await?);
+        }
+        let labels = [("stream", meta.name.clone())];
+        metrics::counter!("stream_broker_bytes_in_total", &labels).increment(bytes_in);
+        if throttled > 0 {
+            metrics::counter!("stream_broker_throttled_records_total", &labels).increment(throttled);
+        }
+        Ok(PendingPut { stream, outcome, acks })
+    }
+
+    async fn describe(&self, stream: &BrokerStream) -> pb::StreamDescription {
+        describe(stream, self.catalog.config())
+    }
+}
+
+/// Kinesis partition keys are 1..=256 Unicode characters.
+fn validate_partition_key(key: &str) -> std::result::Result<(), String> {
+    let chars = key.chars().count();
+    if (1..=256).contains(&chars) { Ok(()) } else { Err(format!("must be 1..=256 characters, got {chars}")) }
+}
+
+enum Outcome {
+    Queued { shard: u32, offset: u64 },
+    Throttled { shard: u32, retry_after_ms: u64 },
+}
+
+/// A PutRecords batch whose shard batches are queued.
+struct PendingPut {
+    stream: Arc<BrokerStream>,
+    outcome: Vec<Outcome>,
+    acks: HashMap<u32, oneshot::Receiver<Result<shardlog::Appended>>>,
+}
+
+impl PendingPut {
+    /// Waits for every shard batch and builds the per-record results.
+    async fn wait(self) -> pb::PutRecordsResponse {
+        let mut appended = HashMap::with_capacity(self.acks.len());
+        for (shard, ack) in self.acks {
+            let r = ack.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("shard writer stopped".into())));
+            appended.insert(shard, r);
+        }
+        let mut resp =
+            pb::PutRecordsResponse { failed_record_count: 0, records: Vec::with_capacity(self.outcome.len()) };
+        let mut records_in = 0u64;
+        for o in self.outcome {
+            let entry = match o {
+                Outcome::Queued { shard, offset } => match &appended[&shard] {
+                    Ok(a) => {
+                        records_in += 1;
+                        pb::PutRecordsResultEntry {
+                            shard_id: self.stream.shards[shard as usize].id.clone(),
+                            sequence_number: a.first_seq + offset,
+                            ..Default::default()
+                        }
+                    }
+                    Err(e) => pb::PutRecordsResultEntry {
+                        error_code: "ShardUnavailable".into(),
+                        error_message: e.to_string(),
+                        ..Default::default()
+                    },
+                },
+                Outcome::Throttled { shard, retry_after_ms } => pb::PutRecordsResultEntry {
+                    error_code: "ProvisionedThroughputExceeded".into(),
+                    error_message: format!(
+                        "write quota of {} exceeded; retry after {retry_after_ms} ms",
+                        self.stream.shards[shard as usize].id
+                    ),
+                    ..Default::default()
+                },
+            };
+            if !entry.error_code.is_empty() {
+                resp.failed_record_count += 1;
+            }
+            resp.records.push(entry);
+        }
+        metrics::counter!("stream_broker_records_in_total", "stream" => self.stream.meta().name).increment(records_in);
+        resp
+    }
+}
+
+fn durability_of(mode: DurabilityMode) -> pb::DurabilityMode {
+    match mode {
+        DurabilityMode::Always => pb::DurabilityMode::Always,
+        DurabilityMode::Interval => pb::DurabilityMode::Interval,
+        DurabilityMode::Never => pb::DurabilityMode::Never,
+    }
+}
+
+/// The description of a stream as the API shows it.
+pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> pb::StreamDescription {
+    let meta = stream.meta();
+    let shards = stream
+        .shards
+        .iter()
+        .map(|s| {
+            let stats = s.reader().stats();
+            let write_error = s.health.write_error();
+            pb::ShardDescription {
+                shard_id: s.id.clone(),
+                starting_hash_key: s.hash_range.0.to_string(),
+                ending_hash_key: s.hash_range.1.to_string(),
+                first_sequence_number: stats.first_seq,
+                next_sequence_number: stats.next_seq,
+                bytes_stored: stats.bytes,
+                records_stored: stats.next_seq - stats.first_seq,
+                writable: write_error.is_none(),
+                write_error: write_error.unwrap_or_default(),
+            }
+        })
+        .collect();
+    let q = meta.quotas;
+    pb::StreamDescription {
+        stream_name: meta.name,
+        stream_id: meta.id,
+        status: pb::StreamStatus::Active as i32,
+        retention_hours: meta.retention_hours,
+        quotas: Some(pb::Quotas {
+            write_records_per_sec: Some(q.write_records_per_sec),
+            write_bytes_per_sec: Some(q.write_bytes_per_sec),
+            read_calls_per_sec: Some(q.read_calls_per_sec),
+            read_bytes_per_sec: Some(q.read_bytes_per_sec),
+        }),
+        max_record_bytes: meta.max_record_bytes,
+        durability: durability_of(config.durability.mode) as i32,
+        durability_interval_ms: config.durability.interval_ms,
+        created_at_ms: meta.created_at_ms,
+        shards,
+    }
+}
+
+fn to_record(r: shardlog::Record) -> pb::Record {
+    pb::Record {
+        sequence_number: r.seq,
+        arrival_timestamp_ms: r.timestamp_ms,
+        // Keys were checked as UTF-8 on the way in and are CRC-protected on disk.
+        partition_key: String::from_utf8_lossy(&r.partition_key).into_owned(),
+        data: r.data,
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl StreamBroker for GrpcService {
+    async fn create_stream(
+        &self,
+        req: Request<pb::CreateStreamRequest>,
+    ) -> Result<Response<pb::CreateStreamResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("CreateStream", async {
+            let q = r.quota_overrides.unwrap_or_default();
+            let stream = self
+                .catalog
+                .create(CreateStream {
+                    name: r.stream_name,
+                    shard_count: r.shard_count,
+                    retention_hours: r.retention_hours,
+                    write_records_per_sec: q.write_records_per_sec,
+                    write_bytes_per_sec: q.write_bytes_per_sec,
+                    read_calls_per_sec: q.read_calls_per_sec,
+                    read_bytes_per_sec: q.read_bytes_per_sec,
+                    max_record_bytes: r.max_record_bytes,
+                })
+                .await?;
+            Ok(pb::CreateStreamResponse { stream: Some(self.describe(&stream).await) })
+        })
+        .await
+    }
+
+    async fn delete_stream(
+        &self,
+        req: Request<pb::DeleteStreamRequest>,
+    ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("DeleteStream", async {
+            validate_stream_name(&r.stream_name)?;
+            self.catalog.delete(&r.stream_name).await?;
+            Ok(pb::DeleteStreamResponse {})
+        })
+        .await
+    }
+
+    async fn describe_stream(
+        &self,
+        req: Request<pb::DescribeStreamRequest>,
+    ) -> Result<Response<pb::DescribeStreamResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("DescribeStream", async {
+            validate_stream_name(&r.stream_name)?;
+            let stream = self.catalog.get(&r.stream_name)?;
+            Ok(pb::DescribeStreamResponse { stream: Some(self.describe(&stream).await) })
+        })
+        .await
+    }
+
+    async fn list_streams(
+        &self,
+        req: Request<pb::ListStreamsRequest>,
+    ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("ListStreams", async {
+            let limit = match r.limit {
+                0 => 100,
+                1..=1000 => r.limit as usize,
+                n => return Err(BrokerError::invalid("limit", format!("must be 1..=1000, got {n}"))),
+            };
+            let (stream_names, has_more_streams) = self.catalog.list(limit, &r.exclusive_start_stream_name);
+            Ok(pb::ListStreamsResponse { stream_names, has_more_streams })
+        })
+        .await
+    }
+
+    async fn update_retention(
+        &self,
+        req: Request<pb::UpdateRetentionRequest>,
+    ) -> Result<Response<pb::UpdateRetentionResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("UpdateRetention", async {
+            validate_stream_name(&r.stream_name)?;
+            let stream = self.catalog.update_retention(&r.stream_name, r.retention_hours).await?;
+            Ok(pb::UpdateRetentionResponse { stream: Some(self.describe(&stream).await) })
+        })
+        .await
+    }
+
+    async fn put_record(&self, req: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("PutRecord", async {
+            let entry = pb::PutRecordsEntry {
+                partition_key: r.partition_key,
+                data: r.data,
+                explicit_hash_key: r.explicit_hash_key,
+            };
+            let pending = self.submit_put(&r.stream_name, vec![entry]).await.map_err(unprefix)?;
+            if let Some(&Outcome::Throttled { shard, retry_after_ms }) = pending.outcome.first() {
+                let shard_id = &pending.stream.shards[shard as usize].id;
+                return Err(BrokerError::Throttled {
+                    what: format!("write quota of {shard_id} exceeded"),
+                    retry_after_ms,
+                });
+            }
+            let e = pending.wait().await.records.pop().ok_or_else(|| BrokerError::Unavailable("no result".into()))?;
+            match e.error_code.as_str() {
+                "" => Ok(pb::PutRecordResponse { shard_id: e.shard_id, sequence_number: e.sequence_number }),
+                _ => Err(BrokerError::Unavailable(e.error_message)),
+            }
+        })
+        .await
+    }
+
+    async fn put_records(
+        &self,
+        req: Request<pb::PutRecordsRequest>,
+    ) -> Result<Response<pb::PutRecordsResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("PutRecords", async { Ok(self.submit_put(&r.stream_name, r.records).await?.wait().await) }).await
+    }
+
+    type ProduceStream = EventStream<pb::ProduceResponse>;
+
+    async fn produce(
+        &self,
+        req: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStream>, Status> {
+        let mut inbound = req.into_inner();
+        let in_flight = self.catalog.config().limits.produce_stream_in_flight;
+        let (out_tx, out_rx) = mpsc::channel(in_flight);
+        let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, Result<PendingPut>)>(in_flight);
+        let svc = self.clone();
+        // Reader: queues each batch in arrival order, so acks for one shard follow request order.
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = svc.shutdown.cancelled() => break,
+                };
+                let req = match msg {
+                    Ok(Some(req)) => req,
+                    Ok(None) | Err(_) => break,
+                };
+                let batch = req.batch.unwrap_or_default();
+                let pending = svc.submit_put(&batch.stream_name, batch.records).await;
+                if pending_tx.send((req.batch_id, pending)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Acknowledger: waits for each batch in order.
+        tokio::spawn(async move {
+            while let Some((batch_id, pending)) = pending_rx.recv().await {
+                let resp = match pending {
+                    Ok(p) => pb::ProduceResponse { batch_id, result: Some(p.wait().await), ..Default::default() },
+                    Err(e) => pb::ProduceResponse {
+                        batch_id,
+                        error_code: e.kind().into(),
+                        error_message: to_status(e).message().to_string(),
+                        ..Default::default()
+                    },
+                };
+                if out_tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        req: Request<pb::GetShardIteratorRequest>,
+    ) -> Result<Response<pb::GetShardIteratorResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("GetShardIterator", async {
+            validate_stream_name(&r.stream_name)?;
+            let stream = self.catalog.get(&r.stream_name)?;
+            let shard = Self::shard_of(&stream, &r.shard_id)?;
+            let seq = self.resolve_start(&shard, r.iterator_type, r.starting_sequence_number, r.timestamp_ms).await?;
+            let pos = Position { stream_id: stream.meta().id, shard: shard.index, seq };
+            Ok(pb::GetShardIteratorResponse { shard_iterator: self.signer.issue(pos, self.now()) })
+        })
+        .await
+    }
+
+    async fn get_records(
+        &self,
+        req: Request<pb::GetRecordsRequest>,
+    ) -> Result<Response<pb::GetRecordsResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("GetRecords", async {
+            let now = self.now();
+            let pos = self.signer.open(&r.shard_iterator, now)?;
+            let limit = match r.limit {
+                0 => GET_RECORDS_LIMIT_MAX,
+                1..=GET_RECORDS_LIMIT_MAX => r.limit,
+                n => return Err(BrokerError::invalid("limit", format!("must be 1..=10000, got {n}"))),
+            };
+            let stream = self.catalog.get_by_id(pos.stream_id).ok_or_else(|| BrokerError::StreamNotFound {
+                name: format!("(the iterator's stream, id {}, was deleted)", pos.stream_id),
+            })?;
+            let shard = stream
+                .shards
+                .get(pos.shard as usize)
+                .cloned()
+                .ok_or_else(|| BrokerError::invalid("shard_iterator", "names no shard"))?;
+            shard.quota.try_read_call(now).map_err(|wait| BrokerError::Throttled {
+                what: format!("read quota of {} exceeded", shard.id),
+                retry_after_ms: wait,
+            })?;
+            let reader = shard.reader().clone();
+            let batch =
+                tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?
+                    .map_err(|e| match e {
+                        shardlog::Error::SequenceTrimmed { requested, first } => {
+                            BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested, first }
+                        }
+                        other => BrokerError::from(other),
+                    })?;
+            let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
+            shard.quota.charge_read(bytes, now);
+            let behind = if batch.next_seq >= shard.reader().next_seq() {
+                0
+            } else {
+                batch.records.last().map_or(0, |r| now.saturating_sub(r.timestamp_ms))
+            };
+            let name = stream.meta().name;
+            metrics::counter!("stream_broker_records_out_total", "stream" => name.clone())
+                .increment(batch.records.len() as u64);
+            metrics::counter!("stream_broker_bytes_out_total", "stream" => name).increment(bytes);
+            let next = Position { seq: batch.next_seq, ..pos };
+            Ok(pb::GetRecordsResponse {
+                records: batch.records.into_iter().map(to_record).collect(),
+                next_shard_iterator: self.signer.issue(next, now),
+                millis_behind_latest: behind,
+            })
+        })
+        .await
+    }
+
+    type SubscribeShardStream = EventStream<pb::SubscribeShardEvent>;
+
+    async fn subscribe_shard(
+        &self,
+        req: Request<pb::SubscribeShardRequest>,
+    ) -> Result<Response<Self::SubscribeShardStream>, Status> {
+        let r = req.into_inner();
+        let limits = &self.catalog.config().limits;
+        let (max_subscribers, heartbeat) =
+            (limits.subscribers_per_shard, Duration::from_millis(limits.subscribe_heartbeat_ms));
+        let setup = async {
+            validate_stream_name(&r.stream_name)?;
+            let stream = self.catalog.get(&r.stream_name)?;
+            let shard = Self::shard_of(&stream, &r.shard_id)?;
+            let start =
+                self.resolve_start(&shard, r.starting_position, r.starting_sequence_number, r.timestamp_ms).await?;
+            let slot = shard.try_add_subscriber(max_subscribers).ok_or_else(|| {
+                BrokerError::LimitExceeded(format!(
+                    "{} has limits.subscribers_per_shard = {max_subscribers} subscribers",
+                    shard.id
+                ))
+            })?;
+            Ok((shard, start, slot))
+        };
+        let (shard, start, slot) = setup.await.map_err(to_status)?;
+        // Small and bounded: a slow subscriber holds back only its own reads.
+        let (tx, rx) = mpsc::channel(4);
+        let clock = self.catalog.clock().clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut end = shard.watch_end();
+            let mut pos = start;
+            loop {
+                let available = *end.borrow_and_update();
+                if pos < available {
+                    let reader = shard.reader().clone();
+                    let read =
+                        tokio::task::spawn_blocking(move || reader.read(pos, 10_000, SUBSCRIBE_EVENT_BYTES_MAX)).await;
+                    let event = match read {
+                        Ok(Ok(batch)) => {
+                            let behind = if batch.next_seq >= available {
+                                0
+                            } else {
+                                batch.records.last().map_or(0, |r| clock.now_ms().saturating_sub(r.timestamp_ms))
+                            };
+                            pos = batch.next_seq;
+                            Ok(pb::SubscribeShardEvent {
+                                records: batch.records.into_iter().map(to_record).collect(),
+                                continuation_sequence_number: pos,
+                                millis_behind_latest: behind,
+                                heartbeat: false,
+                            })
+                        }
+                        Ok(Err(shardlog::Error::SequenceTrimmed { requested, first })) => {
+                            Err(to_status(BrokerError::SequenceTrimmed {
+                                shard_id: shard.id.clone(),
+                                requested,
+                                first,
+                            }))
+                        }
+                        Ok(Err(e)) => Err(to_status(BrokerError::from(e))),
+                        Err(e) => Err(to_status(BrokerError::Unavailable(e.to_string()))),
+                    };
+                    let failed = event.is_err();
+                    if tx.send(event).await.is_err() || failed {
+                        return;
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    changed = end.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(to_status(BrokerError::Unavailable(format!("{} closed", shard.id))))).await;
+                        return;
+                    },
+                    _ = tokio::time::sleep(heartbeat) => {
+                        let beat = pb::SubscribeShardEvent { continuation_sequence_number: pos, heartbeat: true, ..Default::default() };
+                        if tx.send(Ok(beat)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// PutRecord has one record, so its field is not `records[0]…`.
+fn unprefix(e: BrokerError) -> BrokerError {
+    match e {
+        BrokerError::InvalidArgument { field, reason } => BrokerError::InvalidArgument {
+            field: field.strip_prefix("records[0].").map(str::to_string).unwrap_or(field),
+            reason,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,95 @@
+//! `stream-broker`: the daemon. Flags override the config file and the
+//! `STREAM_BROKER_*` environment; see `deploy/broker.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use broker::clock::SystemClock;
+use broker::config::BrokerConfig;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// A self-hosted, Kinesis-like streaming broker.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (every key is documented in deploy/broker.toml).
+    #[arg(long, env = "STREAM_BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address (overrides `grpc_addr`).
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP admin listen address (overrides `http_addr`).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let env = std::env::vars().filter(|(k, _)| k != "STREAM_BROKER_CONFIG");
+    let mut config = match BrokerConfig::load(args.config.as_deref(), env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stream-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.data_dir = args.data_dir.unwrap_or(config.data_dir);
+    config.grpc_addr = args.grpc_addr.unwrap_or(config.grpc_addr);
+    config.http_addr = args.http_addr.unwrap_or(config.http_addr);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stream-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stream-broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|e| format!("grpc_addr {}: {e}", config.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|e| format!("http_addr {}: {e}", config.http_addr))?;
+    // Tests and scripts that bind port 0 read the real addresses from here.
+    println!("stream-broker listening grpc={} http={}", grpc.local_addr()?, http.local_addr()?);
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutdown signal received");
+            shutdown.cancel();
+        }
+    });
+    broker::server::run(config, Arc::new(SystemClock), grpc, http, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Assembles and runs the broker: metadata, catalogue, gRPC and HTTP
+//! servers, retention janitor, and the shutdown sequence.
+//!
+//! Shutdown (on the token): mark not ready, stop accepting connections,
+//! end streaming calls, let in-flight unary calls finish within
+//! `limits.shutdown_grace_ms`, stop the janitor, stop every shard writer
+//! (each commits what is queued and fsyncs), flush the metadata store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use proto::v1::stream_broker_server::StreamBrokerServer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, Result};
+use crate::grpc::GrpcService;
+use crate::iterator::IteratorSigner;
+use crate::metadata::{MetadataStore, SledStore};
+
+/// Runs a broker until `shutdown` fires, on listeners the caller bound.
+pub async fn run(
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    crate::telemetry::prometheus();
+    let config = Arc::new(config);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = tokio::spawn({
+        let router = crate::http::router(ready.clone());
+        let token = shutdown.clone();
+        async move { axum::serve(http, router).with_graceful_shutdown(token.cancelled_owned()).await }
+    });
+
+    let meta_dir = config.data_dir.join("meta");
+    let (catalog, secret) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || -> Result<_> {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::Io {
+                context: format!("create {}", config.data_dir.display()),
+                source,
+            })?;
+            let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&meta_dir)?);
+            let secret = store.iterator_secret()?;
+            Ok((Arc::new(Catalog::open(config, store, clock)?), secret))
+        }
+    })
+    .await
+    .map_err(|e| BrokerError::Unavailable(e.to_string()))??;
+    tracing::info!(streams = catalog.all().len(), grpc = %grpc.local_addr().map_err(|source| BrokerError::Io { context: "grpc address".into(), source })?, "broker ready");
+
+    let janitor = tokio::spawn({
+        let catalog = catalog.clone();
+        let token = shutdown.clone();
+        let every = Duration::from_millis(config.retention.check_interval_ms);
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => catalog.enforce_retention().await,
+                    _ = token.cancelled() => return,
+                }
+            }
+        }
+    });
+
+    let streams_token = CancellationToken::new();
+    let service = GrpcService::new(catalog.clone(), IteratorSigner::new(secret), streams_token.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
+    let max = config.limits.grpc_max_message_bytes;
+    let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.limits.max_concurrent_streams)
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max))
+        .serve_with_incoming_shutdown(
+            limited_incoming(grpc, config.limits.max_connections, shutdown.clone()),
+            shutdown.clone().cancelled_owned(),
+        );
+    let mut grpc_task = tokio::spawn(grpc_server);
+    ready.store(true, Ordering::SeqCst);
+
+    shutdown.cancelled().await;
+    ready.store(false, Ordering::SeqCst);
+    health_reporter.set_not_serving::<StreamBrokerServer<GrpcService>>().await;
+    streams_token.cancel();
+    let grace = Duration::from_millis(config.limits.shutdown_grace_ms);
+    match tokio::time::timeout(grace, &mut grpc_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+        Err(_) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight calls did not finish in time; closing them");
+            grpc_task.abort();
+        }
+    }
+    let _ = janitor.await;
+    catalog.close().await?;
+    if let Ok(Err(e)) = admin.await {
+        tracing::warn!(error = %e, "admin server failed");
+    }
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+/// Accepts connections while fewer than `max` are open; further ones are
+/// closed at once (and counted) until one ends.
+fn limited_incoming(
+    listener: TcpListener,
+    max: usize,
+    shutdown: CancellationToken,
+) -> ReceiverStream<std::io::Result<LimitedConn>> {
+    let (tx, rx) = mpsc::channel(16);
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.cancelled() => return,
+            };
+            let (stream, _) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Per-connection errors (e.g. EMFILE) must not stop the listener.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                metrics::counter!("stream_broker_connections_refused_total").increment(1);
+                drop(stream);
+                continue;
+            };
+            if tx.send(Ok(LimitedConn { stream, _permit: permit })).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A TCP connection holding one of the connection permits.
+#[derive(Debug)]
+pub struct LimitedConn {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,74 @@
+//! An in-process broker for tests of this and other crates: real gRPC and
+//! HTTP on `127.0.0.1:0`, real files in a temporary directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::BrokerConfig;
+use crate::error::Result;
+
+/// A running in-process broker. Stop it with [`TestBroker::stop`]; dropping
+/// it cancels the broker without waiting.
+#[derive(Debug)]
+pub struct TestBroker {
+    /// gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP admin address.
+    pub http_addr: SocketAddr,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<()>>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestBroker {
+    /// A broker with default settings in a fresh temporary directory.
+    pub async fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temporary directory for the test broker");
+        let config = BrokerConfig { data_dir: temp.path().to_path_buf(), ..BrokerConfig::default() };
+        let mut b = Self::start_with(config, Arc::new(SystemClock)).await;
+        b._temp = Some(temp);
+        b
+    }
+
+    /// A broker with this configuration and clock; the addresses in
+    /// `config` are ignored (both listeners bind `127.0.0.1:0`).
+    pub async fn start_with(config: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC listener");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP listener");
+        let (grpc_addr, http_addr) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        let data_dir = config.data_dir.clone();
+        let task = tokio::spawn(crate::server::run(config, clock, grpc, http, shutdown.clone()));
+        Self { grpc_addr, http_addr, data_dir, shutdown, task: Some(task), _temp: None }
+    }
+
+    /// `http://127.0.0.1:port` for gRPC clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Shuts the broker down cleanly and returns how `run` ended.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("stop is called once");
+        task.await.expect("broker task did not panic")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
