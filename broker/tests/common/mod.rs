@@ -1,0 +1,79 @@
+//! Helpers shared by the broker's integration tests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use proto::v1 as pb;
+use proto::v1::stream_broker_client::StreamBrokerClient;
+use tonic::transport::Channel;
+
+pub type Client = StreamBrokerClient<Channel>;
+
+pub async fn connect(endpoint: String) -> Client {
+    let channel = Channel::from_shared(endpoint).expect("endpoint").connect().await.expect("connect to broker");
+    StreamBrokerClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+}
+
+pub async fn create(client: &mut Client, name: &str, shards: u32) -> pb::StreamDescription {
+    create_with(client, pb::CreateStreamRequest { stream_name: name.into(), shard_count: shards, ..Default::default() })
+        .await
+}
+
+pub async fn create_with(client: &mut Client, req: pb::CreateStreamRequest) -> pb::StreamDescription {
+    client.create_stream(req).await.expect("create stream").into_inner().stream.expect("description")
+}
+
+pub fn entry(key: &str, data: &[u8]) -> pb::PutRecordsEntry {
+    pb::PutRecordsEntry { partition_key: key.into(), data: Bytes::copy_from_slice(data), explicit_hash_key: None }
+}
+
+pub async fn put(client: &mut Client, stream: &str, entries: Vec<pb::PutRecordsEntry>) -> pb::PutRecordsResponse {
+    client
+        .put_records(pb::PutRecordsRequest { stream_name: stream.into(), records: entries })
+        .await
+        .expect("put records")
+        .into_inner()
+}
+
+pub async fn iterator(
+    client: &mut Client,
+    stream: &str,
+    shard: &str,
+    kind: pb::IteratorType,
+    seq: Option<u64>,
+    ts: Option<u64>,
+) -> String {
+    client
+        .get_shard_iterator(pb::GetShardIteratorRequest {
+            stream_name: stream.into(),
+            shard_id: shard.into(),
+            iterator_type: kind as i32,
+            starting_sequence_number: seq,
+            timestamp_ms: ts,
+        })
+        .await
+        .expect("get shard iterator")
+        .into_inner()
+        .shard_iterator
+}
+
+/// Reads a shard from an iterator until a response reaches the end.
+pub async fn drain(client: &mut Client, mut it: String, limit: u32) -> Vec<pb::Record> {
+    let mut out = Vec::new();
+    loop {
+        let r = client
+            .get_records(pb::GetRecordsRequest { shard_iterator: it.clone(), limit })
+            .await
+            .expect("get records")
+            .into_inner();
+        let n = r.records.len();
+        out.extend(r.records);
+        it = r.next_shard_iterator;
+        if n == 0 || r.millis_behind_latest == 0 && n < limit as usize {
+            return out;
+        }
+    }
+}
+
+pub fn error_kind(s: &tonic::Status) -> String {
+    s.metadata().get("x-error-kind").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
