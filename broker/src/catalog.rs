@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use shardlog::io::{Io, StdIo};
+
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
@@ -87,6 +89,7 @@ pub struct Catalog {
     config: Arc<BrokerConfig>,
     store: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
+    io: Arc<dyn Io>,
     streams_dir: PathBuf,
     streams: RwLock<Streams>,
     control: tokio::sync::Mutex<()>,
@@ -118,12 +121,23 @@ impl Catalog {
     /// orphaned stream directories, and opens (recovers) every active shard.
     /// Blocking.
     pub fn open(config: Arc<BrokerConfig>, store: Arc<dyn MetadataStore>, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_with_io(config, store, clock, Arc::new(StdIo))
+    }
+
+    /// [`Catalog::open`] with shard-log I/O through `io` (tests inject faults here).
+    pub fn open_with_io(
+        config: Arc<BrokerConfig>,
+        store: Arc<dyn MetadataStore>,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn Io>,
+    ) -> Result<Self> {
         let streams_dir = config.data_dir.join("streams");
         std::fs::create_dir_all(&streams_dir).map_err(io_err(format!("create {}", streams_dir.display())))?;
         let catalog = Self {
             config,
             store,
             clock,
+            io,
             streams_dir,
             streams: RwLock::new(Streams::default()),
             control: tokio::sync::Mutex::new(()),
@@ -187,7 +201,7 @@ impl Catalog {
                 group_max: c.limits.group_commit_max_requests,
             };
             let quota = ShardQuota::new(meta.quotas, c.quotas.enforce, self.clock.now_ms());
-            let shard = Shard::open(&dir.join(shard_id(index)), spec, quota, self.clock.clone())?;
+            let shard = Shard::open(&dir.join(shard_id(index)), spec, quota, self.clock.clone(), self.io.clone())?;
             shards.push(Arc::new(shard));
         }
         sync_dir(&dir)?;

@@ -125,8 +125,14 @@ impl std::fmt::Debug for WriteOp {
 impl Shard {
     /// Opens (recovering) the shard's log in `dir` and starts its writer.
     /// Blocking: call from a blocking context.
-    pub fn open(dir: &Path, spec: ShardSpec, quota: ShardQuota, clock: Arc<dyn Clock>) -> Result<Self> {
-        let log = ShardLog::open(dir, spec.log_config.clone())?;
+    pub fn open(
+        dir: &Path,
+        spec: ShardSpec,
+        quota: ShardQuota,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn shardlog::io::Io>,
+    ) -> Result<Self> {
+        let log = ShardLog::open_with_io(dir, spec.log_config.clone(), io)?;
         let report = log.recovery_report();
         if !report.is_clean() {
             tracing::warn!(stream = %spec.stream, shard = spec.index, ?report, "shard log recovered");

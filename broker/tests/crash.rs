@@ -27,7 +27,14 @@ struct Process {
 impl Process {
     fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
-            .args(["--data-dir", data_dir.to_str().expect("utf-8 path"), "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
             .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -77,7 +84,8 @@ async fn produce_until(endpoint: &str, stream: &str, producers: usize, round: us
             let mut c = proto::v1::stream_broker_client::StreamBrokerClient::new(channel);
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let payloads: Vec<Vec<u8>> = (0..10).map(|i| format!("r{round}-p{p}-n{}-{i}", n).into_bytes()).collect();
+                let payloads: Vec<Vec<u8>> =
+                    (0..10).map(|i| format!("r{round}-p{p}-n{}-{i}", n).into_bytes()).collect();
                 let entries = payloads.iter().enumerate().map(|(i, d)| entry(&format!("key-{p}-{i}"), d)).collect();
                 let req = pb::PutRecordsRequest { stream_name: stream.clone(), records: entries };
                 match c.put_records(req).await {
@@ -172,7 +180,9 @@ async fn crash_loop(kills: usize) {
         let run_for = Duration::from_millis(100 + rng % 400);
         let endpoint = p.endpoint.clone();
         // Kill while the producers are mid-flight: their outstanding requests are unacknowledged.
-        let producers = tokio::spawn(async move { produce_until(&endpoint, "s", 4, round, Instant::now() + Duration::from_secs(3600)).await });
+        let producers = tokio::spawn(async move {
+            produce_until(&endpoint, "s", 4, round, Instant::now() + Duration::from_secs(3600)).await
+        });
         tokio::time::sleep(run_for).await;
         p.kill9();
         acked.extend(producers.await.expect("producers"));

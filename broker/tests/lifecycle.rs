@@ -48,8 +48,14 @@ async fn interrupted_creates_roll_back_and_interrupted_deletes_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     let catalog = open(&config).await;
-    let kept = catalog.create(CreateStream { name: "kept".into(), shard_count: 2, ..Default::default() }).await.expect("create");
-    let doomed = catalog.create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() }).await.expect("create");
+    let kept = catalog
+        .create(CreateStream { name: "kept".into(), shard_count: 2, ..Default::default() })
+        .await
+        .expect("create");
+    let doomed = catalog
+        .create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("create");
     kept.shards[0].append(vec![("k".into(), "v".into())]).await.expect("append");
     let (kept_id, doomed_id) = (kept.meta().id, doomed.meta().id);
     drop((kept, doomed));
@@ -62,7 +68,8 @@ async fn interrupted_creates_roll_back_and_interrupted_deletes_finish() {
     std::fs::create_dir_all(dir.path().join("streams/900/shardId-000000000000")).expect("mkdir");
     store.put_stream(&meta("doomed", doomed_id, StreamStatus::Deleting)).expect("put");
     std::fs::create_dir_all(dir.path().join("streams/901/shardId-000000000000")).expect("mkdir");
-    std::fs::write(dir.path().join("streams/901/shardId-000000000000/00000000000000000000.log"), b"orphan").expect("write");
+    std::fs::write(dir.path().join("streams/901/shardId-000000000000/00000000000000000000.log"), b"orphan")
+        .expect("write");
     drop(store);
     drop(catalog);
 
@@ -74,7 +81,10 @@ async fn interrupted_creates_roll_back_and_interrupted_deletes_finish() {
     assert_eq!(defs, vec!["kept".to_string()], "no half-made definitions remain");
     let kept = catalog.get("kept").expect("kept");
     assert_eq!(kept.shards[0].reader().next_seq(), 1, "the surviving stream kept its record");
-    let again = catalog.create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() }).await.expect("name is free");
+    let again = catalog
+        .create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("name is free");
     assert!(again.meta().id > doomed_id, "ids are never reused");
     catalog.delete("doomed").await.expect("delete");
     assert_eq!(stream_dirs(&config), vec![kept_id.to_string()]);
