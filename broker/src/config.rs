@@ -49,6 +49,22 @@ pub struct BrokerConfig {
     pub retention: RetentionConfig,
     /// Limits on clients and queues.
     pub limits: LimitsConfig,
+    /// Consumer groups.
+    pub groups: GroupsConfig,
+}
+
+/// `[groups]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// A member that neither heartbeats nor polls for this long leaves the group.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self { session_timeout_ms: 10_000 }
+    }
 }
 
 /// `[durability]`
@@ -138,6 +154,7 @@ impl Default for BrokerConfig {
             storage: StorageConfig::default(),
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -264,6 +281,9 @@ impl BrokerConfig {
         };
         if let Err(shardlog::Error::InvalidConfig { field, reason }) = storage.validate() {
             return Err(ConfigError(format!("storage.{field}: {reason}")));
+        }
+        if !(1_000..=600_000).contains(&self.groups.session_timeout_ms) {
+            return bad("groups.session_timeout_ms", "must be 1000..=600000");
         }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");

@@ -41,6 +41,38 @@ pub enum BrokerError {
         /// When a retry can succeed.
         retry_after_ms: u64,
     },
+    /// No such consumer group.
+    #[error("group {group:?} of stream {stream:?} not found")]
+    GroupNotFound {
+        /// The stream.
+        stream: String,
+        /// The group.
+        group: String,
+    },
+    /// The member is not (or no longer) in the group: rejoin.
+    #[error("member {member_id:?} is not in the group (it left or its session expired); join again")]
+    UnknownMember {
+        /// The member.
+        member_id: String,
+    },
+    /// The request carries an old generation: a rebalance happened.
+    #[error(
+        "generation {requested} is stale; the group is at generation {current}: heartbeat to get the new assignment"
+    )]
+    StaleGeneration {
+        /// The caller's generation.
+        requested: u64,
+        /// The group's.
+        current: u64,
+    },
+    /// The operation needs a group without live members.
+    #[error("group {group:?} has {members} live member(s); stop them first")]
+    GroupBusy {
+        /// The group.
+        group: String,
+        /// Live members.
+        members: usize,
+    },
     /// A broker-wide limit (streams, shards, connections) is reached.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
@@ -101,6 +133,10 @@ impl BrokerError {
             Self::StreamNotFound { .. } => "StreamNotFound",
             Self::StreamExists { .. } => "StreamExists",
             Self::ShardNotFound { .. } => "ShardNotFound",
+            Self::GroupNotFound { .. } => "GroupNotFound",
+            Self::UnknownMember { .. } => "UnknownMember",
+            Self::StaleGeneration { .. } => "StaleGeneration",
+            Self::GroupBusy { .. } => "GroupBusy",
             Self::Throttled { .. } => "Throttled",
             Self::LimitExceeded(_) => "LimitExceeded",
             Self::ExpiredIterator { .. } => "ExpiredIterator",

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;

@@ -49,6 +49,30 @@ pub struct StreamMeta {
     pub created_at_ms: u64,
 }
 
+/// Where a group's shards start when they have no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartPosition {
+    /// The oldest stored record.
+    TrimHorizon,
+    /// Records arriving after the shard was first assigned.
+    Latest,
+    /// The first record at or after this time (ms since the Unix epoch).
+    AtTimestamp(u64),
+}
+
+/// A consumer group's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// The stream's id (groups die with their stream).
+    pub stream_id: u64,
+    /// The group's name.
+    pub name: String,
+    /// Start for shards without a checkpoint.
+    pub start: StartPosition,
+    /// Creation time.
+    pub created_at_ms: u64,
+}
+
 /// Durable metadata.
 pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// Every stream, in name order.
@@ -63,6 +87,24 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     fn iterator_secret(&self) -> Result<[u8; 32]>;
     /// Makes everything durable (at shutdown).
     fn flush(&self) -> Result<()>;
+    /// Every consumer group.
+    fn groups(&self) -> Result<Vec<GroupMeta>>;
+    /// Inserts or replaces a group; durable on return.
+    fn put_group(&self, group: &GroupMeta) -> Result<()>;
+    /// Removes a group and its checkpoints; durable on return.
+    fn remove_group(&self, stream_id: u64, name: &str) -> Result<()>;
+    /// A group's checkpoints: shard index -> next sequence number to process.
+    fn checkpoints(&self, stream_id: u64, name: &str) -> Result<BTreeMap<u32, u64>>;
+    /// Stores checkpoints atomically; durable on return.
+    fn put_checkpoints(&self, stream_id: u64, name: &str, checkpoints: &[(u32, u64)]) -> Result<()>;
+}
+
+fn group_key(stream_id: u64, name: &str) -> String {
+    format!("{stream_id:020}/{name}")
+}
+
+fn checkpoint_key(stream_id: u64, name: &str, shard: u32) -> String {
+    format!("{stream_id:020}/{name}/{shard:010}")
 }
 
 /// sled-backed metadata in `<data_dir>/meta`.
@@ -70,6 +112,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 pub struct SledStore {
     db: sled::Db,
     streams: sled::Tree,
+    groups: sled::Tree,
+    checkpoints: sled::Tree,
 }
 
 impl SledStore {
@@ -77,7 +121,9 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let db = sled::Config::new().path(dir).open()?;
         let streams = db.open_tree("streams")?;
-        Ok(Self { db, streams })
+        let groups = db.open_tree("groups")?;
+        let checkpoints = db.open_tree("checkpoints")?;
+        Ok(Self { db, streams, groups, checkpoints })
     }
 
     fn flushed(&self) -> Result<()> {
@@ -130,12 +176,69 @@ impl MetadataStore for SledStore {
     fn flush(&self) -> Result<()> {
         self.flushed()
     }
+
+    fn groups(&self) -> Result<Vec<GroupMeta>> {
+        self.groups
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(|e| BrokerError::Metadata(format!("undecodable group: {e}"))))
+            .collect()
+    }
+
+    fn put_group(&self, group: &GroupMeta) -> Result<()> {
+        let value = serde_json::to_vec(group).map_err(|e| BrokerError::Metadata(e.to_string()))?;
+        self.groups.insert(group_key(group.stream_id, &group.name), value)?;
+        self.flushed()
+    }
+
+    fn remove_group(&self, stream_id: u64, name: &str) -> Result<()> {
+        let prefix = format!("{}/", group_key(stream_id, name));
+        let mut batch = sled::Batch::default();
+        for key in self.checkpoints.scan_prefix(prefix.as_bytes()).keys() {
+            batch.remove(key?);
+        }
+        self.checkpoints.apply_batch(batch)?;
+        self.groups.remove(group_key(stream_id, name))?;
+        self.flushed()
+    }
+
+    fn checkpoints(&self, stream_id: u64, name: &str) -> Result<BTreeMap<u32, u64>> {
+        let prefix = format!("{}/", group_key(stream_id, name));
+        let mut out = BTreeMap::new();
+        for kv in self.checkpoints.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = kv?;
+            let shard = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|s| s.parse().ok());
+            let seq = <[u8; 8]>::try_from(&v[..]).ok().map(u64::from_le_bytes);
+            match (shard, seq) {
+                (Some(shard), Some(seq)) => {
+                    out.insert(shard, seq);
+                }
+                _ => return Err(BrokerError::Metadata(format!("undecodable checkpoint under {prefix}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_checkpoints(&self, stream_id: u64, name: &str, checkpoints: &[(u32, u64)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for &(shard, seq) in checkpoints {
+            batch.insert(checkpoint_key(stream_id, name, shard).as_bytes(), &seq.to_le_bytes());
+        }
+        self.checkpoints.apply_batch(batch)?;
+        self.flushed()
+    }
 }
 
 /// In-memory metadata for tests.
 #[derive(Debug, Default)]
 pub struct MemStore {
     inner: Mutex<(BTreeMap<String, StreamMeta>, u64)>,
+    groups: Mutex<BTreeMap<String, GroupMeta>>,
+    checkpoints: Mutex<BTreeMap<String, u64>>,
+}
+
+fn mem_lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| BrokerError::Metadata("poisoned".into()))
 }
 
 impl MetadataStore for MemStore {
@@ -168,6 +271,38 @@ impl MetadataStore for MemStore {
     }
 
     fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn groups(&self) -> Result<Vec<GroupMeta>> {
+        Ok(mem_lock(&self.groups)?.values().cloned().collect())
+    }
+
+    fn put_group(&self, group: &GroupMeta) -> Result<()> {
+        mem_lock(&self.groups)?.insert(group_key(group.stream_id, &group.name), group.clone());
+        Ok(())
+    }
+
+    fn remove_group(&self, stream_id: u64, name: &str) -> Result<()> {
+        let prefix = format!("{}/", group_key(stream_id, name));
+        mem_lock(&self.checkpoints)?.retain(|k, _| !k.starts_with(&prefix));
+        mem_lock(&self.groups)?.remove(&group_key(stream_id, name));
+        Ok(())
+    }
+
+    fn checkpoints(&self, stream_id: u64, name: &str) -> Result<BTreeMap<u32, u64>> {
+        let prefix = format!("{}/", group_key(stream_id, name));
+        Ok(mem_lock(&self.checkpoints)?
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.parse().ok()?, *v)))
+            .collect())
+    }
+
+    fn put_checkpoints(&self, stream_id: u64, name: &str, checkpoints: &[(u32, u64)]) -> Result<()> {
+        let mut m = mem_lock(&self.checkpoints)?;
+        for &(shard, seq) in checkpoints {
+            m.insert(checkpoint_key(stream_id, name, shard), seq);
+        }
         Ok(())
     }
 }
@@ -204,5 +339,30 @@ mod tests {
         assert_eq!(s.streams().expect("list"), vec![meta("b", id)]);
         assert!(s.next_id().expect("id") > id, "ids are never reused");
         assert_eq!(s.iterator_secret().expect("secret"), secret);
+    }
+
+    #[test]
+    fn groups_and_checkpoints_round_trip_in_both_stores() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled_store = SledStore::open(dir.path()).expect("open");
+        let stores: [&dyn MetadataStore; 2] = [&sled_store, &MemStore::default()];
+        for s in stores {
+            let g =
+                GroupMeta { stream_id: 3, name: "g".into(), start: StartPosition::AtTimestamp(5), created_at_ms: 1 };
+            s.put_group(&g).expect("put group");
+            s.put_group(&GroupMeta { name: "g2".into(), ..g.clone() }).expect("put group");
+            s.put_checkpoints(3, "g", &[(0, 10), (1, 20)]).expect("cp");
+            s.put_checkpoints(3, "g", &[(1, 25)]).expect("cp");
+            s.put_checkpoints(3, "g2", &[(0, 99)]).expect("cp");
+            assert_eq!(s.checkpoints(3, "g").expect("read"), BTreeMap::from([(0, 10), (1, 25)]));
+            s.remove_group(3, "g").expect("remove");
+            assert!(s.checkpoints(3, "g").expect("read").is_empty());
+            assert_eq!(
+                s.checkpoints(3, "g2").expect("read"),
+                BTreeMap::from([(0, 99)]),
+                "a prefix of another group's name is not its group"
+            );
+            assert_eq!(s.groups().expect("groups").len(), 1);
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use proto::v1::consumer_groups_server::ConsumerGroupsServer;
 use proto::v1::stream_broker_server::StreamBrokerServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,7 +25,9 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
+use crate::group::GroupManager;
 use crate::grpc::GrpcService;
+use crate::grpc::groups::GroupsService;
 use crate::iterator::IteratorSigner;
 use crate::metadata::{MetadataStore, SledStore};
 
@@ -76,8 +79,29 @@ pub async fn run(
         }
     });
 
+    let groups = Arc::new(
+        tokio::task::spawn_blocking({
+            let (catalog, timeout) = (catalog.clone(), config.groups.session_timeout_ms);
+            move || GroupManager::open(catalog, timeout)
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))??,
+    );
+    let sweeper = tokio::spawn({
+        let (groups, token) = (groups.clone(), shutdown.clone());
+        let every = Duration::from_millis((config.groups.session_timeout_ms / 4).min(1000));
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => groups.expire_sessions().await,
+                    _ = token.cancelled() => return,
+                }
+            }
+        }
+    });
     let streams_token = CancellationToken::new();
-    let service = GrpcService::new(catalog.clone(), IteratorSigner::new(secret), streams_token.clone());
+    let service = GrpcService::new(catalog.clone(), groups.clone(), IteratorSigner::new(secret), streams_token.clone());
+    let groups_service = GroupsService::new(groups, config.limits.request_timeout_ms);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
     let max = config.limits.grpc_max_message_bytes;
@@ -86,6 +110,9 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(
+            ConsumerGroupsServer::new(groups_service).max_decoding_message_size(max).max_encoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(
             limited_incoming(grpc, config.limits.max_connections, shutdown.clone()),
             shutdown.clone().cancelled_owned(),
@@ -108,6 +135,7 @@ pub async fn run(
         }
     }
     let _ = janitor.await;
+    let _ = sweeper.await;
     catalog.close().await?;
     if let Ok(Err(e)) = admin.await {
         tracing::warn!(error = %e, "admin server failed");

@@ -213,3 +213,76 @@ async fn crash_loop_20_kills() {
 async fn crash_loop_200_kills() {
     crash_loop(200).await;
 }
+
+#[tokio::test]
+async fn checkpoints_survive_kill_9() {
+    use proto::v1::consumer_groups_client::ConsumerGroupsClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path());
+    let mut c = connect(p.endpoint.clone()).await;
+    create(&mut c, "s", 1).await;
+    put(&mut c, "s", (0..10).map(|i| entry("k", format!("r{i}").as_bytes())).collect()).await;
+    let mut g = ConsumerGroupsClient::new(
+        tonic::transport::Channel::from_shared(p.endpoint.clone()).expect("uri").connect().await.expect("connect"),
+    );
+    let start = Some(pb::GroupStart { position: pb::IteratorType::TrimHorizon as i32, timestamp_ms: None });
+    let joined = g
+        .join_group(pb::JoinGroupRequest {
+            stream_name: "s".into(),
+            group_name: "g".into(),
+            start,
+            client_id: "before".into(),
+        })
+        .await
+        .expect("join")
+        .into_inner();
+    let generation = joined.assignment.expect("lease").generation;
+    g.commit(pb::CommitRequest {
+        stream_name: "s".into(),
+        group_name: "g".into(),
+        member_id: joined.member_id,
+        generation,
+        checkpoints: vec![pb::ShardCheckpoint { shard_id: "shardId-000000000000".into(), sequence_number: 4 }],
+    })
+    .await
+    .expect("commit acknowledged");
+    p.kill9();
+
+    let p = Process::start(dir.path());
+    let mut g = ConsumerGroupsClient::new(
+        tonic::transport::Channel::from_shared(p.endpoint.clone()).expect("uri").connect().await.expect("connect"),
+    );
+    let d = g
+        .describe_group(pb::DescribeGroupRequest { stream_name: "s".into(), group_name: "g".into() })
+        .await
+        .expect("describe")
+        .into_inner()
+        .group
+        .expect("group");
+    assert_eq!((d.shards[0].has_checkpoint, d.shards[0].checkpoint, d.shards[0].lag_records), (true, 5, 5));
+    assert!(d.members.is_empty(), "members do not survive a restart; they rejoin");
+    let joined = g
+        .join_group(pb::JoinGroupRequest {
+            stream_name: "s".into(),
+            group_name: "g".into(),
+            start,
+            client_id: "after".into(),
+        })
+        .await
+        .expect("join")
+        .into_inner();
+    let polled = g
+        .poll(pb::PollRequest {
+            stream_name: "s".into(),
+            group_name: "g".into(),
+            member_id: joined.member_id,
+            generation: joined.assignment.expect("lease").generation,
+            max_records: 100,
+            wait_ms: 0,
+        })
+        .await
+        .expect("poll")
+        .into_inner();
+    let seqs: Vec<u64> = polled.records.iter().map(|r| r.record.as_ref().expect("r").sequence_number).collect();
+    assert_eq!(seqs, (5..10).collect::<Vec<_>>(), "the group resumes after its checkpoint");
+}

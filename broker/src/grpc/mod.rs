@@ -2,6 +2,7 @@
 //! Validation of request fields happens here or in the catalogue, and every
 //! rejection names the field; errors become statuses only in [`status`].
 
+pub mod groups;
 pub mod status;
 
 use std::collections::HashMap;
@@ -41,36 +42,28 @@ const SUBSCRIBE_EVENT_BYTES_MAX: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     catalog: Arc<Catalog>,
+    groups: Arc<crate::group::GroupManager>,
     signer: IteratorSigner,
     shutdown: CancellationToken,
 }
 
 impl GrpcService {
     /// A service over `catalog`; streaming calls end when `shutdown` fires.
-    pub fn new(catalog: Arc<Catalog>, signer: IteratorSigner, shutdown: CancellationToken) -> Self {
-        Self { catalog, signer, shutdown }
+    pub fn new(
+        catalog: Arc<Catalog>,
+        groups: Arc<crate::group::GroupManager>,
+        signer: IteratorSigner,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { catalog, groups, signer, shutdown }
     }
 
     fn now(&self) -> u64 {
         self.catalog.clock().now_ms()
     }
 
-    /// Runs a unary handler under the configured request deadline.
     async fn unary<T>(&self, name: &'static str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
-        let started = std::time::Instant::now();
-        let deadline = Duration::from_millis(self.catalog.config().limits.request_timeout_ms);
-        let result = match tokio::time::timeout(deadline, f).await {
-            Ok(r) => r,
-            Err(_) => {
-                Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis())))
-            }
-        };
-        metrics::histogram!("stream_broker_request_duration_seconds", "method" => name)
-            .record(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
-        }
-        result.map(Response::new).map_err(to_status)
+        unary(name, Duration::from_millis(self.catalog.config().limits.request_timeout_ms), f).await
     }
 
     fn shard_of(stream: &BrokerStream, shard_id: &str) -> Result<Arc<Shard>> {
@@ -200,6 +193,25 @@ impl GrpcService {
     }
 }
 
+/// Runs a unary handler under a deadline, with its latency and errors in the metrics.
+pub(crate) async fn unary<T>(
+    name: &'static str,
+    deadline: Duration,
+    f: impl Future<Output = Result<T>>,
+) -> Result<Response<T>, Status> {
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(deadline, f).await {
+        Ok(r) => r,
+        Err(_) => Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis()))),
+    };
+    metrics::histogram!("stream_broker_request_duration_seconds", "method" => name)
+        .record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
+    }
+    result.map(Response::new).map_err(to_status)
+}
+
 /// Kinesis partition keys are 1..=256 Unicode characters.
 fn validate_partition_key(key: &str) -> std::result::Result<(), String> {
     let chars = key.chars().count();
@@ -315,7 +327,7 @@ pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> 
     }
 }
 
-fn to_record(r: shardlog::Record) -> pb::Record {
+pub(crate) fn to_record(r: shardlog::Record) -> pb::Record {
     pb::Record {
         sequence_number: r.seq,
         arrival_timestamp_ms: r.timestamp_ms,
@@ -361,7 +373,10 @@ impl StreamBroker for GrpcService {
         let r = req.into_inner();
         self.unary("DeleteStream", async {
             validate_stream_name(&r.stream_name)?;
+            let id = self.catalog.get(&r.stream_name)?.meta().id;
             self.catalog.delete(&r.stream_name).await?;
+            // Groups die with their stream; a crash before this line is cleaned up at the next start.
+            self.groups.remove_stream(id).await?;
             Ok(pb::DeleteStreamResponse {})
         })
         .await

@@ -13,7 +13,11 @@ use crate::error::BrokerError;
 pub fn to_status(e: BrokerError) -> Status {
     let code = match &e {
         BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
-        BrokerError::StreamNotFound { .. } | BrokerError::ShardNotFound { .. } => Code::NotFound,
+        BrokerError::StreamNotFound { .. }
+        | BrokerError::ShardNotFound { .. }
+        | BrokerError::GroupNotFound { .. }
+        | BrokerError::UnknownMember { .. } => Code::NotFound,
+        BrokerError::StaleGeneration { .. } | BrokerError::GroupBusy { .. } => Code::FailedPrecondition,
         BrokerError::StreamExists { .. } => Code::AlreadyExists,
         BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) => Code::ResourceExhausted,
         BrokerError::ExpiredIterator { .. } => Code::FailedPrecondition,
