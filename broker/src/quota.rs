@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-/// Per-shard quota values; `None` in a bucket means unlimited.
+/// Per-shard quota values (enforcement is switched as a whole by `quotas.enforce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QuotaValues {
     /// Records per second in.

@@ -187,10 +187,6 @@ impl GrpcService {
         }
         Ok(PendingPut { stream, outcome, acks })
     }
-
-    async fn describe(&self, stream: &BrokerStream) -> pb::StreamDescription {
-        describe(stream, self.catalog.config())
-    }
 }
 
 /// Runs a unary handler under a deadline, with its latency and errors in the metrics.
@@ -361,7 +357,7 @@ impl StreamBroker for GrpcService {
                     max_record_bytes: r.max_record_bytes,
                 })
                 .await?;
-            Ok(pb::CreateStreamResponse { stream: Some(self.describe(&stream).await) })
+            Ok(pb::CreateStreamResponse { stream: Some(describe(&stream, self.catalog.config())) })
         })
         .await
     }
@@ -390,7 +386,7 @@ impl StreamBroker for GrpcService {
         self.unary("DescribeStream", async {
             validate_stream_name(&r.stream_name)?;
             let stream = self.catalog.get(&r.stream_name)?;
-            Ok(pb::DescribeStreamResponse { stream: Some(self.describe(&stream).await) })
+            Ok(pb::DescribeStreamResponse { stream: Some(describe(&stream, self.catalog.config())) })
         })
         .await
     }
@@ -420,7 +416,7 @@ impl StreamBroker for GrpcService {
         self.unary("UpdateRetention", async {
             validate_stream_name(&r.stream_name)?;
             let stream = self.catalog.update_retention(&r.stream_name, r.retention_hours).await?;
-            Ok(pb::UpdateRetentionResponse { stream: Some(self.describe(&stream).await) })
+            Ok(pb::UpdateRetentionResponse { stream: Some(describe(&stream, self.catalog.config())) })
         })
         .await
     }
