@@ -1,0 +1,119 @@
+//! Stream and consumer-group administration.
+
+use proto::v1 as pb;
+use proto::v1::consumer_groups_client::ConsumerGroupsClient;
+use proto::v1::stream_broker_client::StreamBrokerClient;
+use tonic::transport::Channel;
+
+use crate::{MESSAGE_BYTES_MAX, Result, connect};
+
+/// Every stream and group operation.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    streams: StreamBrokerClient<Channel>,
+    groups: ConsumerGroupsClient<Channel>,
+}
+
+impl Admin {
+    /// Connects to the broker at `addr`.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        Ok(Self::from_channel(connect(addr).await?))
+    }
+
+    /// Uses an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            streams: StreamBrokerClient::new(channel.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            groups: ConsumerGroupsClient::new(channel),
+        }
+    }
+
+    /// The raw stream client, for data-plane calls.
+    pub fn streams(&self) -> StreamBrokerClient<Channel> {
+        self.streams.clone()
+    }
+
+    /// The raw consumer-group client.
+    pub fn groups(&self) -> ConsumerGroupsClient<Channel> {
+        self.groups.clone()
+    }
+
+    /// Creates a stream.
+    pub async fn create_stream(&self, req: pb::CreateStreamRequest) -> Result<pb::StreamDescription> {
+        let r = self.streams.clone().create_stream(req).await?.into_inner();
+        Ok(r.stream.unwrap_or_default())
+    }
+
+    /// Deletes a stream and its records.
+    pub async fn delete_stream(&self, name: &str) -> Result<()> {
+        self.streams.clone().delete_stream(pb::DeleteStreamRequest { stream_name: name.into() }).await?;
+        Ok(())
+    }
+
+    /// Describes a stream and its shards.
+    pub async fn describe_stream(&self, name: &str) -> Result<pb::StreamDescription> {
+        let r = self.streams.clone().describe_stream(pb::DescribeStreamRequest { stream_name: name.into() }).await?;
+        Ok(r.into_inner().stream.unwrap_or_default())
+    }
+
+    /// Every stream name, following pages.
+    pub async fn list_streams(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        loop {
+            let start = names.last().cloned().unwrap_or_default();
+            let page = self
+                .streams
+                .clone()
+                .list_streams(pb::ListStreamsRequest { limit: 1000, exclusive_start_stream_name: start })
+                .await?
+                .into_inner();
+            names.extend(page.stream_names);
+            if !page.has_more_streams {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// Changes a stream's retention (24..=168 hours).
+    pub async fn update_retention(&self, name: &str, hours: u32) -> Result<pb::StreamDescription> {
+        let r = self
+            .streams
+            .clone()
+            .update_retention(pb::UpdateRetentionRequest { stream_name: name.into(), retention_hours: hours })
+            .await?;
+        Ok(r.into_inner().stream.unwrap_or_default())
+    }
+
+    /// Groups, of one stream or all.
+    pub async fn list_groups(&self, stream: Option<&str>) -> Result<Vec<pb::GroupName>> {
+        let r =
+            self.groups.clone().list_groups(pb::ListGroupsRequest { stream_name: stream.unwrap_or("").into() }).await?;
+        Ok(r.into_inner().groups)
+    }
+
+    /// A group's members, leases, checkpoints and lag.
+    pub async fn describe_group(&self, stream: &str, group: &str) -> Result<pb::GroupDescription> {
+        let r = self
+            .groups
+            .clone()
+            .describe_group(pb::DescribeGroupRequest { stream_name: stream.into(), group_name: group.into() })
+            .await?;
+        Ok(r.into_inner().group.unwrap_or_default())
+    }
+
+    /// Moves a group's checkpoints (only while it has no live member).
+    pub async fn reset_group(&self, req: pb::ResetGroupRequest) -> Result<pb::GroupDescription> {
+        Ok(self.groups.clone().reset_group(req).await?.into_inner().group.unwrap_or_default())
+    }
+
+    /// Deletes a group without live members.
+    pub async fn delete_group(&self, stream: &str, group: &str) -> Result<()> {
+        self.groups
+            .clone()
+            .delete_group(pb::DeleteGroupRequest { stream_name: stream.into(), group_name: group.into() })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! The client's one error type: every failure says whether retrying can help.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+/// A failed client operation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A request field was rejected; the message names it. Fatal.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The stream, shard, group or member does not exist. Fatal.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The stream or group exists already. Fatal.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// Over quota; retry after the hint.
+    #[error("throttled: {message} (retry after {retry_after:?})")]
+    Throttled {
+        /// What the broker said.
+        message: String,
+        /// When a retry can succeed.
+        retry_after: Duration,
+    },
+    /// The broker or a shard is unavailable, or the connection failed. Retryable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A shard iterator expired; get a new one (ShardReader does). Retryable.
+    #[error("expired iterator: {0}")]
+    ExpiredIterator(String),
+    /// The position was deleted by retention. Fatal for that position.
+    #[error("trimmed: {0}")]
+    SequenceTrimmed(String),
+    /// The group rebalanced, or the member's session ended: rejoin or refresh. Retryable.
+    #[error("group membership changed: {0}")]
+    Rebalanced(String),
+    /// The operation needs an idle group. Fatal until members stop.
+    #[error("group busy: {0}")]
+    GroupBusy(String),
+    /// Anything else the broker rejected. Fatal.
+    #[error("{kind}: {message}")]
+    Rejected {
+        /// The broker's error kind.
+        kind: String,
+        /// The broker's message.
+        message: String,
+    },
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Throttled { .. } | Error::Unavailable(_) | Error::ExpiredIterator(_) | Error::Rebalanced(_)
+        )
+    }
+
+    /// How long to wait before retrying, when the broker said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        let kind = s.metadata().get("x-error-kind").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let message = s.message().to_string();
+        match (kind.as_str(), s.code()) {
+            ("Throttled" | "LimitExceeded", _) | (_, Code::ResourceExhausted) => {
+                let ms = s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                Error::Throttled { message, retry_after: Duration::from_millis(ms.unwrap_or(1000)) }
+            }
+            ("ExpiredIterator", _) => Error::ExpiredIterator(message),
+            ("SequenceTrimmed", _) => Error::SequenceTrimmed(message),
+            ("StaleGeneration" | "UnknownMember", _) => Error::Rebalanced(message),
+            ("GroupBusy", _) => Error::GroupBusy(message),
+            (_, Code::InvalidArgument) => Error::InvalidArgument(message),
+            (_, Code::NotFound) => Error::NotFound(message),
+            (_, Code::AlreadyExists) => Error::AlreadyExists(message),
+            (_, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {
+                Error::Unavailable(message)
+            }
+            _ => Error::Rejected { kind: if kind.is_empty() { format!("{:?}", s.code()) } else { kind }, message },
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(e: tonic::transport::Error) -> Self {
+        Error::Unavailable(format!("connection: {e}"))
+    }
+}
+
+/// Shorthand for client results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    #[test]
+    fn statuses_map_to_typed_errors_with_retryability() {
+        let mut s = Status::resource_exhausted("write quota");
+        s.metadata_mut().insert("x-error-kind", MetadataValue::from_static("Throttled"));
+        s.metadata_mut().insert("retry-after-ms", MetadataValue::from_static("250"));
+        let e = Error::from(s);
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
+        let e = Error::from(Status::invalid_argument("invalid records[0].partition_key: empty"));
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("partition_key")));
+        assert!(!e.is_retryable());
+        let mut s = Status::failed_precondition("stale");
+        s.metadata_mut().insert("x-error-kind", MetadataValue::from_static("StaleGeneration"));
+        assert!(matches!(Error::from(s), Error::Rebalanced(_)));
+        assert!(Error::from(Status::unavailable("down")).is_retryable());
+    }
+}

@@ -1,0 +1,454 @@
+//! End-to-end tests of the `streamctl` binary against an in-process broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use broker::testing::TestBroker;
+use md5::{Digest, Md5};
+use serde_json::Value;
+
+/// Longest any one streamctl run may take before the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one streamctl run did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.out().lines().map(str::to_string).collect()
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.lines().iter().map(|l| serde_json::from_str(l).expect("each stdout line is JSON")).collect()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout).expect("stdout is one JSON document")
+    }
+
+    /// Asserts success and returns self.
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            0,
+            "streamctl failed: {}\nstdout: {}",
+            self.stderr,
+            String::from_utf8_lossy(&self.stdout)
+        );
+        self
+    }
+}
+
+/// Runs streamctl with `--broker <addr>`, `args` and `stdin`, bounded by [`RUN_TIMEOUT`].
+async fn streamctl(addr: &str, args: &[&str], stdin: &[u8]) -> Run {
+    let mut all = vec!["--broker".to_string(), addr.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"))
+            .env_remove("STREAM_BROKER_ADDR")
+            .args(&all)
+            .write_stdin(stdin)
+            .timeout(RUN_TIMEOUT)
+            .output()
+            .expect("run streamctl");
+        let code = out.status.code().unwrap_or_else(|| panic!("streamctl {all:?} timed out or was killed"));
+        Run { code, stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    })
+    .await
+    .expect("streamctl runner thread")
+}
+
+fn as_u64(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("{v} is not a u64"))
+}
+
+fn as_str(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("{v} is not a string"))
+}
+
+/// The shard a key routes to, from `stream describe --json`'s hash ranges.
+fn shard_of(describe: &Value, key: &str) -> String {
+    let hash = u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+    let shards = describe["shards"].as_array().expect("shards");
+    let s = shards
+        .iter()
+        .find(|s| {
+            let lo: u128 = as_str(&s["starting_hash_key"]).parse().expect("hash key");
+            let hi: u128 = as_str(&s["ending_hash_key"]).parse().expect("hash key");
+            lo <= hash && hash <= hi
+        })
+        .expect("some shard holds every hash");
+    as_str(&s["shard_id"]).to_string()
+}
+
+/// Tail JSON records grouped by shard, each shard's (seq, key, value) in output order.
+fn by_shard(records: &[Value]) -> BTreeMap<String, Vec<(u64, String, String)>> {
+    let mut m: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
+    for r in records {
+        m.entry(as_str(&r["shard"]).to_string()).or_default().push((
+            as_u64(&r["sequence_number"]),
+            as_str(&r["key"]).to_string(),
+            as_str(&r["value"]).to_string(),
+        ));
+    }
+    m
+}
+
+/// Creates `name` with `shards` shards and puts `key:value` lines; returns the put acknowledgements.
+async fn create_and_put(addr: &str, name: &str, shards: u32, lines: &[String]) -> Vec<Value> {
+    streamctl(addr, &["stream", "create", name, "--shards", &shards.to_string()], b"").await.ok();
+    let input = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let acks = streamctl(addr, &["--json", "put", name, "-K", ":"], input.as_bytes()).await.ok().json_lines();
+    assert_eq!(acks.len(), lines.len(), "one acknowledgement per line");
+    acks
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_create_list_describe_retention_delete() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let r =
+        streamctl(&addr, &["stream", "create", "orders", "--shards", "3", "--retention-hours", "48"], b"").await.ok();
+    assert!(r.out().contains("orders"), "create says what it made: {}", r.out());
+    streamctl(&addr, &["stream", "create", "audit", "--shards", "1"], b"").await.ok();
+
+    let list = streamctl(&addr, &["stream", "list", "--json"], b"").await.ok().json();
+    let mut names: Vec<&str> = list["streams"].as_array().expect("streams").iter().map(as_str).collect();
+    names.sort();
+    assert_eq!(names, ["audit", "orders"]);
+    let table = streamctl(&addr, &["stream", "list"], b"").await.ok().lines();
+    assert!(table[0].starts_with("NAME"), "a header line: {table:?}");
+    assert!(table.iter().any(|l| l.starts_with("orders ") && l.contains(" 3 ")), "orders with 3 shards: {table:?}");
+
+    let d = streamctl(&addr, &["stream", "describe", "orders", "--json"], b"").await.ok().json();
+    assert_eq!(d["stream_name"], "orders");
+    assert_eq!(d["retention_hours"], 48);
+    assert_eq!(d["status"], "ACTIVE");
+    assert!(as_u64(&d["quotas"]["read_calls_per_sec"]) > 0);
+    let shards = d["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3);
+    for (i, s) in shards.iter().enumerate() {
+        assert_eq!(as_str(&s["shard_id"]), format!("shardId-{i:012}"));
+        assert_eq!(s["next_sequence_number"], 0);
+        assert_eq!(s["writable"], true);
+    }
+    assert_eq!(shards[0]["starting_hash_key"], "0");
+    assert_eq!(as_str(&shards[2]["ending_hash_key"]), u128::MAX.to_string());
+
+    let text = streamctl(&addr, &["stream", "describe", "orders"], b"").await.ok().out();
+    assert!(text.contains("retention    48 h"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("shardId-")).count(), 3, "{text}");
+
+    let r = streamctl(&addr, &["stream", "retention", "orders", "72", "--json"], b"").await.ok().json();
+    assert_eq!(r["retention_hours"], 72);
+    let d = streamctl(&addr, &["stream", "describe", "orders", "--json"], b"").await.ok().json();
+    assert_eq!(d["retention_hours"], 72);
+
+    streamctl(&addr, &["stream", "delete", "audit"], b"").await.ok();
+    let list = streamctl(&addr, &["stream", "list", "--json"], b"").await.ok().json();
+    assert_eq!(list["streams"], serde_json::json!(["orders"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_splits_keys_and_reports_each_record_in_order() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let lines: Vec<String> = (0..40).map(|i| format!("key-{i}:value {i}:with colon")).collect();
+    let acks = create_and_put(&addr, "events", 3, &lines).await;
+    let d = streamctl(&addr, &["stream", "describe", "events", "--json"], b"").await.ok().json();
+
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, ack) in acks.iter().enumerate() {
+        let key = format!("key-{i}");
+        assert_eq!(ack["key"], key.as_str(), "acknowledgements come in input order");
+        assert_eq!(ack["value"], format!("value {i}:with colon").as_str(), "split at the first separator only");
+        let shard = as_str(&ack["shard"]);
+        assert_eq!(shard, shard_of(&d, &key), "routed by MD5 of the key");
+        let expected = next.entry(shard.to_string()).or_insert(0);
+        assert_eq!(as_u64(&ack["sequence_number"]), *expected, "dense sequence numbers per shard");
+        *expected += 1;
+    }
+    assert!(next.len() > 1, "40 keys spread over several shards: {next:?}");
+    for s in d["shards"].as_array().expect("shards") {
+        let id = as_str(&s["shard_id"]);
+        assert_eq!(as_u64(&s["next_sequence_number"]), next.get(id).copied().unwrap_or(0), "{id}");
+    }
+
+    // One key for every line: a single shard; the summary goes to stderr.
+    let r = streamctl(&addr, &["put", "events", "--partition-key", "same"], b"a\nb\nc\n").await.ok();
+    assert_eq!(r.stdout, b"", "nothing on stdout without --json");
+    assert!(r.stderr.contains("3 records acknowledged"), "{}", r.stderr);
+    let same = shard_of(&d, "same");
+    let tail = streamctl(&addr, &["tail", "events", "--shard", &same, "--format", "{key}={value}"], b"").await.ok();
+    assert!(tail.out().ends_with("same=a\nsame=b\nsame=c\n"), "{}", tail.out());
+
+    // Neither -K nor --partition-key: the key is the line number; --rate paces.
+    let acks =
+        streamctl(&addr, &["--json", "put", "events", "--rate", "50"], b"one\ntwo\nthree\n").await.ok().json_lines();
+    let keys: Vec<&str> = acks.iter().map(|a| as_str(&a["key"])).collect();
+    assert_eq!(keys, ["1", "2", "3"]);
+    for a in &acks {
+        assert_eq!(as_str(&a["shard"]), shard_of(&d, as_str(&a["key"])));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_prints_json_raw_and_templates() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let lines: Vec<String> = (0..12).map(|i| format!("k{i}:v{i}")).collect();
+    create_and_put(&addr, "t", 2, &lines).await;
+    // A value that is not UTF-8.
+    let binary: &[u8] = &[0xff, 0xfe, 0x00, 0x41];
+    let mut input = b"bin:".to_vec();
+    input.extend_from_slice(binary);
+    input.push(b'\n');
+    let bin_ack = streamctl(&addr, &["--json", "put", "t", "-K", ":"], &input).await.ok().json_lines();
+    assert_eq!(bin_ack[0]["value_encoding"], "base64");
+    assert_eq!(as_str(&bin_ack[0]["value"]), BASE64.encode(binary));
+
+    let records = streamctl(&addr, &["tail", "t", "--format", "json"], b"").await.ok().json_lines();
+    assert_eq!(records.len(), 13, "every record, then stop at the end");
+    let shards = by_shard(&records);
+    assert_eq!(shards.len(), 2);
+    for (shard, recs) in &shards {
+        let seqs: Vec<u64> = recs.iter().map(|r| r.0).collect();
+        assert_eq!(seqs, (0..recs.len() as u64).collect::<Vec<_>>(), "{shard} in sequence order");
+    }
+    for r in &records {
+        assert!(as_u64(&r["timestamp_ms"]) > 1_600_000_000_000, "arrival time in ms: {r}");
+        if r["key"] == "bin" {
+            assert_eq!(r["value_encoding"], "base64");
+            assert_eq!(as_str(&r["value"]), BASE64.encode(binary));
+        } else {
+            assert!(r.get("value_encoding").is_none(), "UTF-8 values are plain: {r}");
+            assert_eq!(as_str(&r["value"]), as_str(&r["key"]).replacen('k', "v", 1));
+        }
+    }
+
+    // Template: key, value and sequence number, one line per record.
+    let seq_of: BTreeMap<String, u64> =
+        records.iter().map(|r| (as_str(&r["key"]).to_string(), as_u64(&r["sequence_number"]))).collect();
+    let out = streamctl(&addr, &["tail", "t", "--format", "{key}={value}@{seq}"], b"").await.ok();
+    let mut got: Vec<Vec<u8>> = out.stdout.split(|&c| c == b'\n').map(<[u8]>::to_vec).collect();
+    assert_eq!(got.pop(), Some(Vec::new()), "ends with a newline");
+    let mut expected: Vec<Vec<u8>> =
+        (0..12).map(|i| format!("k{i}=v{i}@{}", seq_of[&format!("k{i}")]).into_bytes()).collect();
+    let mut bin_line = b"bin=".to_vec();
+    bin_line.extend_from_slice(binary);
+    bin_line.extend_from_slice(format!("@{}", seq_of["bin"]).as_bytes());
+    expected.push(bin_line);
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+
+    // Hex and base64 tokens, with a tab escape.
+    let out = streamctl(&addr, &["tail", "t", "--format", r"{key}\t{value:hex}\t{value:base64}"], b"").await.ok();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 13);
+    assert!(lines.contains(&format!("bin\tfffe0041\t{}", BASE64.encode(binary))), "{lines:?}");
+    assert!(lines.contains(&"k3\t7633\tdjM=".to_string()), "{lines:?}");
+
+    // Raw: the data bytes and a newline.
+    let out = streamctl(&addr, &["tail", "t", "--format", "raw"], b"").await.ok();
+    let mut raw: Vec<&[u8]> = out.stdout.split(|&c| c == b'\n').collect();
+    assert_eq!(raw.pop(), Some(&b""[..]));
+    assert_eq!(raw.len(), 13);
+    assert!(raw.contains(&binary));
+    assert!(raw.contains(&&b"v11"[..]));
+
+    // An unknown template token is a usage error.
+    let bad = streamctl(&addr, &["tail", "t", "--format", "{nope}"], b"").await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.starts_with("streamctl: ") && bad.stderr.contains("{nope}"), "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_count_shard_and_from_sequence() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let lines: Vec<String> = (0..30).map(|i| format!("k{i}:v{i}")).collect();
+    let acks = create_and_put(&addr, "c", 2, &lines).await;
+    let mut per_shard: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for a in &acks {
+        per_shard
+            .entry(as_str(&a["shard"]).to_string())
+            .or_default()
+            .push((as_u64(&a["sequence_number"]), as_str(&a["value"]).to_string()));
+    }
+    assert_eq!(per_shard.len(), 2, "30 keys land on both shards");
+
+    // -n: exactly COUNT records in total.
+    let some = streamctl(&addr, &["tail", "c", "-n", "5"], b"").await.ok().json_lines();
+    assert_eq!(some.len(), 5);
+
+    for (shard, stored) in &per_shard {
+        // --shard: that shard only, all of it, in order.
+        let recs = streamctl(&addr, &["tail", "c", "--shard", shard], b"").await.ok().json_lines();
+        let got: Vec<(u64, String)> =
+            recs.iter().map(|r| (as_u64(&r["sequence_number"]), as_str(&r["value"]).to_string())).collect();
+        assert_eq!(&got, stored, "{shard}");
+        assert!(recs.iter().all(|r| r["shard"] == shard.as_str()));
+
+        // --from seq:N on one shard.
+        let recs = streamctl(&addr, &["tail", "c", "--shard", shard, "--from", "seq:3"], b"").await.ok().json_lines();
+        let seqs: Vec<u64> = recs.iter().map(|r| as_u64(&r["sequence_number"])).collect();
+        assert_eq!(seqs, (3..stored.len() as u64).collect::<Vec<_>>(), "{shard}");
+    }
+
+    // --from seq:N on every shard.
+    let recs = streamctl(&addr, &["tail", "c", "--from", "seq:4"], b"").await.ok().json_lines();
+    let expected: usize = per_shard.values().map(|v| v.len().saturating_sub(4)).sum();
+    assert_eq!(recs.len(), expected);
+    assert!(recs.iter().all(|r| as_u64(&r["sequence_number"]) >= 4));
+
+    // --from latest stops at once with nothing; ts: in the past reads everything.
+    let none = streamctl(&addr, &["tail", "c", "--from", "latest"], b"").await.ok();
+    assert_eq!(none.stdout, b"");
+    let all = streamctl(&addr, &["tail", "c", "--from", "ts:2000-01-01T00:00:00Z"], b"").await.ok().json_lines();
+    assert_eq!(all.len(), 30);
+    let bad = streamctl(&addr, &["tail", "c", "--from", "ts:2000-13-01T00:00:00Z"], b"").await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_group_commits_and_reset_restores_lag() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let lines: Vec<String> = (0..25).map(|i| format!("k{i}:v{i}")).collect();
+    create_and_put(&addr, "g", 3, &lines).await;
+    let d = streamctl(&addr, &["stream", "describe", "g", "--json"], b"").await.ok().json();
+    let next: BTreeMap<String, u64> = d["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| (as_str(&s["shard_id"]).to_string(), as_u64(&s["next_sequence_number"])))
+        .collect();
+
+    let consumed = streamctl(&addr, &["tail", "g", "--group", "billing"], b"").await.ok().json_lines();
+    assert_eq!(consumed.len(), 25, "the group reads every record once");
+    for (shard, recs) in by_shard(&consumed) {
+        let seqs: Vec<u64> = recs.iter().map(|r| r.0).collect();
+        assert_eq!(seqs, (0..next[&shard]).collect::<Vec<_>>(), "{shard} in order");
+    }
+
+    let groups = streamctl(&addr, &["group", "list", "--stream", "g", "--json"], b"").await.ok().json();
+    assert_eq!(groups["groups"], serde_json::json!([{"stream_name": "g", "group_name": "billing"}]));
+
+    let gd = streamctl(&addr, &["group", "describe", "g", "billing", "--json"], b"").await.ok().json();
+    assert_eq!(gd["members"], serde_json::json!([]), "tail left the group");
+    let shards = gd["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3);
+    for s in shards {
+        let id = as_str(&s["shard_id"]);
+        assert_eq!(s["lag_records"], 0, "{id} consumed");
+        assert_eq!(as_u64(&s["checkpoint"]), next[id], "{id} committed up to its end");
+    }
+    let text = streamctl(&addr, &["group", "describe", "g", "billing"], b"").await.ok().out();
+    assert!(text.contains("lag              0 records"), "{text}");
+
+    // Nothing new: the group prints nothing.
+    let again = streamctl(&addr, &["tail", "g", "--group", "billing"], b"").await.ok();
+    assert_eq!(again.stdout, b"");
+
+    let reset =
+        streamctl(&addr, &["group", "reset", "g", "billing", "--to", "trim-horizon", "--json"], b"").await.ok().json();
+    assert_eq!(reset["group_name"], "billing");
+    let gd = streamctl(&addr, &["group", "describe", "g", "billing", "--json"], b"").await.ok().json();
+    let lag: u64 = gd["shards"].as_array().expect("shards").iter().map(|s| as_u64(&s["lag_records"])).sum();
+    assert_eq!(lag, 25, "lag back to the total after the reset");
+    for s in gd["shards"].as_array().expect("shards") {
+        assert_eq!(as_u64(&s["lag_records"]), next[as_str(&s["shard_id"])]);
+    }
+
+    // Consuming 10 after the reset leaves 15 behind.
+    let ten = streamctl(&addr, &["tail", "g", "--group", "billing", "-n", "10"], b"").await.ok().json_lines();
+    assert_eq!(ten.len(), 10);
+    let gd = streamctl(&addr, &["group", "describe", "g", "billing", "--json"], b"").await.ok().json();
+    let lag: u64 = gd["shards"].as_array().expect("shards").iter().map(|s| as_u64(&s["lag_records"])).sum();
+    assert_eq!(lag, 15);
+
+    // seq:SHARD:N moves one shard.
+    let shard0 = "shardId-000000000000";
+    let to = format!("seq:{shard0}:0");
+    streamctl(&addr, &["group", "reset", "g", "billing", "--to", &to], b"").await.ok();
+    let gd = streamctl(&addr, &["group", "describe", "g", "billing", "--json"], b"").await.ok().json();
+    let s0 =
+        gd["shards"].as_array().expect("shards").iter().find(|s| s["shard_id"] == shard0).expect("shard 0").clone();
+    assert_eq!(s0["checkpoint"], 0);
+    assert_eq!(as_u64(&s0["lag_records"]), next[shard0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_exit_non_zero_with_the_reason() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+
+    for args in [
+        &["stream", "describe", "missing"][..],
+        &["tail", "missing"],
+        &["put", "missing"],
+        &["group", "describe", "missing", "g"],
+    ] {
+        let r = streamctl(&addr, args, b"x\n").await;
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("streamctl: "), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("missing"), "{args:?} names the stream: {}", r.stderr);
+    }
+
+    let r = streamctl(&addr, &["stream", "create", "bad/name", "--shards", "1"], b"").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.starts_with("streamctl: ") && r.stderr.contains("stream_name"), "{}", r.stderr);
+
+    let r = streamctl(&addr, &["stream", "create", "x", "--shards", "0"], b"").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("shard_count"), "{}", r.stderr);
+
+    // Usage errors.
+    let r = streamctl(&addr, &["stream", "create", "x"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.starts_with("streamctl: ") && r.stderr.contains("--shards"), "{}", r.stderr);
+    let r = streamctl(&addr, &["group", "reset", "s", "g", "--to", "sideways"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("trim-horizon"), "{}", r.stderr);
+
+    // A record the broker would reject (empty key) fails the put; records before it are acknowledged.
+    streamctl(&addr, &["stream", "create", "p", "--shards", "1"], b"").await.ok();
+    let r = streamctl(&addr, &["--json", "put", "p", "-K", ":"], b"a:1\n:2\nc:3\n").await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("line 2") && r.stderr.contains("partition_key"), "{}", r.stderr);
+    let acks = r.json_lines();
+    assert_eq!(acks.len(), 1, "the first record was acknowledged");
+    assert_eq!(acks[0]["key"], "a");
+    let r = streamctl(&addr, &["put", "p", "-K", ":"], b"no separator\n").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("line 1") && r.stderr.contains("separator"), "{}", r.stderr);
+
+    // No broker there.
+    let r = streamctl("127.0.0.1:1", &["stream", "list"], b"").await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.starts_with("streamctl: ") && r.stderr.contains("127.0.0.1:1"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_print_a_script() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let r = streamctl("127.0.0.1:1", &["completions", shell], b"").await.ok();
+        assert!(r.out().contains("streamctl"), "{shell}: {}", r.out());
+        assert!(r.out().contains("retention"), "{shell} completes subcommands");
+    }
+    let r = streamctl("127.0.0.1:1", &["completions", "tcsh"], b"").await;
+    assert_eq!(r.code, 2);
+}
