@@ -1,0 +1,254 @@
+//! Configuration: defaults, then a TOML file, then `ORDER_SERVICE_*`
+//! environment variables, then command-line flags. Keys keep the original
+//! camelCase names; `deploy/order-service.toml` documents each one.
+//!
+//! Environment variables name a key upper-cased in snake case, with `__`
+//! between table and key: `ORDER_SERVICE_ORDER_STREAM_NAME=ordersStream`,
+//! `ORDER_SERVICE_SMTP__HOST=mail.example.com`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "ORDER_SERVICE_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Orders database (`<dataDir>/orders`), `.eml` files (`<dataDir>/emails`)
+    /// and the embedded broker's data (`<dataDir>/broker`).
+    pub data_dir: PathBuf,
+    /// Order API listen address.
+    pub http_addr: SocketAddr,
+    /// An external broker (`host:port` or `http://host:port`); none runs the
+    /// broker in-process.
+    pub broker: Option<String>,
+    /// The embedded broker's gRPC address.
+    pub broker_grpc_addr: SocketAddr,
+    /// The embedded broker's HTTP admin address (metrics, health).
+    pub broker_admin_addr: SocketAddr,
+    /// The sled tree holding the orders.
+    pub order_table_name: String,
+    /// The order-events stream.
+    pub order_stream_name: String,
+    /// The delivery queue stream.
+    pub delivery_queue_name: String,
+    /// The customer-service queue stream.
+    pub customer_service_queue_name: String,
+    /// Recipient of new-order emails.
+    pub cake_producer_email: String,
+    /// Sender of every email.
+    pub ordering_system_email: String,
+    /// Recipient of review emails.
+    pub customer_service_email: String,
+    /// Where the delivery consumer POSTs orders; none runs the built-in simulator.
+    pub delivery_webhook_url: Option<String>,
+    /// How long the simulated delivery takes.
+    pub delivery_simulator_delay_ms: u64,
+    /// Retries of a failing record before it is dead-lettered.
+    pub consumer_max_retries: u32,
+    /// First consumer retry backoff; doubles per attempt.
+    pub consumer_retry_backoff_ms: u64,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// SMTP; when `host` is unset, emails are written as `.eml` files.
+    pub smtp: SmtpConfig,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Server host; unset writes `.eml` files instead.
+    pub host: Option<String>,
+    /// Server port.
+    pub port: u16,
+    /// Login, if the server needs one.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// Upgrade the connection with STARTTLS (required when true).
+    pub starttls: bool,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self { host: None, port: 587, username: None, password: None, starttls: true }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            broker: None,
+            broker_grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7470)),
+            broker_admin_addr: SocketAddr::from(([127, 0, 0, 1], 7471)),
+            order_table_name: "ordersTable".into(),
+            order_stream_name: "order-events".into(),
+            delivery_queue_name: "deliveryServiceQueue".into(),
+            customer_service_queue_name: "customerServiceQueue".into(),
+            cake_producer_email: "cakeproducer@example.com".into(),
+            ordering_system_email: "cakeorderingsystem@example.com".into(),
+            customer_service_email: "customerservice@example.com".into(),
+            delivery_webhook_url: None,
+            delivery_simulator_delay_ms: 3000,
+            consumer_max_retries: 3,
+            consumer_retry_backoff_ms: 100,
+            max_body_bytes: 64 * 1024,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, overlaid by `file` (if any), then by `ORDER_SERVICE_*` pairs of `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(camel_case).collect();
+            set_path(&mut table, &path, parse_env_value(&raw)).map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        }
+        let config: Config =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let names = [
+            ("orderTableName", &self.order_table_name),
+            ("orderStreamName", &self.order_stream_name),
+            ("deliveryQueueName", &self.delivery_queue_name),
+            ("customerServiceQueueName", &self.customer_service_queue_name),
+        ];
+        for (key, v) in names {
+            let ok =
+                (1..=120).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                return Err(ConfigError(format!("{key}: {v:?} must be 1..=120 of [a-zA-Z0-9_.-]")));
+            }
+        }
+        for (key, v) in [
+            ("cakeProducerEmail", &self.cake_producer_email),
+            ("orderingSystemEmail", &self.ordering_system_email),
+            ("customerServiceEmail", &self.customer_service_email),
+        ] {
+            v.parse::<lettre::message::Mailbox>().map_err(|e| ConfigError(format!("{key}: {v:?}: {e}")))?;
+        }
+        if let Some(url) = &self.delivery_webhook_url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError(format!("deliveryWebhookUrl: {url:?} must be an http:// URL")));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError("maxBodyBytes: must be at least 1024".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `ORDER_STREAM_NAME` → `orderStreamName`.
+fn camel_case(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in s.split('_').filter(|p| !p.is_empty()).enumerate() {
+        let lower = part.to_ascii_lowercase();
+        if i == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut c = lower.chars();
+            if let Some(first) = c.next() {
+                out.extend(first.to_uppercase());
+                out.push_str(c.as_str());
+            }
+        }
+    }
+    out
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    if let Ok(n) = raw.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".into()),
+        [key] => {
+            table.insert(key.clone(), value);
+            Ok(())
+        }
+        [head, rest @ ..] => {
+            let entry = table.entry(head.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("{head} is not a table")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_shipped_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/order-service.toml");
+        assert_eq!(Config::load(Some(&path), []).expect("shipped file loads"), Config::default());
+    }
+
+    #[test]
+    fn environment_overrides_and_errors_name_the_key() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("ORDER_SERVICE_ORDER_STREAM_NAME", "ordersStream"),
+                ("ORDER_SERVICE_SMTP__HOST", "mail.example.com"),
+                ("ORDER_SERVICE_SMTP__PORT", "2525"),
+                ("ORDER_SERVICE_DELIVERY_SIMULATOR_DELAY_MS", "100"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.order_stream_name, "ordersStream");
+        assert_eq!(c.smtp.host.as_deref(), Some("mail.example.com"));
+        assert_eq!(c.smtp.port, 2525);
+        assert_eq!(c.delivery_simulator_delay_ms, 100);
+        let e = Config::load(None, env(&[("ORDER_SERVICE_ORDER_STREAM_NAME", "bad name")])).expect_err("invalid");
+        assert!(e.0.contains("orderStreamName"), "{e}");
+        let e = Config::load(None, env(&[("ORDER_SERVICE_NO_SUCH_KEY", "1")])).expect_err("unknown");
+        assert!(e.0.contains("noSuchKey"), "{e}");
+    }
+}

@@ -1,0 +1,49 @@
+//! A small plain-HTTP client (hyper-util's pooled legacy client) for the
+//! delivery webhook and the delivery simulator.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pooled HTTP/1.1 client.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self { inner: Client::builder(TokioExecutor::new()).build_http() }
+    }
+}
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+#[error("POST {url}: {message}")]
+pub struct HttpError {
+    url: String,
+    message: String,
+}
+
+impl HttpClient {
+    /// POSTs a JSON body; returns the status code.
+    pub async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<u16, HttpError> {
+        let err = |message: String| HttpError { url: url.into(), message };
+        let req = hyper::Request::post(url)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| err(e.to_string()))?;
+        let resp = tokio::time::timeout(TIMEOUT, self.inner.request(req))
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        Ok(resp.status().as_u16())
+    }
+}

@@ -1,0 +1,387 @@
+//! The order table and the transactional outbox, in one sled database.
+//!
+//! Trees: the orders (name configurable, `ordersTable` by default), `outbox`
+//! (pending messages keyed by a big-endian sequence from
+//! `generate_id`, so iteration is publication order), `idempotency`
+//! (Idempotency-Key → the order it created) and `processed` (`group/eventId`
+//! of every event a consumer has handled).
+//!
+//! Invariant: every change to an order and the messages that announce it
+//! are written in one multi-tree transaction, so a crash leaves either both
+//! or neither. The relay deletes an outbox entry only after the broker
+//! acknowledged it, so every committed change is published at least once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use tokio::sync::Notify;
+
+use crate::model::{CreateOrder, DeliverOrder, Envelope, FulfillOrder, Order, Status, event_type, new_id, now_ms};
+
+/// A failed store operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No such order.
+    #[error("order {0} not found")]
+    NotFound(String),
+    /// The transition is not allowed from the order's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The Idempotency-Key was used before with a different body.
+    #[error("the Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    /// The database failed.
+    #[error("storage: {0}")]
+    Db(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// A message waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxEntry {
+    /// Target stream.
+    pub stream: String,
+    /// Partition key (the order id).
+    pub partition_key: String,
+    /// The record data (an [`Envelope`] as JSON).
+    pub data: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    order_id: String,
+    request: CreateOrder,
+}
+
+/// Stream names the store writes outbox entries for.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    /// Order events.
+    pub orders: String,
+    /// Delivery queue.
+    pub delivery: String,
+    /// Customer-service queue.
+    pub customer_service: String,
+}
+
+/// The order store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    orders: sled::Tree,
+    outbox: sled::Tree,
+    idempotency: sled::Tree,
+    processed: sled::Tree,
+    streams: Streams,
+    /// Woken after every commit that added outbox entries.
+    pub outbox_changed: Arc<Notify>,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn encode<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
+    serde_json::to_vec(v).or_else(|e| abort(StoreError::Db(format!("encode: {e}"))))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> TxResult<T> {
+    serde_json::from_slice(bytes).or_else(|e| abort(StoreError::Db(format!("decode: {e}"))))
+}
+
+fn read_order(orders: &TransactionalTree, id: &str) -> TxResult<Order> {
+    match orders.get(id.as_bytes())? {
+        Some(bytes) => decode(&bytes),
+        None => abort(StoreError::NotFound(id.into())),
+    }
+}
+
+fn enqueue(outbox: &TransactionalTree, stream: &str, envelope: &Envelope) -> TxResult<()> {
+    let data = String::from_utf8(encode(envelope)?).or_else(|e| abort(StoreError::Db(e.to_string())))?;
+    let entry = OutboxEntry { stream: stream.into(), partition_key: envelope.order_id.clone(), data };
+    let id = outbox.generate_id()?;
+    outbox.insert(&id.to_be_bytes(), encode(&entry)?)?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, table: &str, streams: Streams) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            orders: db.open_tree(table)?,
+            outbox: db.open_tree("outbox")?,
+            idempotency: db.open_tree("idempotency")?,
+            processed: db.open_tree("processed")?,
+            db,
+            streams,
+            outbox_changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Makes everything committed so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.outbox_changed.notify_one();
+    }
+
+    /// One order.
+    pub fn get(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        match self.orders.get(id.as_bytes())? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| StoreError::Db(format!("decode: {e}")))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates an order and its `order_placed` event. With an idempotency
+    /// key already used for the same request, returns that order instead
+    /// (`false`: nothing new was created).
+    pub fn create(&self, req: &CreateOrder, key: Option<&str>) -> Result<(Order, bool), StoreError> {
+        let stream = &self.streams.orders;
+        let r = (&self.orders, &self.outbox, &self.idempotency).transaction(|(orders, outbox, idem)| {
+            if let Some(key) = key
+                && let Some(prev) = idem.get(key.as_bytes())?
+            {
+                let prev: IdempotencyRecord = decode(&prev)?;
+                if &prev.request != req {
+                    return abort(StoreError::IdempotencyMismatch);
+                }
+                return Ok((read_order(orders, &prev.order_id)?, false));
+            }
+            let now = now_ms();
+            let order = Order {
+                order_id: new_id(),
+                name: req.name.clone(),
+                address: req.address.clone(),
+                product_id: req.product_id.clone(),
+                quantity: req.quantity,
+                order_date: now,
+                status: Status::Placed,
+                fulfillment_id: None,
+                fulfillment_date: None,
+                sent_to_delivery_date: None,
+                delivery_company_id: None,
+                delivery_date: None,
+                order_review: None,
+            };
+            orders.insert(order.order_id.as_bytes(), encode(&order)?)?;
+            enqueue(outbox, stream, &Envelope::about(event_type::ORDER_PLACED, &order, now))?;
+            if let Some(key) = key {
+                let rec = IdempotencyRecord { order_id: order.order_id.clone(), request: req.clone() };
+                idem.insert(key.as_bytes(), encode(&rec)?)?;
+            }
+            Ok((order, true))
+        })?;
+        self.committed();
+        Ok(r)
+    }
+
+    /// `placed → fulfilled`, with its `order_fulfilled` event.
+    pub fn fulfill(&self, req: &FulfillOrder) -> Result<Order, StoreError> {
+        let stream = &self.streams.orders;
+        let order = (&self.orders, &self.outbox).transaction(|(orders, outbox)| {
+            let mut order = read_order(orders, &req.order_id)?;
+            if order.status != Status::Placed {
+                return abort(StoreError::Conflict(format!(
+                    "order {} is {}; only a placed order can be fulfilled",
+                    order.order_id,
+                    status_name(order.status)
+                )));
+            }
+            let now = now_ms();
+            order.status = Status::Fulfilled;
+            order.fulfillment_id = Some(req.fulfillment_id.clone());
+            order.fulfillment_date = Some(now);
+            orders.insert(order.order_id.as_bytes(), encode(&order)?)?;
+            enqueue(outbox, stream, &Envelope::about(event_type::ORDER_FULFILLED, &order, now))?;
+            Ok(order)
+        })?;
+        self.committed();
+        Ok(order)
+    }
+
+    /// `fulfilled → delivered`, with its `order_delivered` event and the
+    /// review message for customer service.
+    pub fn deliver(&self, req: &DeliverOrder) -> Result<Order, StoreError> {
+        let streams = &self.streams;
+        let order = (&self.orders, &self.outbox).transaction(|(orders, outbox)| {
+            let mut order = read_order(orders, &req.order_id)?;
+            if order.status != Status::Fulfilled {
+                return abort(StoreError::Conflict(format!(
+                    "order {} is {}; only a fulfilled order can be delivered",
+                    order.order_id,
+                    status_name(order.status)
+                )));
+            }
+            let now = now_ms();
+            order.status = Status::Delivered;
+            order.delivery_company_id = Some(req.delivery_company_id.clone());
+            order.delivery_date = Some(now);
+            order.order_review = Some(req.order_review.clone());
+            orders.insert(order.order_id.as_bytes(), encode(&order)?)?;
+            enqueue(outbox, &streams.orders, &Envelope::about(event_type::ORDER_DELIVERED, &order, now))?;
+            let review = Envelope {
+                event_id: new_id(),
+                event_type: event_type::REVIEW_RECEIVED.into(),
+                occurred_at: now,
+                version: crate::model::EVENT_VERSION,
+                order_id: order.order_id.clone(),
+                order: None,
+                order_review: Some(req.order_review.clone()),
+                date: Some(now),
+            };
+            enqueue(outbox, &streams.customer_service, &review)?;
+            Ok(order)
+        })?;
+        self.committed();
+        Ok(order)
+    }
+
+    /// For an `order_fulfilled` event not yet handled by `group`: stamps
+    /// `sentToDeliveryDate`, enqueues the order on the delivery queue and
+    /// marks the event processed, all in one transaction. Returns false if
+    /// the event had been handled already.
+    pub fn send_to_delivery(&self, group: &str, event_id: &str, order_id: &str) -> Result<bool, StoreError> {
+        let key = processed_key(group, event_id);
+        let stream = &self.streams.delivery;
+        let done = (&self.orders, &self.outbox, &self.processed).transaction(|(orders, outbox, processed)| {
+            if processed.get(key.as_bytes())?.is_some() {
+                return Ok(false);
+            }
+            let mut order = read_order(orders, order_id)?;
+            let now = now_ms();
+            if order.sent_to_delivery_date.is_none() {
+                order.sent_to_delivery_date = Some(now);
+                orders.insert(order.order_id.as_bytes(), encode(&order)?)?;
+            }
+            enqueue(outbox, stream, &Envelope::about(event_type::DELIVERY_REQUESTED, &order, now))?;
+            processed.insert(key.as_bytes(), &now.to_be_bytes())?;
+            Ok(true)
+        })?;
+        if done {
+            self.committed();
+        }
+        Ok(done)
+    }
+
+    /// Whether `group` has handled `event_id`.
+    pub fn is_processed(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self.processed.contains_key(processed_key(group, event_id).as_bytes())?)
+    }
+
+    /// Records that `group` handled `event_id`.
+    pub fn mark_processed(&self, group: &str, event_id: &str) -> Result<(), StoreError> {
+        self.processed.insert(processed_key(group, event_id).as_bytes(), &now_ms().to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Up to `n` pending outbox entries, oldest first.
+    pub fn outbox_head(&self, n: usize) -> Result<Vec<(sled::IVec, OutboxEntry)>, StoreError> {
+        self.outbox
+            .iter()
+            .take(n)
+            .map(|r| {
+                let (k, v) = r?;
+                let e = serde_json::from_slice(&v).map_err(|e| StoreError::Db(format!("decode outbox: {e}")))?;
+                Ok((k, e))
+            })
+            .collect()
+    }
+
+    /// Deletes a published outbox entry.
+    pub fn outbox_remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.outbox.remove(key)?;
+        Ok(())
+    }
+
+    /// Entries waiting to be published.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+}
+
+fn processed_key(group: &str, event_id: &str) -> String {
+    format!("{group}/{event_id}")
+}
+
+/// The status as the API spells it.
+pub fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Placed => "placed",
+        Status::Fulfilled => "fulfilled",
+        Status::Delivered => "delivered",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        let streams = Streams { orders: "o".into(), delivery: "d".into(), customer_service: "c".into() };
+        Store::open(dir, "ordersTable", streams).expect("open")
+    }
+
+    fn req() -> CreateOrder {
+        CreateOrder { name: "n".into(), address: "a".into(), product_id: "p".into(), quantity: 2 }
+    }
+
+    #[test]
+    fn each_change_writes_its_events_and_the_state_machine_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let (o, created) = s.create(&req(), None).expect("create");
+        assert!(created);
+        assert_eq!(s.outbox_len(), 1);
+        let deliver =
+            DeliverOrder { order_id: o.order_id.clone(), delivery_company_id: "d".into(), order_review: "ok".into() };
+        assert!(matches!(s.deliver(&deliver), Err(StoreError::Conflict(_))));
+        let f = FulfillOrder { order_id: o.order_id.clone(), fulfillment_id: "f".into() };
+        assert_eq!(s.fulfill(&f).expect("fulfil").status, Status::Fulfilled);
+        assert!(matches!(s.fulfill(&f), Err(StoreError::Conflict(_))));
+        assert!(s.send_to_delivery("g", "e1", &o.order_id).expect("send"));
+        assert!(!s.send_to_delivery("g", "e1", &o.order_id).expect("send again"));
+        assert_eq!(s.deliver(&deliver).expect("deliver").status, Status::Delivered);
+        let streams: Vec<String> = s.outbox_head(10).expect("head").into_iter().map(|(_, e)| e.stream).collect();
+        assert_eq!(streams, ["o", "o", "d", "o", "c"]);
+        let unknown = FulfillOrder { order_id: "nope".into(), fulfillment_id: "f".into() };
+        assert_eq!(s.fulfill(&unknown), Err(StoreError::NotFound("nope".into())));
+    }
+
+    #[test]
+    fn an_idempotency_key_returns_the_first_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let (a, _) = s.create(&req(), Some("k")).expect("create");
+        let (b, created) = s.create(&req(), Some("k")).expect("replay");
+        assert!(!created);
+        assert_eq!(a, b);
+        assert_eq!(s.outbox_len(), 1);
+        let other = CreateOrder { quantity: 3, ..req() };
+        assert_eq!(s.create(&other, Some("k")), Err(StoreError::IdempotencyMismatch));
+    }
+}
