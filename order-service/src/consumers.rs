@@ -95,6 +95,9 @@ async fn handle_batch(
             _ => customer_service(&ctx, env).await?,
         }
     }
+    // The processed marks must be durable before `run` commits the
+    // checkpoint past these records; one flush covers the batch.
+    ctx.store.flush().await.map_err(store_err)?;
     Ok(())
 }
 
@@ -102,7 +105,7 @@ async fn run_group(ctx: Arc<Ctx>, stream: String, group: &'static str, shutdown:
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let mut config = ConsumerConfig::new(group);
-        config.batch_size = if group == EXTERNAL_PARTIES { 10 } else { 1 };
+        config.batch_size = if group == EXTERNAL_PARTIES { 100 } else { 1 };
         config.max_retries = ctx.config.consumer_max_retries;
         config.retry_backoff = Duration::from_millis(ctx.config.consumer_retry_backoff_ms);
         let consumer = tokio::select! {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::{Producer, ProducerConfig};
+use client::{AckFuture, Producer, ProducerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Metrics;
@@ -31,15 +31,15 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn publish(&mut self, entry: &OutboxEntry) -> client::Result<()> {
+    /// Queues an entry on its stream's producer; the future resolves with the acknowledgement.
+    async fn send(&mut self, entry: &OutboxEntry) -> client::Result<AckFuture> {
         if !self.producers.contains_key(&entry.stream) {
             let config = ProducerConfig { linger: Duration::ZERO, max_retries: 2, ..ProducerConfig::default() };
             let producer = Producer::connect(&self.addr, &entry.stream, config).await?;
             self.producers.insert(entry.stream.clone(), producer);
         }
         let producer = self.producers.get(&entry.stream).expect("inserted above");
-        producer.send(entry.partition_key.clone(), entry.data.clone().into_bytes()).await?.await?;
-        Ok(())
+        producer.send(entry.partition_key.clone(), entry.data.clone().into_bytes()).await
     }
 }
 
@@ -70,29 +70,44 @@ pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: Ca
             }
             continue;
         }
-        for (key, entry) in batch {
-            let published = tokio::select! {
-                r = publisher.publish(&entry) => r,
+        // Send the whole head in outbox order, then take the acknowledgements
+        // in the same order. The producer keeps each partition key's order,
+        // and the first failure ends the pass, so no entry is removed before
+        // every entry ahead of it was acknowledged.
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for (key, entry) in &batch {
+            match publisher.send(entry).await {
+                Ok(ack) => acks.push((key.clone(), ack)),
+                Err(e) => {
+                    failed = Some((e.to_string(), entry.stream.clone()));
+                    break;
+                }
+            }
+        }
+        for ((key, ack), (_, entry)) in acks.into_iter().zip(&batch) {
+            let acked = tokio::select! {
+                r = ack => r,
                 _ = shutdown.cancelled() => return,
             };
-            match published
-                .map_err(|e| e.to_string())
-                .and_then(|()| store.outbox_remove(&key).map_err(|e| e.to_string()))
-            {
+            match acked.map_err(|e| e.to_string()).and_then(|_| store.outbox_remove(&key).map_err(|e| e.to_string())) {
                 Ok(()) => {
                     failures = 0;
                     Metrics::inc(&metrics.events_published);
                 }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, stream = %entry.stream, failures, "publishing an outbox entry failed; retrying");
-                    // Reconnect from scratch: the broker may have restarted.
-                    publisher.producers.clear();
-                    if wait(backoff(failures), &shutdown).await {
-                        return;
-                    }
+                    failed = Some((e, entry.stream.clone()));
                     break;
                 }
+            }
+        }
+        if let Some((e, stream)) = failed {
+            failures += 1;
+            tracing::warn!(error = %e, %stream, failures, "publishing an outbox entry failed; retrying");
+            // Reconnect from scratch: the broker may have restarted.
+            publisher.producers.clear();
+            if wait(backoff(failures), &shutdown).await {
+                return;
             }
         }
     }

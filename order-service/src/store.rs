@@ -139,9 +139,14 @@ impl Store {
         })
     }
 
-    /// Makes everything committed so far durable.
+    /// Makes everything committed so far durable. sled's blocking flush runs
+    /// on the blocking pool: its `flush_async` stalled forever here under
+    /// many concurrent callers (eight HTTP clients in order-bench).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Db(format!("flush task: {e}")))??;
         Ok(())
     }
 
