@@ -10,7 +10,8 @@
 //! stream-bench produce   durable produce matrix: 100 B / 1 KiB, 1 / 8 shards, 1 / 8 producers
 //! stream-bench scale     shards at full Kinesis quota with p99 ack < 50 ms and no throttling
 //! stream-bench e2e       produce-to-subscriber latency at a given rate
-//! stream-bench all       all three; e2e at half the best 1 KiB produce rate
+//! stream-bench groups    consumer-group throughput and rebalance time after a member dies
+//! stream-bench all       all of them; e2e at half the best 1 KiB produce rate
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,12 @@ enum What {
         /// Records per second (1 KiB each) over 8 shards.
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
+    },
+    /// Consumer-group throughput (1, 2, 4 members on 8 shards) and rebalance time after a member dies.
+    Groups {
+        /// Member deaths to time.
+        #[arg(long, default_value_t = 20)]
+        kills: u32,
     },
     /// Everything, with e2e at half the best 1 KiB produce rate.
     All,
@@ -147,7 +154,15 @@ struct ProduceResult {
 
 /// `producers` Produce streams, each with 8 batches in flight, batches of
 /// `batch` records of `size` bytes spread over all shards, for `secs`.
-async fn produce(endpoint: &str, stream: &str, shards: u32, producers: u32, size: usize, batch: usize, secs: u64) -> ProduceResult {
+async fn produce(
+    endpoint: &str,
+    stream: &str,
+    shards: u32,
+    producers: u32,
+    size: usize,
+    batch: usize,
+    secs: u64,
+) -> ProduceResult {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for p in 0..producers {
@@ -155,7 +170,8 @@ async fn produce(endpoint: &str, stream: &str, shards: u32, producers: u32, size
         tasks.push(tokio::spawn(async move {
             let mut c = client(&endpoint).await;
             let (tx, rx) = tokio::sync::mpsc::channel(8);
-            let mut acks = c.produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("produce").into_inner();
+            let mut acks =
+                c.produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("produce").into_inner();
             let data = Bytes::from(vec![b'x'; size]);
             let keys: Vec<String> = (0..shards).map(|s| key_for(s, shards)).collect();
             let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
@@ -172,7 +188,10 @@ async fn produce(endpoint: &str, stream: &str, shards: u32, producers: u32, size
                             })
                             .collect();
                         sent_at.lock().expect("lock").push_back(Instant::now());
-                        let req = pb::ProduceRequest { batch_id: id, batch: Some(pb::PutRecordsRequest { stream_name: stream.clone(), records }) };
+                        let req = pb::ProduceRequest {
+                            batch_id: id,
+                            batch: Some(pb::PutRecordsRequest { stream_name: stream.clone(), records }),
+                        };
                         if tx.send(req).await.is_err() {
                             break;
                         }
@@ -216,7 +235,10 @@ async fn produce_matrix(args: &Args) -> f64 {
     let dd = dd_fdatasync(&dir, 1024);
     println!("# durable produce (acknowledged = fdatasync'ed, group commit), {} s each", args.seconds);
     println!("disk reference: dd bs=1M count=1024 conv=fdatasync = {dd:.0} MB/s");
-    println!("{:>6} {:>6} {:>9} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9}", "size", "shards", "producers", "batch", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms");
+    println!(
+        "{:>6} {:>6} {:>9} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "size", "shards", "producers", "batch", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms"
+    );
     let mut best_1k: f64 = 0.0;
     let mut best_100: f64 = 0.0;
     let mut c = client(&t.endpoint).await;
@@ -231,7 +253,15 @@ async fn produce_matrix(args: &Args) -> f64 {
                 let r = produce(&t.endpoint, &stream, shards, producers, size, batch, args.seconds).await;
                 println!(
                     "{:>6} {:>6} {:>9} {:>6} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
-                    size, shards, producers, batch, r.records_per_sec, r.mb_per_sec, ms(&r.latency, 0.5), ms(&r.latency, 0.99), ms(&r.latency, 0.999)
+                    size,
+                    shards,
+                    producers,
+                    batch,
+                    r.records_per_sec,
+                    r.mb_per_sec,
+                    ms(&r.latency, 0.5),
+                    ms(&r.latency, 0.99),
+                    ms(&r.latency, 0.999)
                 );
                 if size == 1024 {
                     best_1k = best_1k.max(r.mb_per_sec);
@@ -250,7 +280,10 @@ async fn produce_matrix(args: &Args) -> f64 {
         best_1k / dd * 100.0,
         verdict(best_1k >= 0.6 * dd)
     );
-    println!("target: >= 300000 records/s durable for 100 B records: best {best_100:.0} -> {}", verdict(best_100 >= 300_000.0));
+    println!(
+        "target: >= 300000 records/s durable for 100 B records: best {best_100:.0} -> {}",
+        verdict(best_100 >= 300_000.0)
+    );
     best_1k * 1e6 / 1026.0
 }
 
@@ -258,8 +291,14 @@ async fn produce_matrix(args: &Args) -> f64 {
 /// as 100-record PutRecords every 100 ms, the shards' producers spread over
 /// the period; quotas are enforced.
 async fn scale(args: &Args, counts: &[u32]) {
-    println!("# full-quota scale: every shard at 1000 records/s of 1 KiB, quotas enforced, {} s per step", args.seconds);
-    println!("{:>7} {:>12} {:>10} {:>9} {:>9} {:>9} {:>8}", "shards", "records/s", "throttled", "p50 ms", "p99 ms", "max ms", "ok");
+    println!(
+        "# full-quota scale: every shard at 1000 records/s of 1 KiB, quotas enforced, {} s per step",
+        args.seconds
+    );
+    println!(
+        "{:>7} {:>12} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "shards", "records/s", "throttled", "p50 ms", "p99 ms", "max ms", "ok"
+    );
     let mut best = 0;
     for &shards in counts {
         let t = target(args, true).await;
@@ -277,17 +316,26 @@ async fn scale(args: &Args, counts: &[u32]) {
                 let data = Bytes::from(vec![b'q'; 1024 - 8]);
                 // Independent producers are not in phase: spread their ticks over the 100 ms period.
                 let phase = Duration::from_micros(100_000 * u64::from(s) / u64::from(shards));
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_millis(100));
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_millis(100));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 let mut h = hist();
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     tick.tick().await;
                     let records = (0..100)
-                        .map(|_| pb::PutRecordsEntry { partition_key: "pk-shard".into(), data: data.clone(), explicit_hash_key: Some(key.clone()) })
+                        .map(|_| pb::PutRecordsEntry {
+                            partition_key: "pk-shard".into(),
+                            data: data.clone(),
+                            explicit_hash_key: Some(key.clone()),
+                        })
                         .collect();
                     let sent = Instant::now();
-                    let r = c.put_records(pb::PutRecordsRequest { stream_name: "scale".into(), records }).await.expect("put").into_inner();
+                    let r = c
+                        .put_records(pb::PutRecordsRequest { stream_name: "scale".into(), records })
+                        .await
+                        .expect("put")
+                        .into_inner();
                     h.record(sent.elapsed().as_micros().max(1) as u64).expect("latency");
                     throttled.fetch_add(u64::from(r.failed_record_count), Ordering::Relaxed);
                     n += 100 - u64::from(r.failed_record_count);
@@ -308,7 +356,13 @@ async fn scale(args: &Args, counts: &[u32]) {
         let ok = ms(&h, 0.99) < 50.0 && throttled == 0 && rate >= 0.95 * 1000.0 * f64::from(shards);
         println!(
             "{:>7} {:>12.0} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>8}",
-            shards, rate, throttled, ms(&h, 0.5), ms(&h, 0.99), h.max() as f64 / 1000.0, if ok { "yes" } else { "no" }
+            shards,
+            rate,
+            throttled,
+            ms(&h, 0.5),
+            ms(&h, 0.99),
+            h.max() as f64 / 1000.0,
+            if ok { "yes" } else { "no" }
         );
         if ok {
             best = best.max(shards);
@@ -316,7 +370,10 @@ async fn scale(args: &Args, counts: &[u32]) {
         drop((c, channels));
         t.stop().await;
     }
-    println!("target: >= 100 shards at full quota with p99 < 50 ms and no throttling: {best} shards -> {}", if best >= 100 { "MET" } else { "MISSED" });
+    println!(
+        "target: >= 100 shards at full quota with p99 < 50 ms and no throttling: {best} shards -> {}",
+        if best >= 100 { "MET" } else { "MISSED" }
+    );
 }
 
 async fn clients(endpoint: &str, n: usize) -> Vec<StreamBrokerClient<Channel>> {
@@ -341,7 +398,12 @@ async fn e2e(args: &Args, rate: u64) {
     for s in 0..shards {
         let mut c = client(&t.endpoint).await;
         let mut sub = c
-            .subscribe_shard(pb::SubscribeShardRequest { stream_name: "e2e".into(), shard_id: format!("shardId-{s:012}"), starting_position: pb::IteratorType::Latest as i32, ..Default::default() })
+            .subscribe_shard(pb::SubscribeShardRequest {
+                stream_name: "e2e".into(),
+                shard_id: format!("shardId-{s:012}"),
+                starting_position: pb::IteratorType::Latest as i32,
+                ..Default::default()
+            })
             .await
             .expect("subscribe")
             .into_inner();
@@ -376,7 +438,11 @@ async fn e2e(args: &Args, rate: u64) {
         data[..8].copy_from_slice(&stamp);
         let data = Bytes::from(data);
         let records: Vec<_> = (0..per_tick)
-            .map(|j| pb::PutRecordsEntry { partition_key: "e".into(), data: data.clone(), explicit_hash_key: Some(keys[(i + j) % keys.len()].clone()) })
+            .map(|j| pb::PutRecordsEntry {
+                partition_key: "e".into(),
+                data: data.clone(),
+                explicit_hash_key: Some(keys[(i + j) % keys.len()].clone()),
+            })
             .collect();
         for chunk in records.chunks(500) {
             let mut c = producers[i % producers.len()].clone();
@@ -400,26 +466,172 @@ async fn e2e(args: &Args, rate: u64) {
     for s in subscribers {
         h.add(s.await.expect("subscriber")).expect("merge");
     }
-    println!("# produce-to-subscriber latency at {rate} records/s of 1 KiB over 8 shards ({} s, {sent} sent, {} received)", args.seconds, h.len());
-    println!("p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms", ms(&h, 0.5), ms(&h, 0.99), ms(&h, 0.999), h.max() as f64 / 1000.0);
-    println!("target: p99 < 10 ms at half the maximum throughput -> {}", if ms(&h, 0.99) < 10.0 { "MET" } else { "MISSED" });
+    println!(
+        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over 8 shards ({} s, {sent} sent, {} received)",
+        args.seconds,
+        h.len()
+    );
+    println!(
+        "p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+        ms(&h, 0.5),
+        ms(&h, 0.99),
+        ms(&h, 0.999),
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "target: p99 < 10 ms at half the maximum throughput -> {}",
+        if ms(&h, 0.99) < 10.0 { "MET" } else { "MISSED" }
+    );
     drop(c);
     t.stop().await;
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    println!("stream-bench on {} cores; hot page cache; broker {}", std::thread::available_parallelism().map_or(0, |n| n.get()), args.broker.as_deref().unwrap_or("in-process"));
+    println!(
+        "stream-bench on {} cores; hot page cache; broker {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.broker.as_deref().unwrap_or("in-process")
+    );
     match &args.what {
         What::Produce => {
             produce_matrix(&args).await;
         }
         What::Scale { shards } => scale(&args, shards).await,
         What::E2e { rate } => e2e(&args, *rate).await,
+        What::Groups { kills } => groups(&args, *kills).await,
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
             e2e(&args, (max_1k / 2.0) as u64).await;
+            groups(&args, 20).await;
         }
     }
     Ok(())
+}
+
+/// Fills 8 shards, then drains them with 1, 2 and 4 group members; then
+/// times how long a dead member's shards stay unowned.
+async fn groups(args: &Args, kills: u32) {
+    use proto::v1::consumer_groups_client::ConsumerGroupsClient;
+    let t = target(args, false).await;
+    let mut c = client(&t.endpoint).await;
+    let shards = 8u32;
+    let per_shard = 25_000u64;
+    create(&mut c, "groups", shards).await;
+    let data = Bytes::from(vec![b'g'; 1024]);
+    for s in 0..shards {
+        let key = key_for(s, shards);
+        for _ in 0..per_shard / 500 {
+            let records = (0..500)
+                .map(|_| pb::PutRecordsEntry {
+                    partition_key: "g".into(),
+                    data: data.clone(),
+                    explicit_hash_key: Some(key.clone()),
+                })
+                .collect();
+            c.put_records(pb::PutRecordsRequest { stream_name: "groups".into(), records }).await.expect("fill");
+        }
+    }
+    let total = per_shard * u64::from(shards);
+    println!("# consumer groups: {total} records of 1 KiB on {shards} shards, consumed with poll(1000) + commit");
+    println!("{:>8} {:>12} {:>9}", "members", "records/s", "MB/s");
+    for members in [1u32, 2, 4] {
+        let group = format!("g{members}");
+        let consumed = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for m in 0..members {
+            let (endpoint, group, consumed) = (t.endpoint.clone(), group.clone(), consumed.clone());
+            tasks.push(tokio::spawn(async move {
+                let config = client::ConsumerConfig {
+                    batch_size: 1000,
+                    poll_wait: Duration::from_millis(200),
+                    client_id: format!("bench-{m}"),
+                    ..client::ConsumerConfig::new(group)
+                };
+                let mut consumer = client::Consumer::join(&endpoint, "groups", config).await.expect("join");
+                while consumed.load(Ordering::SeqCst) < total {
+                    let records = consumer.poll().await.expect("poll");
+                    let mut last: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+                    for r in &records {
+                        last.insert(r.shard_id.clone(), r.sequence_number);
+                    }
+                    for (shard, seq) in last {
+                        // A commit refused after a rebalance only means redelivery.
+                        let _ = consumer.commit(&shard, seq).await;
+                    }
+                    consumed.fetch_add(records.len() as u64, Ordering::SeqCst);
+                }
+                consumer.leave().await.expect("leave");
+            }));
+        }
+        for task in tasks {
+            task.await.expect("member");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let n = consumed.load(Ordering::SeqCst);
+        println!("{:>8} {:>12.0} {:>9.1}", members, n as f64 / secs, n as f64 * 1026.0 / secs / 1e6);
+    }
+    drop(c);
+    t.stop().await;
+
+    // Rebalance after a member dies: 4 members on 8 shards; one stops
+    // heartbeating (dropped without leaving); measure until every shard has
+    // a live owner again. Sessions time out after 1 s here.
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(base).expect("dir");
+    let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+    config.groups.session_timeout_ms = 1_000;
+    let broker = TestBroker::start_with(config, Arc::new(SystemClock)).await;
+    let mut c = client(&broker.endpoint()).await;
+    create(&mut c, "rebalance", shards).await;
+    let mut g = ConsumerGroupsClient::new(
+        Channel::from_shared(broker.endpoint()).expect("uri").connect().await.expect("connect"),
+    );
+    let mut h = hist();
+    let config = |i: u32| client::ConsumerConfig {
+        poll_wait: Duration::from_millis(100),
+        client_id: format!("m{i}"),
+        ..client::ConsumerConfig::new("r")
+    };
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(client::Consumer::join(&broker.endpoint(), "rebalance", config(i)).await.expect("join"));
+    }
+    for k in 0..kills {
+        let victim = members.remove((k as usize) % members.len());
+        let victim_id = victim.member_id();
+        drop(victim); // stops heartbeating without leaving
+        let died = Instant::now();
+        loop {
+            let d = g
+                .describe_group(pb::DescribeGroupRequest { stream_name: "rebalance".into(), group_name: "r".into() })
+                .await
+                .expect("describe")
+                .into_inner()
+                .group
+                .expect("group");
+            let live: Vec<&str> = d.members.iter().map(|m| m.member_id.as_str()).collect();
+            if !live.contains(&victim_id.as_str())
+                && d.shards.iter().all(|s| live.contains(&s.owner_member_id.as_str()))
+            {
+                break;
+            }
+            assert!(died.elapsed() < Duration::from_secs(30), "rebalance never happened");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        h.record(died.elapsed().as_micros().max(1) as u64).expect("latency");
+        members.push(client::Consumer::join(&broker.endpoint(), "rebalance", config(k + 4)).await.expect("rejoin"));
+    }
+    println!(
+        "# rebalance after a member dies (4 members, 8 shards, 1 s session timeout, {kills} kills): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(&h, 0.5),
+        ms(&h, 0.99),
+        h.max() as f64 / 1000.0
+    );
+    for m in members {
+        m.leave().await.expect("leave");
+    }
+    drop((c, g));
+    broker.stop().await.expect("stop");
 }
