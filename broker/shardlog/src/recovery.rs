@@ -365,8 +365,15 @@ fn find_valid_frame_after(file: &dyn IoFile, path: &Path, bad_pos: u64, len: u64
     }
     let mut rest = vec![0u8; rest_len as usize];
     file.read_exact_at(&mut rest, bad_pos).map_err(io_err("read segment tail", path))?;
-    for off in 1..rest.len() {
-        if format::peek_frame_len(&rest[off..]).is_ok() && format::check_frame(&rest[off..]).is_ok() {
+    let min = (format::FRAME_HEADER_LEN + format::RECORD_HEADER_LEN + 1) as u32;
+    for off in 1..rest.len().saturating_sub(3) {
+        // A cheap bound check first: only a plausible length is worth a CRC.
+        let tail = &rest[off..];
+        let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        if len < min || len > format::FRAME_BYTES_MAX || len as usize > tail.len() {
+            continue;
+        }
+        if format::check_frame(tail).is_ok() {
             return Ok(Some(bad_pos + off as u64));
         }
     }
