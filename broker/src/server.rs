@@ -107,7 +107,6 @@ pub async fn run(
     let max = config.limits.grpc_max_message_bytes;
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(config.limits.max_concurrent_streams)
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max))
         .add_service(
@@ -168,6 +167,11 @@ fn limited_incoming(
                     continue;
                 }
             };
+            // tonic's own tcp_nodelay applies only to sockets it accepts itself;
+            // without it, Nagle and delayed ACKs add tens of ms to small responses.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 metrics::counter!("stream_broker_connections_refused_total").increment(1);
                 drop(stream);
