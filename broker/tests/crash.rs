@@ -88,7 +88,9 @@ async fn produce_until(endpoint: &str, stream: &str, producers: usize, round: us
                     (0..10).map(|i| format!("r{round}-p{p}-n{}-{i}", n).into_bytes()).collect();
                 let entries = payloads.iter().enumerate().map(|(i, d)| entry(&format!("key-{p}-{i}"), d)).collect();
                 let req = pb::PutRecordsRequest { stream_name: stream.clone(), records: entries };
-                match c.put_records(req).await {
+                // Bounded: a request the broker never answers ends the producer like an error.
+                let sent = tokio::time::timeout(Duration::from_secs(20), c.put_records(req)).await;
+                match sent.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 20 s"))) {
                     Ok(r) => {
                         for (e, d) in r.into_inner().records.into_iter().zip(payloads) {
                             assert!(e.error_code.is_empty(), "quotas are lifted: {}", e.error_message);
@@ -137,8 +139,16 @@ async fn verify(c: &mut Client, stream: &str, shards: u32, acked: &Acked) -> usi
 
 async fn wait_ready(endpoint: &str, stream: &str) -> (Client, Duration) {
     let started = Instant::now();
-    let mut c = connect(endpoint.to_string()).await;
-    c.describe_stream(pb::DescribeStreamRequest { stream_name: stream.into() }).await.expect("describe after restart");
+    let ready = async {
+        let mut c = connect(endpoint.to_string()).await;
+        c.describe_stream(pb::DescribeStreamRequest { stream_name: stream.into() })
+            .await
+            .expect("describe after restart");
+        c
+    };
+    let c = tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("the broker answers within 30 s of a restart");
     (c, started.elapsed())
 }
 
@@ -189,7 +199,12 @@ async fn crash_loop(kills: usize) {
         p = Process::start(dir.path());
         let (mut c, took) = wait_ready(&p.endpoint, "s").await;
         recovery.push(took);
-        verify(&mut c, "s", 4, &acked).await;
+        tokio::time::timeout(Duration::from_secs(60), verify(&mut c, "s", 4, &acked))
+            .await
+            .expect("verification within 60 s");
+        if (round + 1) % 10 == 0 {
+            eprintln!("crash loop: {} kills, {} acknowledged, last restart {took:?}", round + 1, acked.len());
+        }
     }
     recovery.sort();
     let pct = |q: f64| recovery[((recovery.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
