@@ -66,6 +66,34 @@ pub struct Order {
     pub order_review: Option<String>,
 }
 
+impl Order {
+    /// A new order in status `placed`; every later field is unset.
+    pub fn placed(
+        order_id: String,
+        name: String,
+        address: String,
+        product_id: String,
+        quantity: u64,
+        order_date: u64,
+    ) -> Self {
+        Self {
+            order_id,
+            name,
+            address,
+            product_id,
+            quantity,
+            order_date,
+            status: Status::Placed,
+            fulfillment_id: None,
+            fulfillment_date: None,
+            sent_to_delivery_date: None,
+            delivery_company_id: None,
+            delivery_date: None,
+            order_review: None,
+        }
+    }
+}
+
 /// The event types on the order stream and the queues.
 pub mod event_type {
     /// An order was created.
@@ -340,21 +368,7 @@ mod tests {
 
     #[test]
     fn orders_serialise_camel_case_without_absent_fields() {
-        let o = Order {
-            order_id: "id".into(),
-            name: "n".into(),
-            address: "a".into(),
-            product_id: "p".into(),
-            quantity: 3,
-            order_date: 7,
-            status: Status::Placed,
-            fulfillment_id: None,
-            fulfillment_date: None,
-            sent_to_delivery_date: None,
-            delivery_company_id: None,
-            delivery_date: None,
-            order_review: None,
-        };
+        let o = Order::placed("id".into(), "n".into(), "a".into(), "p".into(), 3, 7);
         let v = serde_json::to_value(&o).expect("serialise");
         assert_eq!(
             v,

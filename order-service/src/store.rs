@@ -178,21 +178,14 @@ impl Store {
                 return Ok((read_order(orders, &prev.order_id)?, false));
             }
             let now = now_ms();
-            let order = Order {
-                order_id: new_id(),
-                name: req.name.clone(),
-                address: req.address.clone(),
-                product_id: req.product_id.clone(),
-                quantity: req.quantity,
-                order_date: now,
-                status: Status::Placed,
-                fulfillment_id: None,
-                fulfillment_date: None,
-                sent_to_delivery_date: None,
-                delivery_company_id: None,
-                delivery_date: None,
-                order_review: None,
-            };
+            let order = Order::placed(
+                new_id(),
+                req.name.clone(),
+                req.address.clone(),
+                req.product_id.clone(),
+                req.quantity,
+                now,
+            );
             orders.insert(order.order_id.as_bytes(), encode(&order)?)?;
             enqueue(outbox, stream, &Envelope::about(event_type::ORDER_PLACED, &order, now))?;
             if let Some(key) = key {
