@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker::testing::{Faults, FaultyProxy, History, ProxyStats, Report};
+use broker::testing::{Anomaly, Faults, FaultyProxy, History, ProxyStats, Report};
 use client::{Admin, Consumer, ConsumerConfig, HandlerError, Producer, ProducerConfig, Record};
 use common::process::Process;
 use proto::v1 as pb;
@@ -39,8 +39,6 @@ use tonic::transport::{Channel, Endpoint};
 const STREAM: &str = "chaos";
 const GROUP: &str = "g";
 const SHARDS: u32 = 8;
-/// Short, so a member killed without leaving loses its shards quickly.
-const SESSION_TIMEOUT_MS: &str = "1500";
 const PRODUCER_LANES: usize = 4;
 const KEYS_PER_LANE: u64 = 16;
 /// Records a lane sends per tick, and the tick: 4 lanes × 3 / 20 ms ≈ 600 records/s.
@@ -56,6 +54,10 @@ const MEMBERS_MAX: usize = 6;
 struct Scenario {
     /// How long faults, churn and production last.
     chaos: Duration,
+    /// Members' session timeout: short under chaos, so a member killed
+    /// without leaving loses its shards quickly; long for the control, so a
+    /// loaded machine cannot expire sessions and rebalance it.
+    session_timeout_ms: u64,
     /// `kill -9`s of the broker, spread over the chaos phase.
     broker_kills: usize,
     /// Members join, leave and are killed during the chaos phase.
@@ -98,6 +100,8 @@ struct Outcome {
     counts: Arc<Counts>,
     dropped: Vec<(String, u64)>,
     drain: Drain,
+    /// The group as the wait for it ended.
+    group: Option<pb::GroupDescription>,
     took: Duration,
 }
 
@@ -159,9 +163,10 @@ fn channel(endpoint: &str) -> Channel {
         .connect_lazy()
 }
 
-async fn start_broker(dir: PathBuf) -> Process {
+async fn start_broker(dir: PathBuf, session_timeout_ms: u64) -> Process {
     tokio::task::spawn_blocking(move || {
-        Process::start_with_env(&dir, &[("STREAM_BROKER_GROUPS__SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)])
+        let timeout = session_timeout_ms.to_string();
+        Process::start_with_env(&dir, &[("STREAM_BROKER_GROUPS__SESSION_TIMEOUT_MS", &timeout)])
     })
     .await
     .expect("broker start task")
@@ -293,25 +298,23 @@ async fn kill(m: Member) {
     let _ = m.task.await;
 }
 
-/// Kills and restarts the broker `kills` times, evenly spread until `end`;
-/// returns the running broker.
+/// Kills and restarts the broker `s.broker_kills` times, evenly spread over
+/// the chaos phase from `start`; returns the running broker and the kill count.
 async fn kill_loop(
     mut broker: Process,
     dir: PathBuf,
     proxies: [Arc<FaultyProxy>; 2],
-    kills: usize,
+    s: Scenario,
     start: Instant,
-    end: Instant,
-    seed: u64,
 ) -> (Process, u64) {
-    let mut rng = Rng(seed | 1);
-    let span = end - start;
+    let mut rng = Rng(s.seed | 1);
+    let kills = s.broker_kills;
     for i in 1..=kills {
-        tokio::time::sleep_until(start + span * i as u32 / (kills as u32 + 1)).await;
+        tokio::time::sleep_until(start + s.chaos * i as u32 / (kills as u32 + 1)).await;
         tokio::task::spawn_blocking(move || broker.kill9()).await.expect("kill -9");
         // Down for a moment, so clients see refused connections as well as cut ones.
         tokio::time::sleep(rng.millis(0, 500)).await;
-        broker = start_broker(dir.clone()).await;
+        broker = start_broker(dir.clone(), s.session_timeout_ms).await;
         for p in &proxies {
             p.set_target(broker.grpc_addr);
         }
@@ -322,7 +325,7 @@ async fn kill_loop(
 async fn run(s: Scenario) -> Outcome {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = start_broker(dir.path().to_path_buf()).await;
+    let broker = start_broker(dir.path().to_path_buf(), s.session_timeout_ms).await;
     let members_proxy = Arc::new(FaultyProxy::start(broker.grpc_addr, Faults::default(), s.seed).await.expect("proxy"));
     let producers_proxy =
         Arc::new(FaultyProxy::start(broker.grpc_addr, Faults::default(), s.seed + 1).await.expect("proxy"));
@@ -384,10 +387,8 @@ async fn run(s: Scenario) -> Outcome {
         broker,
         dir.path().to_path_buf(),
         [members_proxy.clone(), producers_proxy.clone()],
-        s.broker_kills,
+        s,
         chaos_start,
-        chaos_end,
-        s.seed,
     ));
     while s.churn && Instant::now() < chaos_end {
         tokio::time::sleep_until((Instant::now() + rng.millis(300, 1500)).min(chaos_end)).await;
@@ -422,13 +423,22 @@ async fn run(s: Scenario) -> Outcome {
         members.push(spawn());
     }
     let drain = wait_for_group(&history, &admin, s.drain_deadline).await;
+    let group = admin.describe_group(STREAM, GROUP).await.ok();
     for m in members {
         leave(m).await;
     }
     tokio::task::spawn_blocking(move || drop(broker)).await.expect("stop the broker");
 
     let dropped = dropper.and_then(|d| d.dropped.lock().expect("dropper lock").take()).unwrap_or_default();
-    Outcome { report: history.check(), proxy: members_proxy.stats(), counts, dropped, drain, took: started.elapsed() }
+    Outcome {
+        report: history.check(),
+        proxy: members_proxy.stats(),
+        counts,
+        dropped,
+        drain,
+        group,
+        took: started.elapsed(),
+    }
 }
 
 /// Waits until every acknowledged record was handled, or the group's
@@ -477,6 +487,32 @@ fn print(name: &str, o: &Outcome) {
         o.drain,
         o.report,
     );
+    if o.drain != Drain::AllHandled {
+        println!("{}", describe(o.group.as_ref(), &o.report.lost));
+    }
+}
+
+/// Where the group stood when the wait ended, and where its lost records
+/// are: behind a checkpoint (committed past), or ahead of it (not reached).
+fn describe(group: Option<&pb::GroupDescription>, lost: &[Anomaly]) -> String {
+    let Some(g) = group else {
+        return "the group could not be described".into();
+    };
+    let mut out = format!("group at generation {} with {} members:", g.generation, g.members.len());
+    for s in &g.shards {
+        let owner = g.members.iter().find(|m| m.member_id == s.owner_member_id).map_or("none", |m| &m.client_id);
+        let (behind, ahead): (Vec<&Anomaly>, Vec<&Anomaly>) =
+            lost.iter().filter(|a| a.shard_id == s.shard_id).partition(|a| s.has_checkpoint && a.seq < s.checkpoint);
+        let checkpoint = if s.has_checkpoint { s.checkpoint.to_string() } else { "none".into() };
+        out += &format!(
+            "\n  {}: owner {owner}, checkpoint {checkpoint}, lag {} records; lost {} behind the checkpoint, {} at or after it",
+            s.shard_id,
+            s.lag_records,
+            behind.len(),
+            ahead.len()
+        );
+    }
+    out
 }
 
 fn assert_chaos_happened_and_nothing_was_lost(s: &Scenario, o: &Outcome) {
@@ -499,6 +535,7 @@ fn assert_chaos_happened_and_nothing_was_lost(s: &Scenario, o: &Outcome) {
 async fn group_chaos_loses_nothing() {
     let s = Scenario {
         chaos: Duration::from_secs(35),
+        session_timeout_ms: 1500,
         broker_kills: 3,
         churn: true,
         faults: Faults::chaos(0.01),
@@ -517,6 +554,7 @@ async fn group_chaos_loses_nothing() {
 async fn group_chaos_long() {
     let s = Scenario {
         chaos: Duration::from_secs(600),
+        session_timeout_ms: 1500,
         broker_kills: 30,
         churn: true,
         faults: Faults::chaos(0.01),
@@ -535,6 +573,7 @@ async fn group_chaos_long() {
 async fn negative_control_a_dropped_batch_is_reported_lost() {
     let o = run(Scenario {
         chaos: Duration::from_secs(6),
+        session_timeout_ms: 10_000,
         broker_kills: 0,
         churn: false,
         faults: Faults::default(),
