@@ -144,8 +144,7 @@ async fn a_rebalance_during_handling_skips_no_record() {
     let b = Consumer::join(&broker.endpoint(), "s", config("b")).await.expect("b joins");
     b_joined.notify_one();
     let b_task = run_member(b, "b", handled.clone(), stop.clone());
-    until("every record is handled", Duration::from_secs(30), async || handled_set(&handled).is_superset(&all))
-        .await;
+    until("every record is handled", Duration::from_secs(30), async || handled_set(&handled).is_superset(&all)).await;
     stop.cancel();
     a_task.await.expect("a").expect("a ran without error");
     b_task.await.expect("b").expect("b ran without error");
@@ -190,18 +189,18 @@ async fn a_member_that_lost_a_shard_cannot_commit_it_and_carries_on() {
     let b = Consumer::join(&broker.endpoint(), "s", config("b")).await.expect("b joins");
     let b_id = b.member_id();
     let b_task = run_member(b, "b", handled.clone(), stop.clone());
-    until("b owns a shard", Duration::from_secs(20), async || owners(&admin).await.values().any(|o| *o == b_id))
-        .await;
+    until("b owns a shard", Duration::from_secs(20), async || owners(&admin).await.values().any(|o| *o == b_id)).await;
     // a's background heartbeat runs after the rebalance (it must not undo fencing).
     let since = Instant::now();
     until("a heartbeats after the rebalance", Duration::from_secs(20), async || {
         let d = admin.describe_group("s", "g").await.expect("describe");
-        d.members.iter().any(|m| m.member_id == a_id && u128::from(m.last_heartbeat_age_ms) < since.elapsed().as_millis())
+        d.members
+            .iter()
+            .any(|m| m.member_id == a_id && u128::from(m.last_heartbeat_age_ms) < since.elapsed().as_millis())
     })
     .await;
     release.notify_one();
-    until("every record is handled", Duration::from_secs(30), async || handled_set(&handled).is_superset(&all))
-        .await;
+    until("every record is handled", Duration::from_secs(30), async || handled_set(&handled).is_superset(&all)).await;
     until("the group caught up", Duration::from_secs(30), async || {
         let d = admin.describe_group("s", "g").await.expect("describe");
         d.shards.iter().all(|s| s.lag_records == 0)
@@ -281,17 +280,14 @@ async fn a_moving_shard_is_never_handled_by_two_members_at_once() {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for name in ["a", "b", "c"] {
-        let consumer = Consumer::join(
-            &broker.endpoint(),
-            "s",
-            ConsumerConfig { batch_size: 40, ..config(name) },
-        )
-        .await
-        .expect("join");
+        let consumer = Consumer::join(&broker.endpoint(), "s", ConsumerConfig { batch_size: 40, ..config(name) })
+            .await
+            .expect("join");
         let (active, overlaps, handled, name) = (active.clone(), overlaps.clone(), handled.clone(), name.to_string());
         tasks.push(tokio::spawn(consumer.run(
             move |records: Vec<Record>| {
-                let (active, overlaps, handled, name) = (active.clone(), overlaps.clone(), handled.clone(), name.clone());
+                let (active, overlaps, handled, name) =
+                    (active.clone(), overlaps.clone(), handled.clone(), name.clone());
                 async move {
                     let shard = records[0].shard_id.clone();
                     {
@@ -317,8 +313,7 @@ async fn a_moving_shard_is_never_handled_by_two_members_at_once() {
         )));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    until("every record is handled", Duration::from_secs(60), async || handled_set(&handled).is_superset(&all))
-        .await;
+    until("every record is handled", Duration::from_secs(60), async || handled_set(&handled).is_superset(&all)).await;
     stop.cancel();
     for t in tasks {
         t.await.expect("member").expect("member ran without error");

@@ -1,32 +1,53 @@
-//! Server-side consumer groups: shard leases, rebalancing, fencing and
-//! durable checkpoints, so a consumer is a few lines of code (Kinesis leaves
-//! this to KCL and a DynamoDB lease table).
+//! Server-side consumer groups: shard leases, sticky cooperative
+//! rebalancing, fencing and durable checkpoints, so a consumer is a few
+//! lines of code (Kinesis leaves this to KCL and a DynamoDB lease table).
 //!
 //! Invariants:
-//! - **One owner.** Every shard of the stream is leased to exactly one live
-//!   member while the group has members (shard `i` goes to the `i mod n`-th
-//!   member in join order, so counts differ by at most one).
-//! - **Generations fence.** Every membership change (join, leave, session
-//!   expiry) starts a new generation. Poll and Commit name the generation
-//!   the member was given; any other is rejected (`StaleGeneration`) and
-//!   changes nothing, so a member that missed a rebalance can neither
-//!   receive records of a shard it lost nor move that shard's checkpoint.
+//! - **One owner, fenced by lease.** Every shard of the stream is leased to
+//!   at most one live member at a time. Each grant gets a new lease epoch;
+//!   Poll and Commit name the lease they act under and anything else is
+//!   `Fenced`, so a member that lost a shard can neither read it nor move
+//!   its checkpoint, while members whose shards did not move keep working
+//!   through a rebalance.
+//! - **Sticky and cooperative.** Targets come from [`assign::balance`]
+//!   (balanced, fewest moves). A shard that must leave a live owner is first
+//!   *revoked*: the owner stops polling it, commits, and releases it by
+//!   leaving it out of its next poll (or by leaving). Only then is it granted
+//!   to its new owner, so two members never process one shard at once. A
+//!   revoked shard not released within the session timeout, and the shards
+//!   of a member whose session expired, are taken without a release.
+//! - **No skipped record.** Delivery within a lease is contiguous: it starts
+//!   at the checkpoint (or the group's start position) and each poll names
+//!   the position the member wants, which may not pass what the lease was
+//!   delivered. A lost poll response is asked for again. A commit may not
+//!   cover records that were not delivered under its lease, nor move a
+//!   checkpoint back.
 //! - **Checkpoints are durable and monotonic.** A commit is acknowledged
-//!   after the metadata store is flushed. A checkpoint (the next sequence
-//!   number to process) never passes the shard's committed end and never
-//!   moves backwards, except through `reset` while the group has no member.
-//! - **At-least-once.** A shard's new owner starts from its checkpoint, so
-//!   records delivered but not committed before a rebalance are delivered
-//!   again; none is skipped, unless retention deleted it first (counted in
-//!   `stream_broker_group_skipped_records_total` and logged).
+//!   after the metadata store made it durable (fdatasync, see
+//!   [`crate::durable`]). A checkpoint (the next sequence number to process)
+//!   never passes what was delivered, hence never the shard's end, and never
+//!   moves back, except through `reset` while the group has no member.
+//! - **At-least-once.** A new owner starts from the checkpoint, so records
+//!   delivered but not committed are delivered again. Records removed by
+//!   retention before the group processed them are the only ones skipped
+//!   (counted in `stream_broker_group_skipped_records_total` and logged).
+//! - **Fair reads, metered like GetRecords.** A poll shares `max_records`
+//!   and its byte budget among the member's shards that have records,
+//!   starting at a rotating shard. Reading a shard takes one read call and
+//!   charges its bytes against the shard's read quota, shared with
+//!   GetRecords; a throttled shard is skipped until its bucket refills.
 //!
-//! Sessions expire `groups.session_timeout_ms` after the last heartbeat
-//! (or poll); expiry is checked on every group call and by a sweeper, on
-//! the injected clock.
+//! Sessions expire `groups.session_timeout_ms` after the last heartbeat or
+//! poll; expiry is checked on every group call and by a sweeper, on the
+//! injected clock.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod assign;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::catalog::{Catalog, Stream, validate_stream_name};
 use crate::clock::Clock;
@@ -34,24 +55,75 @@ use crate::error::{BrokerError, Result};
 use crate::metadata::{GroupMeta, MetadataStore, StartPosition};
 use crate::shard::{Shard, parse_shard_id, shard_id};
 
-/// A member's view of its lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The member.
-    pub member_id: String,
-    /// The group's generation.
-    pub generation: u64,
-    /// Shard indexes leased to the member.
-    pub shards: Vec<u32>,
+/// Most key + data bytes one poll returns, shared among its shards.
+pub const POLL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// A lease as its member sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Shard index.
+    pub shard: u32,
+    /// The grant's epoch.
+    pub epoch: u64,
+    /// The broker asked for the shard back.
+    pub revoking: bool,
 }
 
-/// A record delivered by a poll.
+/// A member's assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The member.
+    pub member_id: String,
+    /// Membership changes of the group so far.
+    pub generation: u64,
+    /// Its leases, by shard.
+    pub leases: Vec<LeaseView>,
+}
+
+/// Where a poll wants a lease to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollShard {
+    /// The shard id as sent.
+    pub shard_id: String,
+    /// The lease.
+    pub epoch: u64,
+    /// The next sequence number wanted; `None` starts at the checkpoint.
+    pub next: Option<u64>,
+}
+
+/// Records of one lease delivered by a poll.
 #[derive(Debug, Clone)]
-pub struct Delivered {
-    /// The shard it came from.
+pub struct ShardBatch {
+    /// Shard index.
     pub shard: u32,
-    /// The record.
-    pub record: shardlog::Record,
+    /// The lease they were delivered under.
+    pub epoch: u64,
+    /// The records, in order.
+    pub records: Vec<shardlog::Record>,
+    /// Where the next poll of the lease continues.
+    pub next_seq: u64,
+    /// Age of the newest returned record when the shard has more, else 0.
+    pub millis_behind_latest: u64,
+}
+
+/// What a poll returns.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    /// Shards that returned records.
+    pub batches: Vec<ShardBatch>,
+    /// The member's assignment after the poll.
+    pub assignment: Assignment,
+}
+
+/// A checkpoint to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitShard {
+    /// The shard id as sent.
+    pub shard_id: String,
+    /// The last processed sequence number.
+    pub seq: u64,
+    /// The lease the records were polled under.
+    pub epoch: u64,
 }
 
 /// A member as `describe` shows it.
@@ -61,9 +133,9 @@ pub struct MemberInfo {
     pub member_id: String,
     /// The client's self-description.
     pub client_id: String,
-    /// Leased shards.
-    pub shards: Vec<u32>,
-    /// Time since its last heartbeat.
+    /// Its leases.
+    pub leases: Vec<LeaseView>,
+    /// Time since its last heartbeat or poll.
     pub last_heartbeat_age_ms: u64,
 }
 
@@ -74,6 +146,10 @@ pub struct ShardInfo {
     pub shard: u32,
     /// Owner, if leased.
     pub owner: Option<String>,
+    /// The owner's lease epoch, 0 when unassigned.
+    pub epoch: u64,
+    /// The owner was asked to release it.
+    pub revoking: bool,
     /// Durable checkpoint, if any.
     pub checkpoint: Option<u64>,
     /// Records between the group's position and the shard's end.
@@ -89,7 +165,7 @@ pub struct GroupInfo {
     pub stream: String,
     /// Definition.
     pub meta: GroupMeta,
-    /// Current generation.
+    /// Membership changes so far.
     pub generation: u64,
     /// Live members in join order.
     pub members: Vec<MemberInfo>,
@@ -120,6 +196,19 @@ struct Member {
     id: String,
     client_id: String,
     last_seen_ms: u64,
+    /// Polls so far; rotates which shard a poll reads first.
+    polls: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    owner: String,
+    epoch: u64,
+    /// When the owner was asked to release it.
+    revoking_since_ms: Option<u64>,
+    /// Where delivery under this lease started and one past the last record
+    /// it delivered; `None` before its first poll.
+    delivered: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -127,27 +216,31 @@ struct Group {
     meta: GroupMeta,
     stream: Arc<Stream>,
     generation: u64,
+    next_epoch: u64,
+    /// Live members in join order.
     members: Vec<Member>,
+    /// Per shard, its current lease.
+    leases: Vec<Option<Lease>>,
     /// Durable checkpoints (cache of the store).
     checkpoints: BTreeMap<u32, u64>,
-    /// Where the next poll of a shard continues in this lease: past what was
-    /// delivered, not necessarily committed.
-    positions: HashMap<u32, u64>,
+    /// Bumped whenever a lease changes; long polls wait on it.
+    changed: watch::Sender<u64>,
 }
 
 impl Group {
-    fn owner_index(&self, shard: u32) -> Option<usize> {
-        (!self.members.is_empty()).then(|| shard as usize % self.members.len())
-    }
-
-    fn owner(&self, shard: u32) -> Option<&str> {
-        self.owner_index(shard).map(|i| self.members[i].id.as_str())
-    }
-
-    fn lease(&self, member: usize) -> Lease {
-        let n = self.members.len();
-        let shards = (0..self.stream.shards.len() as u32).filter(|s| *s as usize % n == member).collect();
-        Lease { member_id: self.members[member].id.clone(), generation: self.generation, shards }
+    fn new(meta: GroupMeta, stream: Arc<Stream>, checkpoints: BTreeMap<u32, u64>, now_ms: u64) -> Self {
+        let shards = stream.shards.len();
+        Self {
+            meta,
+            stream,
+            generation: 0,
+            // Epochs from the clock: a lease named before a restart is never current after it.
+            next_epoch: now_ms.saturating_mul(1000),
+            members: Vec::new(),
+            leases: vec![None; shards],
+            checkpoints,
+            changed: watch::Sender::new(0),
+        }
     }
 
     fn member(&self, id: &str) -> Result<usize> {
@@ -157,42 +250,153 @@ impl Group {
             .ok_or_else(|| BrokerError::UnknownMember { member_id: id.to_string() })
     }
 
-    /// Starts a new generation; positions survive only for shards that keep their owner.
-    fn rebalance(&mut self, before: Vec<Option<String>>) {
-        self.generation += 1;
-        let shards = self.stream.shards.len() as u32;
-        for s in 0..shards {
-            if before.get(s as usize).cloned().flatten().as_deref() != self.owner(s) {
-                self.positions.remove(&s);
-            }
-        }
-        metrics::counter!("stream_broker_group_rebalances_total").increment(1);
-    }
-
-    fn owners(&self) -> Vec<Option<String>> {
-        (0..self.stream.shards.len() as u32).map(|s| self.owner(s).map(str::to_string)).collect()
-    }
-
-    /// Drops members whose session expired; true if any did.
-    fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> bool {
-        let before = self.owners();
-        let n = self.members.len();
-        self.members.retain(|m| now_ms.saturating_sub(m.last_seen_ms) <= timeout_ms);
-        let expired = self.members.len() != n;
-        if expired {
-            tracing::info!(group = %self.meta.name, expired = n - self.members.len(), "member sessions expired");
-            self.rebalance(before);
-        }
-        expired
-    }
-
-    fn check(&mut self, member_id: &str, generation: u64, now_ms: u64) -> Result<usize> {
-        let m = self.member(member_id)?;
-        if generation != self.generation {
-            return Err(BrokerError::StaleGeneration { requested: generation, current: self.generation });
-        }
+    fn touch(&mut self, id: &str, now_ms: u64) -> Result<usize> {
+        let m = self.member(id)?;
         self.members[m].last_seen_ms = now_ms;
         Ok(m)
+    }
+
+    fn assignment(&self, m: usize) -> Assignment {
+        let id = &self.members[m].id;
+        let leases = self
+            .leases
+            .iter()
+            .enumerate()
+            .filter_map(|(s, l)| {
+                let l = l.as_ref().filter(|l| &l.owner == id)?;
+                Some(LeaseView { shard: s as u32, epoch: l.epoch, revoking: l.revoking_since_ms.is_some() })
+            })
+            .collect();
+        Assignment { member_id: id.clone(), generation: self.generation, leases }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Applies the sticky targets: grants free shards, revokes shards whose
+    /// target is another member, cancels revocations whose owner is the
+    /// target again.
+    fn rebalance(&mut self, now_ms: u64) {
+        let owners: Vec<Option<usize>> = self
+            .leases
+            .iter()
+            .map(|l| l.as_ref().and_then(|l| self.members.iter().position(|m| m.id == l.owner)))
+            .collect();
+        let target = assign::balance(self.members.len(), &owners);
+        let mut changed = false;
+        for (s, t) in target.into_iter().enumerate() {
+            let Some(t) = t else { continue };
+            let target_id = self.members[t].id.clone();
+            match &mut self.leases[s] {
+                None => {
+                    self.grant(s, target_id);
+                    changed = true;
+                }
+                Some(l) if l.owner == target_id => {
+                    if l.revoking_since_ms.take().is_some() {
+                        changed = true;
+                    }
+                }
+                Some(l) => {
+                    if l.revoking_since_ms.is_none() {
+                        l.revoking_since_ms = Some(now_ms);
+                        metrics::counter!("stream_broker_group_revocations_total").increment(1);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.notify();
+        }
+    }
+
+    fn grant(&mut self, shard: usize, owner: String) {
+        self.next_epoch += 1;
+        self.leases[shard] = Some(Lease { owner, epoch: self.next_epoch, revoking_since_ms: None, delivered: None });
+        metrics::counter!("stream_broker_group_lease_grants_total").increment(1);
+    }
+
+    fn add_member(&mut self, member: Member, now_ms: u64) -> usize {
+        self.members.push(member);
+        self.generation += 1;
+        metrics::counter!("stream_broker_group_rebalances_total").increment(1);
+        self.rebalance(now_ms);
+        self.members.len() - 1
+    }
+
+    fn remove_member(&mut self, m: usize, now_ms: u64) {
+        let gone = self.members.remove(m);
+        for l in self.leases.iter_mut().filter(|l| l.as_ref().is_some_and(|l| l.owner == gone.id)) {
+            *l = None;
+        }
+        self.generation += 1;
+        metrics::counter!("stream_broker_group_rebalances_total").increment(1);
+        self.rebalance(now_ms);
+    }
+
+    /// Drops members whose session expired and takes revoked shards that
+    /// were not released in time.
+    fn expire(&mut self, now_ms: u64, timeout_ms: u64) {
+        let expired: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| now_ms.saturating_sub(m.last_seen_ms) > timeout_ms)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(group = %self.meta.name, member = %id, "member session expired");
+            if let Ok(m) = self.member(&id) {
+                self.remove_member(m, now_ms);
+            }
+        }
+        let mut forced = false;
+        for (s, l) in self.leases.iter_mut().enumerate() {
+            if l.as_ref().and_then(|l| l.revoking_since_ms).is_some_and(|t| now_ms.saturating_sub(t) > timeout_ms) {
+                tracing::warn!(group = %self.meta.name, shard = %shard_id(s as u32), "revoked shard not released in time; moving it");
+                metrics::counter!("stream_broker_group_forced_revocations_total").increment(1);
+                *l = None;
+                forced = true;
+            }
+        }
+        if forced {
+            self.rebalance(now_ms);
+        }
+    }
+
+    /// Releases the member's revoked leases it no longer polls.
+    fn release_unpolled(&mut self, m: usize, polled: &BTreeSet<u32>, now_ms: u64) {
+        let id = self.members[m].id.clone();
+        let mut released = false;
+        for (s, l) in self.leases.iter_mut().enumerate() {
+            let mine_revoked = l.as_ref().is_some_and(|l| l.owner == id && l.revoking_since_ms.is_some());
+            if mine_revoked && !polled.contains(&(s as u32)) {
+                *l = None;
+                released = true;
+            }
+        }
+        if released {
+            self.rebalance(now_ms);
+        }
+    }
+
+    fn shard_index(&self, field: impl FnOnce() -> String, id: &str) -> Result<u32> {
+        parse_shard_id(id)
+            .filter(|s| (*s as usize) < self.leases.len())
+            .ok_or_else(|| BrokerError::invalid(field(), format!("{id:?} is not a shard of the stream")))
+    }
+
+    /// The lease of `shard` if it is member `m`'s under `epoch`, else why not.
+    fn lease_of(&self, m: usize, shard: u32, epoch: u64) -> std::result::Result<&Lease, String> {
+        let id = &self.members[m].id;
+        match &self.leases[shard as usize] {
+            Some(l) if &l.owner == id && l.epoch == epoch => Ok(l),
+            Some(l) if &l.owner == id => {
+                Err(format!("{} is leased to this member under lease {}, not {epoch}", shard_id(shard), l.epoch))
+            }
+            _ => Err(format!("{} is not leased to this member (lease {epoch} ended)", shard_id(shard))),
+        }
     }
 }
 
@@ -239,6 +443,14 @@ fn new_member_id() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// One shard a poll reads.
+struct Planned {
+    shard: Arc<Shard>,
+    index: u32,
+    epoch: u64,
+    from: u64,
+}
+
 impl GroupManager {
     /// Loads every group's definition and checkpoints; groups of streams
     /// that no longer exist are removed. Blocking.
@@ -263,17 +475,29 @@ impl GroupManager {
                 }
             }
             let key = (meta.stream_id, meta.name.clone());
-            let group = Group {
-                meta,
-                stream,
-                generation: clock.now_ms(),
-                members: Vec::new(),
-                checkpoints,
-                positions: HashMap::new(),
-            };
+            let group = Group::new(meta, stream, checkpoints, clock.now_ms());
             groups.insert(key, Arc::new(tokio::sync::Mutex::new(group)));
         }
         Ok(Self { catalog, store, clock, session_timeout_ms, groups: std::sync::Mutex::new(groups) })
+    }
+
+    /// Where a shard's delivery starts when it has no lease history: its
+    /// checkpoint, else the group's start position. A `Latest` start is
+    /// stored as a checkpoint the first time it is resolved, so records that
+    /// arrive after that are never skipped, even if the lease moves or the
+    /// broker restarts before a member commits.
+    async fn base(&self, g: &mut Group, s: u32) -> Result<u64> {
+        if let Some(&cp) = g.checkpoints.get(&s) {
+            return Ok(cp);
+        }
+        let (shard, start) = (g.stream.shards[s as usize].clone(), g.meta.start);
+        let seq = blocking(move || resolve(&shard, start)).await?;
+        if start == StartPosition::Latest {
+            let (store, stream_id, name) = (self.store.clone(), g.meta.stream_id, g.meta.name.clone());
+            blocking(move || store.put_checkpoints(stream_id, &name, &[(s, seq)])).await?;
+            g.checkpoints.insert(s, seq);
+        }
+        Ok(seq)
     }
 
     /// Session timeout of members.
@@ -301,7 +525,7 @@ impl GroupManager {
         group_name: &str,
         start: StartPosition,
         client_id: &str,
-    ) -> Result<Lease> {
+    ) -> Result<Assignment> {
         validate_stream_name(stream_name)?;
         validate_group_name(group_name)?;
         if client_id.len() > 256 {
@@ -318,14 +542,7 @@ impl GroupManager {
                 let store = self.store.clone();
                 let m = meta.clone();
                 blocking(move || store.put_group(&m)).await?;
-                let g = Group {
-                    meta,
-                    stream,
-                    generation: self.clock.now_ms(),
-                    members: Vec::new(),
-                    checkpoints: BTreeMap::new(),
-                    positions: HashMap::new(),
-                };
+                let g = Group::new(meta, stream, BTreeMap::new(), self.clock.now_ms());
                 let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
                 groups.entry(key).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(g))).clone()
             }
@@ -333,144 +550,219 @@ impl GroupManager {
         let now = self.clock.now_ms();
         let mut g = group.lock().await;
         g.expire(now, self.session_timeout_ms);
-        let before = g.owners();
-        g.members.push(Member { id: new_member_id()?, client_id: client_id.to_string(), last_seen_ms: now });
-        g.rebalance(before);
-        Ok(g.lease(g.members.len() - 1))
+        let member = Member { id: new_member_id()?, client_id: client_id.to_string(), last_seen_ms: now, polls: 0 };
+        let m = g.add_member(member, now);
+        Ok(g.assignment(m))
     }
 
-    /// Renews a member's session and returns its current lease.
-    pub async fn heartbeat(&self, stream: &str, group: &str, member_id: &str) -> Result<Lease> {
+    /// Renews a member's session and returns its assignment.
+    pub async fn heartbeat(&self, stream: &str, group: &str, member_id: &str) -> Result<Assignment> {
         let group = self.group(stream, group)?;
         let now = self.clock.now_ms();
         let mut g = group.lock().await;
         g.expire(now, self.session_timeout_ms);
-        let m = g.member(member_id)?;
-        g.members[m].last_seen_ms = now;
-        Ok(g.lease(m))
+        let m = g.touch(member_id, now)?;
+        Ok(g.assignment(m))
     }
 
-    /// Removes a member; its shards move to the others at once.
+    /// Removes a member; its shards are granted to the others at once.
     pub async fn leave(&self, stream: &str, group: &str, member_id: &str) -> Result<()> {
         let group = self.group(stream, group)?;
+        let now = self.clock.now_ms();
         let mut g = group.lock().await;
         let m = g.member(member_id)?;
-        let before = g.owners();
-        g.members.remove(m);
-        g.rebalance(before);
+        g.remove_member(m, now);
         Ok(())
     }
 
-    /// Delivers up to `max_records` from the member's shards, waiting up to
-    /// `wait` for records when there are none.
+    /// Delivers up to `max_records` from the listed leases, waiting up to
+    /// `wait` when there is nothing new and the assignment does not change.
     pub async fn poll(
         &self,
         stream: &str,
         group: &str,
         member_id: &str,
-        generation: u64,
+        shards: &[PollShard],
         max_records: usize,
         wait: Duration,
-    ) -> Result<Vec<Delivered>> {
+    ) -> Result<Polled> {
         let group = self.group(stream, group)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let (name, plan, shards) = {
+            let now = self.clock.now_ms();
+            let (plan, rotate, changes, reshaped, name) = {
                 let mut g = group.lock().await;
-                g.expire(self.clock.now_ms(), self.session_timeout_ms);
-                let m = g.check(member_id, generation, self.clock.now_ms())?;
+                g.expire(now, self.session_timeout_ms);
+                let m = g.touch(member_id, now)?;
+                g.members[m].polls += 1;
+                let mut listed = BTreeSet::new();
+                let mut requested = Vec::with_capacity(shards.len());
+                for (i, p) in shards.iter().enumerate() {
+                    let s = g.shard_index(|| format!("shards[{i}].shard_id"), &p.shard_id)?;
+                    if !listed.insert(s) {
+                        return Err(BrokerError::invalid(
+                            format!("shards[{i}].shard_id"),
+                            format!("{} is listed twice", p.shard_id),
+                        ));
+                    }
+                    requested.push((i, s, p));
+                }
+                g.release_unpolled(m, &listed, now);
                 let mut plan = Vec::new();
-                for s in g.lease(m).shards {
-                    let pos = match g.positions.get(&s).or(g.checkpoints.get(&s)) {
-                        Some(&p) => p,
+                let mut asked = BTreeSet::new();
+                for (i, s, p) in requested {
+                    let (revoking, delivered) = match g.lease_of(m, s, p.epoch) {
+                        Ok(l) => (l.revoking_since_ms.is_some(), l.delivered),
+                        Err(_) => continue,
+                    };
+                    asked.insert((s, p.epoch));
+                    if revoking {
+                        continue;
+                    }
+                    let (start, delivered) = match delivered {
+                        Some(d) => d,
                         None => {
-                            let (shard, start) = (g.stream.shards[s as usize].clone(), g.meta.start);
-                            let p = blocking(move || resolve(&shard, start)).await?;
-                            g.positions.insert(s, p);
-                            p
+                            let b = self.base(&mut g, s).await?;
+                            (b, b)
                         }
                     };
-                    plan.push((s, pos));
+                    let from = match p.next {
+                        None => g.checkpoints.get(&s).copied().unwrap_or(start),
+                        Some(n) if n <= delivered => n,
+                        Some(n) => {
+                            return Err(BrokerError::invalid(
+                                format!("shards[{i}].next_sequence_number"),
+                                format!(
+                                    "{n} is past what lease {} of {} was delivered ({delivered}); a position may not skip records",
+                                    p.epoch, p.shard_id
+                                ),
+                            ));
+                        }
+                    };
+                    if let Some(l) = g.leases[s as usize].as_mut() {
+                        l.delivered = Some((start, delivered));
+                    }
+                    plan.push(Planned { shard: g.stream.shards[s as usize].clone(), index: s, epoch: p.epoch, from });
                 }
-                let shards: Vec<Arc<Shard>> = plan.iter().map(|(s, _)| g.stream.shards[*s as usize].clone()).collect();
-                (g.meta.name.clone(), plan, shards)
+                // Return at once when the member should poll a different set of
+                // leases (a new grant, a revocation, an ended lease).
+                let current: BTreeSet<(u32, u64)> =
+                    g.assignment(m).leases.iter().filter(|l| !l.revoking).map(|l| (l.shard, l.epoch)).collect();
+                let rotate = g.members[m].polls;
+                (plan, rotate, g.changed.subscribe(), current != asked, g.meta.name.clone())
             };
             // Watch before reading, so a record committed after the read still wakes us.
-            let mut watches: Vec<_> = shards.iter().map(|s| s.watch_end()).collect();
-            let (delivered, advanced) = read_round(&shards, &plan, max_records, &name).await?;
-            {
-                // Records read under a generation that has since changed are not delivered.
-                let mut g = group.lock().await;
-                g.check(member_id, generation, self.clock.now_ms())?;
-                for (s, next) in advanced {
-                    g.positions.insert(s, next);
+            let mut watches: Vec<_> = plan.iter().map(|p| p.shard.watch_end()).collect();
+            let (read, throttled_ms) = read_fairly(plan, rotate, max_records, now, &name).await?;
+            let mut g = group.lock().await;
+            let m = g.member(member_id)?;
+            let mut batches = Vec::new();
+            for b in read {
+                // A lease that ended while we read is not delivered.
+                if g.lease_of(m, b.shard, b.epoch).is_err() {
+                    continue;
+                }
+                if let Some(l) = g.leases[b.shard as usize].as_mut() {
+                    l.delivered = l.delivered.map(|(start, end)| (start, end.max(b.next_seq)));
+                }
+                if !b.records.is_empty() {
+                    batches.push(b);
                 }
             }
-            let now = tokio::time::Instant::now();
-            if !delivered.is_empty() || now >= deadline || watches.is_empty() {
-                return Ok(delivered);
+            let assignment = g.assignment(m);
+            drop(g);
+            let now_instant = tokio::time::Instant::now();
+            if !batches.is_empty() || reshaped || now_instant >= deadline {
+                return Ok(Polled { batches, assignment });
             }
-            // Wake on any leased shard's growth or the deadline; at most a
-            // second at a time, so the member's session and a rebalance are
-            // noticed while it waits.
-            let nap = (deadline - now).min(Duration::from_millis(1000));
-            let _ = tokio::time::timeout(nap, any_changed(&mut watches)).await;
+            // Wake on a leased shard's growth, an assignment change, a
+            // throttled shard's refill or the deadline; at most a second at a
+            // time, so the session stays renewed while we wait.
+            let mut nap = (deadline - now_instant).min(Duration::from_millis(1000));
+            if let Some(ms) = throttled_ms {
+                nap = nap.min(Duration::from_millis(ms.max(1)));
+            }
+            let mut changes = changes;
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = any_changed(&mut watches) => {}
+                _ = changes.changed() => {}
+            }
         }
     }
 
-    /// Stores checkpoints (`seq` = the last processed sequence number).
+    /// Stores checkpoints; one result per checkpoint (`Ok` or a fencing
+    /// reason). Invalid input fails the whole call.
     pub async fn commit(
         &self,
         stream: &str,
         group: &str,
         member_id: &str,
-        generation: u64,
-        checkpoints: &[(String, u64)],
-    ) -> Result<()> {
+        checkpoints: &[CommitShard],
+    ) -> Result<Vec<std::result::Result<(), BrokerError>>> {
         let group = self.group(stream, group)?;
+        let now = self.clock.now_ms();
         let mut g = group.lock().await;
-        g.expire(self.clock.now_ms(), self.session_timeout_ms);
-        let m = g.check(member_id, generation, self.clock.now_ms())?;
-        let mut updates = Vec::with_capacity(checkpoints.len());
-        for (i, (shard_id, seq)) in checkpoints.iter().enumerate() {
-            let field = format!("checkpoints[{i}]");
-            let s = parse_shard_id(shard_id).filter(|s| (*s as usize) < g.stream.shards.len()).ok_or_else(|| {
-                BrokerError::invalid(format!("{field}.shard_id"), format!("{shard_id:?} is not a shard of the stream"))
-            })?;
-            if g.owner_index(s) != Some(m) {
+        g.expire(now, self.session_timeout_ms);
+        let m = g.touch(member_id, now)?;
+        let mut results = Vec::with_capacity(checkpoints.len());
+        let mut updates: Vec<(u32, u64)> = Vec::with_capacity(checkpoints.len());
+        let mut seen = BTreeSet::new();
+        for (i, cp) in checkpoints.iter().enumerate() {
+            let s = g.shard_index(|| format!("checkpoints[{i}].shard_id"), &cp.shard_id)?;
+            if !seen.insert(s) {
                 return Err(BrokerError::invalid(
-                    format!("{field}.shard_id"),
-                    format!("{shard_id} is not leased to this member"),
+                    format!("checkpoints[{i}].shard_id"),
+                    format!("{} is listed twice", cp.shard_id),
                 ));
             }
-            let next = seq.saturating_add(1);
-            let end = g.stream.shards[s as usize].reader().next_seq();
-            if next > end {
+            let lease = match g.lease_of(m, s, cp.epoch) {
+                Ok(l) => l,
+                Err(reason) => {
+                    results.push(Err(BrokerError::Fenced { shard_id: cp.shard_id.clone(), reason }));
+                    continue;
+                }
+            };
+            let next = cp.seq.saturating_add(1);
+            let delivered = lease.delivered.map_or(0, |(_, end)| end);
+            if next > delivered {
                 return Err(BrokerError::invalid(
-                    format!("{field}.sequence_number"),
-                    format!("{seq} is past the end of {shard_id} ({end})"),
+                    format!("checkpoints[{i}].sequence_number"),
+                    format!(
+                        "{} was not delivered to this member under lease {} of {} (delivered up to {})",
+                        cp.seq,
+                        cp.epoch,
+                        cp.shard_id,
+                        delivered.saturating_sub(1)
+                    ),
                 ));
             }
-            if let Some(&cp) = g.checkpoints.get(&s) {
-                if next < cp {
-                    return Err(BrokerError::invalid(
-                        format!("{field}.sequence_number"),
-                        format!("{seq} would move the checkpoint of {shard_id} back from {}", cp - 1),
-                    ));
+            match g.checkpoints.get(&s) {
+                Some(&current) if next < current => results.push(Err(BrokerError::Fenced {
+                    shard_id: cp.shard_id.clone(),
+                    reason: format!(
+                        "{} would move the checkpoint of {} back from {}",
+                        cp.seq,
+                        cp.shard_id,
+                        current - 1
+                    ),
+                })),
+                Some(&current) if next == current => results.push(Ok(())),
+                _ => {
+                    updates.push((s, next));
+                    results.push(Ok(()));
                 }
             }
-            updates.push((s, next));
         }
-        let (store, stream_id, name, ups) =
-            (self.store.clone(), g.meta.stream_id, g.meta.name.clone(), updates.clone());
-        blocking(move || store.put_checkpoints(stream_id, &name, &ups)).await?;
-        for (s, next) in updates {
-            g.checkpoints.insert(s, next);
-            // A commit beyond what was delivered moves delivery too.
-            let p = g.positions.entry(s).or_insert(next);
-            *p = (*p).max(next);
+        if !updates.is_empty() {
+            let (store, stream_id, name, ups) =
+                (self.store.clone(), g.meta.stream_id, g.meta.name.clone(), updates.clone());
+            blocking(move || store.put_checkpoints(stream_id, &name, &ups)).await?;
+            for (s, next) in updates {
+                g.checkpoints.insert(s, next);
+            }
         }
-        Ok(())
+        Ok(results)
     }
 
     /// The group's members, leases, checkpoints and lag.
@@ -485,7 +777,7 @@ impl GroupManager {
                 MemberInfo {
                     member_id: m.id.clone(),
                     client_id: m.client_id.clone(),
-                    shards: g.lease(i).shards,
+                    leases: g.assignment(i).leases,
                     last_heartbeat_age_ms: now.saturating_sub(m.last_seen_ms),
                 }
             })
@@ -511,7 +803,16 @@ impl GroupManager {
                 Ok((lag, age))
             })
             .await?;
-            shards.push(ShardInfo { shard: s, owner: g.owner(s).map(str::to_string), checkpoint, lag_records, lag_ms });
+            let lease = g.leases[i].as_ref();
+            shards.push(ShardInfo {
+                shard: s,
+                owner: lease.map(|l| l.owner.clone()),
+                epoch: lease.map_or(0, |l| l.epoch),
+                revoking: lease.is_some_and(|l| l.revoking_since_ms.is_some()),
+                checkpoint,
+                lag_records,
+                lag_ms,
+            });
         }
         Ok(GroupInfo { stream: stream.to_string(), meta: g.meta.clone(), generation: g.generation, members, shards })
     }
@@ -582,7 +883,6 @@ impl GroupManager {
         for (s, seq) in updates {
             g.checkpoints.insert(s, seq);
         }
-        g.positions.clear();
         Ok(())
     }
 
@@ -599,7 +899,7 @@ impl GroupManager {
         Ok(())
     }
 
-    /// Expires sessions in every group (the sweeper's pass).
+    /// Expires sessions and overdue revocations in every group (the sweeper's pass).
     pub async fn expire_sessions(&self) {
         let groups: Vec<_> = self.groups.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         let now = self.clock.now_ms();
@@ -628,7 +928,10 @@ impl GroupManager {
 }
 
 /// Resolves when any watched shard end moves (or its shard closes).
-async fn any_changed(watches: &mut [tokio::sync::watch::Receiver<u64>]) {
+async fn any_changed(watches: &mut [watch::Receiver<u64>]) {
+    if watches.is_empty() {
+        return std::future::pending().await;
+    }
     let mut futs: Vec<_> = watches.iter_mut().map(|w| Box::pin(w.changed())).collect();
     std::future::poll_fn(move |cx| {
         for f in futs.iter_mut() {
@@ -641,34 +944,71 @@ async fn any_changed(watches: &mut [tokio::sync::watch::Receiver<u64>]) {
     .await
 }
 
-/// Reads up to `max_records` across the planned shards, in turn.
-async fn read_round(
-    shards: &[Arc<Shard>],
-    plan: &[(u32, u64)],
+/// Reads the planned shards that have records, sharing `max_records` and
+/// [`POLL_BYTES_MAX`] evenly among them, starting at a rotating shard. A
+/// shard over its read quota is skipped; the second value is the shortest
+/// wait until a skipped shard can be read.
+async fn read_fairly(
+    plan: Vec<Planned>,
+    rotate: u64,
     max_records: usize,
+    now_ms: u64,
     group: &str,
-) -> Result<(Vec<Delivered>, Vec<(u32, u64)>)> {
-    let mut delivered = Vec::new();
-    let mut advanced = Vec::new();
-    for (shard, &(s, pos)) in shards.iter().zip(plan) {
-        let left = max_records.saturating_sub(delivered.len());
-        if left == 0 {
-            break;
+) -> Result<(Vec<ShardBatch>, Option<u64>)> {
+    let mut ready = Vec::with_capacity(plan.len());
+    let mut throttled: Option<u64> = None;
+    let n = plan.len().max(1);
+    for i in 0..plan.len() {
+        let p = &plan[(i + rotate as usize) % n];
+        if p.from >= p.shard.reader().next_seq() {
+            continue;
         }
-        let reader = shard.reader().clone();
-        let first = reader.first_seq();
-        let start = if pos < first {
-            tracing::warn!(group, shard = %shard.id, from = pos, to = first, "records expired before the group processed them; skipping to the trim horizon");
-            metrics::counter!("stream_broker_group_skipped_records_total").increment(first - pos);
-            first
-        } else {
-            pos
-        };
-        let batch = blocking(move || reader.read(start, left, 4 * 1024 * 1024).map_err(BrokerError::from)).await?;
-        if batch.next_seq != pos {
-            advanced.push((s, batch.next_seq));
+        match p.shard.quota.try_read_call(now_ms) {
+            Ok(()) => ready.push((p.shard.clone(), p.index, p.epoch, p.from)),
+            Err(wait) => throttled = Some(throttled.map_or(wait, |t| t.min(wait))),
         }
-        delivered.extend(batch.records.into_iter().map(|record| Delivered { shard: s, record }));
     }
-    Ok((delivered, advanced))
+    if ready.is_empty() {
+        return Ok((Vec::new(), throttled));
+    }
+    let share_records = max_records.div_ceil(ready.len());
+    let share_bytes = POLL_BYTES_MAX / ready.len();
+    let group = group.to_string();
+    let read = blocking(move || {
+        let mut out = Vec::with_capacity(ready.len());
+        for (shard, index, epoch, from) in ready {
+            let reader = shard.reader();
+            let first = reader.first_seq();
+            let start = if from < first {
+                tracing::warn!(group = %group, shard = %shard.id, from, to = first, "records expired before the group processed them; skipping to the trim horizon");
+                metrics::counter!("stream_broker_group_skipped_records_total").increment(first - from);
+                first
+            } else {
+                from
+            };
+            let batch = reader.read(start, share_records, share_bytes).map_err(|e| match e {
+                shardlog::Error::SequenceTrimmed { requested, first } => {
+                    BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested, first }
+                }
+                other => BrokerError::from(other),
+            })?;
+            let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
+            shard.quota.charge_read(bytes, now_ms);
+            let behind = if batch.next_seq >= reader.next_seq() {
+                0
+            } else {
+                batch.records.last().map_or(0, |r| now_ms.saturating_sub(r.timestamp_ms))
+            };
+            out.push(ShardBatch {
+                shard: index,
+                epoch,
+                records: batch.records,
+                next_seq: batch.next_seq,
+                millis_behind_latest: behind,
+            });
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok((read, throttled))
 }
