@@ -55,15 +55,14 @@ pub enum BrokerError {
         /// The member.
         member_id: String,
     },
-    /// The request carries an old generation: a rebalance happened.
-    #[error(
-        "generation {requested} is stale; the group is at generation {current}: heartbeat to get the new assignment"
-    )]
-    StaleGeneration {
-        /// The caller's generation.
-        requested: u64,
-        /// The group's.
-        current: u64,
+    /// The member acted under a lease it no longer holds, or would move a
+    /// checkpoint back: drop the batch and refresh the assignment.
+    #[error("fenced: {reason}")]
+    Fenced {
+        /// The shard.
+        shard_id: String,
+        /// Why the lease does not allow it.
+        reason: String,
     },
     /// The operation needs a group without live members.
     #[error("group {group:?} has {members} live member(s); stop them first")]
@@ -135,7 +134,7 @@ impl BrokerError {
             Self::ShardNotFound { .. } => "ShardNotFound",
             Self::GroupNotFound { .. } => "GroupNotFound",
             Self::UnknownMember { .. } => "UnknownMember",
-            Self::StaleGeneration { .. } => "StaleGeneration",
+            Self::Fenced { .. } => "Fenced",
             Self::GroupBusy { .. } => "GroupBusy",
             Self::Throttled { .. } => "Throttled",
             Self::LimitExceeded(_) => "LimitExceeded",

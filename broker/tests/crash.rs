@@ -200,16 +200,37 @@ async fn checkpoints_survive_kill_9() {
         .await
         .expect("join")
         .into_inner();
-    let generation = joined.assignment.expect("lease").generation;
-    g.commit(pb::CommitRequest {
+    let lease = joined.assignment.expect("lease").leases[0].clone();
+    let position = pb::ShardPosition {
+        shard_id: lease.shard_id.clone(),
+        lease_epoch: lease.lease_epoch,
+        next_sequence_number: None,
+    };
+    g.poll(pb::PollRequest {
         stream_name: "s".into(),
         group_name: "g".into(),
-        member_id: joined.member_id,
-        generation,
-        checkpoints: vec![pb::ShardCheckpoint { shard_id: "shardId-000000000000".into(), sequence_number: 4 }],
+        member_id: joined.member_id.clone(),
+        shards: vec![position],
+        max_records: 5,
+        wait_ms: 0,
     })
     .await
-    .expect("commit acknowledged");
+    .expect("poll");
+    let committed = g
+        .commit(pb::CommitRequest {
+            stream_name: "s".into(),
+            group_name: "g".into(),
+            member_id: joined.member_id,
+            checkpoints: vec![pb::ShardCheckpoint {
+                shard_id: lease.shard_id,
+                sequence_number: 4,
+                lease_epoch: lease.lease_epoch,
+            }],
+        })
+        .await
+        .expect("commit acknowledged")
+        .into_inner();
+    assert_eq!(committed.results[0].error_kind, "");
     p.kill9();
 
     let p = Process::start(dir.path());
@@ -235,18 +256,23 @@ async fn checkpoints_survive_kill_9() {
         .await
         .expect("join")
         .into_inner();
+    let lease = joined.assignment.expect("lease").leases[0].clone();
     let polled = g
         .poll(pb::PollRequest {
             stream_name: "s".into(),
             group_name: "g".into(),
             member_id: joined.member_id,
-            generation: joined.assignment.expect("lease").generation,
+            shards: vec![pb::ShardPosition {
+                shard_id: lease.shard_id,
+                lease_epoch: lease.lease_epoch,
+                next_sequence_number: None,
+            }],
             max_records: 100,
             wait_ms: 0,
         })
         .await
         .expect("poll")
         .into_inner();
-    let seqs: Vec<u64> = polled.records.iter().map(|r| r.record.as_ref().expect("r").sequence_number).collect();
+    let seqs: Vec<u64> = polled.shards[0].records.iter().map(|r| r.sequence_number).collect();
     assert_eq!(seqs, (5..10).collect::<Vec<_>>(), "the group resumes after its checkpoint");
 }

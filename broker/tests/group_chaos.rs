@@ -257,8 +257,14 @@ fn spawn_member(
             let handler = move |records: Vec<Record>| {
                 if !dropper.as_ref().is_some_and(|d| d.take(&records)) {
                     for r in &records {
-                        // The current Record carries no generation: 0 (unknown).
-                        history.handled(&member, 0, &r.shard_id, r.sequence_number, &r.partition_key, &r.data);
+                        history.handled(
+                            &member,
+                            r.lease_epoch,
+                            &r.shard_id,
+                            r.sequence_number,
+                            &r.partition_key,
+                            &r.data,
+                        );
                     }
                 }
                 std::future::ready(Ok::<(), HandlerError>(()))

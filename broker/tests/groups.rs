@@ -1,10 +1,11 @@
-//! Consumer groups through real gRPC: leases, rebalancing on join, leave and
-//! session expiry, fencing by generation, durable checkpoints, at-least-once.
+//! The consumer-group protocol through real gRPC: lease fencing, positions
+//! that may not skip, validation, session expiry, reset and delete. (Group
+//! behaviour as users run it, through `client::Consumer`, is tested in
+//! `client/tests/groups.rs` and `group_chaos.rs`.)
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::clock::SystemClock;
@@ -51,281 +52,128 @@ async fn describe_group(g: &mut Groups) -> pb::GroupDescription {
         .expect("group")
 }
 
-/// What all members processed: (shard, seq) -> times processed.
-type Processed = Arc<Mutex<HashMap<(String, u64), u32>>>;
-
-/// A member loop: heartbeat, poll, process, commit; ends when its session is gone.
-async fn member(endpoint: String, name: String, processed: Processed, stop: tokio_util::sync::CancellationToken) {
-    let mut g = groups(endpoint).await;
-    let joined = join(&mut g, &name).await;
-    let member_id = joined.member_id;
-    let mut generation = joined.assignment.expect("assignment").generation;
-    let mut last_beat = Instant::now();
-    while !stop.is_cancelled() {
-        if last_beat.elapsed() > Duration::from_millis(200) {
-            match g
-                .heartbeat(pb::HeartbeatRequest {
-                    stream_name: "s".into(),
-                    group_name: "g".into(),
-                    member_id: member_id.clone(),
-                })
-                .await
-            {
-                Ok(r) => generation = r.into_inner().assignment.expect("assignment").generation,
-                Err(_) => return,
-            }
-            last_beat = Instant::now();
-        }
-        let poll = g
-            .poll(pb::PollRequest {
-                stream_name: "s".into(),
-                group_name: "g".into(),
-                member_id: member_id.clone(),
-                generation,
-                max_records: 50,
-                wait_ms: 100,
-            })
-            .await;
-        let records = match poll {
-            Ok(r) => r.into_inner().records,
-            Err(s) if error_kind(&s) == "StaleGeneration" => {
-                last_beat = Instant::now() - Duration::from_secs(1);
-                continue;
-            }
-            Err(_) => return,
-        };
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
-        {
-            let mut p = processed.lock().expect("lock");
-            for r in &records {
-                let seq = r.record.as_ref().expect("record").sequence_number;
-                *p.entry((r.shard_id.clone(), seq)).or_default() += 1;
-                last.insert(r.shard_id.clone(), seq);
-            }
-        }
-        if !last.is_empty() {
-            let checkpoints = last
-                .into_iter()
-                .map(|(shard_id, sequence_number)| pb::ShardCheckpoint { shard_id, sequence_number })
-                .collect();
-            let commit = g
-                .commit(pb::CommitRequest {
-                    stream_name: "s".into(),
-                    group_name: "g".into(),
-                    member_id: member_id.clone(),
-                    generation,
-                    checkpoints,
-                })
-                .await;
-            if let Err(s) = commit {
-                assert!(["StaleGeneration", "UnknownMember"].contains(&error_kind(&s).as_str()), "commit failed: {s}");
-            }
-        }
-    }
-    let _ = g.leave_group(pb::LeaveGroupRequest { stream_name: "s".into(), group_name: "g".into(), member_id }).await;
-}
-
-/// Waits (bounded) until the group has `members` members owning all shards evenly.
-async fn settled(g: &mut Groups, members: usize, within: Duration) -> pb::GroupDescription {
-    let deadline = Instant::now() + within;
-    loop {
-        let d = match g
-            .describe_group(pb::DescribeGroupRequest { stream_name: "s".into(), group_name: "g".into() })
-            .await
-        {
-            Ok(r) => r.into_inner().group.expect("group"),
-            // The members are still starting: the first join creates the group.
-            Err(s) if error_kind(&s) == "GroupNotFound" && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            Err(s) => panic!("describe group: {s}"),
-        };
-        let live: HashSet<&str> = d.members.iter().map(|m| m.member_id.as_str()).collect();
-        let owned = d.shards.iter().all(|s| live.contains(s.owner_member_id.as_str()));
-        let counts: Vec<usize> = d.members.iter().map(|m| m.shard_ids.len()).collect();
-        let even = counts.iter().max().zip(counts.iter().min()).is_some_and(|(a, b)| a - b <= 1);
-        if d.members.len() == members && owned && even {
-            return d;
-        }
-        assert!(Instant::now() < deadline, "group did not settle to {members} members: {d:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test]
-async fn members_share_shards_and_a_killed_members_shards_move_on() {
-    let (broker, _dir) = broker_with_session(1_000).await;
-    let ep = broker.endpoint();
-    let mut c = connect(ep.clone()).await;
-    create(&mut c, "s", 4).await;
-    let mut g = groups(ep.clone()).await;
-    let processed: Processed = Arc::default();
-    let mut produced = 0u64;
-    let produce = |c: &mut Client, round: u64| {
-        let mut c = c.clone();
-        async move {
-            let entries = (0..100).map(|i| entry(&format!("key-{round}-{i}"), b"payload")).collect();
-            put(&mut c, "s", entries).await.failed_record_count
-        }
-    };
-
-    let mut tasks = Vec::new();
-    let mut kills = Vec::new();
-    for i in 0..3 {
-        let token = tokio_util::sync::CancellationToken::new();
-        tasks.push(tokio::spawn(member(ep.clone(), format!("m{i}"), processed.clone(), token.clone())));
-        kills.push(token);
-    }
-    let d = settled(&mut g, 3, Duration::from_secs(10)).await;
-    let mut owners: Vec<&str> = d.shards.iter().map(|s| s.owner_member_id.as_str()).collect();
-    owners.sort();
-    owners.dedup();
-    assert_eq!(owners.len(), 3, "three members share four shards: {d:?}");
-    for round in 0..5 {
-        assert_eq!(produce(&mut c, round).await, 0);
-        produced += 100;
-    }
-    // A fourth and a fifth member join, then leave cleanly.
-    let extra: Vec<_> = (3..5)
-        .map(|i| {
-            let token = tokio_util::sync::CancellationToken::new();
-            (tokio::spawn(member(ep.clone(), format!("m{i}"), processed.clone(), token.clone())), token)
-        })
-        .collect();
-    settled(&mut g, 5, Duration::from_secs(10)).await;
-    for round in 5..10 {
-        assert_eq!(produce(&mut c, round).await, 0);
-        produced += 100;
-    }
-    for (task, token) in extra {
-        token.cancel();
-        task.await.expect("member");
-    }
-    settled(&mut g, 3, Duration::from_secs(10)).await;
-    // Kill member 0: it stops without leaving; its session must expire.
-    tasks.remove(0).abort();
-    let killed_at = Instant::now();
-    let d = settled(&mut g, 2, Duration::from_millis(1_000 + 2_000)).await;
-    assert!(killed_at.elapsed() <= Duration::from_millis(3_000), "rebalance took {:?}", killed_at.elapsed());
-    assert!(d.shards.iter().all(|s| !s.owner_member_id.is_empty()));
-    for round in 10..15 {
-        assert_eq!(produce(&mut c, round).await, 0);
-        produced += 100;
-    }
-    // Everything produced is processed (bounded wait), then the members stop.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = describe_group(&mut g).await;
-        if d.shards.iter().map(|s| s.lag_records).sum::<u64>() == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "group did not catch up: {d:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for k in kills {
-        k.cancel();
-    }
-    for t in tasks {
-        t.await.expect("member");
-    }
-    let d = describe_group(&mut g).await;
-    let p = processed.lock().expect("lock");
-    let mut total = 0;
-    for shard in &d.shards {
-        let end = shard.checkpoint;
-        assert!(shard.has_checkpoint);
-        for seq in 0..end {
-            assert!(p.contains_key(&(shard.shard_id.clone(), seq)), "{} seq {seq} was skipped", shard.shard_id);
-        }
-        total += end;
-    }
-    assert_eq!(total, produced, "every produced record was processed and committed");
-    let duplicates = p.values().filter(|&&n| n > 1).count();
-    // Only records a member had received but not committed when its shard
-    // moved come again: at most one poll (50 records) per rebalance, and
-    // there were 8 (three joins, two more joins, two leaves, one expiry).
-    assert!(duplicates <= 8 * 50, "{duplicates} duplicates");
-}
-
-#[tokio::test]
-async fn a_stale_member_cannot_commit_or_poll() {
-    let (broker, _dir) = broker_with_session(10_000).await;
-    let mut c = connect(broker.endpoint()).await;
-    create(&mut c, "s", 2).await;
-    put(&mut c, "s", (0..10).map(|i| entry(&format!("k{i}"), b"v")).collect()).await;
-    let mut g = groups(broker.endpoint()).await;
-    let a = join(&mut g, "a").await;
-    let a_gen = a.assignment.expect("lease").generation;
-    let polled = g
-        .poll(pb::PollRequest {
-            stream_name: "s".into(),
-            group_name: "g".into(),
-            member_id: a.member_id.clone(),
-            generation: a_gen,
-            max_records: 100,
-            wait_ms: 0,
-        })
-        .await
-        .expect("poll")
-        .into_inner();
-    assert_eq!(polled.records.len(), 10, "a owns both shards");
-    let last = polled
-        .records
-        .iter()
-        .filter(|r| r.shard_id == "shardId-000000000000")
-        .map(|r| r.record.as_ref().expect("r").sequence_number)
-        .max()
-        .expect("records on shard 0");
-    // b joins: a new generation; a has not heard of it.
-    let b = join(&mut g, "b").await;
-    let b_gen = b.assignment.expect("lease").generation;
-    assert!(b_gen > a_gen);
-    let commit = |member: &str, generation: u64, shard: &str, seq: u64| pb::CommitRequest {
+fn poll_req(member_id: &str, shards: Vec<pb::ShardPosition>, max_records: u32, wait_ms: u64) -> pb::PollRequest {
+    pb::PollRequest {
         stream_name: "s".into(),
         group_name: "g".into(),
-        member_id: member.into(),
-        generation,
-        checkpoints: vec![pb::ShardCheckpoint { shard_id: shard.into(), sequence_number: seq }],
-    };
-    let err = g.commit(commit(&a.member_id, a_gen, "shardId-000000000000", last)).await.expect_err("stale commit");
-    assert_eq!((err.code(), error_kind(&err)), (Code::FailedPrecondition, "StaleGeneration".to_string()));
-    let err = g
-        .poll(pb::PollRequest {
-            stream_name: "s".into(),
-            group_name: "g".into(),
-            member_id: a.member_id.clone(),
-            generation: a_gen,
-            max_records: 1,
-            wait_ms: 0,
+        member_id: member_id.into(),
+        shards,
+        max_records,
+        wait_ms,
+    }
+}
+
+fn positions(a: &pb::Assignment) -> Vec<pb::ShardPosition> {
+    a.leases
+        .iter()
+        .filter(|l| !l.revoking)
+        .map(|l| pb::ShardPosition {
+            shard_id: l.shard_id.clone(),
+            lease_epoch: l.lease_epoch,
+            next_sequence_number: None,
         })
-        .await
-        .expect_err("stale poll");
-    assert_eq!(error_kind(&err), "StaleGeneration");
-    let d = describe_group(&mut g).await;
-    assert!(d.shards.iter().all(|s| !s.has_checkpoint), "the stale commit moved nothing: {d:?}");
-    // With the new generation, a may commit only its own shard, within the log, forward.
-    let lease = g
+        .collect()
+}
+
+fn commit_req(member_id: &str, shard: &str, seq: u64, epoch: u64) -> pb::CommitRequest {
+    pb::CommitRequest {
+        stream_name: "s".into(),
+        group_name: "g".into(),
+        member_id: member_id.into(),
+        checkpoints: vec![pb::ShardCheckpoint { shard_id: shard.into(), sequence_number: seq, lease_epoch: epoch }],
+    }
+}
+
+async fn heartbeat(g: &mut Groups, member_id: &str) -> Result<pb::Assignment, tonic::Status> {
+    let r = g
         .heartbeat(pb::HeartbeatRequest {
             stream_name: "s".into(),
             group_name: "g".into(),
-            member_id: a.member_id.clone(),
+            member_id: member_id.into(),
         })
-        .await
-        .expect("hb")
-        .into_inner()
-        .assignment
-        .expect("lease");
-    assert_eq!(lease.generation, b_gen);
-    let mine = lease.shard_ids[0].clone();
-    let theirs = if mine == "shardId-000000000000" { "shardId-000000000001" } else { "shardId-000000000000" };
-    let err = g.commit(commit(&a.member_id, b_gen, theirs, 0)).await.expect_err("not leased");
-    assert!(err.message().contains("checkpoints[0].shard_id"), "{}", err.message());
-    let err = g.commit(commit(&a.member_id, b_gen, &mine, 1_000)).await.expect_err("past the end");
-    assert!(err.message().contains("past the end"), "{}", err.message());
-    g.commit(commit(&a.member_id, b_gen, &mine, 1)).await.expect("commit");
-    let err = g.commit(commit(&a.member_id, b_gen, &mine, 0)).await.expect_err("backwards");
-    assert!(err.message().contains("back"), "{}", err.message());
+        .await?;
+    Ok(r.into_inner().assignment.expect("assignment"))
+}
+
+#[tokio::test]
+async fn leases_fence_positions_and_commits() {
+    let (broker, _dir) = broker_with_session(10_000).await;
+    let mut c = connect(broker.endpoint()).await;
+    let d = create(&mut c, "s", 2).await;
+    for shard in &d.shards {
+        let entries = (0..10)
+            .map(|i| pb::PutRecordsEntry {
+                partition_key: format!("k{i}"),
+                data: b"v".to_vec().into(),
+                explicit_hash_key: Some(shard.starting_hash_key.clone()),
+            })
+            .collect();
+        put(&mut c, "s", entries).await;
+    }
+    let mut g = groups(broker.endpoint()).await;
+    let a = join(&mut g, "a").await;
+    let a_lease = a.assignment.expect("assignment");
+    assert_eq!(a_lease.leases.len(), 2, "the only member holds both shards");
+    let polled = g.poll(poll_req(&a.member_id, positions(&a_lease), 100, 0)).await.expect("poll").into_inner();
+    assert_eq!(polled.shards.iter().map(|s| s.records.len()).sum::<usize>(), 20);
+    let s0 = polled.shards.iter().find(|s| s.shard_id == "shardId-000000000000").expect("shard 0");
+    assert_eq!(s0.next_sequence_number, 10);
+    let epoch0 = s0.lease_epoch;
+
+    // A position past what the lease delivered would skip records.
+    let skip = pb::ShardPosition { shard_id: s0.shard_id.clone(), lease_epoch: epoch0, next_sequence_number: Some(11) };
+    let err = g.poll(poll_req(&a.member_id, vec![skip], 10, 0)).await.expect_err("skipping position");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("shards[0].next_sequence_number"), "{}", err.message());
+    // A lost response is simply asked for again: the same position returns the same records.
+    let again = pb::ShardPosition { shard_id: s0.shard_id.clone(), lease_epoch: epoch0, next_sequence_number: Some(4) };
+    let r = g.poll(poll_req(&a.member_id, vec![again], 3, 0)).await.expect("re-poll").into_inner();
+    let seqs: Vec<u64> = r.shards[0].records.iter().map(|r| r.sequence_number).collect();
+    assert_eq!(seqs, vec![4, 5, 6]);
+
+    // A commit may not cover what was not delivered, nor name a wrong lease.
+    let err = g.commit(commit_req(&a.member_id, "shardId-000000000000", 10, epoch0)).await.expect_err("undelivered");
+    assert!(err.message().contains("checkpoints[0].sequence_number"), "{}", err.message());
+    let r = g.commit(commit_req(&a.member_id, "shardId-000000000000", 3, epoch0 + 1000)).await.expect("commit");
+    assert_eq!(r.into_inner().results[0].error_kind, "Fenced", "a lease that is not the member's is fenced");
+    let r = g.commit(commit_req(&a.member_id, "shardId-000000000000", 5, epoch0)).await.expect("commit");
+    assert_eq!(r.into_inner().results[0].error_kind, "");
+    let r = g.commit(commit_req(&a.member_id, "shardId-000000000000", 2, epoch0)).await.expect("commit");
+    let back = &r.into_inner().results[0];
+    assert_eq!(back.error_kind, "Fenced");
+    assert!(back.error_message.contains("back"), "{}", back.error_message);
+
+    // b joins: one shard is revoked from a, which keeps the other.
+    let b = join(&mut g, "b").await;
+    assert!(b.assignment.expect("assignment").leases.is_empty(), "b waits until a releases");
+    let a_now = heartbeat(&mut g, &a.member_id).await.expect("heartbeat");
+    let revoked: Vec<&pb::ShardLease> = a_now.leases.iter().filter(|l| l.revoking).collect();
+    assert_eq!(revoked.len(), 1, "{a_now:?}");
+    let (kept, gone) = {
+        let k = a_now.leases.iter().find(|l| !l.revoking).expect("kept");
+        (k.clone(), revoked[0].clone())
+    };
+    // a may still commit the revoked shard until it releases it.
+    let gone_polled = polled.shards.iter().find(|s| s.shard_id == gone.shard_id).expect("polled");
+    let r = g.commit(commit_req(&a.member_id, &gone.shard_id, 6, gone_polled.lease_epoch)).await.expect("commit");
+    assert_eq!(r.into_inner().results[0].error_kind, "", "a revoking lease may still commit");
+    // Polling only the kept shard releases the revoked one to b.
+    let kept_pos = pb::ShardPosition {
+        shard_id: kept.shard_id.clone(),
+        lease_epoch: kept.lease_epoch,
+        next_sequence_number: None,
+    };
+    g.poll(poll_req(&a.member_id, vec![kept_pos], 100, 0)).await.expect("poll");
+    let b_now = heartbeat(&mut g, &b.member_id).await.expect("heartbeat");
+    assert_eq!(b_now.leases.len(), 1);
+    assert_eq!(b_now.leases[0].shard_id, gone.shard_id);
+    assert!(b_now.leases[0].lease_epoch > gone.lease_epoch, "a new grant gets a new epoch");
+    // a's old lease can no longer commit; b starts after the checkpoint a committed.
+    let r = g.commit(commit_req(&a.member_id, &gone.shard_id, 8, gone.lease_epoch)).await.expect("commit");
+    assert_eq!(r.into_inner().results[0].error_kind, "Fenced");
+    let r = g.poll(poll_req(&b.member_id, positions(&b_now), 100, 0)).await.expect("poll").into_inner();
+    assert_eq!(r.shards[0].records.first().map(|r| r.sequence_number), Some(7));
+
     let err = g
         .reset_group(pb::ResetGroupRequest {
             stream_name: "s".into(),
@@ -366,7 +214,7 @@ async fn a_stale_member_cannot_commit_or_poll() {
         .into_inner()
         .group
         .expect("group");
-    assert_eq!(reset.shards.iter().map(|s| s.lag_records).sum::<u64>(), 10, "reset may move checkpoints backwards");
+    assert_eq!(reset.shards.iter().map(|s| s.lag_records).sum::<u64>(), 20, "reset may move checkpoints backwards");
     let listed =
         g.list_groups(pb::ListGroupsRequest { stream_name: String::new() }).await.expect("list").into_inner().groups;
     assert_eq!(listed.len(), 1);
@@ -374,6 +222,49 @@ async fn a_stale_member_cannot_commit_or_poll() {
         .await
         .expect("delete group");
     assert_eq!(describe_err(&mut g).await, "GroupNotFound");
+}
+
+/// A member paused past its session (a zombie) can neither read nor commit;
+/// its shard went to the live member.
+#[tokio::test]
+async fn a_zombie_can_neither_poll_nor_commit() {
+    let (broker, _dir) = broker_with_session(600).await;
+    let mut c = connect(broker.endpoint()).await;
+    create(&mut c, "s", 1).await;
+    put(&mut c, "s", (0..5).map(|i| entry(&format!("k{i}"), b"v")).collect()).await;
+    let mut g = groups(broker.endpoint()).await;
+    let zombie = join(&mut g, "zombie").await;
+    let z_lease = zombie.assignment.expect("assignment");
+    let polled = g.poll(poll_req(&zombie.member_id, positions(&z_lease), 100, 0)).await.expect("poll").into_inner();
+    assert_eq!(polled.shards[0].records.len(), 5);
+    let live = join(&mut g, "live").await;
+    // The zombie stops heartbeating; the live member keeps its session and
+    // gets the shard once the zombie's session ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live_lease = loop {
+        let a = heartbeat(&mut g, &live.member_id).await.expect("heartbeat");
+        if let Some(l) = a.leases.first() {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "the zombie's shard never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = g
+        .commit(commit_req(&zombie.member_id, "shardId-000000000000", 4, polled.shards[0].lease_epoch))
+        .await
+        .expect_err("zombie commit");
+    assert_eq!(error_kind(&err), "UnknownMember");
+    let err = g.poll(poll_req(&zombie.member_id, positions(&z_lease), 100, 0)).await.expect_err("zombie poll");
+    assert_eq!(error_kind(&err), "UnknownMember");
+    let d = describe_group(&mut g).await;
+    assert!(!d.shards[0].has_checkpoint, "the zombie moved nothing: {d:?}");
+    let pos = vec![pb::ShardPosition {
+        shard_id: live_lease.shard_id.clone(),
+        lease_epoch: live_lease.lease_epoch,
+        next_sequence_number: None,
+    }];
+    let r = g.poll(poll_req(&live.member_id, pos, 100, 0)).await.expect("poll").into_inner();
+    assert_eq!(r.shards[0].records.len(), 5, "the live member gets every record the zombie did not commit");
 }
 
 async fn describe_err(g: &mut Groups) -> String {
@@ -391,26 +282,16 @@ async fn a_long_poll_wakes_when_records_arrive() {
     create(&mut c, "s", 1).await;
     let mut g = groups(broker.endpoint()).await;
     let a = join(&mut g, "a").await;
-    let generation = a.assignment.expect("lease").generation;
+    let shards = positions(&a.assignment.expect("lease"));
     let mut poller = g.clone();
     let member_id = a.member_id.clone();
     let started = Instant::now();
-    let poll = tokio::spawn(async move {
-        poller
-            .poll(pb::PollRequest {
-                stream_name: "s".into(),
-                group_name: "g".into(),
-                member_id,
-                generation,
-                max_records: 10,
-                wait_ms: 20_000,
-            })
-            .await
-            .expect("poll")
-            .into_inner()
-    });
+    let poll =
+        tokio::spawn(
+            async move { poller.poll(poll_req(&member_id, shards, 10, 20_000)).await.expect("poll").into_inner() },
+        );
     put(&mut c, "s", vec![entry("k", b"wake up")]).await;
     let got = poll.await.expect("poll task");
-    assert_eq!(got.records.len(), 1);
+    assert_eq!(got.shards[0].records.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(10), "woke on arrival, not at the deadline");
 }

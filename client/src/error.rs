@@ -34,9 +34,14 @@ pub enum Error {
     /// The position was deleted by retention. Fatal for that position.
     #[error("trimmed: {0}")]
     SequenceTrimmed(String),
-    /// The group rebalanced, or the member's session ended: rejoin or refresh. Retryable.
+    /// The member's session ended (it left or expired): rejoin. Retryable.
     #[error("group membership changed: {0}")]
     Rebalanced(String),
+    /// The member acted under a shard lease it no longer holds (the shard
+    /// moved to another member), or would move a checkpoint back. Drop the
+    /// batch and refresh the assignment; the new owner processes it.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The operation needs an idle group. Fatal until members stop.
     #[error("group busy: {0}")]
     GroupBusy(String),
@@ -82,7 +87,8 @@ impl From<Status> for Error {
             }
             ("ExpiredIterator", _) => Error::ExpiredIterator(message),
             ("SequenceTrimmed", _) => Error::SequenceTrimmed(message),
-            ("StaleGeneration" | "UnknownMember", _) => Error::Rebalanced(message),
+            ("UnknownMember", _) => Error::Rebalanced(message),
+            ("Fenced", _) => Error::Fenced(message),
             ("GroupBusy", _) => Error::GroupBusy(message),
             (_, Code::InvalidArgument) => Error::InvalidArgument(message),
             (_, Code::NotFound) => Error::NotFound(message),
@@ -120,9 +126,13 @@ mod tests {
         let e = Error::from(Status::invalid_argument("invalid records[0].partition_key: empty"));
         assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("partition_key")));
         assert!(!e.is_retryable());
-        let mut s = Status::failed_precondition("stale");
-        s.metadata_mut().insert("x-error-kind", MetadataValue::from_static("StaleGeneration"));
+        let mut s = Status::not_found("member gone");
+        s.metadata_mut().insert("x-error-kind", MetadataValue::from_static("UnknownMember"));
         assert!(matches!(Error::from(s), Error::Rebalanced(_)));
+        let mut s = Status::aborted("fenced: lease ended");
+        s.metadata_mut().insert("x-error-kind", MetadataValue::from_static("Fenced"));
+        let e = Error::from(s);
+        assert!(matches!(e, Error::Fenced(_)) && !e.is_retryable());
         assert!(Error::from(Status::unavailable("down")).is_retryable());
     }
 }

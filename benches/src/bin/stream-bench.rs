@@ -552,14 +552,8 @@ async fn groups(args: &Args, kills: u32) {
                 let mut consumer = client::Consumer::join(&endpoint, "groups", config).await.expect("join");
                 while consumed.load(Ordering::SeqCst) < total {
                     let records = consumer.poll().await.expect("poll");
-                    let mut last: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-                    for r in &records {
-                        last.insert(r.shard_id.clone(), r.sequence_number);
-                    }
-                    for (shard, seq) in last {
-                        // A commit refused after a rebalance only means redelivery.
-                        let _ = consumer.commit(&shard, seq).await;
-                    }
+                    // A commit refused after a rebalance only means redelivery.
+                    let _ = consumer.commit(&records).await;
                     consumed.fetch_add(records.len() as u64, Ordering::SeqCst);
                 }
                 consumer.leave().await.expect("leave");

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{to_record, unary};
 use crate::error::{BrokerError, Result};
-use crate::group::{GroupInfo, GroupManager, Lease, ResetTo};
+use crate::group::{Assignment, CommitShard, GroupInfo, GroupManager, LeaseView, PollShard, ResetTo};
 use crate::metadata::StartPosition;
 use crate::shard::{parse_shard_id, shard_id};
 
@@ -34,8 +34,15 @@ impl GroupsService {
     }
 }
 
-fn assignment(l: Lease) -> pb::Assignment {
-    pb::Assignment { generation: l.generation, shard_ids: l.shards.into_iter().map(shard_id).collect() }
+fn leases(leases: Vec<LeaseView>) -> Vec<pb::ShardLease> {
+    leases
+        .into_iter()
+        .map(|l| pb::ShardLease { shard_id: shard_id(l.shard), lease_epoch: l.epoch, revoking: l.revoking })
+        .collect()
+}
+
+fn assignment(a: Assignment) -> pb::Assignment {
+    pb::Assignment { generation: a.generation, leases: leases(a.leases) }
 }
 
 fn start_of(s: Option<pb::GroupStart>) -> Result<StartPosition> {
@@ -74,7 +81,7 @@ fn describe(info: GroupInfo, session_timeout_ms: u64) -> pb::GroupDescription {
             .map(|m| pb::GroupMember {
                 member_id: m.member_id,
                 client_id: m.client_id,
-                shard_ids: m.shards.into_iter().map(shard_id).collect(),
+                leases: leases(m.leases),
                 last_heartbeat_age_ms: m.last_heartbeat_age_ms,
             })
             .collect(),
@@ -84,6 +91,8 @@ fn describe(info: GroupInfo, session_timeout_ms: u64) -> pb::GroupDescription {
             .map(|s| pb::GroupShard {
                 shard_id: shard_id(s.shard),
                 owner_member_id: s.owner.unwrap_or_default(),
+                lease_epoch: s.epoch,
+                revoking: s.revoking,
                 checkpoint: s.checkpoint.unwrap_or(0),
                 has_checkpoint: s.checkpoint.is_some(),
                 lag_records: s.lag_records,
@@ -99,10 +108,10 @@ impl ConsumerGroups for GroupsService {
     async fn join_group(&self, req: Request<pb::JoinGroupRequest>) -> Result<Response<pb::JoinGroupResponse>, Status> {
         let r = req.into_inner();
         unary("JoinGroup", self.deadline(), async {
-            let lease = self.groups.join(&r.stream_name, &r.group_name, start_of(r.start)?, &r.client_id).await?;
+            let joined = self.groups.join(&r.stream_name, &r.group_name, start_of(r.start)?, &r.client_id).await?;
             Ok(pb::JoinGroupResponse {
-                member_id: lease.member_id.clone(),
-                assignment: Some(assignment(lease)),
+                member_id: joined.member_id.clone(),
+                assignment: Some(assignment(joined)),
                 session_timeout_ms: self.groups.session_timeout_ms(),
             })
         })
@@ -112,8 +121,8 @@ impl ConsumerGroups for GroupsService {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         unary("Heartbeat", self.deadline(), async {
-            let lease = self.groups.heartbeat(&r.stream_name, &r.group_name, &r.member_id).await?;
-            Ok(pb::HeartbeatResponse { assignment: Some(assignment(lease)) })
+            let a = self.groups.heartbeat(&r.stream_name, &r.group_name, &r.member_id).await?;
+            Ok(pb::HeartbeatResponse { assignment: Some(assignment(a)) })
         })
         .await
     }
@@ -142,16 +151,28 @@ impl ConsumerGroups for GroupsService {
             if wait > POLL_WAIT_MS_MAX {
                 return Err(BrokerError::invalid("wait_ms", format!("must be 0..=30000, got {wait}")));
             }
-            let delivered = self
+            let shards: Vec<PollShard> = r
+                .shards
+                .into_iter()
+                .map(|p| PollShard { shard_id: p.shard_id, epoch: p.lease_epoch, next: p.next_sequence_number })
+                .collect();
+            let polled = self
                 .groups
-                .poll(&r.stream_name, &r.group_name, &r.member_id, r.generation, max, Duration::from_millis(wait))
+                .poll(&r.stream_name, &r.group_name, &r.member_id, &shards, max, Duration::from_millis(wait))
                 .await?;
             Ok(pb::PollResponse {
-                records: delivered
+                shards: polled
+                    .batches
                     .into_iter()
-                    .map(|d| pb::GroupRecord { shard_id: shard_id(d.shard), record: Some(to_record(d.record)) })
+                    .map(|b| pb::ShardRecords {
+                        shard_id: shard_id(b.shard),
+                        lease_epoch: b.epoch,
+                        records: b.records.into_iter().map(to_record).collect(),
+                        next_sequence_number: b.next_seq,
+                        millis_behind_latest: b.millis_behind_latest,
+                    })
                     .collect(),
-                generation: r.generation,
+                assignment: Some(assignment(polled.assignment)),
             })
         })
         .await
@@ -163,9 +184,26 @@ impl ConsumerGroups for GroupsService {
             if r.checkpoints.is_empty() {
                 return Err(BrokerError::invalid("checkpoints", "at least one checkpoint"));
             }
-            let cps: Vec<(String, u64)> = r.checkpoints.into_iter().map(|c| (c.shard_id, c.sequence_number)).collect();
-            self.groups.commit(&r.stream_name, &r.group_name, &r.member_id, r.generation, &cps).await?;
-            Ok(pb::CommitResponse {})
+            let cps: Vec<CommitShard> = r
+                .checkpoints
+                .into_iter()
+                .map(|c| CommitShard { shard_id: c.shard_id, seq: c.sequence_number, epoch: c.lease_epoch })
+                .collect();
+            let results = self.groups.commit(&r.stream_name, &r.group_name, &r.member_id, &cps).await?;
+            Ok(pb::CommitResponse {
+                results: cps
+                    .into_iter()
+                    .zip(results)
+                    .map(|(c, r)| match r {
+                        Ok(()) => pb::CommitResult { shard_id: c.shard_id, ..Default::default() },
+                        Err(e) => pb::CommitResult {
+                            shard_id: c.shard_id,
+                            error_kind: e.kind().to_string(),
+                            error_message: e.to_string(),
+                        },
+                    })
+                    .collect(),
+            })
         })
         .await
     }

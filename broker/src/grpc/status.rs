@@ -17,7 +17,8 @@ pub fn to_status(e: BrokerError) -> Status {
         | BrokerError::ShardNotFound { .. }
         | BrokerError::GroupNotFound { .. }
         | BrokerError::UnknownMember { .. } => Code::NotFound,
-        BrokerError::StaleGeneration { .. } | BrokerError::GroupBusy { .. } => Code::FailedPrecondition,
+        BrokerError::GroupBusy { .. } => Code::FailedPrecondition,
+        BrokerError::Fenced { .. } => Code::Aborted,
         BrokerError::StreamExists { .. } => Code::AlreadyExists,
         BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) => Code::ResourceExhausted,
         BrokerError::ExpiredIterator { .. } => Code::FailedPrecondition,

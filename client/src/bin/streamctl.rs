@@ -634,7 +634,16 @@ fn group_json(d: &pb::GroupDescription) -> String {
         obj(&[
             ("member_id", jstr(&m.member_id)),
             ("client_id", jstr(&m.client_id)),
-            ("shard_ids", arr(m.shard_ids.iter().map(|s| jstr(s)))),
+            (
+                "leases",
+                arr(m.leases.iter().map(|l| {
+                    obj(&[
+                        ("shard_id", jstr(&l.shard_id)),
+                        ("lease_epoch", l.lease_epoch.to_string()),
+                        ("revoking", l.revoking.to_string()),
+                    ])
+                })),
+            ),
             ("last_heartbeat_age_ms", m.last_heartbeat_age_ms.to_string()),
         ])
     });
@@ -642,6 +651,8 @@ fn group_json(d: &pb::GroupDescription) -> String {
         obj(&[
             ("shard_id", jstr(&s.shard_id)),
             ("owner_member_id", if s.owner_member_id.is_empty() { "null".into() } else { jstr(&s.owner_member_id) }),
+            ("lease_epoch", s.lease_epoch.to_string()),
+            ("revoking", s.revoking.to_string()),
             ("checkpoint", if s.has_checkpoint { s.checkpoint.to_string() } else { "null".into() }),
             ("lag_records", s.lag_records.to_string()),
             ("lag_ms", s.lag_ms.to_string()),
@@ -685,7 +696,16 @@ fn group_text(d: &pb::GroupDescription) -> String {
                 vec![
                     m.member_id.clone(),
                     m.client_id.clone(),
-                    if m.shard_ids.is_empty() { "-".into() } else { m.shard_ids.join(",") },
+                    if m.leases.is_empty() {
+                        "-".into()
+                    } else {
+                        let shards: Vec<String> = m
+                            .leases
+                            .iter()
+                            .map(|l| if l.revoking { format!("{} (revoking)", l.shard_id) } else { l.shard_id.clone() })
+                            .collect();
+                        shards.join(",")
+                    },
                     format!("{} ms", m.last_heartbeat_age_ms),
                 ]
             })
@@ -700,7 +720,11 @@ fn group_text(d: &pb::GroupDescription) -> String {
             .map(|s| {
                 vec![
                     s.shard_id.clone(),
-                    if s.owner_member_id.is_empty() { "-".into() } else { s.owner_member_id.clone() },
+                    match (s.owner_member_id.is_empty(), s.revoking) {
+                        (true, _) => "-".into(),
+                        (false, false) => s.owner_member_id.clone(),
+                        (false, true) => format!("{} (revoking)", s.owner_member_id),
+                    },
                     if s.has_checkpoint { s.checkpoint.to_string() } else { "-".into() },
                     s.lag_records.to_string(),
                     s.lag_ms.to_string(),
@@ -1178,6 +1202,7 @@ async fn consume(consumer: &mut Consumer, printer: &mut Printer, follow: bool) -
     tokio::pin!(ctrl_c);
     let mut failures = 0u32;
     loop {
+        let shards_before = consumer.shards();
         let polled = tokio::select! {
             r = consumer.poll() => r,
             _ = &mut ctrl_c => return Ok(()),
@@ -1196,33 +1221,38 @@ async fn consume(consumer: &mut Consumer, printer: &mut Printer, follow: bool) -
             Err(e) => return Err(e.into()),
         };
         if records.is_empty() {
-            if follow {
+            // An empty poll after an assignment change only means "poll the new shards".
+            if follow || consumer.shards() != shards_before {
                 continue;
             }
             return Ok(());
         }
         // Print and commit shard by shard, each in sequence order.
-        let mut shards: Vec<(String, Vec<Rec>)> = Vec::new();
+        let mut shards: Vec<(String, Vec<client::Record>)> = Vec::new();
         for r in records {
-            let rec = Rec {
-                shard: r.shard_id,
-                seq: r.sequence_number,
-                ts: r.arrival_timestamp_ms,
-                key: r.partition_key,
-                data: r.data,
-            };
-            match shards.iter_mut().find(|(s, _)| *s == rec.shard) {
-                Some((_, v)) => v.push(rec),
-                None => shards.push((rec.shard.clone(), vec![rec])),
+            match shards.iter_mut().find(|(s, _)| *s == r.shard_id) {
+                Some((_, v)) => v.push(r),
+                None => shards.push((r.shard_id.clone(), vec![r])),
             }
         }
-        for (shard, recs) in shards {
+        for (shard, records) in shards {
+            let recs: Vec<Rec> = records
+                .iter()
+                .map(|r| Rec {
+                    shard: r.shard_id.clone(),
+                    seq: r.sequence_number,
+                    ts: r.arrival_timestamp_ms,
+                    key: r.partition_key.clone(),
+                    data: r.data.clone(),
+                })
+                .collect();
             let printed = printer.print(&recs)?;
             if printed > 0 {
-                match consumer.commit(&shard, recs[printed - 1].seq).await {
+                match consumer.commit(&records[..printed]).await {
                     Ok(()) => {}
-                    // The shard moved to another member; it resumes from the last commit.
-                    Err(client::Error::Rebalanced(m)) => eprintln!("streamctl: not committed ({shard}): {m}"),
+                    // The shard moved to another member, which resumes from the last commit.
+                    Err(client::Error::Fenced(m)) => eprintln!("streamctl: not committed ({shard}): {m}"),
+                    Err(e) if e.is_retryable() => eprintln!("streamctl: commit of {shard} will be retried: {e}"),
                     Err(e) => return Err(e.into()),
                 }
             }
