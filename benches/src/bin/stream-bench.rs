@@ -10,7 +10,7 @@
 //! stream-bench produce   durable produce matrix: 100 B / 1 KiB, 1 / 8 shards, 1 / 8 producers
 //! stream-bench scale     shards at full Kinesis quota with p99 ack < 50 ms and no throttling
 //! stream-bench e2e       produce-to-subscriber latency at a given rate
-//! stream-bench groups    consumer-group throughput and rebalance time after a member dies
+//! stream-bench groups    consumer-group drain throughput and rebalance pauses
 //! stream-bench all       all of them; e2e at half the best 1 KiB produce rate
 //! ```
 
@@ -62,11 +62,11 @@ enum What {
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
     },
-    /// Consumer-group throughput (1, 2, 4 members on 8 shards) and rebalance time after a member dies.
+    /// Consumer-group drain throughput (1, 2, 4 members on 8 shards) and rebalance pauses.
     Groups {
-        /// Member deaths to time.
+        /// Rebalance events to time (alternately a graceful leave and a kill).
         #[arg(long, default_value_t = 20)]
-        kills: u32,
+        rounds: u32,
     },
     /// Everything, with e2e at half the best 1 KiB produce rate.
     All,
@@ -498,7 +498,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         What::Scale { shards } => scale(&args, shards).await,
         What::E2e { rate } => e2e(&args, *rate).await,
-        What::Groups { kills } => groups(&args, *kills).await,
+        What::Groups { rounds } => groups(&args, *rounds).await,
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
@@ -509,10 +509,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Fills 8 shards, then drains them with 1, 2 and 4 group members; then
-/// times how long a dead member's shards stay unowned.
-async fn groups(args: &Args, kills: u32) {
-    use proto::v1::consumer_groups_client::ConsumerGroupsClient;
+/// Consumer groups through `client::Consumer::run` (poll, handle, commit),
+/// as applications run them: drain throughput with 1, 2 and 4 members on 8
+/// shards, then what a rebalance costs. Only first deliveries count as
+/// throughput; redeliveries are reported apart.
+async fn groups(args: &Args, rounds: u32) {
     let t = target(args, false).await;
     let mut c = client(&t.endpoint).await;
     let shards = 8u32;
@@ -533,99 +534,210 @@ async fn groups(args: &Args, kills: u32) {
         }
     }
     let total = per_shard * u64::from(shards);
-    println!("# consumer groups: {total} records of 1 KiB on {shards} shards, consumed with poll(1000) + commit");
-    println!("{:>8} {:>12} {:>9}", "members", "records/s", "MB/s");
+    println!("# consumer groups: drain {total} records of 1 KiB on {shards} shards with Consumer::run (batch 1000)");
+    println!("{:>8} {:>12} {:>9} {:>13}", "members", "records/s", "MB/s", "redelivered");
     for members in [1u32, 2, 4] {
         let group = format!("g{members}");
-        let consumed = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<(String, u64)>::new()));
+        let (first, again) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let stop = tokio_util::sync::CancellationToken::new();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for m in 0..members {
-            let (endpoint, group, consumed) = (t.endpoint.clone(), group.clone(), consumed.clone());
-            tasks.push(tokio::spawn(async move {
-                let config = client::ConsumerConfig {
-                    batch_size: 1000,
-                    poll_wait: Duration::from_millis(200),
-                    client_id: format!("bench-{m}"),
-                    ..client::ConsumerConfig::new(group)
-                };
-                let mut consumer = client::Consumer::join(&endpoint, "groups", config).await.expect("join");
-                while consumed.load(Ordering::SeqCst) < total {
-                    let records = consumer.poll().await.expect("poll");
-                    // A commit refused after a rebalance only means redelivery.
-                    let _ = consumer.commit(&records).await;
-                    consumed.fetch_add(records.len() as u64, Ordering::SeqCst);
-                }
-                consumer.leave().await.expect("leave");
-            }));
+            let config = client::ConsumerConfig {
+                batch_size: 1000,
+                poll_wait: Duration::from_millis(200),
+                client_id: format!("bench-{m}"),
+                ..client::ConsumerConfig::new(group.clone())
+            };
+            let consumer = client::Consumer::join(&t.endpoint, "groups", config).await.expect("join");
+            let (seen, first, again) = (seen.clone(), first.clone(), again.clone());
+            tasks.push(tokio::spawn(consumer.run(
+                move |records: Vec<client::Record>| {
+                    let mut s = seen.lock().expect("seen");
+                    for r in records {
+                        if s.insert((r.shard_id, r.sequence_number)) {
+                            first.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            again.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::future::ready(Ok(()))
+                },
+                |_, _| std::future::ready(Ok(())),
+                stop.clone(),
+            )));
         }
-        for task in tasks {
-            task.await.expect("member");
+        while first.load(Ordering::Relaxed) < total {
+            assert!(started.elapsed() < Duration::from_secs(300), "the group did not drain the stream");
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let secs = started.elapsed().as_secs_f64();
-        let n = consumed.load(Ordering::SeqCst);
-        println!("{:>8} {:>12.0} {:>9.1}", members, n as f64 / secs, n as f64 * 1026.0 / secs / 1e6);
+        stop.cancel();
+        for task in tasks {
+            task.await.expect("member").expect("member ran without error");
+        }
+        println!(
+            "{:>8} {:>12.0} {:>9.1} {:>13}",
+            members,
+            total as f64 / secs,
+            total as f64 * 1025.0 / secs / 1e6,
+            again.load(Ordering::Relaxed)
+        );
     }
     drop(c);
     t.stop().await;
+    rebalance_pause(args, rounds).await;
+}
 
-    // Rebalance after a member dies: 4 members on 8 shards; one stops
-    // heartbeating (dropped without leaving); measure until every shard has
-    // a live owner again. Sessions time out after 1 s here.
+/// Who handled which shard when.
+type Deliveries = Arc<std::sync::Mutex<Vec<(Instant, usize, String)>>>;
+
+/// 4 members on 8 shards under continuous produce (200 records/s per
+/// shard); members alternately leave gracefully and are killed (their task
+/// aborted: no leave, heartbeats stop; 1 s session timeout). Measures how
+/// long a moved shard waits for its new owner, and the longest gap in
+/// deliveries of the shards that did not move, next to the longest gap in
+/// the second before the event.
+async fn rebalance_pause(args: &Args, rounds: u32) {
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).expect("dir");
     let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     config.groups.session_timeout_ms = 1_000;
+    config.quotas.enforce = false;
     let broker = TestBroker::start_with(config, Arc::new(SystemClock)).await;
-    let mut c = client(&broker.endpoint()).await;
+    let endpoint = broker.endpoint();
+    let shards = 8u32;
+    let mut c = client(&endpoint).await;
     create(&mut c, "rebalance", shards).await;
-    let mut g = ConsumerGroupsClient::new(
-        Channel::from_shared(broker.endpoint()).expect("uri").connect().await.expect("connect"),
-    );
-    let mut h = hist();
-    let config = |i: u32| client::ConsumerConfig {
-        poll_wait: Duration::from_millis(100),
-        client_id: format!("m{i}"),
-        ..client::ConsumerConfig::new("r")
+    let producing = tokio_util::sync::CancellationToken::new();
+    let producer = tokio::spawn({
+        let (mut c, stop) = (c.clone(), producing.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let records = (0..shards)
+                    .map(|s| pb::PutRecordsEntry {
+                        partition_key: "r".into(),
+                        data: Bytes::from_static(b"rebalance"),
+                        explicit_hash_key: Some(key_for(s, shards)),
+                    })
+                    .collect();
+                c.put_records(pb::PutRecordsRequest { stream_name: "rebalance".into(), records })
+                    .await
+                    .expect("produce");
+            }
+        }
+    });
+    let deliveries: Deliveries = Arc::default();
+    let start = |m: usize| {
+        let (endpoint, deliveries) = (endpoint.clone(), deliveries.clone());
+        async move {
+            let config = client::ConsumerConfig {
+                poll_wait: Duration::from_millis(500),
+                client_id: format!("m{m}"),
+                ..client::ConsumerConfig::new("r")
+            };
+            let consumer = client::Consumer::join(&endpoint, "rebalance", config).await.expect("join");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(consumer.run(
+                move |records: Vec<client::Record>| {
+                    if let Some(r) = records.first() {
+                        deliveries.lock().expect("deliveries").push((Instant::now(), m, r.shard_id.clone()));
+                    }
+                    std::future::ready(Ok(()))
+                },
+                |_, _| std::future::ready(Ok(())),
+                stop.clone(),
+            ));
+            (m, stop, task)
+        }
     };
     let mut members = Vec::new();
-    for i in 0..4 {
-        members.push(client::Consumer::join(&broker.endpoint(), "rebalance", config(i)).await.expect("join"));
+    for m in 0..4 {
+        members.push(start(m).await);
     }
-    for k in 0..kills {
-        let victim = members.remove((k as usize) % members.len());
-        let victim_id = victim.member_id();
-        drop(victim); // stops heartbeating without leaving
-        let died = Instant::now();
-        loop {
-            let d = g
-                .describe_group(pb::DescribeGroupRequest { stream_name: "rebalance".into(), group_name: "r".into() })
-                .await
-                .expect("describe")
-                .into_inner()
-                .group
-                .expect("group");
-            let live: Vec<&str> = d.members.iter().map(|m| m.member_id.as_str()).collect();
-            if !live.contains(&victim_id.as_str())
-                && d.shards.iter().all(|s| live.contains(&s.owner_member_id.as_str()))
-            {
-                break;
-            }
-            assert!(died.elapsed() < Duration::from_secs(30), "rebalance never happened");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut leave_resume, mut kill_resume, mut unmoved_gap, mut baseline_gap) = (hist(), hist(), hist(), hist());
+    for round in 0..rounds {
+        let graceful = round % 2 == 0;
+        let (victim, stop, task) = members.remove(0);
+        let t0 = Instant::now();
+        let owned: std::collections::BTreeMap<String, usize> = {
+            let d = deliveries.lock().expect("deliveries");
+            d.iter()
+                .filter(|(at, _, _)| t0.duration_since(*at) < Duration::from_millis(500))
+                .map(|(_, m, s)| (s.clone(), *m))
+                .collect()
+        };
+        let moved: Vec<String> = owned.iter().filter(|(_, m)| **m == victim).map(|(s, _)| s.clone()).collect();
+        if graceful {
+            stop.cancel();
+            task.await.expect("member").expect("member left cleanly");
+        } else {
+            task.abort();
+            let _ = task.await;
         }
-        h.record(died.elapsed().as_micros().max(1) as u64).expect("latency");
-        members.push(client::Consumer::join(&broker.endpoint(), "rebalance", config(k + 4)).await.expect("rejoin"));
+        // Every moved shard delivered by its new owner.
+        let resumed = loop {
+            let done: Option<Vec<Instant>> = {
+                let d = deliveries.lock().expect("deliveries");
+                moved
+                    .iter()
+                    .map(|s| d.iter().find(|(at, m, sh)| *at > t0 && *m != victim && sh == s).map(|(at, _, _)| *at))
+                    .collect()
+            };
+            if let Some(at) = done {
+                break at;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "moved shards never resumed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let until = resumed.iter().max().copied().unwrap_or(t0).max(t0 + Duration::from_millis(500));
+        while Instant::now() < until + Duration::from_millis(100) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for at in &resumed {
+            let h = if graceful { &mut leave_resume } else { &mut kill_resume };
+            h.record(at.duration_since(t0).as_micros().max(1) as u64).expect("resume");
+        }
+        let d = deliveries.lock().expect("deliveries").clone();
+        let gap = |from: Instant, to: Instant, shard: &str| -> Duration {
+            let mut times: Vec<Instant> = d.iter().filter(|(_, _, s)| s == shard).map(|(at, _, _)| *at).collect();
+            times.retain(|at| *at <= to);
+            let before = times.iter().rev().find(|at| **at <= from).copied().unwrap_or(from);
+            let mut last = before;
+            let mut worst = Duration::ZERO;
+            for at in times.into_iter().filter(|at| *at > from) {
+                worst = worst.max(at - last);
+                last = at;
+            }
+            worst.max(to.saturating_duration_since(last))
+        };
+        for s in owned.keys().filter(|s| !moved.contains(s)) {
+            unmoved_gap.record(gap(t0, until, s).as_micros().max(1) as u64).expect("gap");
+            baseline_gap.record(gap(t0 - Duration::from_secs(1), t0, s).as_micros().max(1) as u64).expect("gap");
+        }
+        members.push(start(victim + 4).await);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
     }
     println!(
-        "# rebalance after a member dies (4 members, 8 shards, 1 s session timeout, {kills} kills): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        ms(&h, 0.5),
-        ms(&h, 0.99),
-        h.max() as f64 / 1000.0
+        "# rebalance (4 members, 8 shards, 200 records/s per shard, 1 s session timeout, {rounds} events: half leaves, half kills)"
     );
-    for m in members {
-        m.leave().await.expect("leave");
+    let row = |what: &str, h: &Histogram<u64>| {
+        println!("{what:<52} p50 {:>7.1} ms   max {:>7.1} ms   (n={})", ms(h, 0.5), h.max() as f64 / 1000.0, h.len());
+    };
+    row("moved shard resumes after a graceful leave", &leave_resume);
+    row("moved shard resumes after a kill", &kill_resume);
+    row("longest delivery gap of unmoved shards, event window", &unmoved_gap);
+    row("longest delivery gap of unmoved shards, 1 s before", &baseline_gap);
+    producing.cancel();
+    producer.await.expect("producer");
+    for (_, stop, task) in members {
+        stop.cancel();
+        task.await.expect("member").expect("member left cleanly");
     }
-    drop((c, g));
+    drop(c);
     broker.stop().await.expect("stop");
 }
