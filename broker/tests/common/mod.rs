@@ -1,6 +1,10 @@
 //! Helpers shared by the broker's integration tests.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
 use bytes::Bytes;
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
@@ -76,4 +80,63 @@ pub async fn drain(client: &mut Client, mut it: String, limit: u32) -> Vec<pb::R
 
 pub fn error_kind(s: &tonic::Status) -> String {
     s.metadata().get("x-error-kind").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// A `stream-broker` process (the real binary) with quotas lifted; killed on drop.
+pub struct Process {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Process {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// Starts the broker with these extra `STREAM_BROKER_*` variables.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
+            .args([
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn stream-broker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let grpc = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address printed");
+        Self { endpoint: format!("http://{grpc}"), child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
+        self.child.wait().expect("wait for clean exit")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
