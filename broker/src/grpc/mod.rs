@@ -3,6 +3,7 @@
 //! rejection names the field; errors become statuses only in [`status`].
 
 pub mod groups;
+pub mod message_limit;
 pub mod status;
 
 use std::collections::HashMap;
@@ -87,14 +88,14 @@ impl GrpcService {
     ) -> Result<u64> {
         let reader = shard.reader().clone();
         let (first, next) = (reader.first_seq(), reader.next_seq());
-        let at = |field: &str, seq: Option<u64>, offset: u64| -> Result<u64> {
+        let at = |field: &'static str, seq: Option<u64>, offset: u64| -> Result<u64> {
             let seq = seq.ok_or_else(|| BrokerError::invalid(field, "required for this iterator type"))?;
             let start = seq.saturating_add(offset);
             if start < first {
                 return Err(BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested: seq, first });
             }
             if start > next {
-                return Err(BrokerError::invalid(field, format!("{seq} is beyond the end of the shard ({next})")));
+                return Err(BrokerError::SequenceBeyondEnd { field, shard_id: shard.id.clone(), requested: seq, next });
             }
             Ok(start)
         };
@@ -463,7 +464,10 @@ impl StreamBroker for GrpcService {
         let mut inbound = req.into_inner();
         let in_flight = self.catalog.config().limits.produce_stream_in_flight;
         let (out_tx, out_rx) = mpsc::channel(in_flight);
-        let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, Result<PendingPut>)>(in_flight);
+        let message_max = self.catalog.config().limits.grpc_max_message_bytes;
+        // Err: the inbound stream failed (a message that does not decode or is too large).
+        let (pending_tx, mut pending_rx) =
+            mpsc::channel::<Result<(u64, Result<PendingPut>), Status>>(in_flight);
         let svc = self.clone();
         // Reader: queues each batch in arrival order, so acks for one shard follow request order.
         tokio::spawn(async move {
@@ -474,18 +478,30 @@ impl StreamBroker for GrpcService {
                 };
                 let req = match msg {
                     Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Ends the call with the error, after the acks of the batches before it.
+                        let _ = pending_tx.send(Err(message_limit::explain(status, message_max))).await;
+                        break;
+                    }
                 };
                 let batch = req.batch.unwrap_or_default();
                 let pending = svc.submit_put(&batch.stream_name, batch.records).await;
-                if pending_tx.send((req.batch_id, pending)).await.is_err() {
+                if pending_tx.send(Ok((req.batch_id, pending))).await.is_err() {
                     break;
                 }
             }
         });
         // Acknowledger: waits for each batch in order.
         tokio::spawn(async move {
-            while let Some((batch_id, pending)) = pending_rx.recv().await {
+            while let Some(item) = pending_rx.recv().await {
+                let (batch_id, pending) = match item {
+                    Ok(batch) => batch,
+                    Err(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
+                    }
+                };
                 let resp = match pending {
                     Ok(p) => pb::ProduceResponse { batch_id, result: Some(p.wait().await), ..Default::default() },
                     Err(e) => pb::ProduceResponse {
@@ -549,12 +565,7 @@ impl StreamBroker for GrpcService {
                 tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
                     .await
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-                    .map_err(|e| match e {
-                        shardlog::Error::SequenceTrimmed { requested, first } => {
-                            BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested, first }
-                        }
-                        other => BrokerError::from(other),
-                    })?;
+                    .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
             let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
             shard.quota.charge_read(bytes, now);
             let behind = if batch.next_seq >= shard.reader().next_seq() {
@@ -630,14 +641,9 @@ impl StreamBroker for GrpcService {
                                 heartbeat: false,
                             })
                         }
-                        Ok(Err(shardlog::Error::SequenceTrimmed { requested, first })) => {
-                            Err(to_status(BrokerError::SequenceTrimmed {
-                                shard_id: shard.id.clone(),
-                                requested,
-                                first,
-                            }))
+                        Ok(Err(e)) => {
+                            Err(to_status(BrokerError::from_read(e, &shard.id, "starting_sequence_number")))
                         }
-                        Ok(Err(e)) => Err(to_status(BrokerError::from(e))),
                         Err(e) => Err(to_status(BrokerError::Unavailable(e.to_string()))),
                     };
                     let failed = event.is_err();
