@@ -56,10 +56,16 @@ pub fn parse_shard_id(id: &str) -> Option<u32> {
 pub type NewRecord = (Bytes, Bytes);
 
 enum WriteOp {
-    Append { records: Vec<NewRecord>, reply: oneshot::Sender<Result<Appended>> },
+    Append {
+        records: Vec<NewRecord>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
     /// Wakes an idle writer so that it checks its `interval` deadline.
     Tick,
-    Trim { cutoff_ms: u64, reply: oneshot::Sender<Result<Trimmed>> },
+    Trim {
+        cutoff_ms: u64,
+        reply: oneshot::Sender<Result<Trimmed>>,
+    },
     Close,
 }
 

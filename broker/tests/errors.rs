@@ -126,15 +126,15 @@ async fn a_partition_key_that_is_not_utf8_is_an_invalid_argument_naming_the_reco
     assert!(err.message().contains("UTF-8"), "{}", err.message());
 
     let one = RawPutRecord { stream_name: "s".into(), partition_key: bad.to_vec(), data: b"d".to_vec() };
-    let err =
-        raw_unary::<_, pb::PutRecordResponse>(&broker.endpoint(), "PutRecord", one).await.expect_err("not UTF-8");
+    let err = raw_unary::<_, pb::PutRecordResponse>(&broker.endpoint(), "PutRecord", one).await.expect_err("not UTF-8");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("invalid partition_key"), "{}", err.message());
 
     let mut grpc = raw_client(&broker.endpoint()).await;
     let requests = tokio_stream::iter(vec![RawProduce { batch_id: 1, batch: Some(batch) }]);
     let codec = tonic_prost::ProstCodec::<RawProduce, pb::ProduceResponse>::default();
-    let mut acks = grpc.streaming(tonic::Request::new(requests), path("Produce"), codec).await.expect("call").into_inner();
+    let mut acks =
+        grpc.streaming(tonic::Request::new(requests), path("Produce"), codec).await.expect("call").into_inner();
     let err = tokio::time::timeout(Duration::from_secs(30), acks.next())
         .await
         .expect("an answer within 30 s")
@@ -200,11 +200,9 @@ fn file_sizes(dir: &Path) -> HashMap<PathBuf, u64> {
 fn lose_unsynced_tail(dir: &Path, before: &HashMap<PathBuf, u64>) {
     for (path, _) in file_sizes(dir) {
         match before.get(&path) {
-            Some(&len) => std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(len))
-                .expect("truncate"),
+            Some(&len) => {
+                std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len)).expect("truncate")
+            }
             None => std::fs::remove_file(&path).expect("remove"),
         }
     }

@@ -110,7 +110,10 @@ fn first_bad_key(records: &[KeyOnly]) -> Option<usize> {
 fn decode_error<U: 'static>(raw: &Bytes, e: prost::DecodeError) -> Status {
     let t = TypeId::of::<U>();
     let bad_key = if t == TypeId::of::<v1::PutRecordsRequest>() {
-        PutRecordsKeys::decode(raw.clone()).ok().and_then(|m| first_bad_key(&m.records)).map(|i| format!("records[{i}]."))
+        PutRecordsKeys::decode(raw.clone())
+            .ok()
+            .and_then(|m| first_bad_key(&m.records))
+            .map(|i| format!("records[{i}]."))
     } else if t == TypeId::of::<v1::PutRecordRequest>() {
         PutRecordKey::decode(raw.clone())
             .ok()
