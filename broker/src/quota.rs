@@ -26,7 +26,8 @@ pub struct QuotaValues {
     pub write_bytes_per_sec: u64,
     /// GetRecords calls per second.
     pub read_calls_per_sec: u64,
-    /// Key + data bytes per second out through GetRecords.
+    /// Key + data bytes per second out through GetRecords, shared by the
+    /// shard's readers; each SubscribeShard call has its own budget of it.
     pub read_bytes_per_sec: u64,
 }
 
