@@ -1,5 +1,6 @@
 //! Compiles the .proto files with protox (pure Rust; no protoc binary) and
-//! generates prost messages and tonic services, with `bytes` fields as `Bytes`.
+//! generates prost messages and tonic services, with `bytes` fields as `Bytes`
+//! and the codec of `src/codec.rs`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/streambroker/v1/broker.proto"];
@@ -7,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // The services decode through `crate::codec::BrokerCodec`: prost's codec
+    // with produce-request decode errors reported as INVALID_ARGUMENT.
+    tonic_prost_build::configure().bytes(".").codec_path("crate::codec::BrokerCodec").compile_fds(fds)?;
     Ok(())
 }

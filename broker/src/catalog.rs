@@ -200,7 +200,7 @@ impl Catalog {
                 queue_depth: c.limits.shard_queue_depth,
                 group_max: c.limits.group_commit_max_requests,
             };
-            let quota = ShardQuota::new(meta.quotas, c.quotas.enforce, self.clock.now_ms());
+            let quota = ShardQuota::new(meta.quotas, meta.max_record_bytes, c.quotas.enforce, self.clock.now_ms());
             let shard = Shard::open(&dir.join(shard_id(index)), spec, quota, self.clock.clone(), self.io.clone())?;
             shards.push(Arc::new(shard));
         }
@@ -262,6 +262,17 @@ impl Catalog {
             read_bytes_per_sec: positive("quota_overrides.read_bytes_per_sec", req.read_bytes_per_sec)?
                 .unwrap_or(d.read_bytes_per_sec),
         };
+        if u64::from(max_record_bytes) > quotas.write_bytes_per_sec {
+            return Err(BrokerError::invalid(
+                "max_record_bytes",
+                format!(
+                    "{max_record_bytes} is more than the shard write quota write_bytes_per_sec = {}: \
+                     such a record could never be admitted; raise quota_overrides.write_bytes_per_sec \
+                     or lower max_record_bytes",
+                    quotas.write_bytes_per_sec
+                ),
+            ));
+        }
         let _control = self.control.lock().await;
         if self.get(&req.name).is_ok() {
             return Err(BrokerError::StreamExists { name: req.name });

@@ -89,7 +89,8 @@ pub struct QuotaConfig {
     pub write_bytes_per_sec: u64,
     /// GetRecords calls per second, per shard.
     pub read_calls_per_sec: u64,
-    /// Bytes per second out through GetRecords, per shard.
+    /// Bytes per second out through GetRecords, per shard; also each
+    /// SubscribeShard call's own budget.
     pub read_bytes_per_sec: u64,
 }
 
@@ -129,10 +130,24 @@ pub struct LimitsConfig {
     pub shard_queue_depth: usize,
     /// Most produce requests one group commit covers.
     pub group_commit_max_requests: usize,
-    /// Concurrent SubscribeShard calls per shard.
+    /// Concurrent SubscribeShard calls per shard: Kinesis's 20 registered
+    /// consumers per stream, each subscribed to each shard at most once.
     pub subscribers_per_shard: usize,
-    /// Heartbeat period of an idle subscription.
+    /// Heartbeat period of a subscription that has nothing to send.
     pub subscribe_heartbeat_ms: u64,
+    /// A SubscribeShard call ends after this long with a last event that
+    /// carries its continuation; the client subscribes again from there.
+    pub subscription_lifetime_ms: u64,
+    /// Memory one subscription may hold in queued and in-flight events;
+    /// one event carries at most a quarter of it (or one larger record).
+    pub subscription_buffer_bytes: usize,
+    /// Broker-wide memory for subscription buffers: each subscription
+    /// reserves `subscription_buffer_bytes` of it, and beyond it new
+    /// subscriptions are refused with a retryable error.
+    pub subscription_buffer_bytes_total: usize,
+    /// SubscribeShard reads running at once, broker-wide; each holds a whole
+    /// batch frame (up to about 5 MiB) in memory while it runs.
+    pub subscription_reads_concurrent: usize,
     /// Batches in flight on one Produce stream.
     pub produce_stream_in_flight: usize,
     /// Streams in the broker.
@@ -204,8 +219,12 @@ impl Default for LimitsConfig {
             request_timeout_ms: 30_000,
             shard_queue_depth: 1024,
             group_commit_max_requests: 1024,
-            subscribers_per_shard: 64,
+            subscribers_per_shard: 20,
             subscribe_heartbeat_ms: 5_000,
+            subscription_lifetime_ms: 300_000,
+            subscription_buffer_bytes: 256 * 1024,
+            subscription_buffer_bytes_total: 256 * 1024 * 1024,
+            subscription_reads_concurrent: 8,
             produce_stream_in_flight: 64,
             max_streams: 1000,
             max_shards_per_stream: 1024,
@@ -291,6 +310,15 @@ impl BrokerConfig {
         if !(64 * 1024..=256 * 1024 * 1024).contains(&l.grpc_max_message_bytes) {
             return bad("limits.grpc_max_message_bytes", "must be 64 KiB..=256 MiB");
         }
+        if !(1_000..=3_600_000).contains(&l.subscription_lifetime_ms) {
+            return bad("limits.subscription_lifetime_ms", "must be 1000..=3600000");
+        }
+        if !(64 * 1024..=16 * 1024 * 1024).contains(&l.subscription_buffer_bytes) {
+            return bad("limits.subscription_buffer_bytes", "must be 64 KiB..=16 MiB");
+        }
+        if l.subscription_buffer_bytes_total < l.subscription_buffer_bytes {
+            return bad("limits.subscription_buffer_bytes_total", "must be at least limits.subscription_buffer_bytes");
+        }
         for (key, v) in [
             ("limits.max_connections", l.max_connections as u64),
             ("limits.max_concurrent_streams", u64::from(l.max_concurrent_streams)),
@@ -299,6 +327,7 @@ impl BrokerConfig {
             ("limits.group_commit_max_requests", l.group_commit_max_requests as u64),
             ("limits.subscribers_per_shard", l.subscribers_per_shard as u64),
             ("limits.subscribe_heartbeat_ms", l.subscribe_heartbeat_ms),
+            ("limits.subscription_reads_concurrent", l.subscription_reads_concurrent as u64),
             ("limits.produce_stream_in_flight", l.produce_stream_in_flight as u64),
             ("limits.max_streams", l.max_streams as u64),
             ("limits.max_shards_per_stream", u64::from(l.max_shards_per_stream)),

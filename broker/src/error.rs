@@ -91,6 +91,24 @@ pub enum BrokerError {
         /// The oldest stored sequence number.
         first: u64,
     },
+    /// The requested position is past the shard's end. Besides a bad
+    /// request, this is what a reader sees after a power failure in the
+    /// `interval` and `never` durability modes took records that had been
+    /// acknowledged but not yet fsynced.
+    #[error(
+        "{field}: sequence number {requested} is beyond the end of {shard_id}, whose next sequence number is {next} \
+         (in the interval and never durability modes a power failure loses acknowledged records that were not yet fsynced)"
+    )]
+    SequenceBeyondEnd {
+        /// The request field that carried the position.
+        field: &'static str,
+        /// The shard.
+        shard_id: String,
+        /// The requested position.
+        requested: u64,
+        /// The shard's next sequence number.
+        next: u64,
+    },
     /// The shard had a write or fsync failure and refuses writes until restart.
     #[error("shard {shard_id} refuses writes after a storage failure: {cause}")]
     ShardReadOnly {
@@ -125,6 +143,20 @@ impl BrokerError {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
+    /// The error of a read of `shard_id` at a position given in `field`:
+    /// positions outside the stored range get their own kinds.
+    pub fn from_read(e: shardlog::Error, shard_id: &str, field: &'static str) -> Self {
+        match e {
+            shardlog::Error::SequenceTrimmed { requested, first } => {
+                Self::SequenceTrimmed { shard_id: shard_id.to_string(), requested, first }
+            }
+            shardlog::Error::SequenceBeyondEnd { requested, next } => {
+                Self::SequenceBeyondEnd { field, shard_id: shard_id.to_string(), requested, next }
+            }
+            other => Self::Storage(other),
+        }
+    }
+
     /// A stable, machine-readable name for the error's kind.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -140,6 +172,7 @@ impl BrokerError {
             Self::LimitExceeded(_) => "LimitExceeded",
             Self::ExpiredIterator { .. } => "ExpiredIterator",
             Self::SequenceTrimmed { .. } => "SequenceTrimmed",
+            Self::SequenceBeyondEnd { .. } => "SequenceBeyondEnd",
             Self::ShardReadOnly { .. } => "ShardReadOnly",
             Self::Unavailable(_) => "Unavailable",
             Self::Storage(_) | Self::Metadata(_) | Self::Io { .. } => "Internal",

@@ -2,10 +2,18 @@
 //! injected clock.
 //!
 //! Writes take one record token and the record's bytes together, so a
-//! record is either wholly admitted or throttled. A read call takes one call
-//! token and needs a positive byte balance; its bytes are charged after the
-//! read, possibly into debt, which then delays later reads (as Kinesis
-//! throttles calls after a large response).
+//! record is either wholly admitted or throttled. The write-byte bucket holds
+//! at least the stream's largest record, so a full bucket always admits one
+//! record of the maximum size (the catalogue refuses new streams whose
+//! largest record exceeds their write-byte quota; this keeps streams stored
+//! before that rule writable).
+//!
+//! A GetRecords call (and a consumer-group Poll, which is metered the same
+//! way) takes one call token from the shard's shared bucket and needs a
+//! positive byte balance; its bytes are charged after the read, possibly
+//! into debt, which then delays later reads (as Kinesis throttles calls
+//! after a large response). A SubscribeShard call has its own
+//! [`ReadBudget`] instead, like a Kinesis enhanced fan-out consumer.
 
 use std::sync::Mutex;
 
@@ -18,7 +26,8 @@ pub struct QuotaValues {
     pub write_bytes_per_sec: u64,
     /// GetRecords calls per second.
     pub read_calls_per_sec: u64,
-    /// Key + data bytes per second out through GetRecords.
+    /// Key + data bytes per second out through GetRecords, shared by the
+    /// shard's readers; each SubscribeShard call has its own budget of it.
     pub read_bytes_per_sec: u64,
 }
 
@@ -41,9 +50,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate_per_sec: u64, now_ms: u64) -> Self {
-        let capacity = rate_per_sec as f64;
-        Self { rate_per_ms: capacity / 1000.0, capacity, tokens: capacity, last_ms: now_ms }
+    /// A full bucket refilled at `rate_per_sec`, holding one second of it or
+    /// `capacity_min`, whichever is more.
+    fn new(rate_per_sec: u64, capacity_min: u64, now_ms: u64) -> Self {
+        let capacity = rate_per_sec.max(capacity_min) as f64;
+        Self { rate_per_ms: rate_per_sec as f64 / 1000.0, capacity, tokens: capacity, last_ms: now_ms }
     }
 
     fn refill(&mut self, now_ms: u64) {
@@ -74,15 +85,16 @@ pub struct ShardQuota {
 }
 
 impl ShardQuota {
-    /// Full buckets at `now_ms`. With `enforced` false every request passes.
-    pub fn new(values: QuotaValues, enforced: bool, now_ms: u64) -> Self {
+    /// Full buckets at `now_ms` for a stream whose records are at most
+    /// `record_bytes_max` (key + data). With `enforced` false every request passes.
+    pub fn new(values: QuotaValues, record_bytes_max: u32, enforced: bool, now_ms: u64) -> Self {
         Self {
             enforced,
             buckets: Mutex::new(Buckets {
-                write_records: Bucket::new(values.write_records_per_sec, now_ms),
-                write_bytes: Bucket::new(values.write_bytes_per_sec, now_ms),
-                read_calls: Bucket::new(values.read_calls_per_sec, now_ms),
-                read_bytes: Bucket::new(values.read_bytes_per_sec, now_ms),
+                write_records: Bucket::new(values.write_records_per_sec, 0, now_ms),
+                write_bytes: Bucket::new(values.write_bytes_per_sec, u64::from(record_bytes_max), now_ms),
+                read_calls: Bucket::new(values.read_calls_per_sec, 0, now_ms),
+                read_bytes: Bucket::new(values.read_bytes_per_sec, 0, now_ms),
             }),
         }
     }
@@ -109,7 +121,8 @@ impl ShardQuota {
         Ok(())
     }
 
-    /// Admits one read call, or says how long to wait.
+    /// Admits one read call (GetRecords or a group Poll), or says how long
+    /// to wait; charge the bytes it returned with [`ShardQuota::charge_read`].
     pub fn try_read_call(&self, now_ms: u64) -> Result<(), u64> {
         if !self.enforced {
             return Ok(());
@@ -135,13 +148,44 @@ impl ShardQuota {
     }
 }
 
+/// The read budget of one SubscribeShard call: its own bucket of
+/// `read_bytes_per_sec` with a one-second burst. A read needs a positive
+/// balance; its bytes are charged after it, possibly into debt.
+#[derive(Debug)]
+pub struct ReadBudget {
+    bytes: Option<Bucket>,
+}
+
+impl ReadBudget {
+    /// A full budget at `now_ms`; with `enforced` false it never throttles.
+    pub fn new(read_bytes_per_sec: u64, enforced: bool, now_ms: u64) -> Self {
+        Self { bytes: enforced.then(|| Bucket::new(read_bytes_per_sec, 0, now_ms)) }
+    }
+
+    /// Milliseconds until the next read may start (0: now).
+    pub fn wait_ms(&mut self, now_ms: u64) -> u64 {
+        self.bytes.as_mut().map_or(0, |b| {
+            b.refill(now_ms);
+            b.wait_ms(f64::MIN_POSITIVE)
+        })
+    }
+
+    /// Charges the bytes a read returned.
+    pub fn charge(&mut self, bytes: u64, now_ms: u64) {
+        if let Some(b) = self.bytes.as_mut() {
+            b.refill(now_ms);
+            b.tokens -= bytes as f64;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn writes_are_admitted_at_the_quota_rate_with_a_one_second_burst() {
-        let q = ShardQuota::new(QuotaValues::KINESIS, true, 0);
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
         // Offer 2000 records/s of 100 bytes for 5 s in 10 ms steps.
         let mut admitted = 0u64;
         for step in 0..500u64 {
@@ -158,7 +202,7 @@ mod tests {
 
     #[test]
     fn byte_quota_limits_large_records_and_hints_the_wait() {
-        let q = ShardQuota::new(QuotaValues::KINESIS, true, 0);
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
         assert!(q.try_write(1024 * 1024, 0).is_ok(), "the burst admits one 1 MiB record");
         let wait = q.try_write(512 * 1024, 0).expect_err("bucket is empty");
         assert_eq!(wait, 500, "half a MiB refills in half a second");
@@ -167,7 +211,7 @@ mod tests {
 
     #[test]
     fn read_bytes_debt_delays_later_calls() {
-        let q = ShardQuota::new(QuotaValues::KINESIS, true, 0);
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
         q.try_read_call(0).expect("first call");
         q.charge_read(10 * 1024 * 1024, 0);
         let wait = q.try_read_call(0).expect_err("in debt");
@@ -177,7 +221,7 @@ mod tests {
 
     #[test]
     fn five_calls_per_second() {
-        let q = ShardQuota::new(QuotaValues::KINESIS, true, 0);
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
         for _ in 0..5 {
             q.try_read_call(0).expect("burst of five");
         }
@@ -186,9 +230,40 @@ mod tests {
 
     #[test]
     fn unenforced_quota_admits_everything() {
-        let q = ShardQuota::new(QuotaValues::KINESIS, false, 0);
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, false, 0);
         for _ in 0..10_000 {
             q.try_write(1 << 20, 0).expect("not enforced");
         }
+    }
+
+    #[test]
+    fn a_full_bucket_admits_one_record_of_the_maximum_size() {
+        // A stream stored before create refused records above the byte quota.
+        let q = ShardQuota::new(QuotaValues::KINESIS, 2 << 20, true, 0);
+        assert!(q.try_write(2 << 20, 0).is_ok(), "a full bucket admits the largest record");
+        let wait = q.try_write(2 << 20, 0).expect_err("empty");
+        assert_eq!(wait, 2000, "2 MiB at 1 MiB/s: the hint can be met");
+        assert!(q.try_write(2 << 20, wait).is_ok());
+        // The rate stays 1 MiB/s: over 10 s at most the burst plus 10 MiB pass.
+        let mut admitted = 0u64;
+        for ms in (wait..wait + 10_000).step_by(10) {
+            if q.try_write(64 * 1024, ms).is_ok() {
+                admitted += 64 * 1024;
+            }
+        }
+        assert!(admitted <= 10 << 20, "{admitted}");
+    }
+
+    #[test]
+    fn a_read_budget_admits_its_rate_and_carries_debt() {
+        let mut b = ReadBudget::new(2 << 20, true, 0);
+        assert_eq!(b.wait_ms(0), 0);
+        b.charge(6 << 20, 0);
+        assert_eq!(b.wait_ms(0), 2000, "4 MiB of debt at 2 MiB/s");
+        assert_eq!(b.wait_ms(1000), 1000);
+        assert_eq!(b.wait_ms(2001), 0);
+        let mut free = ReadBudget::new(1, false, 0);
+        free.charge(1 << 30, 0);
+        assert_eq!(free.wait_ms(0), 0, "not enforced");
     }
 }

@@ -28,6 +28,7 @@ use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
 use crate::grpc::GrpcService;
 use crate::grpc::groups::GroupsService;
+use crate::grpc::message_limit::MessageLimitHint;
 use crate::iterator::IteratorSigner;
 use crate::metadata::{MetadataStore, SledStore};
 
@@ -108,10 +109,14 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .add_service(health_service)
-        .add_service(StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(
+        .add_service(MessageLimitHint::new(
+            StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max),
+            max,
+        ))
+        .add_service(MessageLimitHint::new(
             ConsumerGroupsServer::new(groups_service).max_decoding_message_size(max).max_encoding_message_size(max),
-        )
+            max,
+        ))
         .serve_with_incoming_shutdown(
             limited_incoming(grpc, config.limits.max_connections, shutdown.clone()),
             shutdown.clone().cancelled_owned(),

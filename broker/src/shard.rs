@@ -17,6 +17,15 @@
 //! **Order.** Requests are appended in queue order, so two requests from one
 //! producer to one shard keep their order when the second is submitted after
 //! the first was queued.
+//!
+//! **`interval` and `never`.** A commit only publishes (`write`, no
+//! `fdatasync`). In `interval` mode the writer itself checks, at every
+//! commit, whether `durability.interval_ms` has passed on the injected clock
+//! since its last `fdatasync` and syncs then, so a full queue cannot delay
+//! the sync; a ticker only wakes an idle writer that holds unsynced records
+//! (its wake-up may be dropped when the queue is full: a full queue means the
+//! writer is about to commit and check anyway). `never` syncs at segment
+//! roll and at close only.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,9 +56,16 @@ pub fn parse_shard_id(id: &str) -> Option<u32> {
 pub type NewRecord = (Bytes, Bytes);
 
 enum WriteOp {
-    Append { records: Vec<NewRecord>, reply: oneshot::Sender<Result<Appended>> },
-    Sync,
-    Trim { cutoff_ms: u64, reply: oneshot::Sender<Result<Trimmed>> },
+    Append {
+        records: Vec<NewRecord>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Wakes an idle writer so that it checks its `interval` deadline.
+    Tick,
+    Trim {
+        cutoff_ms: u64,
+        reply: oneshot::Sender<Result<Trimmed>>,
+    },
     Close,
 }
 
@@ -115,7 +131,7 @@ impl std::fmt::Debug for WriteOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             WriteOp::Append { .. } => "Append",
-            WriteOp::Sync => "Sync",
+            WriteOp::Tick => "Tick",
             WriteOp::Trim { .. } => "Trim",
             WriteOp::Close => "Close",
         })
@@ -142,6 +158,7 @@ impl Shard {
         let (queue, rx) = mpsc::channel(spec.queue_depth);
         let health = Arc::new(ShardHealth::default());
         let id = shard_id(spec.index);
+        let synced_at_ms = clock.now_ms();
         let writer = Writer {
             shard_id: id.clone(),
             log,
@@ -150,6 +167,9 @@ impl Shard {
             health: health.clone(),
             clock,
             mode: spec.durability,
+            interval_ms: spec.interval_ms,
+            synced_at_ms,
+            unsynced: false,
             group_max: spec.group_max,
             metrics: WriterMetrics::new(&spec.stream, &id),
         };
@@ -243,15 +263,16 @@ impl Drop for SubscriberSlot {
     }
 }
 
-/// In `interval` mode, asks the writer to sync every `interval_ms` until it stops.
+/// In `interval` mode, wakes the writer every `interval_ms` until it stops,
+/// so that records acknowledged just before the shard went idle are synced.
 fn spawn_ticker(queue: mpsc::Sender<WriteOp>, interval_ms: u64) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            // A full queue means the writer is busy and will commit soon anyway.
-            match queue.try_send(WriteOp::Sync) {
+            // A full queue means the writer is busy: it checks its deadline at its next commit.
+            match queue.try_send(WriteOp::Tick) {
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             }
@@ -287,6 +308,11 @@ struct Writer {
     health: Arc<ShardHealth>,
     clock: Arc<dyn Clock>,
     mode: DurabilityMode,
+    interval_ms: u64,
+    /// Clock time of the last `fdatasync` (or of the open).
+    synced_at_ms: u64,
+    /// Whether records were published since the last `fdatasync`.
+    unsynced: bool,
     group_max: usize,
     metrics: WriterMetrics,
 }
@@ -318,7 +344,6 @@ impl Writer {
         let now = self.clock.now_ms();
         let mut acks = Vec::new();
         let mut trims = Vec::new();
-        let mut sync = self.mode == DurabilityMode::Always;
         let mut close = false;
         for op in group.drain(..) {
             match op {
@@ -332,11 +357,16 @@ impl Writer {
                         }
                     }
                 }
-                WriteOp::Sync => sync = true,
+                WriteOp::Tick => {}
                 WriteOp::Trim { cutoff_ms, reply } => trims.push((cutoff_ms, reply)),
                 WriteOp::Close => close = true,
             }
         }
+        let sync = match self.mode {
+            DurabilityMode::Always => true,
+            DurabilityMode::Interval => (self.unsynced || !acks.is_empty()) && self.interval_elapsed(),
+            DurabilityMode::Never => false,
+        };
         if !acks.is_empty() || sync {
             let started = Instant::now();
             let committed = if sync { self.log.sync() } else { self.log.publish() };
@@ -345,6 +375,10 @@ impl Writer {
             }
             match committed {
                 Ok(()) => {
+                    if sync {
+                        self.synced_at_ms = self.clock.now_ms();
+                    }
+                    self.unsynced = !sync;
                     self.metrics.group_requests.record(acks.len() as f64);
                     for (reply, a) in acks {
                         let _ = reply.send(Ok(a));
@@ -365,6 +399,13 @@ impl Writer {
             let _ = reply.send(self.log.trim_before(cutoff_ms).map_err(BrokerError::from));
         }
         close
+    }
+
+    /// Whether `interval_ms` has passed since the last sync. A clock that
+    /// went backwards counts as elapsed: syncing early is always safe.
+    fn interval_elapsed(&self) -> bool {
+        let now = self.clock.now_ms();
+        now < self.synced_at_ms || now - self.synced_at_ms >= self.interval_ms
     }
 
     fn append_error(&mut self, e: shardlog::Error) -> BrokerError {

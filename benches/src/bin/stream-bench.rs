@@ -11,6 +11,7 @@
 //! stream-bench scale     shards at full Kinesis quota with p99 ack < 50 ms and no throttling
 //! stream-bench e2e       produce-to-subscriber latency at a given rate
 //! stream-bench groups    consumer-group drain throughput and rebalance pauses
+//! stream-bench overload  in-quota shards' ack latency next to shards offered 3x their quota
 //! stream-bench all       all of them; e2e at half the best 1 KiB produce rate
 //! ```
 
@@ -67,6 +68,12 @@ enum What {
         /// Rebalance events to time (alternately a graceful leave and a kill).
         #[arg(long, default_value_t = 20)]
         rounds: u32,
+    },
+    /// In-quota shards' ack latency alone and next to shards offered 3x their write quota.
+    Overload {
+        /// Shards; half get producers at their quota, half at 3x.
+        #[arg(long, default_value_t = 8)]
+        shards: u32,
     },
     /// Everything, with e2e at half the best 1 KiB produce rate.
     All,
@@ -397,16 +404,14 @@ async fn e2e(args: &Args, rate: u64) {
     let mut subscribers = Vec::new();
     for s in 0..shards {
         let mut c = client(&t.endpoint).await;
-        let mut sub = c
-            .subscribe_shard(pb::SubscribeShardRequest {
-                stream_name: "e2e".into(),
-                shard_id: format!("shardId-{s:012}"),
-                starting_position: pb::IteratorType::Latest as i32,
-                ..Default::default()
-            })
-            .await
-            .expect("subscribe")
-            .into_inner();
+        let request = move |position: pb::IteratorType, seq: Option<u64>| pb::SubscribeShardRequest {
+            stream_name: "e2e".into(),
+            shard_id: format!("shardId-{s:012}"),
+            starting_position: position as i32,
+            starting_sequence_number: seq,
+            timestamp_ms: None,
+        };
+        let mut sub = c.subscribe_shard(request(pb::IteratorType::Latest, None)).await.expect("subscribe").into_inner();
         let (received, arrived) = (received.clone(), arrived.clone());
         subscribers.push(tokio::spawn(async move {
             let mut h = hist();
@@ -419,6 +424,15 @@ async fn e2e(args: &Args, rate: u64) {
                 }
                 received.fetch_add(n, Ordering::SeqCst);
                 arrived.notify_one();
+                if ev.resubscribe {
+                    // The call reached its lifetime (runs longer than 5 minutes): continue where it ended.
+                    let at = Some(ev.continuation_sequence_number);
+                    sub = c
+                        .subscribe_shard(request(pb::IteratorType::AtSequenceNumber, at))
+                        .await
+                        .expect("resubscribe")
+                        .into_inner();
+                }
             }
             h
         }));
@@ -499,6 +513,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         What::Scale { shards } => scale(&args, shards).await,
         What::E2e { rate } => e2e(&args, *rate).await,
         What::Groups { rounds } => groups(&args, *rounds).await,
+        What::Overload { shards } => overload(&args, *shards).await,
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
@@ -740,4 +755,120 @@ async fn rebalance_pause(args: &Args, rounds: u32) {
     }
     drop(c);
     broker.stop().await.expect("stop");
+}
+
+/// What one paced producer saw.
+struct Paced {
+    accepted: u64,
+    throttled: u64,
+    latency: Histogram<u64>,
+}
+
+/// Puts `per_tick` records of 1 KiB (key included) into shard `s` of
+/// `shards` every 100 ms until `deadline`, on its own connection, with its
+/// ticks offset by `phase` (independent producers are not in step).
+async fn paced_producer(
+    endpoint: String,
+    s: u32,
+    shards: u32,
+    per_tick: usize,
+    phase: Duration,
+    deadline: Instant,
+) -> Paced {
+    let mut c = client(&endpoint).await;
+    let key = key_for(s, shards);
+    let data = Bytes::from(vec![b'o'; 1024 - 8]);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut p = Paced { accepted: 0, throttled: 0, latency: hist() };
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let records = (0..per_tick)
+            .map(|_| pb::PutRecordsEntry {
+                partition_key: "pk-shard".into(),
+                data: data.clone(),
+                explicit_hash_key: Some(key.clone()),
+            })
+            .collect();
+        let sent = Instant::now();
+        let r = c
+            .put_records(pb::PutRecordsRequest { stream_name: "overload".into(), records })
+            .await
+            .expect("put")
+            .into_inner();
+        p.latency.record(sent.elapsed().as_micros().max(1) as u64).expect("latency");
+        p.throttled += u64::from(r.failed_record_count);
+        p.accepted += per_tick as u64 - u64::from(r.failed_record_count);
+    }
+    p
+}
+
+/// Half the shards get producers at their full write quota (1000 records/s
+/// of 1 KiB), the other half producers offering 3x it, quotas enforced:
+/// the in-quota shards' ack latency alone and with the noisy half, each on
+/// a fresh broker.
+async fn overload(args: &Args, shards: u32) {
+    let quiet = shards / 2;
+    println!(
+        "# overload: {quiet} shards at their full write quota, alone and next to {} shards offered 3x their quota; quotas enforced, {} s per phase",
+        shards - quiet,
+        args.seconds
+    );
+    println!(
+        "{:>16} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14} {:>14}",
+        "phase", "quiet p50", "quiet p99", "quiet max", "quiet thr", "noisy offer/s", "noisy acc/s", "noisy p99 ms"
+    );
+    let mut p99 = [0.0f64; 2];
+    for (phase, noisy) in [(0, false), (1, true)] {
+        let t = target(args, true).await;
+        let mut c = client(&t.endpoint).await;
+        create(&mut c, "overload", shards).await;
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let spread = |s: u32| Duration::from_micros(100_000 * u64::from(s) / u64::from(shards));
+        let quiet_tasks: Vec<_> = (0..quiet)
+            .map(|s| tokio::spawn(paced_producer(t.endpoint.clone(), s, shards, 100, spread(s), deadline)))
+            .collect();
+        let noisy_tasks: Vec<_> = if noisy {
+            (quiet..shards)
+                .map(|s| tokio::spawn(paced_producer(t.endpoint.clone(), s, shards, 300, spread(s), deadline)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let started = Instant::now();
+        let (mut q, mut n) = (
+            Paced { accepted: 0, throttled: 0, latency: hist() },
+            Paced { accepted: 0, throttled: 0, latency: hist() },
+        );
+        for (tasks, into) in [(quiet_tasks, &mut q), (noisy_tasks, &mut n)] {
+            for task in tasks {
+                let p = task.await.expect("producer");
+                into.accepted += p.accepted;
+                into.throttled += p.throttled;
+                into.latency.add(p.latency).expect("merge");
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        p99[phase] = ms(&q.latency, 0.99);
+        println!(
+            "{:>16} {:>10.2} {:>10.2} {:>10.2} {:>10} {:>14.0} {:>14.0} {:>14.2}",
+            if noisy { "with noisy half" } else { "alone" },
+            ms(&q.latency, 0.5),
+            ms(&q.latency, 0.99),
+            q.latency.max() as f64 / 1000.0,
+            q.throttled,
+            (n.accepted + n.throttled) as f64 / secs,
+            n.accepted as f64 / secs,
+            if noisy { ms(&n.latency, 0.99) } else { 0.0 }
+        );
+        drop(c);
+        t.stop().await;
+    }
+    let ratio = p99[1] / p99[0];
+    println!(
+        "target: in-quota p99 with the noisy half < 1.5x alone: {:.2} ms vs {:.2} ms = {ratio:.2}x -> {}",
+        p99[1],
+        p99[0],
+        if ratio < 1.5 { "MET" } else { "MISSED" }
+    );
 }

@@ -3,7 +3,9 @@
 //! rejection names the field; errors become statuses only in [`status`].
 
 pub mod groups;
+pub mod message_limit;
 pub mod status;
+mod subscribe;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use crate::catalog::{Catalog, CreateStream, Stream as BrokerStream, validate_str
 use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
 use crate::iterator::{IteratorSigner, Position};
+use crate::quota::ReadBudget;
 use crate::routing::{hash_key, parse_explicit_hash_key};
 use crate::shard::{NewRecord, Shard, parse_shard_id};
 use status::to_status;
@@ -35,8 +38,6 @@ pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
 pub const GET_RECORDS_LIMIT_MAX: u32 = 10_000;
 /// Most key + data bytes one GetRecords call returns.
 pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
-/// Most key + data bytes in one SubscribeShard event.
-const SUBSCRIBE_EVENT_BYTES_MAX: usize = 1024 * 1024;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -45,6 +46,7 @@ pub struct GrpcService {
     groups: Arc<crate::group::GroupManager>,
     signer: IteratorSigner,
     shutdown: CancellationToken,
+    buffers: subscribe::BufferBudget,
 }
 
 impl GrpcService {
@@ -55,7 +57,13 @@ impl GrpcService {
         signer: IteratorSigner,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { catalog, groups, signer, shutdown }
+        let limits = &catalog.config().limits;
+        let buffers = subscribe::BufferBudget::new(
+            limits.subscription_buffer_bytes_total,
+            limits.subscription_buffer_bytes,
+            limits.subscription_reads_concurrent,
+        );
+        Self { catalog, groups, signer, shutdown, buffers }
     }
 
     fn now(&self) -> u64 {
@@ -87,14 +95,14 @@ impl GrpcService {
     ) -> Result<u64> {
         let reader = shard.reader().clone();
         let (first, next) = (reader.first_seq(), reader.next_seq());
-        let at = |field: &str, seq: Option<u64>, offset: u64| -> Result<u64> {
+        let at = |field: &'static str, seq: Option<u64>, offset: u64| -> Result<u64> {
             let seq = seq.ok_or_else(|| BrokerError::invalid(field, "required for this iterator type"))?;
             let start = seq.saturating_add(offset);
             if start < first {
                 return Err(BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested: seq, first });
             }
             if start > next {
-                return Err(BrokerError::invalid(field, format!("{seq} is beyond the end of the shard ({next})")));
+                return Err(BrokerError::SequenceBeyondEnd { field, shard_id: shard.id.clone(), requested: seq, next });
             }
             Ok(start)
         };
@@ -463,7 +471,9 @@ impl StreamBroker for GrpcService {
         let mut inbound = req.into_inner();
         let in_flight = self.catalog.config().limits.produce_stream_in_flight;
         let (out_tx, out_rx) = mpsc::channel(in_flight);
-        let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, Result<PendingPut>)>(in_flight);
+        let message_max = self.catalog.config().limits.grpc_max_message_bytes;
+        // Err: the inbound stream failed (a message that does not decode or is too large).
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Result<(u64, Result<PendingPut>), Status>>(in_flight);
         let svc = self.clone();
         // Reader: queues each batch in arrival order, so acks for one shard follow request order.
         tokio::spawn(async move {
@@ -474,18 +484,30 @@ impl StreamBroker for GrpcService {
                 };
                 let req = match msg {
                     Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Ends the call with the error, after the acks of the batches before it.
+                        let _ = pending_tx.send(Err(message_limit::explain(status, message_max))).await;
+                        break;
+                    }
                 };
                 let batch = req.batch.unwrap_or_default();
                 let pending = svc.submit_put(&batch.stream_name, batch.records).await;
-                if pending_tx.send((req.batch_id, pending)).await.is_err() {
+                if pending_tx.send(Ok((req.batch_id, pending))).await.is_err() {
                     break;
                 }
             }
         });
         // Acknowledger: waits for each batch in order.
         tokio::spawn(async move {
-            while let Some((batch_id, pending)) = pending_rx.recv().await {
+            while let Some(item) = pending_rx.recv().await {
+                let (batch_id, pending) = match item {
+                    Ok(batch) => batch,
+                    Err(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
+                    }
+                };
                 let resp = match pending {
                     Ok(p) => pb::ProduceResponse { batch_id, result: Some(p.wait().await), ..Default::default() },
                     Err(e) => pb::ProduceResponse {
@@ -549,12 +571,7 @@ impl StreamBroker for GrpcService {
                 tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
                     .await
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-                    .map_err(|e| match e {
-                        shardlog::Error::SequenceTrimmed { requested, first } => {
-                            BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested, first }
-                        }
-                        other => BrokerError::from(other),
-                    })?;
+                    .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
             let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
             shard.quota.charge_read(bytes, now);
             let behind = if batch.next_seq >= shard.reader().next_seq() {
@@ -584,84 +601,39 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<Self::SubscribeShardStream>, Status> {
         let r = req.into_inner();
         let limits = &self.catalog.config().limits;
-        let (max_subscribers, heartbeat) =
-            (limits.subscribers_per_shard, Duration::from_millis(limits.subscribe_heartbeat_ms));
         let setup = async {
             validate_stream_name(&r.stream_name)?;
             let stream = self.catalog.get(&r.stream_name)?;
             let shard = Self::shard_of(&stream, &r.shard_id)?;
             let start =
                 self.resolve_start(&shard, r.starting_position, r.starting_sequence_number, r.timestamp_ms).await?;
-            let slot = shard.try_add_subscriber(max_subscribers).ok_or_else(|| {
-                BrokerError::LimitExceeded(format!(
-                    "{} has limits.subscribers_per_shard = {max_subscribers} subscribers",
-                    shard.id
-                ))
+            let max = limits.subscribers_per_shard;
+            let slot = shard.try_add_subscriber(max).ok_or_else(|| {
+                BrokerError::LimitExceeded(format!("{} has limits.subscribers_per_shard = {max} subscribers", shard.id))
             })?;
-            Ok((shard, start, slot))
+            let buffer = self.buffers.reserve()?;
+            Ok((stream.meta(), shard, start, slot, buffer))
         };
-        let (shard, start, slot) = setup.await.map_err(to_status)?;
-        // Small and bounded: a slow subscriber holds back only its own reads.
-        let (tx, rx) = mpsc::channel(4);
-        let clock = self.catalog.clock().clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut end = shard.watch_end();
-            let mut pos = start;
-            loop {
-                let available = *end.borrow_and_update();
-                if pos < available {
-                    let reader = shard.reader().clone();
-                    let read =
-                        tokio::task::spawn_blocking(move || reader.read(pos, 10_000, SUBSCRIBE_EVENT_BYTES_MAX)).await;
-                    let event = match read {
-                        Ok(Ok(batch)) => {
-                            let behind = if batch.next_seq >= available {
-                                0
-                            } else {
-                                batch.records.last().map_or(0, |r| clock.now_ms().saturating_sub(r.timestamp_ms))
-                            };
-                            pos = batch.next_seq;
-                            Ok(pb::SubscribeShardEvent {
-                                records: batch.records.into_iter().map(to_record).collect(),
-                                continuation_sequence_number: pos,
-                                millis_behind_latest: behind,
-                                heartbeat: false,
-                            })
-                        }
-                        Ok(Err(shardlog::Error::SequenceTrimmed { requested, first })) => {
-                            Err(to_status(BrokerError::SequenceTrimmed {
-                                shard_id: shard.id.clone(),
-                                requested,
-                                first,
-                            }))
-                        }
-                        Ok(Err(e)) => Err(to_status(BrokerError::from(e))),
-                        Err(e) => Err(to_status(BrokerError::Unavailable(e.to_string()))),
-                    };
-                    let failed = event.is_err();
-                    if tx.send(event).await.is_err() || failed {
-                        return;
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    changed = end.changed() => if changed.is_err() {
-                        let _ = tx.send(Err(to_status(BrokerError::Unavailable(format!("{} closed", shard.id))))).await;
-                        return;
-                    },
-                    _ = tokio::time::sleep(heartbeat) => {
-                        let beat = pb::SubscribeShardEvent { continuation_sequence_number: pos, heartbeat: true, ..Default::default() };
-                        if tx.send(Ok(beat)).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ = tx.closed() => return,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        });
+        let (meta, shard, pos, slot, buffer) = setup.await.map_err(to_status)?;
+        // One event queued: with the one being sent, the reservation covers them.
+        let (tx, rx) = mpsc::channel(1);
+        let now = self.now();
+        let subscription = subscribe::Subscription {
+            shard,
+            stream: meta.name,
+            pos,
+            budget: ReadBudget::new(meta.quotas.read_bytes_per_sec, self.catalog.config().quotas.enforce, now),
+            clock: self.catalog.clock().clone(),
+            ends_at_ms: now.saturating_add(limits.subscription_lifetime_ms),
+            heartbeat: Duration::from_millis(limits.subscribe_heartbeat_ms),
+            event_bytes_max: limits.subscription_buffer_bytes / 4,
+            budget_shared: self.buffers.clone(),
+            tx,
+            shutdown: self.shutdown.clone(),
+            _slot: slot,
+            _buffer: buffer,
+        };
+        tokio::spawn(subscription.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

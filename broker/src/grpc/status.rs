@@ -22,7 +22,7 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::StreamExists { .. } => Code::AlreadyExists,
         BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) => Code::ResourceExhausted,
         BrokerError::ExpiredIterator { .. } => Code::FailedPrecondition,
-        BrokerError::SequenceTrimmed { .. } => Code::OutOfRange,
+        BrokerError::SequenceTrimmed { .. } | BrokerError::SequenceBeyondEnd { .. } => Code::OutOfRange,
         BrokerError::ShardReadOnly { .. } | BrokerError::Unavailable(_) => Code::Unavailable,
         BrokerError::Storage(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } => Code::Internal,
     };

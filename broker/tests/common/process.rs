@@ -51,6 +51,11 @@ impl Process {
         Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, child }
     }
 
+    /// Its process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");

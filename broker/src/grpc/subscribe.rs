@@ -1,0 +1,270 @@
+//! SubscribeShard: pushes a shard's records to one subscriber.
+//!
+//! **Limits.** A subscription holds a slot of its shard
+//! (`limits.subscribers_per_shard`) and a reservation of
+//! `limits.subscription_buffer_bytes` from the broker-wide
+//! `limits.subscription_buffer_bytes_total`; both are given back when the
+//! call ends, however it ends. It reads on its own [`ReadBudget`] of the
+//! stream's `read_bytes_per_sec` and ends after
+//! `limits.subscription_lifetime_ms` with a `resubscribe` event carrying its
+//! continuation.
+//!
+//! **Memory.** A subscriber that stops reading holds at most: one event in
+//! the channel (capacity 1), one in the task's pending send, and what tonic
+//! and HTTP/2 buffer of the event being written (at most one encoded event,
+//! since hyper polls the body only when the stream has window). An event
+//! carries at most a quarter of the reservation, so the reservation covers
+//! them; a single record larger than that travels alone. Records are copied
+//! out of the log's read buffer into one allocation per event, so a queued
+//! event never pins a whole read chunk or batch frame. A read itself needs
+//! a whole batch frame in memory (its CRC covers the frame; a PutRecords
+//! batch can be 5 MiB), so at most `limits.subscription_reads_concurrent`
+//! subscription reads run at once, broker-wide.
+//!
+//! **Order.** One task per subscription reads and sends in sequence order;
+//! `continuation_sequence_number` is always the sequence number after the
+//! last record sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use proto::v1 as pb;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::clock::Clock;
+use crate::error::BrokerError;
+use crate::quota::ReadBudget;
+use crate::shard::{Shard, SubscriberSlot};
+
+use super::status::to_status;
+
+/// Memory accounted per record of an event beyond its key and data (the
+/// `Record` struct, the key's `String`); bounds the records of an event.
+const RECORD_OVERHEAD_BYTES: usize = 256;
+
+/// The broker-wide budget of subscription memory: buffers and reads.
+#[derive(Debug, Clone)]
+pub struct BufferBudget {
+    free: Arc<Semaphore>,
+    per_subscription: usize,
+    total: usize,
+    reads: Arc<Semaphore>,
+}
+
+impl BufferBudget {
+    /// `total` bytes shared by subscriptions of `per_subscription` bytes
+    /// each, and `reads` concurrent reads.
+    pub fn new(total: usize, per_subscription: usize, reads: usize) -> Self {
+        Self { free: Arc::new(Semaphore::new(total)), per_subscription, total, reads: Arc::new(Semaphore::new(reads)) }
+    }
+
+    /// Reserves one subscription's buffer, or refuses with a retry hint.
+    pub fn reserve(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
+        // The configuration bounds a subscription's buffer to 16 MiB, far below u32::MAX.
+        let n = u32::try_from(self.per_subscription).unwrap_or(u32::MAX);
+        self.free.clone().try_acquire_many_owned(n).map_err(|_| {
+            metrics::counter!("stream_broker_subscriptions_refused_total").increment(1);
+            BrokerError::Throttled {
+                what: format!(
+                    "the broker's subscription buffers are all in use (limits.subscription_buffer_bytes_total = {}, \
+                     {} per subscription)",
+                    self.total, self.per_subscription
+                ),
+                retry_after_ms: 1_000,
+            }
+        })
+    }
+}
+
+/// One running subscription; [`Subscription::run`] ends when the client
+/// goes away, the broker shuts down, the shard closes or the lifetime ends.
+pub(crate) struct Subscription {
+    pub shard: Arc<Shard>,
+    pub stream: String,
+    /// The next sequence number to send.
+    pub pos: u64,
+    pub budget: ReadBudget,
+    pub clock: Arc<dyn Clock>,
+    pub ends_at_ms: u64,
+    pub heartbeat: Duration,
+    pub event_bytes_max: usize,
+    pub budget_shared: BufferBudget,
+    pub tx: mpsc::Sender<Result<pb::SubscribeShardEvent, Status>>,
+    pub shutdown: CancellationToken,
+    /// Held for the life of the call; dropping it frees the shard's slot.
+    pub _slot: SubscriberSlot,
+    /// Held for the life of the call; dropping it returns the reservation.
+    pub _buffer: OwnedSemaphorePermit,
+}
+
+impl Subscription {
+    pub async fn run(mut self) {
+        let active = metrics::gauge!("stream_broker_subscriptions");
+        active.increment(1.0);
+        self.serve().await;
+        active.decrement(1.0);
+        // The slot and the buffer reservation are released here, with `self`.
+    }
+
+    async fn serve(&mut self) {
+        let mut end = self.shard.watch_end();
+        let mut last_sent = Instant::now();
+        let mut behind_ms = 0;
+        loop {
+            let now = self.clock.now_ms();
+            if now >= self.ends_at_ms {
+                let last = pb::SubscribeShardEvent {
+                    continuation_sequence_number: self.pos,
+                    millis_behind_latest: behind_ms,
+                    resubscribe: true,
+                    ..Default::default()
+                };
+                let _ = self.tx.send(Ok(last)).await;
+                return;
+            }
+            let available = *end.borrow_and_update();
+            // How long the read budget keeps us from reading available records.
+            let mut throttled = None;
+            if self.pos < available {
+                match self.budget.wait_ms(now) {
+                    0 => {
+                        let event = self.read(available).await;
+                        let failed = event.is_err();
+                        if let Ok(ev) = &event {
+                            behind_ms = ev.millis_behind_latest;
+                        }
+                        if self.tx.send(event).await.is_err() || failed {
+                            return;
+                        }
+                        last_sent = Instant::now();
+                        continue;
+                    }
+                    wait => throttled = Some(Duration::from_millis(wait)),
+                }
+            } else {
+                behind_ms = 0;
+            }
+            let beat_at = last_sent + self.heartbeat;
+            let lifetime_left = Duration::from_millis(self.ends_at_ms.saturating_sub(now));
+            let sleep_until = beat_at.min(Instant::now() + lifetime_left.min(throttled.unwrap_or(Duration::MAX)));
+            tokio::select! {
+                changed = end.changed(), if throttled.is_none() => if changed.is_err() {
+                    let closed = BrokerError::Unavailable(format!("{} closed", self.shard.id));
+                    let _ = self.tx.send(Err(to_status(closed))).await;
+                    return;
+                },
+                _ = tokio::time::sleep_until(sleep_until) => if Instant::now() >= beat_at {
+                    let beat = pb::SubscribeShardEvent {
+                        continuation_sequence_number: self.pos,
+                        millis_behind_latest: behind_ms,
+                        heartbeat: true,
+                        ..Default::default()
+                    };
+                    if self.tx.send(Ok(beat)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                },
+                _ = self.tx.closed() => return,
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Reads the next event from `pos` and charges it to the budget.
+    async fn read(&mut self, available: u64) -> Result<pb::SubscribeShardEvent, Status> {
+        // Never closed: the semaphore lives as long as the budget.
+        let _reading =
+            self.budget_shared.reads.acquire().await.map_err(|e| to_status(BrokerError::Unavailable(e.to_string())))?;
+        let reader = self.shard.reader().clone();
+        let (pos, max_bytes) = (self.pos, self.event_bytes_max);
+        let max_records = (max_bytes / RECORD_OVERHEAD_BYTES).max(1);
+        let read = tokio::task::spawn_blocking(move || {
+            reader.read(pos, max_records, max_bytes).map(|batch| (compact(&batch.records), batch.next_seq))
+        })
+        .await
+        .map_err(|e| to_status(BrokerError::Unavailable(e.to_string())))?;
+        let (records, next_seq) =
+            read.map_err(|e| to_status(BrokerError::from_read(e, &self.shard.id, "starting_sequence_number")))?;
+        let now = self.clock.now_ms();
+        let bytes: u64 = records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
+        self.budget.charge(bytes, now);
+        let behind = if next_seq >= available {
+            0
+        } else {
+            records.last().map_or(0, |r| now.saturating_sub(r.arrival_timestamp_ms))
+        };
+        metrics::counter!("stream_broker_records_out_total", "stream" => self.stream.clone())
+            .increment(records.len() as u64);
+        metrics::counter!("stream_broker_bytes_out_total", "stream" => self.stream.clone()).increment(bytes);
+        self.pos = next_seq;
+        Ok(pb::SubscribeShardEvent {
+            records,
+            continuation_sequence_number: next_seq,
+            millis_behind_latest: behind,
+            heartbeat: false,
+            resubscribe: false,
+        })
+    }
+}
+
+/// The records as API records whose data share one buffer of exactly their
+/// size, instead of slices that keep the log's read buffer alive.
+fn compact(records: &[shardlog::Record]) -> Vec<pb::Record> {
+    let mut buf = BytesMut::with_capacity(records.iter().map(|r| r.data.len()).sum());
+    for r in records {
+        buf.extend_from_slice(&r.data);
+    }
+    let mut buf = buf.freeze();
+    records
+        .iter()
+        .map(|r| pb::Record {
+            sequence_number: r.seq,
+            arrival_timestamp_ms: r.timestamp_ms,
+            // Keys were checked as UTF-8 on the way in and are CRC-protected on disk.
+            partition_key: String::from_utf8_lossy(&r.partition_key).into_owned(),
+            data: buf.split_to(r.data.len()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacted_records_own_exactly_their_bytes() {
+        let chunk = bytes::Bytes::from(vec![9u8; 1 << 20]);
+        let records: Vec<shardlog::Record> = (0..3)
+            .map(|i| shardlog::Record {
+                seq: i,
+                timestamp_ms: 5,
+                partition_key: bytes::Bytes::from_static(b"k"),
+                data: chunk.slice(i as usize * 10..i as usize * 10 + 4),
+            })
+            .collect();
+        let out = compact(&records);
+        assert_eq!(
+            out.iter().map(|r| (r.sequence_number, &r.data[..])).collect::<Vec<_>>(),
+            vec![(0, &[9u8; 4][..]), (1, &[9; 4][..]), (2, &[9; 4][..])]
+        );
+        drop(records);
+        // Only the 12 copied bytes are referenced, not the 1 MiB chunk.
+        assert!(chunk.is_unique(), "the read chunk is no longer referenced");
+    }
+
+    #[test]
+    fn the_budget_refuses_beyond_its_total_and_frees_on_drop() {
+        let b = BufferBudget::new(3 * 1024, 1024, 1);
+        let held: Vec<_> = (0..3).map(|_| b.reserve().expect("fits")).collect();
+        let err = b.reserve().expect_err("full");
+        assert!(matches!(&err, BrokerError::Throttled { retry_after_ms: 1_000, .. }), "{err}");
+        assert!(err.to_string().contains("limits.subscription_buffer_bytes_total = 3072"), "{err}");
+        drop(held);
+        let _again = b.reserve().expect("free again");
+    }
+}
