@@ -22,12 +22,14 @@
 //! ```
 
 mod admin;
+mod connection;
 mod consumer;
 mod error;
 mod producer;
 mod reader;
 
 pub use admin::Admin;
+pub use connection::{ConnectOptions, Connection, connect};
 pub use consumer::{Consumer, ConsumerConfig, HandlerError, Record};
 pub use error::{Error, Result};
 pub use producer::{AckFuture, Producer, ProducerConfig, RecordAck};
@@ -36,20 +38,11 @@ pub use proto::v1 as types;
 pub use reader::{Position, ShardReader};
 
 use md5::{Digest, Md5};
-use tonic::transport::{Channel, Endpoint};
 
 /// Default broker address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7470";
 /// Largest gRPC message the client sends or accepts.
 pub(crate) const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// Connects to a broker at `host:port` or `http://host:port`.
-pub async fn connect(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint =
-        Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(format!("broker address {addr:?}: {e}")))?;
-    Ok(endpoint.tcp_nodelay(true).connect().await?)
-}
 
 /// Kinesis routing: MD5 of the key as a big-endian u128, and the shard whose
 /// inclusive hash range holds it.

@@ -25,13 +25,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::Connection;
 use bytes::Bytes;
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::{Error, MESSAGE_BYTES_MAX, Result, backoff, check_key, connect, shard_for};
 
@@ -119,7 +119,7 @@ impl Producer {
     }
 
     /// Produces to `stream` over an existing channel.
-    pub async fn with_channel(channel: Channel, stream: &str, config: ProducerConfig) -> Result<Self> {
+    pub async fn with_channel(channel: Connection, stream: &str, config: ProducerConfig) -> Result<Self> {
         if !(1..=500).contains(&config.max_batch_records) {
             return Err(Error::InvalidArgument("max_batch_records must be 1..=500".into()));
         }
@@ -207,7 +207,7 @@ struct ShardQueue {
 type Sent = (usize, Vec<Item>, std::result::Result<pb::PutRecordsResponse, tonic::Status>);
 
 struct Dispatcher {
-    client: StreamBrokerClient<Channel>,
+    client: StreamBrokerClient<Connection>,
     stream: String,
     shards: Vec<ShardQueue>,
     config: ProducerConfig,
