@@ -230,19 +230,20 @@ impl Peer {
     /// Describes a transport failure by its address and its cause; takes
     /// what [`Peer::classify`] made of it.
     async fn failure(&self, classified: std::result::Result<Status, String>) -> Status {
-        let unexplained = match classified {
+        let unclear = match classified {
             Ok(status) => return status,
-            Err(causes) => causes,
+            Err(message) => message,
         };
-        // A protocol failure on an address that never answered gRPC: see
-        // whether it speaks HTTP/1, the most common wrong port.
+        // A broken or garbled exchange with an address that never answered
+        // gRPC: see whether it speaks HTTP/1, the most common wrong port.
         if !self.answered_grpc.load(Ordering::Relaxed) && answers_http1(&self.addr).await {
             return self.not_grpc("HTTP/1");
         }
-        Status::unavailable(format!("connection to {} failed: {unexplained}", self.addr))
+        Status::unavailable(unclear)
     }
 
-    /// The status for a failure with a recognised cause, or the causes as text.
+    /// The status for a failure whose cause is certain, or the message for
+    /// one that may also mean a wrong port.
     fn classify(&self, e: &(dyn StdError + 'static), deadline: Deadline) -> std::result::Result<Status, String> {
         let addr = &self.addr;
         if sources(e).any(|c| c.is::<tonic::TimeoutExpired>()) {
@@ -259,16 +260,17 @@ impl Peer {
         }
         if let Some(io) = sources(e).find_map(|c| c.downcast_ref::<std::io::Error>()) {
             use std::io::ErrorKind as K;
-            return Ok(Status::unavailable(match io.kind() {
-                K::ConnectionRefused => format!("connection refused by {addr}"),
-                K::TimedOut => format!("connecting to {addr} timed out"),
+            return match io.kind() {
+                K::ConnectionRefused => Ok(Status::unavailable(format!("connection refused by {addr}"))),
+                K::TimedOut => Ok(Status::unavailable(format!("connecting to {addr} timed out"))),
+                // An HTTP/1 server answers the HTTP/2 preface and hangs up.
                 K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-                    format!("connection to {addr} was lost: {io}")
+                    Err(format!("connection to {addr} was lost: {io}"))
                 }
-                _ => format!("connection to {addr} failed: {io}"),
-            }));
+                _ => Ok(Status::unavailable(format!("connection to {addr} failed: {io}"))),
+            };
         }
-        Err(causes(e))
+        Err(format!("connection to {addr} failed: {}", causes(e)))
     }
 }
 

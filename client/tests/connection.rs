@@ -1,18 +1,15 @@
 //! Connections: deadlines, errors that name the address and the cause, and
 //! surviving a broker restart on the same address.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use broker::clock::SystemClock;
 use broker::config::BrokerConfig;
 use broker::testing::TestBroker;
 use client::types as pb;
 use client::{Admin, ConnectOptions, Connection, Error, Producer, ProducerConfig};
-use tokio_util::sync::CancellationToken;
-
-/// Longest any single step of these tests may take before it counts as a hang.
-const HANG: Duration = Duration::from_secs(60);
+use common::{HANG, rebind, run_broker};
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then released).
 async fn closed_port() -> String {
@@ -104,33 +101,12 @@ async fn an_unknown_host_is_named() {
     assert!(matches!(e, Error::Unavailable(_)), "DNS may recover: {e:?}");
 }
 
-/// A broker serving `dir` on `grpc`, stopped through the token.
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<broker::error::Result<()>>,
-}
-
-async fn run_broker(dir: &std::path::Path, grpc: tokio::net::TcpListener) -> Running {
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(broker::server::run(config, Arc::new(SystemClock), grpc, http, shutdown.clone()));
-    Running { shutdown, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(HANG, self.task).await.expect("broker stops").expect("no panic").expect("clean stop");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_survives_a_broker_restart_on_the_same_address() {
     let dir = tempfile::tempdir().expect("tempdir");
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = grpc.local_addr().expect("addr");
-    let first = run_broker(dir.path(), grpc).await;
+    let first = run_broker(dir.path(), grpc, BrokerConfig::default()).await;
     let admin = Admin::connect(&addr.to_string()).await.expect("admin");
     admin
         .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 2, ..Default::default() })
@@ -151,18 +127,8 @@ async fn a_producer_survives_a_broker_restart_on_the_same_address() {
     for i in 20..40 {
         acks.push((i, producer.send(format!("k{}", i % 4), format!("{i}")).await.expect("send while down")));
     }
-    // The same address again, bound as soon as the port is free.
-    let deadline = tokio::time::Instant::now() + HANG;
-    let grpc = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "cannot bind {addr} again: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let second = run_broker(dir.path(), grpc).await;
+    let grpc = rebind(addr).await;
+    let second = run_broker(dir.path(), grpc, BrokerConfig::default()).await;
     for (i, ack) in acks {
         tokio::time::timeout(HANG, ack)
             .await
@@ -245,14 +211,13 @@ async fn keepalive_closes_an_idle_connection_whose_peer_went_silent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_poll_is_exempt_from_the_request_deadline() {
     let b = TestBroker::start().await;
-    let options = ConnectOptions { request_timeout: Duration::from_millis(300), ..ConnectOptions::default() };
-    let admin = Admin::from_channel(Connection::open(&b.endpoint(), &options).await.expect("open"));
+    let admin = Admin::connect(&b.endpoint()).await.expect("admin");
     admin
         .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
         .await
         .expect("create");
-    let mut groups = admin.groups();
-    let joined = groups
+    let joined = admin
+        .groups()
         .join_group(pb::JoinGroupRequest {
             stream_name: "s".into(),
             group_name: "g".into(),
@@ -262,6 +227,9 @@ async fn a_long_poll_is_exempt_from_the_request_deadline() {
         .await
         .expect("join")
         .into_inner();
+    // Only the poll goes through the connection with a short deadline.
+    let options = ConnectOptions { request_timeout: Duration::from_millis(300), ..ConnectOptions::default() };
+    let mut groups = Admin::from_channel(Connection::open(&b.endpoint(), &options).await.expect("open")).groups();
     // An empty shard: the poll waits its full 1.5 s, five request deadlines.
     let poll = groups
         .poll(pb::PollRequest {
