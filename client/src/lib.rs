@@ -1,14 +1,18 @@
 //! `client`: the Rust library for stream-broker.
 //!
 //! - [`Admin`]: every stream and consumer-group operation.
-//! - [`Producer`]: batches records per shard, retries throttled and
-//!   unavailable errors with bounded, jittered backoff, keeps each
-//!   partition key's order, and acknowledges every record exactly once.
+//! - [`Producer`]: batches records per shard within a bounded buffer
+//!   (blocking or failing fast when full), retries only what the broker
+//!   says may pass (no sooner than its hint), keeps each partition key's
+//!   order, and resolves every record exactly once.
 //! - [`Consumer`]: a consumer-group member that heartbeats in the
 //!   background, hands batches to a handler, commits after it succeeds, and
 //!   isolates a failing record to an on-failure hook instead of blocking its
 //!   shard.
 //! - [`ShardReader`]: reads one shard through iterators, renewing them.
+//!
+//! - [`Connection`]: how all of them reach a broker, with deadlines,
+//!   keepalive, and errors that name the address and the cause.
 //!
 //! Errors are one enum, [`Error`], with [`Error::is_retryable`].
 //!
@@ -32,7 +36,7 @@ pub use admin::Admin;
 pub use connection::{ConnectOptions, Connection, connect};
 pub use consumer::{Consumer, ConsumerConfig, HandlerError, Record};
 pub use error::{Error, Result};
-pub use producer::{AckFuture, Producer, ProducerConfig, RecordAck};
+pub use producer::{AckFuture, FullBufferPolicy, Producer, ProducerConfig, RecordAck};
 /// The wire types, for descriptions returned by [`Admin`].
 pub use proto::v1 as types;
 pub use reader::{Position, ShardReader};
