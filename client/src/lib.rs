@@ -10,7 +10,6 @@
 //!   isolates a failing record to an on-failure hook instead of blocking its
 //!   shard.
 //! - [`ShardReader`]: reads one shard through iterators, renewing them.
-//!
 //! - [`Connection`]: how all of them reach a broker, with deadlines,
 //!   keepalive, and errors that name the address and the cause.
 //!
