@@ -9,13 +9,12 @@
 //!   [`ProducerConfig::buffer_records_max`] records and
 //!   [`ProducerConfig::buffer_bytes_max`] key + data bytes hold room at once
 //!   ([`Producer::buffered`]). When a record does not fit, `send` waits for
-//!   room ([`FullBufferPolicy::Block`]; dropping the waiting `send` takes no
-//!   room) or returns [`Error::BufferFull`] at once
-//!   ([`FullBufferPolicy::FailFast`]); so an outage or throttling makes
+//!   room ([`FullBufferPolicy::Block`]) or returns [`Error::BufferFull`] at
+//!   once ([`FullBufferPolicy::FailFast`]); so an outage or throttling makes
 //!   callers wait or fail, never the buffer grow. Besides the records'
-//!   bytes, memory is a constant per buffered record (its key's allocation,
-//!   its future) and one encoded request per shard in flight (at most
-//!   `max_batch_bytes` each).
+//!   bytes, memory is a few hundred bytes per buffered record (its future,
+//!   its queue slot, its key) and one encoded request per shard in flight
+//!   (at most `max_batch_bytes` each); `benches`' `producer-memory` measures it.
 //! - **Order per partition key.** A key always routes to one shard; each
 //!   shard has at most one PutRecords in flight, and records that must be
 //!   retried go back to the *front* of their shard's queue, in order. The

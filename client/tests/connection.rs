@@ -70,6 +70,33 @@ async fn http1_server() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_connect_that_never_completes_fails_within_the_connect_deadline() {
+    // A listener with a backlog of one that never accepts: once its queue
+    // is full, the kernel drops further SYNs and a connect stays pending.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let full = socket.listen(1).expect("listen");
+    let addr = full.local_addr().expect("addr");
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => queued.push(s),
+            Ok(Err(e)) => panic!("connect to the full listener: {e}"),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    let options = ConnectOptions { connect_timeout: Duration::from_millis(500), ..ConnectOptions::default() };
+    let e = tokio::time::timeout(HANG, Connection::open(&addr.to_string(), &options))
+        .await
+        .expect("the connect deadline ends the dial instead of a hang")
+        .expect_err("nothing accepts");
+    assert!(e.to_string().contains(&format!("connecting to {addr} timed out")), "{e}");
+    assert!(e.is_retryable(), "{e:?}");
+    drop((full, queued));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_http1_port_is_not_taken_for_a_broker() {
     let addr = http1_server().await;
     let e = tokio::time::timeout(HANG, list_at(&addr)).await.expect("fails instead of hanging").expect_err("not gRPC");
