@@ -1,17 +1,16 @@
-//! Stream and consumer-group administration.
+//! Stream and consumer-group administration: one call per broker operation,
+//! no retries (a failed call says why; see [`Error::is_retryable`](crate::Error::is_retryable)).
 
+use crate::{Connection, MESSAGE_BYTES_MAX, Result, connect};
 use proto::v1 as pb;
 use proto::v1::consumer_groups_client::ConsumerGroupsClient;
 use proto::v1::stream_broker_client::StreamBrokerClient;
-use tonic::transport::Channel;
-
-use crate::{MESSAGE_BYTES_MAX, Result, connect};
 
 /// Every stream and group operation.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    streams: StreamBrokerClient<Channel>,
-    groups: ConsumerGroupsClient<Channel>,
+    streams: StreamBrokerClient<Connection>,
+    groups: ConsumerGroupsClient<Connection>,
 }
 
 impl Admin {
@@ -20,8 +19,8 @@ impl Admin {
         Ok(Self::from_channel(connect(addr).await?))
     }
 
-    /// Uses an existing channel.
-    pub fn from_channel(channel: Channel) -> Self {
+    /// Uses an existing connection.
+    pub fn from_channel(channel: Connection) -> Self {
         Self {
             streams: StreamBrokerClient::new(channel.clone())
                 .max_decoding_message_size(MESSAGE_BYTES_MAX)
@@ -31,12 +30,12 @@ impl Admin {
     }
 
     /// The raw stream client, for data-plane calls.
-    pub fn streams(&self) -> StreamBrokerClient<Channel> {
+    pub fn streams(&self) -> StreamBrokerClient<Connection> {
         self.streams.clone()
     }
 
     /// The raw consumer-group client.
-    pub fn groups(&self) -> ConsumerGroupsClient<Channel> {
+    pub fn groups(&self) -> ConsumerGroupsClient<Connection> {
         self.groups.clone()
     }
 

@@ -42,11 +42,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::Connection as Channel;
 use bytes::Bytes;
 use proto::v1 as pb;
 use proto::v1::consumer_groups_client::ConsumerGroupsClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::reader::Position;
 use crate::{Error, MESSAGE_BYTES_MAX, Result, backoff, connect};

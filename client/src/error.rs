@@ -56,6 +56,19 @@ pub enum Error {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+    /// The address answers, but not as a stream-broker gRPC server (for
+    /// example an HTTP/1 port); the message names the address. Fatal.
+    #[error("{0}")]
+    NotBroker(String),
+    /// The producer's buffer is full (policy `FullBufferPolicy::FailFast`):
+    /// the record was not accepted. Retry once acknowledgements free room.
+    #[error("producer buffer full: {records} records and {bytes} bytes awaiting acknowledgement")]
+    BufferFull {
+        /// Records buffered when this record was refused.
+        records: usize,
+        /// Key + data bytes buffered when this record was refused.
+        bytes: usize,
+    },
 }
 
 impl Error {
@@ -63,7 +76,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Throttled { .. } | Error::Unavailable(_) | Error::ExpiredIterator(_) | Error::Rebalanced(_)
+            Error::Throttled { .. }
+                | Error::Unavailable(_)
+                | Error::ExpiredIterator(_)
+                | Error::Rebalanced(_)
+                | Error::BufferFull { .. }
         )
     }
 
@@ -79,7 +96,18 @@ impl Error {
 impl From<Status> for Error {
     fn from(s: Status) -> Self {
         let kind = s.metadata().get("x-error-kind").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let message = s.message().to_string();
+        // A failure below gRPC (the connection) carries its cause as the
+        // status's source; the top message alone ("transport error") says nothing.
+        let message = match std::error::Error::source(&s) {
+            Some(cause) if kind.is_empty() => {
+                let causes = crate::connection::causes(cause);
+                if causes.starts_with(s.message()) { causes } else { format!("{}: {causes}", s.message()) }
+            }
+            _ => s.message().to_string(),
+        };
+        if crate::connection::is_not_broker(&kind) {
+            return Error::NotBroker(message);
+        }
         match (kind.as_str(), s.code()) {
             ("Throttled" | "LimitExceeded", _) | (_, Code::ResourceExhausted) => {
                 let ms = s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
@@ -103,7 +131,7 @@ impl From<Status> for Error {
 
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Self {
-        Error::Unavailable(format!("connection: {e}"))
+        Error::Unavailable(format!("connection: {}", crate::connection::causes(&e)))
     }
 }
 

@@ -1,14 +1,17 @@
 //! `client`: the Rust library for stream-broker.
 //!
 //! - [`Admin`]: every stream and consumer-group operation.
-//! - [`Producer`]: batches records per shard, retries throttled and
-//!   unavailable errors with bounded, jittered backoff, keeps each
-//!   partition key's order, and acknowledges every record exactly once.
+//! - [`Producer`]: batches records per shard within a bounded buffer
+//!   (blocking or failing fast when full), retries only what the broker
+//!   says may pass (no sooner than its hint), keeps each partition key's
+//!   order, and resolves every record exactly once.
 //! - [`Consumer`]: a consumer-group member that heartbeats in the
 //!   background, hands batches to a handler, commits after it succeeds, and
 //!   isolates a failing record to an on-failure hook instead of blocking its
 //!   shard.
 //! - [`ShardReader`]: reads one shard through iterators, renewing them.
+//! - [`Connection`]: how all of them reach a broker, with deadlines,
+//!   keepalive, and errors that name the address and the cause.
 //!
 //! Errors are one enum, [`Error`], with [`Error::is_retryable`].
 //!
@@ -22,34 +25,27 @@
 //! ```
 
 mod admin;
+mod connection;
 mod consumer;
 mod error;
 mod producer;
 mod reader;
 
 pub use admin::Admin;
+pub use connection::{ConnectOptions, Connection, connect};
 pub use consumer::{Consumer, ConsumerConfig, HandlerError, Record};
 pub use error::{Error, Result};
-pub use producer::{AckFuture, Producer, ProducerConfig, RecordAck};
+pub use producer::{AckFuture, FullBufferPolicy, Producer, ProducerConfig, RecordAck};
 /// The wire types, for descriptions returned by [`Admin`].
 pub use proto::v1 as types;
 pub use reader::{Position, ShardReader};
 
 use md5::{Digest, Md5};
-use tonic::transport::{Channel, Endpoint};
 
 /// Default broker address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7470";
 /// Largest gRPC message the client sends or accepts.
 pub(crate) const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// Connects to a broker at `host:port` or `http://host:port`.
-pub async fn connect(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint =
-        Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(format!("broker address {addr:?}: {e}")))?;
-    Ok(endpoint.tcp_nodelay(true).connect().await?)
-}
 
 /// Kinesis routing: MD5 of the key as a big-endian u128, and the shard whose
 /// inclusive hash range holds it.

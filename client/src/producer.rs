@@ -1,57 +1,92 @@
-//! The producer: batches records per shard and delivers each exactly once
-//! to its caller's acknowledgement future.
+//! The producer: batches records per shard, retries what the broker says
+//! may succeed later, and resolves every record's acknowledgement once,
+//! within a bounded buffer. Each promise below is broken on purpose in
+//! `tests/producer.rs`.
 //!
-//! Invariants:
+//! - **Bounded buffer.** A record holds room from the moment `send` accepts
+//!   it until its acknowledgement resolves, wherever it is meanwhile:
+//!   waiting for its batch, queued for a retry, or in a request. At most
+//!   [`ProducerConfig::buffer_records_max`] records and
+//!   [`ProducerConfig::buffer_bytes_max`] key + data bytes hold room at once
+//!   ([`Producer::buffered`]). When a record does not fit, `send` waits for
+//!   room ([`FullBufferPolicy::Block`]) or returns [`Error::BufferFull`] at
+//!   once ([`FullBufferPolicy::FailFast`]); so an outage or throttling makes
+//!   callers wait or fail, never the buffer grow. Besides the records'
+//!   bytes, memory is a few hundred bytes per buffered record (its future,
+//!   its queue slot, its key) and one encoded request per shard in flight
+//!   (at most `max_batch_bytes` each); `benches`' `producer-memory` measures it.
 //! - **Order per partition key.** A key always routes to one shard; each
 //!   shard has at most one PutRecords in flight, and records that must be
 //!   retried go back to the *front* of their shard's queue, in order. The
 //!   broker throttles every record after the first throttled one in a shard
-//!   batch, so a retried suffix never overtakes an accepted record.
-//! - **One outcome per record.** Every `send` resolves its future exactly
-//!   once: with the shard and sequence number, or with the error that ended
-//!   its retries (bounded by `max_retries`, exponential backoff with full
-//!   jitter, honouring the broker's retry hint).
-//! - **Bounded memory.** At most `queue_records` records wait between
-//!   `send` and the dispatcher; `send` waits when the queue is full.
+//!   batch, and fails a shard's whole batch together, so a retried suffix
+//!   never overtakes a stored record.
+//! - **Retry only what may succeed.** A record the broker throttled
+//!   (`ProvisionedThroughputExceeded`) is retried no sooner than the
+//!   broker's `retry_after_ms` (plus up to `backoff_base` of jitter); one
+//!   whose shard was unavailable, or whose whole request failed as
+//!   unavailable or throttled, after exponential backoff with full jitter.
+//!   Any other per-record code resolves the record at once with
+//!   [`Error::Rejected`] carrying the broker's code; any other whole-request
+//!   error with its own kind. After `max_retries` retries a record resolves
+//!   with the last error.
+//! - **One outcome per record.** Every accepted record's future resolves
+//!   exactly once: with the shard and sequence number, or with an error.
 //!
 //! A retried request whose first attempt reached the broker but whose
-//! answer was lost can store a record twice (as with Kinesis): the producer
-//! is at-least-once across connection failures, exactly-once otherwise.
+//! answer was lost (a broken connection, a missed deadline) can store a
+//! record twice, as with Kinesis: delivery is at-least-once across
+//! connection failures, exactly-once otherwise.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-use crate::{Error, MESSAGE_BYTES_MAX, Result, backoff, check_key, connect, shard_for};
+use crate::{Connection, Error, MESSAGE_BYTES_MAX, Result, backoff, check_key, connect, jitter, shard_for};
+
+/// What `send` does when a record does not fit the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullBufferPolicy {
+    /// Wait until acknowledgements free room (backpressure).
+    Block,
+    /// Return [`Error::BufferFull`] at once; the caller may retry later.
+    FailFast,
+}
 
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// How long a record may wait for its batch to fill.
+    /// How long a record may wait for its batch to fill. Default 10 ms.
     pub linger: Duration,
-    /// Most records per PutRecords (the broker allows 500).
+    /// Most records per PutRecords (the broker allows 500). Default 500.
     pub max_batch_records: usize,
-    /// Most key + data bytes per PutRecords (the broker allows 5 MiB).
+    /// Most key + data bytes per PutRecords (the broker allows 5 MiB). Default 4 MiB.
     pub max_batch_bytes: usize,
-    /// Retries of a throttled or unavailable record before it fails.
+    /// Retries of a retryable failure before the record fails with it. Default 10.
     pub max_retries: u32,
-    /// First backoff; doubles per attempt.
+    /// First backoff; doubles per attempt. Also the jitter added to a
+    /// broker's retry hint. Default 50 ms.
     pub backoff_base: Duration,
-    /// Longest backoff.
+    /// Longest backoff. Default 5 s.
     pub backoff_max: Duration,
-    /// Records accepted by `send` but not yet taken by the dispatcher.
-    pub queue_records: usize,
+    /// Most records accepted by `send` and not yet resolved. Default 10 000.
+    pub buffer_records_max: usize,
+    /// Most key + data bytes of records accepted by `send` and not yet
+    /// resolved; also the largest record `send` accepts. Default 32 MiB.
+    pub buffer_bytes_max: usize,
+    /// What `send` does when the buffer is full. Default [`FullBufferPolicy::Block`].
+    pub when_full: FullBufferPolicy,
 }
 
 impl Default for ProducerConfig {
@@ -63,8 +98,30 @@ impl Default for ProducerConfig {
             max_retries: 10,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
-            queue_records: 10_000,
+            buffer_records_max: 10_000,
+            buffer_bytes_max: 32 * 1024 * 1024,
+            when_full: FullBufferPolicy::Block,
         }
+    }
+}
+
+impl ProducerConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
+        if !(1..=500).contains(&self.max_batch_records) {
+            return bad("max_batch_records must be 1..=500");
+        }
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > 5 * 1024 * 1024 {
+            return bad("max_batch_bytes must be 1..=5 MiB");
+        }
+        // The semaphores and the channel hold at most MAX_PERMITS.
+        if !(1..=Semaphore::MAX_PERMITS / 2).contains(&self.buffer_records_max) {
+            return bad("buffer_records_max must be positive");
+        }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.buffer_bytes_max) {
+            return bad("buffer_bytes_max must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -89,12 +146,71 @@ impl Future for AckFuture {
     }
 }
 
+/// The buffer's room: permits for records and bytes, and exact counts of
+/// what is held (a waiting `Block` send may hold part of its bytes'
+/// permits, which the counts leave out).
+#[derive(Debug)]
+struct Budget {
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    held_records: AtomicUsize,
+    held_bytes: AtomicUsize,
+}
+
+/// One record's room in the buffer, given back when the record is dropped,
+/// which is after its outcome was sent.
+#[derive(Debug)]
+struct Room {
+    _records: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    bytes: usize,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.budget.held_records.fetch_sub(1, Ordering::Relaxed);
+        self.budget.held_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl Budget {
+    fn held(&self) -> (usize, usize) {
+        (self.held_records.load(Ordering::Relaxed), self.held_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Room for one record of `bytes`, by `policy`.
+    async fn reserve(self: &Arc<Self>, bytes: usize, policy: FullBufferPolicy) -> Result<Room> {
+        let n = u32::try_from(bytes)
+            .map_err(|_| Error::InvalidArgument(format!("data: record is {bytes} bytes, more than 4 GiB")))?;
+        let (records, room) = match policy {
+            // The semaphores are never closed, so acquiring only fails if the producer is gone.
+            FullBufferPolicy::Block => {
+                let r = self.records.clone().acquire_owned().await.map_err(|_| Error::Closed)?;
+                (r, self.bytes.clone().acquire_many_owned(n).await.map_err(|_| Error::Closed)?)
+            }
+            FullBufferPolicy::FailFast => {
+                let full = || {
+                    let (records, bytes) = self.held();
+                    Error::BufferFull { records, bytes }
+                };
+                let r = self.records.clone().try_acquire_owned().map_err(|_| full())?;
+                (r, self.bytes.clone().try_acquire_many_owned(n).map_err(|_| full())?)
+            }
+        };
+        self.held_records.fetch_add(1, Ordering::Relaxed);
+        self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(Room { _records: records, _bytes: room, bytes, budget: self.clone() })
+    }
+}
+
 #[derive(Debug)]
 struct Item {
     key: String,
     data: Bytes,
     ack: oneshot::Sender<Result<RecordAck>>,
     attempts: u32,
+    _room: Room,
 }
 
 #[derive(Debug)]
@@ -109,8 +225,14 @@ pub struct Producer {
     tx: mpsc::Sender<Msg>,
     ranges: Arc<Vec<(u128, u128)>>,
     max_record_bytes: usize,
+    buffer_bytes_max: usize,
+    when_full: FullBufferPolicy,
+    budget: Arc<Budget>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Flush requests the channel holds beside the records (more wait).
+const FLUSH_SLOTS: usize = 64;
 
 impl Producer {
     /// Connects to `addr` and produces to `stream`.
@@ -118,14 +240,9 @@ impl Producer {
         Self::with_channel(connect(addr).await?, stream, config).await
     }
 
-    /// Produces to `stream` over an existing channel.
-    pub async fn with_channel(channel: Channel, stream: &str, config: ProducerConfig) -> Result<Self> {
-        if !(1..=500).contains(&config.max_batch_records) {
-            return Err(Error::InvalidArgument("max_batch_records must be 1..=500".into()));
-        }
-        if config.max_batch_bytes == 0 || config.max_batch_bytes > 5 * 1024 * 1024 {
-            return Err(Error::InvalidArgument("max_batch_bytes must be 1..=5 MiB".into()));
-        }
+    /// Produces to `stream` over an existing connection.
+    pub async fn with_channel(channel: Connection, stream: &str, config: ProducerConfig) -> Result<Self> {
+        config.validate()?;
         let mut client = StreamBrokerClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -140,7 +257,16 @@ impl Producer {
             .iter()
             .map(|s| Ok((parse_key(&s.starting_hash_key)?, parse_key(&s.ending_hash_key)?)))
             .collect::<Result<Vec<_>>>()?;
-        let (tx, rx) = mpsc::channel(config.queue_records.max(1));
+        let budget = Arc::new(Budget {
+            records: Arc::new(Semaphore::new(config.buffer_records_max)),
+            bytes: Arc::new(Semaphore::new(config.buffer_bytes_max)),
+            held_records: AtomicUsize::new(0),
+            held_bytes: AtomicUsize::new(0),
+        });
+        // Every record in the channel holds room, so a record that got room
+        // never waits for a slot; the channel allocates slots as they fill.
+        let (tx, rx) = mpsc::channel(config.buffer_records_max + FLUSH_SLOTS);
+        let (buffer_bytes_max, when_full) = (config.buffer_bytes_max, config.when_full);
         let dispatcher = Dispatcher {
             client,
             stream: stream.to_string(),
@@ -151,11 +277,21 @@ impl Producer {
             in_flight: JoinSet::new(),
         };
         let task = tokio::spawn(dispatcher.run(rx));
-        Ok(Self { tx, ranges: Arc::new(ranges), max_record_bytes: d.max_record_bytes as usize, task })
+        Ok(Self {
+            tx,
+            ranges: Arc::new(ranges),
+            max_record_bytes: d.max_record_bytes as usize,
+            buffer_bytes_max,
+            when_full,
+            budget,
+            task,
+        })
     }
 
-    /// Queues a record; the returned future resolves with its acknowledgement.
-    /// Invalid records fail here, at once, with the reason.
+    /// Accepts a record into the buffer; the returned future resolves with
+    /// its acknowledgement. Invalid records fail here, at once, with the
+    /// reason. When the buffer is full this waits for room or fails with
+    /// [`Error::BufferFull`], by [`ProducerConfig::when_full`].
     pub async fn send(&self, partition_key: impl Into<String>, data: impl Into<Bytes>) -> Result<AckFuture> {
         let (key, data) = (partition_key.into(), data.into());
         check_key(&key)?;
@@ -166,13 +302,26 @@ impl Producer {
                 self.max_record_bytes
             )));
         }
+        if size > self.buffer_bytes_max {
+            return Err(Error::InvalidArgument(format!(
+                "data: record is {size} bytes (key + data), more than buffer_bytes_max {}",
+                self.buffer_bytes_max
+            )));
+        }
+        let room = self.budget.reserve(size, self.when_full).await?;
         let shard = shard_for(&key, &self.ranges);
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record { shard, item: Item { key, data, ack, attempts: 0 } })
+            .send(Msg::Record { shard, item: Item { key, data, ack, attempts: 0, _room: room } })
             .await
             .map_err(|_| Error::Closed)?;
         Ok(AckFuture(rx))
+    }
+
+    /// Records, and their key + data bytes, accepted by `send` and not yet
+    /// resolved. Never more than the configured caps.
+    pub fn buffered(&self) -> (usize, usize) {
+        self.budget.held()
     }
 
     /// Sends everything queued now, without waiting for batches to fill, and
@@ -207,7 +356,7 @@ struct ShardQueue {
 type Sent = (usize, Vec<Item>, std::result::Result<pb::PutRecordsResponse, tonic::Status>);
 
 struct Dispatcher {
-    client: StreamBrokerClient<Channel>,
+    client: StreamBrokerClient<Connection>,
     stream: String,
     shards: Vec<ShardQueue>,
     config: ProducerConfig,
@@ -317,14 +466,20 @@ impl Dispatcher {
     fn complete(&mut self, (s, items, result): Sent) {
         self.shards[s].busy = false;
         let mut retry = Vec::new();
-        let mut hint = None;
+        let mut hint = Duration::ZERO;
         match result {
             Ok(resp) if resp.records.len() == items.len() => {
                 for (item, r) in items.into_iter().zip(resp.records) {
                     if r.error_code.is_empty() {
                         self.finish(item, Ok(RecordAck { shard_id: r.shard_id, sequence_number: r.sequence_number }));
-                    } else {
-                        retry.push((item, Error::Throttled { message: r.error_message, retry_after: Duration::ZERO }));
+                        continue;
+                    }
+                    match record_error(r) {
+                        (e, true) => {
+                            hint = hint.max(e.retry_after().unwrap_or_default());
+                            retry.push((item, e));
+                        }
+                        (e, false) => self.finish(item, Err(e)),
                     }
                 }
             }
@@ -339,8 +494,8 @@ impl Dispatcher {
             }
             Err(status) => {
                 let e = Error::from(status);
-                hint = e.retry_after();
-                if e.is_retryable() {
+                if matches!(e, Error::Throttled { .. } | Error::Unavailable(_)) {
+                    hint = e.retry_after().unwrap_or_default();
                     retry.extend(items.into_iter().map(|i| (i, e.clone())));
                 } else {
                     for item in items {
@@ -353,7 +508,12 @@ impl Dispatcher {
             return;
         }
         let attempt = retry[0].0.attempts + 1;
-        let wait = backoff(attempt, self.config.backoff_base, self.config.backoff_max).max(hint.unwrap_or_default());
+        // A hint says when the quota admits the record: sooner is wasted.
+        let wait = if hint.is_zero() {
+            backoff(attempt, self.config.backoff_base, self.config.backoff_max)
+        } else {
+            hint + jitter(self.config.backoff_base)
+        };
         let q = &mut self.shards[s];
         q.not_before = Some(Instant::now() + wait);
         q.oldest.get_or_insert(Instant::now());
@@ -374,13 +534,72 @@ impl Dispatcher {
 
     fn finish(&mut self, item: Item, result: Result<RecordAck>) {
         self.outstanding -= 1;
+        let Item { ack, _room: room, .. } = item;
+        // Room frees before the outcome is seen: a resolved record holds none.
+        drop(room);
         // The caller may have dropped its future; the record is still done.
-        let _ = item.ack.send(result);
+        let _ = ack.send(result);
+    }
+}
+
+/// Per-record codes that can succeed on a later attempt. `ShardUnavailable`
+/// also covers a read-only shard; `InternalFailure` is Kinesis's retryable code.
+const RETRYABLE_CODES: [&str; 4] = ["ShardUnavailable", "ShardReadOnly", "Unavailable", "InternalFailure"];
+
+/// The error a failed record's result stands for, and whether to retry it.
+fn record_error(r: pb::PutRecordsResultEntry) -> (Error, bool) {
+    let (code, message) = (r.error_code, r.error_message);
+    if code == "ProvisionedThroughputExceeded" {
+        (Error::Throttled { message, retry_after: Duration::from_millis(r.retry_after_ms) }, true)
+    } else if RETRYABLE_CODES.contains(&code.as_str()) {
+        (Error::Unavailable(format!("{code}: {message}")), true)
+    } else {
+        (Error::Rejected { kind: code, message }, false)
     }
 }
 
 async fn sleep_until(t: Option<Instant>) {
     if let Some(t) = t {
         tokio::time::sleep_until(t).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(code: &str, retry_after_ms: u64) -> pb::PutRecordsResultEntry {
+        pb::PutRecordsResultEntry {
+            error_code: code.into(),
+            error_message: "m".into(),
+            retry_after_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn record_errors_are_retried_only_when_they_may_pass() {
+        let (e, retry) = record_error(entry("ProvisionedThroughputExceeded", 120));
+        assert!(retry);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(120)));
+        let (e, retry) = record_error(entry("ShardUnavailable", 0));
+        assert!(retry && matches!(&e, Error::Unavailable(m) if m.starts_with("ShardUnavailable")), "{e:?}");
+        let (e, retry) = record_error(entry("ValidationError", 0));
+        assert!(!retry);
+        assert!(matches!(e, Error::Rejected { kind, .. } if kind == "ValidationError"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (config, field) in [
+            (ProducerConfig { buffer_records_max: 0, ..Default::default() }, "buffer_records_max"),
+            (ProducerConfig { buffer_bytes_max: 0, ..Default::default() }, "buffer_bytes_max"),
+            (ProducerConfig { max_batch_records: 501, ..Default::default() }, "max_batch_records"),
+        ] {
+            match config.validate() {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains(field), "{m}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 }

@@ -1,10 +1,8 @@
 //! A low-level reader of one shard through shard iterators.
 
+use crate::{Connection, Error, MESSAGE_BYTES_MAX, Result};
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
-use tonic::transport::Channel;
-
-use crate::{Error, MESSAGE_BYTES_MAX, Result};
 
 /// Where reading starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +23,7 @@ pub enum Position {
 /// read throttling (a bounded number of times).
 #[derive(Debug)]
 pub struct ShardReader {
-    client: StreamBrokerClient<Channel>,
+    client: StreamBrokerClient<Connection>,
     stream: String,
     shard_id: String,
     start: Position,
@@ -38,7 +36,7 @@ const THROTTLE_RETRIES: u32 = 20;
 
 impl ShardReader {
     /// Opens a reader of `shard_id` at `start`.
-    pub async fn open(channel: Channel, stream: &str, shard_id: &str, start: Position) -> Result<Self> {
+    pub async fn open(channel: Connection, stream: &str, shard_id: &str, start: Position) -> Result<Self> {
         let client = StreamBrokerClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);

@@ -268,6 +268,7 @@ impl PendingPut {
                         "write quota of {} exceeded; retry after {retry_after_ms} ms",
                         self.stream.shards[shard as usize].id
                     ),
+                    retry_after_ms,
                     ..Default::default()
                 },
             };

@@ -21,10 +21,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use client::types as pb;
-use client::{Admin, Consumer, ConsumerConfig, Position, Producer, ProducerConfig, ShardReader};
+use client::{Admin, Connection, Consumer, ConsumerConfig, Position, Producer, ProducerConfig, ShardReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 // ---------------------------------------------------------------------------
 // Command line
@@ -359,10 +358,11 @@ struct Global {
 }
 
 impl Global {
-    async fn channel(&self) -> Result<Channel, CliError> {
+    async fn channel(&self) -> Result<Connection, CliError> {
+        // The error names the address and the cause ("connection refused by 127.0.0.1:7470").
         client::connect(&self.broker).await.map_err(|e| match e {
-            client::Error::InvalidArgument(_) => CliError::from(e),
-            e => CliError::failed(format!("cannot reach the broker at {}: {e}", self.broker)),
+            client::Error::Unavailable(m) => CliError::failed(format!("cannot reach the broker: {m}")),
+            e => CliError::from(e),
         })
     }
 
@@ -1127,7 +1127,7 @@ async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Resul
 /// Reads one shard in order, sending each non-empty batch; ends at the
 /// shard's end unless following, or when the receiver is gone.
 async fn read_shard(
-    channel: Channel,
+    channel: Connection,
     stream: String,
     shard: String,
     at: Position,
