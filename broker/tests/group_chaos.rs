@@ -28,13 +28,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broker::testing::{Anomaly, Faults, FaultyProxy, History, ProxyStats, Report};
-use client::{Admin, Consumer, ConsumerConfig, HandlerError, Producer, ProducerConfig, Record};
+use client::{
+    Admin, ConnectOptions, Connection, Consumer, ConsumerConfig, HandlerError, Producer, ProducerConfig, Record,
+};
 use common::process::Process;
 use proto::v1 as pb;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 const STREAM: &str = "chaos";
 const GROUP: &str = "g";
@@ -153,14 +154,11 @@ impl Dropper {
     }
 }
 
-fn channel(endpoint: &str) -> Channel {
-    Endpoint::from_shared(endpoint.to_string())
-        .expect("proxy uri")
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        // Bounds every call, so a lost connection never hangs a member; polls wait 1 s.
-        .timeout(Duration::from_secs(10))
-        .connect_lazy()
+/// A client connection through a proxy: the client library's own deadlines
+/// (connect 5 s, every unary call 10 s, long polls exempt) and keepalive,
+/// so a lost connection never hangs a member.
+async fn channel(endpoint: &str) -> client::Result<Connection> {
+    Connection::open(endpoint, &ConnectOptions::default()).await
 }
 
 async fn start_broker(dir: PathBuf, session_timeout_ms: u64) -> Process {
@@ -178,7 +176,11 @@ async fn start_broker(dir: PathBuf, session_timeout_ms: u64) -> Process {
 async fn produce(lane: usize, endpoint: String, history: Arc<History>, counts: Arc<Counts>, stop: CancellationToken) {
     let config = ProducerConfig { linger: Duration::from_millis(5), ..ProducerConfig::default() };
     let producer = loop {
-        match Producer::with_channel(channel(&endpoint), STREAM, config.clone()).await {
+        let connected = match channel(&endpoint).await {
+            Ok(c) => Producer::with_channel(c, STREAM, config.clone()).await,
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(p) => break p,
             Err(e) if stop.is_cancelled() => panic!("lane {lane}: no producer before the end: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -240,7 +242,10 @@ fn spawn_member(
             let mut config = ConsumerConfig::new(GROUP);
             config.client_id = me.clone();
             let joined = tokio::select! {
-                j = Consumer::with_channel(channel(&endpoint), STREAM, config) => j,
+                j = async {
+                    let c = channel(&endpoint).await?;
+                    Consumer::with_channel(c, STREAM, config).await
+                } => j,
                 _ = stop.cancelled() => return,
             };
             let consumer = match joined {
@@ -335,7 +340,7 @@ async fn run(s: Scenario) -> Outcome {
     let members_proxy = Arc::new(FaultyProxy::start(broker.grpc_addr, Faults::default(), s.seed).await.expect("proxy"));
     let producers_proxy =
         Arc::new(FaultyProxy::start(broker.grpc_addr, Faults::default(), s.seed + 1).await.expect("proxy"));
-    let admin = Admin::from_channel(channel(&producers_proxy.endpoint()));
+    let admin = Admin::from_channel(channel(&producers_proxy.endpoint()).await.expect("admin connection"));
     admin
         .create_stream(pb::CreateStreamRequest {
             stream_name: STREAM.into(),

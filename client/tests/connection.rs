@@ -258,19 +258,32 @@ async fn a_long_poll_is_exempt_from_the_request_deadline() {
     let options = ConnectOptions { request_timeout: Duration::from_millis(300), ..ConnectOptions::default() };
     let mut groups = Admin::from_channel(Connection::open(&b.endpoint(), &options).await.expect("open")).groups();
     // An empty shard: the poll waits its full 1.5 s, five request deadlines.
+    let shards = joined
+        .assignment
+        .map(|a| {
+            a.leases
+                .into_iter()
+                .map(|l| pb::ShardPosition {
+                    shard_id: l.shard_id,
+                    lease_epoch: l.lease_epoch,
+                    next_sequence_number: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let poll = groups
         .poll(pb::PollRequest {
             stream_name: "s".into(),
             group_name: "g".into(),
             member_id: joined.member_id,
-            generation: joined.assignment.map_or(0, |a| a.generation),
+            shards,
             max_records: 10,
             wait_ms: 1500,
         })
         .await
         .map_err(Error::from)
         .expect("a long poll outlives the request deadline");
-    assert!(poll.into_inner().records.is_empty());
+    assert!(poll.into_inner().shards.is_empty());
     // A unary call is still bounded: against a silent port it fails.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = silent.local_addr().expect("addr").to_string();
