@@ -1,5 +1,13 @@
-//! An in-process broker for tests of this and other crates: real gRPC and
-//! HTTP on `127.0.0.1:0`, real files in a temporary directory.
+//! Test support for this and other crates (and `stream-bench`):
+//! [`TestBroker`], an in-process broker with real gRPC and HTTP on
+//! `127.0.0.1:0` and real files in a temporary directory;
+//! [`history::History`], a checker of delivery guarantees (lost, skipped,
+//! reordered, corrupted and duplicate records); and
+//! [`proxy::FaultyProxy`], a TCP proxy that cuts connections and drops
+//! responses on the way to a broker that may restart elsewhere.
+
+pub mod history;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::BrokerConfig;
 use crate::error::Result;
+
+pub use history::{Anomaly, History, Report};
+pub use proxy::{FaultyProxy, Faults, ProxyStats};
 
 /// A running in-process broker. Stop it with [`TestBroker::stop`]; dropping
 /// it cancels the broker without waiting.
