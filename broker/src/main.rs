@@ -31,6 +31,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = failpoints();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -60,6 +62,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Test builds only (feature `failpoints`): configures the failpoints from
+/// the `FAILPOINTS` environment variable (`name=action;…`, the `fail`
+/// crate's syntax) and makes every panic abort the process, so that a
+/// `panic` failpoint is a crash, whichever thread it hits.
+#[cfg(feature = "failpoints")]
+fn failpoints() -> fail::FailScenario<'static> {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+    fail::FailScenario::setup()
 }
 
 async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {

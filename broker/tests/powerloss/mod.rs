@@ -203,9 +203,18 @@ pub async fn produce_until(
                 // Bounded: a request the broker never answers ends the producer like an error.
                 let sent = tokio::time::timeout(Duration::from_secs(20), c.put_records(req)).await;
                 let Ok(Ok(r)) = sent else { break };
+                let mut refused = false;
                 for (e, (key, data)) in r.into_inner().records.into_iter().zip(batch) {
-                    assert!(e.error_code.is_empty(), "quotas are lifted: {}", e.error_message);
-                    acked.push(Acked { key, shard_id: e.shard_id, seq: e.sequence_number, data });
+                    // Quotas are lifted, so a refused record is a shard that
+                    // stopped taking writes (an injected fault): not acknowledged.
+                    if e.error_code.is_empty() {
+                        acked.push(Acked { key, shard_id: e.shard_id, seq: e.sequence_number, data });
+                    } else {
+                        refused = true;
+                    }
+                }
+                if refused {
+                    break;
                 }
                 n += 1;
             }
