@@ -144,6 +144,9 @@ async fn power_loss_loop(rounds: usize, mode: &str, expect_no_loss: bool, random
             acked.retain(|a| !lost.contains(&(a.shard_id.clone(), a.seq)));
         }
         f.rounds += 1;
+        if f.rounds % 20 == 0 {
+            eprintln!("power-loss loop ({mode}): {} power losses, {} acknowledged so far", f.rounds, f.acked);
+        }
     }
     f
 }
