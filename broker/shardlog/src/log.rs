@@ -498,6 +498,11 @@ impl ShardLog {
         let segments: Vec<Visible> = self.shared.read().clone();
         let target = segments.partition_point(|v| v.segment.base_seq <= new_next) - 1;
         self.remove_after(&segments, target)?;
+        {
+            // What was known about the cut and removed segments no longer holds.
+            let mut known = self.shared.damage.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|d| segments[target..].iter().all(|v| v.segment.path != d.path));
+        }
         let keep = &segments[target].segment;
         let file_len = keep.file.size().map_err(io_err("stat segment", &keep.path))?;
         let (start_seq, start_pos) = keep.index().floor(keep.base_seq, new_next);
@@ -1044,7 +1049,8 @@ impl LogReader {
                 return Err(self.shared.corrupt(&v.segment.path, pos, reason));
             }
         }
-        if let Some(d) = self.damage().into_iter().next() {
+        // A damaged file header is the one damage a frame scan cannot see.
+        if let Some(d) = self.damage().into_iter().find(|d| d.position == 0) {
             return Err(d.to_error());
         }
         Ok(())

@@ -319,5 +319,5 @@ fn recovery_of_mutated_directories_short() {
 #[test]
 #[ignore = "long run"]
 fn recovery_of_mutated_directories_long() {
-    recovery_cases(50_000);
+    recovery_cases(1_000_000);
 }
