@@ -10,62 +10,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::Process;
 use common::*;
 use proto::v1 as pb;
-
-/// A broker process; killed on drop.
-struct Process {
-    child: Child,
-    endpoint: String,
-}
-
-impl Process {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
-            .args([
-                "--data-dir",
-                data_dir.to_str().expect("utf-8 path"),
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn stream-broker");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let grpc = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address printed");
-        Self { endpoint: format!("http://{grpc}"), child }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
-        self.child.wait().expect("wait for clean exit")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Acknowledged records: (shard, sequence number) -> payload.
 type Acked = HashMap<(String, u64), Vec<u8>>;

@@ -22,8 +22,10 @@
 //!   increasing in the order [`History::produced`] was called for that key.
 //!   Handling `5, 6, 5, 6` is in order: only first handlings count.
 //! - **corrupted**: a handled record whose key or payload digest differs
-//!   from the one acknowledged at the same `(shard, seq)`, or one
-//!   `(shard, seq)` acknowledged twice with different contents.
+//!   from the one acknowledged at the same `(shard, seq)`, or from the one
+//!   handled first at that `(shard, seq)` (one position read back with two
+//!   contents), or one `(shard, seq)` acknowledged twice with different
+//!   contents.
 //! - **duplicates**: handlings of a `(shard, seq)` beyond its first,
 //!   counted, not an error (at-least-once allows them across a rebalance or
 //!   crash); `duplicates_within_stream` counts those that happened inside
@@ -177,9 +179,12 @@ impl fmt::Display for Report {
             self.duplicates,
             self.duplicates_within_stream
         )?;
-        for (name, list) in
-            [("lost", &self.lost), ("skipped", &self.skipped), ("reordered", &self.reordered), ("corrupted", &self.corrupted)]
-        {
+        for (name, list) in [
+            ("lost", &self.lost),
+            ("skipped", &self.skipped),
+            ("reordered", &self.reordered),
+            ("corrupted", &self.corrupted),
+        ] {
             for a in list.iter().take(EXAMPLES_SHOWN) {
                 writeln!(f, "  {name}: {a}")?;
             }
@@ -278,7 +283,7 @@ impl History {
         report.acked = acked.len() as u64;
 
         // First handlings, duplicates, corruption, and per-key order of first handlings.
-        let mut first: HashSet<(u32, u64)> = HashSet::with_capacity(g.handled.len());
+        let mut first: HashMap<(u32, u64), Handled> = HashMap::with_capacity(g.handled.len());
         let mut per_stream: HashMap<(u32, u64, u32, u64), u32> = HashMap::with_capacity(g.handled.len());
         let mut key_max: HashMap<(u32, u32), (u64, u32)> = HashMap::new();
         for h in &g.handled {
@@ -304,10 +309,25 @@ impl History {
                     });
                 }
             }
-            if !first.insert((h.shard, h.seq)) {
+            if let Some(f) = first.get(&(h.shard, h.seq)) {
                 report.duplicates += 1;
+                if (f.key, f.digest) != (h.key, h.digest) && !acked.contains_key(&(h.shard, h.seq)) {
+                    report.corrupted.push(Anomaly {
+                        shard_id: name(h.shard),
+                        seq: h.seq,
+                        key: name(h.key),
+                        member: name(h.member),
+                        generation: h.generation,
+                        detail: format!(
+                            "handled with other contents than {} handled first at this position (key {:?})",
+                            name(f.member),
+                            name(f.key)
+                        ),
+                    });
+                }
                 continue;
             }
+            first.insert((h.shard, h.seq), *h);
             match key_max.get(&(h.key, h.shard)) {
                 Some(&(max, by)) if h.seq < max => report.reordered.push(Anomaly {
                     shard_id: name(h.shard),
@@ -323,10 +343,10 @@ impl History {
             }
         }
         report.distinct_handled = first.len() as u64;
-        report.unacked_handled = first.iter().filter(|r| !acked.contains_key(r)).count() as u64;
+        report.unacked_handled = first.keys().filter(|r| !acked.contains_key(r)).count() as u64;
 
         // Lost: acknowledged, never handled; sorted for a stable report.
-        let mut lost: Vec<&Produced> = acked.values().filter(|p| !first.contains(&(p.shard, p.seq))).collect();
+        let mut lost: Vec<&Produced> = acked.values().filter(|p| !first.contains_key(&(p.shard, p.seq))).collect();
         lost.sort_by(|a, b| (g.names.name(a.shard), a.seq).cmp(&(g.names.name(b.shard), b.seq)));
         report.lost = lost
             .into_iter()
@@ -354,7 +374,7 @@ impl History {
                     continue;
                 }
                 for missing in a + 1..b {
-                    if first.contains(&(shard, missing)) || !seen_gaps.insert((shard, missing)) {
+                    if first.contains_key(&(shard, missing)) || !seen_gaps.insert((shard, missing)) {
                         continue;
                     }
                     skipped.insert(
@@ -498,11 +518,14 @@ mod tests {
         h.produced("k0", S1, 0, b"x");
         h.produced("k0", S1, 0, b"y");
         h.handled("m1", 1, S1, 0, "k0", b"x");
+        // An unacknowledged position read back with two contents.
+        h.handled("m1", 1, S1, 1, "k0", b"before the restart");
+        h.handled("m2", 2, S1, 1, "k0", b"after the restart");
         let r = h.check();
         let corrupted: Vec<(String, u64)> = r.corrupted.iter().map(|a| (a.shard_id.clone(), a.seq)).collect();
-        assert_eq!(corrupted.len(), 3, "{r}");
+        assert_eq!(corrupted.len(), 4, "{r}");
         assert!(corrupted.contains(&(S0.into(), 1)) && corrupted.contains(&(S0.into(), 2)));
-        assert!(corrupted.contains(&(S1.into(), 0)));
+        assert!(corrupted.contains(&(S1.into(), 0)) && corrupted.contains(&(S1.into(), 1)));
         assert!(r.lost.is_empty());
         assert!(!r.is_clean());
     }

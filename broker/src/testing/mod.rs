@@ -22,7 +22,7 @@ use crate::config::BrokerConfig;
 use crate::error::Result;
 
 pub use history::{Anomaly, History, Report};
-pub use proxy::{FaultyProxy, Faults, ProxyStats};
+pub use proxy::{Faults, FaultyProxy, ProxyStats};
 
 /// A running in-process broker. Stop it with [`TestBroker::stop`]; dropping
 /// it cancels the broker without waiting.

@@ -1,6 +1,8 @@
 //! Helpers shared by the broker's integration tests.
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::Bytes;
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;

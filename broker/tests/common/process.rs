@@ -1,0 +1,73 @@
+//! The real `stream-broker` binary as a child process, for restart and
+//! crash tests: start it on `127.0.0.1:0`, read the addresses it prints,
+//! `kill -9` it or stop it with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// A broker process; killed on drop.
+pub struct Process {
+    child: Child,
+    /// `http://127.0.0.1:port` of its gRPC listener.
+    pub endpoint: String,
+    /// Its gRPC listener.
+    pub grpc_addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts a broker on `data_dir` with quotas off.
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// Starts a broker on `data_dir` with quotas off and these extra
+    /// environment variables (configuration overrides such as
+    /// `STREAM_BROKER_GROUPS__SESSION_TIMEOUT_MS`; they win over the defaults
+    /// set here). Blocks until the broker prints its addresses.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
+            .args([
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn stream-broker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let grpc = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address printed");
+        let grpc_addr: SocketAddr = grpc.parse().expect("a socket address after grpc=");
+        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, child }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
+        self.child.wait().expect("wait for clean exit")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
