@@ -12,6 +12,9 @@
 //!
 //! The check is the history checker's: every acknowledged record present
 //! once, at its sequence number, in order per key; and the broker starts.
+//! Retention is reached through `broker::clock::offset_ms`, a failpoint
+//! that sets the binary's clock ahead: a broker started a day later deletes
+//! the segments of the day before.
 //!
 //! Run with `cargo test -p broker --features failpoints --test failpoints`.
 
@@ -78,19 +81,35 @@ async fn writes_refused(endpoint: &str, stream: &str) -> bool {
     }
 }
 
+/// A day and an hour: past the shortest retention (24 h).
+const DAY_AND_AN_HOUR_MS: u64 = 25 * 3_600_000;
+
+/// The failpoint that sets the broker's clock `days` × 25 h ahead.
+fn clock_ahead(days: u64) -> String {
+    format!("broker::clock::offset_ms=return({})", days * DAY_AND_AN_HOUR_MS)
+}
+
 /// One failpoint, one action, under load; returns the acknowledged count.
-async fn run_case(name: &str, after: u32, action: Action) -> usize {
+/// With `retention`, the stream first gets a second of records, and the
+/// failpoint run happens a day later, while retention deletes them.
+async fn run_case(name: &str, after: u32, action: Action, retention: bool) -> usize {
     let case = format!("{name} {action:?}");
     let (fs, dir) = mount_with_data();
     let b = Broker::start(&dir, &[]);
     let mut c = connect(&b.endpoint).await;
     create_stream(&mut c, "s", 2).await;
     drop(c);
+    let old = if retention {
+        produce_until(&b.endpoint, "s", 4, 300, "old", Instant::now() + Duration::from_secs(1)).await
+    } else {
+        Vec::new()
+    };
     b.kill9();
-    // The stream has existed for a while: its creation is durable.
+    // The stream (and its old records) have existed for a while: durable.
     sync_tree(&dir);
 
-    let spec = format!("{name}={}", action.spec(after));
+    let clock = clock_ahead(u64::from(retention));
+    let spec = format!("{clock};{name}={}", action.spec(after));
     let mut b = Broker::start(&dir, &[("FAILPOINTS", &spec)]);
     let endpoint = b.endpoint.clone();
     // A panic ends the load by killing the broker; the others run for a second.
@@ -101,33 +120,105 @@ async fn run_case(name: &str, after: u32, action: Action) -> usize {
             let status = b.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("{case}: never fired"));
             assert_eq!(status.signal(), Some(6), "{case}: the panic aborts the broker: {status}");
         }
-        Action::Error => {
+        // A failed retention delete refuses nothing; any other injected I/O
+        // error must stop the shard from acknowledging more.
+        Action::Error if !retention => {
             assert!(
                 writes_refused(&endpoint, "s").await,
                 "{case}: after an injected I/O error the shard refuses writes"
             );
         }
-        Action::Delay => {}
+        Action::Error | Action::Delay => {}
     }
     drop(b);
     fs.power_loss(LossMode::DropUnsynced);
 
-    let mut b = Broker::start(&dir, &[]);
+    let mut b = Broker::start(&dir, &[("FAILPOINTS", &clock)]);
     let (mut c, _) = first_answer(&mut b, "s").await;
-    let read = read_all(&mut c, "s").await;
-    let r = check(&acked, &read, &case);
-    assert!(r.is_clean() && r.duplicates_within_stream == 0, "{case}: after a power loss:\n{r}");
+    let all: Vec<Acked> = old.iter().chain(&acked).cloned().collect();
+    // With retention, check until the restarted janitor has deleted the
+    // day-old records (a power loss may have undone the first deletes).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = read_all_racing_retention(&mut c, "s").await;
+        let (r, expired) = check_after_retention(&all, &acked, &read, &case);
+        assert!(r.is_clean() && r.duplicates_within_stream == 0, "{case}: after a power loss:\n{r}");
+        if !retention {
+            assert_eq!(expired, 0, "{case}: nothing may expire without a day passing");
+            break;
+        }
+        if expired > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{case}: retention removed none of the day-old records in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     acked.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_path_failpoints_keep_every_acknowledged_record() {
-    for &(name, after) in RECORD_PATH {
+    let cases = RECORD_PATH.iter().map(|&(name, after)| (name, after, false));
+    for (name, after, retention) in cases.chain([("shardlog::retention::after_unlink", 1, true)]) {
         for action in [Action::Panic, Action::Error, Action::Delay] {
-            let acked = run_case(name, after, action).await;
+            let acked = run_case(name, after, action, retention).await;
             println!("{name} {action:?}: {acked} acknowledged records, all present after a power loss");
         }
     }
+}
+
+/// Power losses while retention deletes segments: each round starts the
+/// broker a day and an hour later than the one before, so the janitor
+/// (every 20 ms) deletes the previous rounds' segments while producers
+/// write; power is cut at a random moment. Records written under the
+/// current clock must all be there; older ones may have expired, but only
+/// as a prefix of their shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_during_retention_keeps_every_unexpired_record() {
+    const ROUNDS: u64 = 10;
+    let started = Instant::now();
+    let (fs, dir) = mount_with_data();
+    let b = Broker::start(&dir, &[]);
+    let mut c = connect(&b.endpoint).await;
+    create_stream(&mut c, "s", 2).await;
+    drop(c);
+    b.kill9();
+    sync_tree(&dir);
+    let mut rng = Rng(0x5eed_0004);
+    let mut acked: Vec<Acked> = Vec::new();
+    let (mut expired, mut dir_reverts) = (0, 0);
+    for day in 1..=ROUNDS {
+        let clock = clock_ahead(day);
+        let env = [("FAILPOINTS", clock.as_str()), ("STREAM_BROKER_RETENTION__CHECK_INTERVAL_MS", "20")];
+        let b = Broker::start(&dir, &env);
+        let endpoint = b.endpoint.clone();
+        let tag = format!("day{day}");
+        let producers = tokio::spawn(async move {
+            produce_until(&endpoint, "s", 4, 300, &tag, Instant::now() + Duration::from_secs(3600)).await
+        });
+        // Waiting is the point here: the cut must land at an arbitrary moment.
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(350))).await;
+        let loss = if day % 2 == 0 { LossMode::KeepRandomPages { seed: rng.0 } } else { LossMode::DropUnsynced };
+        b.kill9();
+        dir_reverts += usize::from(fs.power_loss(loss).dirs_reverted > 0);
+        let fresh = producers.await.expect("producers");
+        acked.extend(fresh.iter().cloned());
+
+        let mut b = Broker::start(&dir, &env);
+        let (mut c, _) = first_answer(&mut b, "s").await;
+        let read = read_all_racing_retention(&mut c, "s").await;
+        let (r, gone) = check_after_retention(&acked, &fresh, &read, &format!("day {day}"));
+        assert!(r.is_clean() && r.duplicates_within_stream == 0, "day {day} ({loss:?}):\n{r}");
+        expired = gone;
+        b.kill9();
+    }
+    println!(
+        "power loss during retention: {ROUNDS} power losses in {:.1} s; {} acknowledged records, {expired} expired by \
+         retention, none lost; {dir_reverts} cuts undid a directory change",
+        started.elapsed().as_secs_f64(),
+        acked.len()
+    );
+    assert!(expired > 0, "retention removed nothing: the clock failpoint did not move the broker's time");
 }
 
 /// The checkpoint failpoints: commits under a failpoint, then a power

@@ -237,10 +237,30 @@ pub struct ReadBack {
 
 /// Reads every shard of `stream` from the trim horizon to the end.
 pub async fn read_all(c: &mut Client, stream: &str) -> Vec<ReadBack> {
+    try_read_all(c, stream).await.unwrap_or_else(|e| panic!("read {stream}: {e}"))
+}
+
+/// [`read_all`] while retention may delete what is being read: a read that
+/// the trim horizon overtook starts again, up to 20 times.
+pub async fn read_all_racing_retention(c: &mut Client, stream: &str) -> Vec<ReadBack> {
+    for _ in 0..20 {
+        match try_read_all(c, stream).await {
+            Ok(read) => return read,
+            Err(s) if error_kind(&s) == "SequenceTrimmed" => continue,
+            Err(s) => panic!("read {stream}: {s}"),
+        }
+    }
+    panic!("read {stream}: overtaken by retention 20 times");
+}
+
+fn error_kind(s: &tonic::Status) -> &str {
+    s.metadata().get("x-error-kind").and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+async fn try_read_all(c: &mut Client, stream: &str) -> Result<Vec<ReadBack>, tonic::Status> {
     let d = c
         .describe_stream(pb::DescribeStreamRequest { stream_name: stream.into() })
-        .await
-        .expect("describe")
+        .await?
         .into_inner()
         .stream
         .expect("description");
@@ -254,16 +274,12 @@ pub async fn read_all(c: &mut Client, stream: &str) -> Vec<ReadBack> {
                 starting_sequence_number: None,
                 timestamp_ms: None,
             })
-            .await
-            .expect("iterator")
+            .await?
             .into_inner()
             .shard_iterator;
         loop {
-            let r = c
-                .get_records(pb::GetRecordsRequest { shard_iterator: it.clone(), limit: 10_000 })
-                .await
-                .expect("get records")
-                .into_inner();
+            let r =
+                c.get_records(pb::GetRecordsRequest { shard_iterator: it.clone(), limit: 10_000 }).await?.into_inner();
             let n = r.records.len();
             out.extend(r.records.into_iter().map(|record| ReadBack { shard_id: shard.shard_id.clone(), record }));
             it = r.next_shard_iterator;
@@ -272,7 +288,7 @@ pub async fn read_all(c: &mut Client, stream: &str) -> Vec<ReadBack> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Checks one read-back pass against everything acknowledged: each
@@ -287,6 +303,30 @@ pub fn check(acked: &[Acked], read: &[ReadBack], reader: &str) -> Report {
         h.handled(reader, 0, &r.shard_id, r.record.sequence_number, &r.record.partition_key, &r.record.data);
     }
     h.check()
+}
+
+/// [`check`] where retention may have deleted a prefix of each shard: the
+/// acknowledged records below the first one read in their shard are taken
+/// as expired (and counted), except those in `fresh`, which were written
+/// under the current clock and may not expire. Returns the report and the
+/// number of acknowledged records retention removed.
+pub fn check_after_retention(acked: &[Acked], fresh: &[Acked], read: &[ReadBack], reader: &str) -> (Report, usize) {
+    let mut first: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for r in read {
+        let seq = first.entry(&r.shard_id).or_insert(u64::MAX);
+        *seq = (*seq).min(r.record.sequence_number);
+    }
+    let horizon = |a: &Acked| first.get(a.shard_id.as_str()).copied().unwrap_or(u64::MAX);
+    for a in fresh {
+        assert!(
+            a.seq >= horizon(a),
+            "{reader}: {} seq {} was written under the current clock, yet retention removed it",
+            a.shard_id,
+            a.seq
+        );
+    }
+    let kept: Vec<Acked> = acked.iter().filter(|a| a.seq >= horizon(a)).cloned().collect();
+    (check(&kept, read, reader), acked.len() - kept.len())
 }
 
 /// Nearest-rank percentile of durations, in ms.
