@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use broker::clock::SystemClock;
+use broker::clock::{Clock, SystemClock};
 use broker::config::BrokerConfig;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = failpoints();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -62,6 +64,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// Test builds only (feature `failpoints`): configures the failpoints from
+/// the `FAILPOINTS` environment variable (`name=action;…`, the `fail`
+/// crate's syntax) and makes every panic abort the process, so that a
+/// `panic` failpoint is a crash, whichever thread it hits.
+#[cfg(feature = "failpoints")]
+fn failpoints() -> fail::FailScenario<'static> {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+    fail::FailScenario::setup()
+}
+
+/// The system clock, or in failpoint builds a clock that the failpoint
+/// `broker::clock::offset_ms` (`return(N)`) sets N ms ahead, so that a test
+/// can restart the binary a day later and see retention delete segments.
+#[cfg(not(feature = "failpoints"))]
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+#[cfg(feature = "failpoints")]
+fn clock() -> Arc<dyn Clock> {
+    #[derive(Debug)]
+    struct OffsetClock;
+    impl Clock for OffsetClock {
+        fn now_ms(&self) -> u64 {
+            let offset_ms = || -> u64 {
+                fail::fail_point!("broker::clock::offset_ms", |ms: Option<String>| ms
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0));
+                0
+            };
+            SystemClock.now_ms() + offset_ms()
+        }
+    }
+    Arc::new(OffsetClock)
+}
+
 async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -90,6 +132,6 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.cancel();
         }
     });
-    broker::server::run(config, Arc::new(SystemClock), grpc, http, shutdown).await?;
+    broker::server::run(config, clock(), grpc, http, shutdown).await?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! a small trait. Record data never goes here.
 //!
 //! Invariant: a method that changes metadata returns only after the change
-//! is durable (sled is flushed), so the broker can acknowledge it.
+//! is durable (sled flushed, then its files and directory fsynced by
+//! [`DurableSled::commit`]), so the broker can acknowledge it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::DurableSled;
 use crate::error::{BrokerError, Result};
 use crate::quota::QuotaValues;
 
@@ -110,7 +112,7 @@ fn checkpoint_key(stream_id: u64, name: &str, shard: u32) -> String {
 /// sled-backed metadata in `<data_dir>/meta`.
 #[derive(Debug)]
 pub struct SledStore {
-    db: sled::Db,
+    db: DurableSled,
     streams: sled::Tree,
     groups: sled::Tree,
     checkpoints: sled::Tree,
@@ -119,16 +121,15 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).open()?;
-        let streams = db.open_tree("streams")?;
-        let groups = db.open_tree("groups")?;
-        let checkpoints = db.open_tree("checkpoints")?;
+        let db = DurableSled::open(dir)?;
+        let streams = db.db().open_tree("streams")?;
+        let groups = db.db().open_tree("groups")?;
+        let checkpoints = db.db().open_tree("checkpoints")?;
         Ok(Self { db, streams, groups, checkpoints })
     }
 
     fn flushed(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.db.commit().map_err(|e| BrokerError::Metadata(e.to_string()))
     }
 }
 
@@ -154,21 +155,21 @@ impl MetadataStore for SledStore {
 
     fn next_id(&self) -> Result<u64> {
         // generate_id is monotonic across restarts, but only durable once flushed.
-        let id = self.db.generate_id()?;
+        let id = self.db.db().generate_id()?;
         self.flushed()?;
         Ok(id)
     }
 
     fn iterator_secret(&self) -> Result<[u8; 32]> {
         const KEY: &[u8] = b"iterator-secret";
-        if let Some(v) = self.db.get(KEY)? {
+        if let Some(v) = self.db.db().get(KEY)? {
             return <[u8; 32]>::try_from(&v[..])
                 .map_err(|_| BrokerError::Metadata("iterator secret has the wrong length".into()));
         }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| BrokerError::Metadata(format!("no randomness: {e}")))?;
         // compare_and_swap keeps the first secret if two callers race.
-        let _ = self.db.compare_and_swap(KEY, None as Option<&[u8]>, Some(&secret[..]))?;
+        let _ = self.db.db().compare_and_swap(KEY, None as Option<&[u8]>, Some(&secret[..]))?;
         self.flushed()?;
         self.iterator_secret()
     }
@@ -225,8 +226,23 @@ impl MetadataStore for SledStore {
             batch.insert(checkpoint_key(stream_id, name, shard).as_bytes(), &seq.to_le_bytes());
         }
         self.checkpoints.apply_batch(batch)?;
-        self.flushed()
+        failpoint("broker::group::checkpoint::before_flush")?;
+        self.flushed()?;
+        failpoint("broker::group::checkpoint::after_flush")
     }
+}
+
+/// A named failpoint (feature `failpoints`): configured to `return`, the
+/// call fails as a metadata error; `panic` and `sleep` act as configured.
+#[cfg(feature = "failpoints")]
+fn failpoint(name: &str) -> Result<()> {
+    fail::fail_point!(name, |_| Err(BrokerError::Metadata(format!("injected by failpoint {name}"))));
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint(_name: &str) -> Result<()> {
+    Ok(())
 }
 
 /// In-memory metadata for tests.

@@ -370,6 +370,7 @@ impl Writer {
         if !acks.is_empty() || sync {
             let started = Instant::now();
             let committed = if sync { self.log.sync() } else { self.log.publish() };
+            let committed = committed.and_then(|()| after_fsync_before_ack(&self.shard_id));
             if sync {
                 self.metrics.fsync_seconds.record(started.elapsed().as_secs_f64());
             }
@@ -438,4 +439,23 @@ impl Writer {
     fn read_only(&self, cause: &str) -> BrokerError {
         BrokerError::ShardReadOnly { shard_id: self.shard_id.clone(), cause: cause.to_string() }
     }
+}
+
+/// Failpoint `broker::shard::after_fsync_before_ack` (feature `failpoints`):
+/// the group is committed but nothing is acknowledged yet. Configured to
+/// `return`, it fails the commit like a failed fsync: the shard turns
+/// read-only and the group is answered with errors, though it is durable.
+#[cfg(feature = "failpoints")]
+fn after_fsync_before_ack(shard_id: &str) -> shardlog::Result<()> {
+    fail::fail_point!("broker::shard::after_fsync_before_ack", |_| Err(shardlog::Error::Io {
+        op: "broker::shard::after_fsync_before_ack",
+        path: std::path::PathBuf::from(shard_id),
+        source: std::io::Error::other("injected by failpoint"),
+    }));
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn after_fsync_before_ack(_shard_id: &str) -> shardlog::Result<()> {
+    Ok(())
 }
