@@ -61,11 +61,6 @@ impl Labeled {
         self.map().insert((group, kind), value);
     }
 
-    /// Current value.
-    pub fn get(&self, group: &'static str, kind: &'static str) -> u64 {
-        self.map().get(&(group, kind)).copied().unwrap_or(0)
-    }
-
     /// Prometheus text lines, `name{group="…",kind="…"} value` (no kind label when empty).
     fn render(&self, out: &mut String, name: &str, help: &str, kind_of_metric: &str) {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind_of_metric}\n"));

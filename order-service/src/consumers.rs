@@ -59,8 +59,10 @@ pub const DELIVERY_COMPANY: &str = "delivery-company";
 /// Group on the customer-service queue.
 pub const CUSTOMER_SERVICE: &str = "customer-service";
 
-/// Records per poll of `external-parties` (the original's Lambda batch size).
-pub const EXTERNAL_PARTIES_BATCH: u32 = 10;
+/// Records per poll of `external-parties`. Each batch ends with one durable
+/// commit of the store and one checkpoint, so while a backlog drains a
+/// larger batch costs fewer syncs per record (the original Lambda took 10).
+pub const EXTERNAL_PARTIES_BATCH: u32 = 100;
 /// Records per poll of the two queue consumers: one delivery or review at a time.
 pub const QUEUE_BATCH: u32 = 1;
 
