@@ -2,8 +2,9 @@
 //! `{"error":"<kind>","message":"…","fields":[…]}`; server faults are logged
 //! and answered without internals.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -32,6 +33,45 @@ pub struct Metrics {
     pub dead_lettered: AtomicU64,
     /// Outbox entries published.
     pub events_published: AtomicU64,
+    /// Transient handler failures retried, by (group, kind).
+    pub handler_retries: Labeled,
+    /// Permanent handler failures (dead-lettered at once), by (group, kind).
+    pub handler_permanent_failures: Labeled,
+    /// 1 while a group's shard waits to retry a record, by (group, "").
+    pub consumer_blocked: Labeled,
+}
+
+/// Values by (group, kind); groups and kinds are a few fixed names.
+#[derive(Debug, Default)]
+pub struct Labeled(Mutex<BTreeMap<(&'static str, &'static str), u64>>);
+
+impl Labeled {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(&'static str, &'static str), u64>> {
+        // Plain counters, each updated whole: a panic cannot leave one torn.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds one.
+    pub fn inc(&self, group: &'static str, kind: &'static str) {
+        *self.map().entry((group, kind)).or_default() += 1;
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, group: &'static str, kind: &'static str, value: u64) {
+        self.map().insert((group, kind), value);
+    }
+
+    /// Prometheus text lines, `name{group="…",kind="…"} value` (no kind label when empty).
+    fn render(&self, out: &mut String, name: &str, help: &str, kind_of_metric: &str) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind_of_metric}\n"));
+        for ((group, kind), v) in self.map().iter() {
+            if kind.is_empty() {
+                out.push_str(&format!("{name}{{group=\"{group}\"}} {v}\n"));
+            } else {
+                out.push_str(&format!("{name}{{group=\"{group}\",kind=\"{kind}\"}} {v}\n"));
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -139,8 +179,23 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn flushed(store: &Store) -> Result<(), ApiError> {
-    store.flush().await.map_err(ApiError::from)
+/// Runs a store change and its durable commit on the blocking pool; the
+/// answer is given only after the commit (concurrent requests share one
+/// `fdatasync`).
+async fn durably<T: Send + 'static>(
+    store: &Store,
+    what: &str,
+    change: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let value = change(&store)?;
+        store.commit_blocking()?;
+        Ok::<_, StoreError>(value)
+    })
+    .await
+    .map_err(|e| ApiError::internal(what, e))?;
+    Ok(result?)
 }
 
 async fn create(
@@ -165,11 +220,8 @@ async fn create(
         },
     };
     let req = CreateOrder::parse(&body(b)?)?;
-    let store = s.store.clone();
-    let (order, created) = tokio::task::spawn_blocking(move || store.create(&req, key.as_deref()))
-        .await
-        .map_err(|e| ApiError::internal("create task", e))??;
-    flushed(&s.store).await?;
+    // A replay is committed too: the first request may still be committing.
+    let (order, created) = durably(&s.store, "create task", move |st| st.create(&req, key.as_deref())).await?;
     if created {
         Metrics::inc(&s.metrics.orders_created);
     }
@@ -179,22 +231,14 @@ async fn create(
 
 async fn fulfill(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Json<Order>, ApiError> {
     let req = FulfillOrder::parse(&body(b)?)?;
-    let store = s.store.clone();
-    let order = tokio::task::spawn_blocking(move || store.fulfill(&req))
-        .await
-        .map_err(|e| ApiError::internal("fulfil task", e))??;
-    flushed(&s.store).await?;
+    let order = durably(&s.store, "fulfil task", move |st| st.fulfill(&req)).await?;
     Metrics::inc(&s.metrics.orders_fulfilled);
     Ok(Json(order))
 }
 
 async fn delivered(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Json<Order>, ApiError> {
     let req = DeliverOrder::parse(&body(b)?)?;
-    let store = s.store.clone();
-    let order = tokio::task::spawn_blocking(move || store.deliver(&req))
-        .await
-        .map_err(|e| ApiError::internal("deliver task", e))??;
-    flushed(&s.store).await?;
+    let order = durably(&s.store, "deliver task", move |st| st.deliver(&req)).await?;
     Metrics::inc(&s.metrics.orders_delivered);
     Ok(Json(order))
 }
@@ -224,5 +268,23 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# HELP outbox_pending Outbox entries waiting for the broker.\n# TYPE outbox_pending gauge\noutbox_pending {}\n",
         s.store.outbox_len()
     ));
+    m.handler_retries.render(
+        &mut out,
+        "handler_retries_total",
+        "Transient consumer failures, each followed by a retry of the record.",
+        "counter",
+    );
+    m.handler_permanent_failures.render(
+        &mut out,
+        "handler_permanent_failures_total",
+        "Permanent consumer failures, dead-lettered without a retry.",
+        "counter",
+    );
+    m.consumer_blocked.render(
+        &mut out,
+        "consumer_blocked",
+        "1 while the group's shard waits to retry a record that failed transiently.",
+        "gauge",
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -48,10 +48,14 @@ pub struct Config {
     pub delivery_webhook_url: Option<String>,
     /// How long the simulated delivery takes.
     pub delivery_simulator_delay_ms: u64,
-    /// Retries of a failing record before it is dead-lettered.
-    pub consumer_max_retries: u32,
-    /// First consumer retry backoff; doubles per attempt.
+    /// First wait before a record that failed transiently is handled again;
+    /// doubles per attempt.
     pub consumer_retry_backoff_ms: u64,
+    /// Longest wait between two attempts at one record.
+    pub consumer_retry_backoff_max_ms: u64,
+    /// How long a record that keeps failing transiently is retried (its
+    /// shard blocked meanwhile) before it is dead-lettered.
+    pub consumer_retry_budget_ms: u64,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// SMTP; when `host` is unset, emails are written as `.eml` files.
@@ -97,8 +101,9 @@ impl Default for Config {
             customer_service_email: "customerservice@example.com".into(),
             delivery_webhook_url: None,
             delivery_simulator_delay_ms: 3000,
-            consumer_max_retries: 3,
             consumer_retry_backoff_ms: 100,
+            consumer_retry_backoff_max_ms: 5_000,
+            consumer_retry_budget_ms: 600_000,
             max_body_bytes: 64 * 1024,
             smtp: SmtpConfig::default(),
         }
@@ -161,6 +166,15 @@ impl Config {
             && !url.starts_with("http://")
         {
             return Err(ConfigError(format!("deliveryWebhookUrl: {url:?} must be an http:// URL")));
+        }
+        if self.consumer_retry_backoff_ms == 0 {
+            return Err(ConfigError("consumerRetryBackoffMs: must be at least 1".into()));
+        }
+        if self.consumer_retry_backoff_max_ms < self.consumer_retry_backoff_ms {
+            return Err(ConfigError(format!(
+                "consumerRetryBackoffMaxMs: {} must be at least consumerRetryBackoffMs ({})",
+                self.consumer_retry_backoff_max_ms, self.consumer_retry_backoff_ms
+            )));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("maxBodyBytes: must be at least 1024".into()));
@@ -248,6 +262,8 @@ mod tests {
         assert_eq!(c.delivery_simulator_delay_ms, 100);
         let e = Config::load(None, env(&[("ORDER_SERVICE_ORDER_STREAM_NAME", "bad name")])).expect_err("invalid");
         assert!(e.0.contains("orderStreamName"), "{e}");
+        let e = Config::load(None, env(&[("ORDER_SERVICE_CONSUMER_RETRY_BACKOFF_MAX_MS", "10")])).expect_err("cap");
+        assert!(e.0.contains("consumerRetryBackoffMaxMs"), "{e}");
         let e = Config::load(None, env(&[("ORDER_SERVICE_NO_SUCH_KEY", "1")])).expect_err("unknown");
         assert!(e.0.contains("noSuchKey"), "{e}");
     }

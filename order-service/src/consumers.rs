@@ -4,15 +4,35 @@
 //!   producer; `order_fulfilled` stamps `sentToDeliveryDate` and enqueues the
 //!   order on the delivery queue (one outbox transaction that also marks the
 //!   event processed).
-//! - `delivery-company` on the delivery queue: POSTs the order to the
-//!   webhook, or runs the built-in simulator that calls `POST /order/delivered`
-//!   on this service after a delay.
+//! - `delivery-company` on the delivery queue: POSTs the order with its
+//!   `eventId` to the webhook, or runs the built-in simulator that calls
+//!   `POST /order/delivered` on this service after a delay.
 //! - `customer-service` on the customer-service queue: emails the review.
 //!
-//! Records are handled one by one and deduplicated on the envelope's
-//! `eventId` (the `processed` tree), so a redelivered event does nothing.
-//! A record that keeps failing goes to `<stream>-dlq` through the
-//! consumer's on-failure hook.
+//! **One side effect per event.** Before an email or a webhook call, the
+//! handler claims the event in the store (`group/eventId`, one
+//! compare-and-swap, see `Store::claim`); a second delivery of the event
+//! waits while the claim is held and does nothing once it is done. If the
+//! process stops between the claim and the done mark, the event is handled
+//! again after the restart (at least once, by choice: a lost notification is
+//! worse than a repeated one). A repeated `.eml` file replaces the first
+//! (it is named by the event id); a repeated SMTP message carries the same
+//! `Message-ID` (`<eventId@order-service>`) and a repeated webhook call the
+//! same `eventId`, so receivers can drop the copy.
+//!
+//! **Failures** are classified by [`crate::failure`]. A transient one is
+//! retried here, in the handler, with capped exponential backoff
+//! (`consumerRetryBackoffMs` doubling to `consumerRetryBackoffMaxMs`) for up
+//! to `consumerRetryBudgetMs`; meanwhile no later record of the shard is
+//! handled (order is kept) and `/metrics` shows `consumer_blocked{group} 1`.
+//! A permanent one, or a transient one past its budget, is written to
+//! `<stream>-dlq` at once and marked done. So the handler fails towards the
+//! `client::Consumer` only when the service shuts down; the consumer's own
+//! retries (none) and on-failure hook are a last resort.
+//!
+//! **Acknowledgement.** The consumer commits its checkpoint past a batch
+//! when the handler returns; the handler returns only after the batch's
+//! done marks (and outbox entries) are durable (`Store::commit`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -20,15 +40,17 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use client::{Consumer, ConsumerConfig, HandlerError, Producer, ProducerConfig, Record};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Metrics;
 use crate::config::Config;
 use crate::email::Mailer;
+use crate::failure::{Class, Failure, kind};
 use crate::http_client::HttpClient;
 use crate::model::{Envelope, Order, event_type};
 use crate::relay::{backoff, wait};
-use crate::store::{Store, StoreError, status_name};
+use crate::store::{Claim, Store, status_name};
 
 /// Group on the order stream.
 pub const EXTERNAL_PARTIES: &str = "external-parties";
@@ -36,6 +58,46 @@ pub const EXTERNAL_PARTIES: &str = "external-parties";
 pub const DELIVERY_COMPANY: &str = "delivery-company";
 /// Group on the customer-service queue.
 pub const CUSTOMER_SERVICE: &str = "customer-service";
+
+/// Records per poll of `external-parties`. Each batch ends with one durable
+/// commit of the store and one checkpoint, so while a backlog drains a
+/// larger batch costs fewer syncs per record (the original Lambda took 10).
+pub const EXTERNAL_PARTIES_BATCH: u32 = 100;
+/// Records per poll of the two queue consumers: one delivery or review at a time.
+pub const QUEUE_BATCH: u32 = 1;
+
+/// One consumer group of the service, as `deploy/stack.toml` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Group name.
+    pub name: &'static str,
+    /// The stream it consumes.
+    pub stream: String,
+    /// Records per poll.
+    pub batch_size: u32,
+    /// Where records it cannot handle go.
+    pub dead_letter: String,
+}
+
+/// The groups the service runs, with the configured stream names.
+pub fn groups(c: &Config) -> [GroupSpec; 3] {
+    let spec = |name, stream: &String, batch_size| GroupSpec {
+        name,
+        stream: stream.clone(),
+        batch_size,
+        dead_letter: dead_letter_stream(stream),
+    };
+    [
+        spec(EXTERNAL_PARTIES, &c.order_stream_name, EXTERNAL_PARTIES_BATCH),
+        spec(DELIVERY_COMPANY, &c.delivery_queue_name, QUEUE_BATCH),
+        spec(CUSTOMER_SERVICE, &c.customer_service_queue_name, QUEUE_BATCH),
+    ]
+}
+
+/// `<stream>-dlq`.
+pub fn dead_letter_stream(stream: &str) -> String {
+    format!("{stream}-dlq")
+}
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -56,57 +118,28 @@ pub struct Ctx {
     pub http: HttpClient,
 }
 
-fn fail(msg: impl Into<String>) -> HandlerError {
-    msg.into().into()
-}
-
-fn parse(record: &Record) -> Result<Envelope, HandlerError> {
-    serde_json::from_slice(&record.data).map_err(|e| fail(format!("not an event envelope: {e}")))
-}
-
-fn store_err(e: StoreError) -> HandlerError {
-    Box::new(e)
-}
+/// The handler stopped because the service is shutting down; the batch is
+/// not acknowledged and is delivered again after the restart.
+#[derive(Debug, thiserror::Error)]
+#[error("shutting down")]
+pub struct Stopped;
 
 /// Runs the three groups until `shutdown`.
 pub fn spawn_all(ctx: Arc<Ctx>, shutdown: &CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
-    let c = &ctx.config;
-    let groups = [
-        (c.order_stream_name.clone(), EXTERNAL_PARTIES),
-        (c.delivery_queue_name.clone(), DELIVERY_COMPANY),
-        (c.customer_service_queue_name.clone(), CUSTOMER_SERVICE),
-    ];
-    for (stream, group) in groups {
-        tasks.spawn(run_group(ctx.clone(), stream, group, shutdown.clone()));
+    for spec in groups(&ctx.config) {
+        ctx.metrics.consumer_blocked.set(spec.name, "", 0);
+        tasks.spawn(run_group(ctx.clone(), spec, shutdown.clone()));
     }
 }
 
-async fn handle_batch(
-    ctx: Arc<Ctx>,
-    group: &'static str,
-    records: Vec<Record>,
-    shutdown: CancellationToken,
-) -> Result<(), HandlerError> {
-    for r in &records {
-        let env = parse(r)?;
-        match group {
-            EXTERNAL_PARTIES => external_parties(&ctx, env).await?,
-            DELIVERY_COMPANY => delivery_company(&ctx, env, &shutdown).await?,
-            _ => customer_service(&ctx, env).await?,
-        }
-    }
-    // The processed marks must be durable before `run` commits the
-    // checkpoint past these records; one flush covers the batch.
-    ctx.store.flush().await.map_err(store_err)?;
-    Ok(())
-}
-
-async fn run_group(ctx: Arc<Ctx>, stream: String, group: &'static str, shutdown: CancellationToken) {
+async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) {
+    let (stream, group) = (spec.stream.clone(), spec.name);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let mut config = ConsumerConfig::new(group);
-        config.batch_size = if group == EXTERNAL_PARTIES { 100 } else { 1 };
-        config.max_retries = ctx.config.consumer_max_retries;
+        config.batch_size = spec.batch_size;
+        // The handler retries and dead-letters by itself; see the module docs.
+        config.max_retries = 0;
         config.retry_backoff = Duration::from_millis(ctx.config.consumer_retry_backoff_ms);
         let consumer = tokio::select! {
             c = Consumer::join(&ctx.broker, &stream, config) => c,
@@ -126,11 +159,11 @@ async fn run_group(ctx: Arc<Ctx>, stream: String, group: &'static str, shutdown:
         failures = 0;
         tracing::info!(%stream, group, "consumer joined");
         let (hctx, fctx, hstop, fstop) = (ctx.clone(), ctx.clone(), shutdown.clone(), shutdown.clone());
-        let dlq = format!("{stream}-dlq");
+        let dlq = spec.dead_letter.clone();
         let result = consumer
             .run(
                 move |records| handle_batch(hctx.clone(), group, records, hstop.clone()),
-                move |record, error| dead_letter(fctx.clone(), dlq.clone(), record, error, fstop.clone()),
+                move |record, error| last_resort(fctx.clone(), dlq.clone(), record, error, fstop.clone()),
                 shutdown.clone(),
             )
             .await;
@@ -144,11 +177,176 @@ async fn run_group(ctx: Arc<Ctx>, stream: String, group: &'static str, shutdown:
     }
 }
 
-/// Writes a record that kept failing to `<stream>-dlq`. During shutdown a
-/// failure is more likely the shutdown itself (an interrupted simulated
-/// delivery): the hook then fails, so the record is not committed past and
-/// is delivered again after the restart.
-async fn dead_letter(
+/// Handles a batch of `group`'s records in order; returns once each is
+/// done or dead-lettered and that is durable, or with [`Stopped`].
+pub async fn handle_batch(
+    ctx: Arc<Ctx>,
+    group: &'static str,
+    records: Vec<Record>,
+    shutdown: CancellationToken,
+) -> Result<(), HandlerError> {
+    for r in &records {
+        handle_record(&ctx, group, r, &shutdown).await?;
+    }
+    // The done marks must be durable before the consumer commits its
+    // checkpoint past these records. A failing commit is retried without a
+    // budget: dead-lettering records because our own disk failed would lose
+    // them, and after a failed sync the store refuses every commit until a
+    // restart (see `broker::durable`).
+    let mut backoff = Backoff::new(&ctx.config);
+    loop {
+        match ctx.store.commit().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(error = %e, group, "committing the handled records failed; retrying");
+                let delay = backoff.next_delay();
+                if blocked_wait(&ctx, group, kind::LOCAL, delay, &shutdown).await {
+                    return Err(Stopped.into());
+                }
+            }
+        }
+    }
+    ctx.metrics.consumer_blocked.set(group, "", 0);
+    Ok(())
+}
+
+/// Capped exponential backoff within a total budget.
+struct Backoff {
+    started: Instant,
+    next: Duration,
+    max: Duration,
+    budget: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new(c: &Config) -> Self {
+        Self {
+            started: Instant::now(),
+            next: Duration::from_millis(c.consumer_retry_backoff_ms),
+            max: Duration::from_millis(c.consumer_retry_backoff_max_ms),
+            budget: Duration::from_millis(c.consumer_retry_budget_ms),
+            attempts: 0,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.attempts += 1;
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// The next wait, or None once the budget is spent.
+    fn within_budget(&mut self) -> Option<Duration> {
+        let d = self.next_delay();
+        (self.started.elapsed() + d <= self.budget).then_some(d)
+    }
+}
+
+/// Counts a transient failure, marks the group blocked and waits; true when shut down.
+async fn blocked_wait(
+    ctx: &Ctx,
+    group: &'static str,
+    kind: &'static str,
+    delay: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    ctx.metrics.handler_retries.inc(group, kind);
+    ctx.metrics.consumer_blocked.set(group, "", 1);
+    wait(delay, shutdown).await
+}
+
+/// One record: retried while it fails transiently, dead-lettered when it
+/// fails permanently or runs out of budget.
+async fn handle_record(
+    ctx: &Ctx,
+    group: &'static str,
+    record: &Record,
+    shutdown: &CancellationToken,
+) -> Result<(), Stopped> {
+    let env = match serde_json::from_slice::<Envelope>(&record.data) {
+        Ok(env) => env,
+        Err(e) => {
+            let f = Failure::bad_data(format!("not an event envelope: {e}"));
+            return give_up(ctx, group, record, None, f, 1, shutdown).await;
+        }
+    };
+    let mut backoff = Backoff::new(&ctx.config);
+    loop {
+        if shutdown.is_cancelled() {
+            return Err(Stopped);
+        }
+        let failure = match handle_event(ctx, group, &env, shutdown).await {
+            Ok(()) => {
+                ctx.metrics.consumer_blocked.set(group, "", 0);
+                return Ok(());
+            }
+            Err(Handled::Stopped) => return Err(Stopped),
+            Err(Handled::Failed(f)) => f,
+        };
+        if failure.class == Class::Permanent {
+            return give_up(ctx, group, record, Some(&env), failure, backoff.attempts + 1, shutdown).await;
+        }
+        let Some(delay) = backoff.within_budget() else {
+            let f = Failure {
+                message: format!(
+                    "still failing after {} attempts over {} s: {}",
+                    backoff.attempts,
+                    backoff.started.elapsed().as_secs(),
+                    failure.message
+                ),
+                ..failure
+            };
+            return give_up(ctx, group, record, Some(&env), f, backoff.attempts, shutdown).await;
+        };
+        tracing::warn!(group, event = %env.event_id, kind = failure.kind, error = %failure, ?delay, "transient failure; retrying the record");
+        if blocked_wait(ctx, group, failure.kind, delay, shutdown).await {
+            return Err(Stopped);
+        }
+    }
+}
+
+/// Dead-letters a record (retrying the dead-letter write until it is
+/// stored) and marks its event done, so a redelivery does not repeat it.
+async fn give_up(
+    ctx: &Ctx,
+    group: &'static str,
+    record: &Record,
+    env: Option<&Envelope>,
+    failure: Failure,
+    attempts: u32,
+    shutdown: &CancellationToken,
+) -> Result<(), Stopped> {
+    if failure.class == Class::Permanent {
+        ctx.metrics.handler_permanent_failures.inc(group, failure.kind);
+    }
+    let stream = groups(&ctx.config).into_iter().find(|g| g.name == group).map(|g| g.dead_letter);
+    // `group` is always one of `groups`; an unknown one still gets a named stream.
+    let dlq = stream.unwrap_or_else(|| dead_letter_stream(group));
+    let mut backoff = Backoff::new(&ctx.config);
+    while let Err(e) = dead_letter(ctx, &dlq, record, &failure, attempts).await {
+        tracing::warn!(error = %e, %dlq, "dead-lettering failed; retrying");
+        if blocked_wait(ctx, group, kind::UNREACHABLE, backoff.next_delay(), shutdown).await {
+            return Err(Stopped);
+        }
+    }
+    if let Some(env) = env {
+        while let Err(e) = ctx.store.finish(group, &env.event_id) {
+            tracing::error!(error = %e, "marking a dead-lettered event done failed; retrying");
+            if blocked_wait(ctx, group, kind::LOCAL, backoff.next_delay(), shutdown).await {
+                return Err(Stopped);
+            }
+        }
+    }
+    ctx.metrics.consumer_blocked.set(group, "", 0);
+    Ok(())
+}
+
+/// The consumer's on-failure hook, reached only if a handler error escapes
+/// (the handler fails only on shutdown, and this hook then refuses, so the
+/// record is not committed past and is delivered again after the restart).
+async fn last_resort(
     ctx: Arc<Ctx>,
     dlq: String,
     record: Record,
@@ -156,8 +354,14 @@ async fn dead_letter(
     shutdown: CancellationToken,
 ) -> Result<(), HandlerError> {
     if shutdown.is_cancelled() {
-        return Err(fail("shutting down; not dead-lettering"));
+        return Err(Stopped.into());
     }
+    let failure = Failure::permanent(kind::BAD_DATA, error);
+    dead_letter(&ctx, &dlq, &record, &failure, 1).await.map_err(|e| Box::new(e) as HandlerError)
+}
+
+/// Writes a record to `dlq` with why it failed after how many attempts.
+async fn dead_letter(ctx: &Ctx, dlq: &str, record: &Record, failure: &Failure, attempts: u32) -> client::Result<()> {
     let (data, encoding) = match std::str::from_utf8(&record.data) {
         Ok(s) => (s.to_string(), "utf8"),
         Err(_) => (base64::engine::general_purpose::STANDARD.encode(&record.data), "base64"),
@@ -168,104 +372,182 @@ async fn dead_letter(
         "partitionKey": record.partition_key,
         "shardId": record.shard_id,
         "sequenceNumber": record.sequence_number,
-        "error": error,
+        "error": failure.message,
+        "kind": failure.kind,
+        "permanent": failure.class == Class::Permanent,
+        "attempts": attempts,
     });
-    tracing::warn!(%dlq, shard = %record.shard_id, seq = record.sequence_number, %error, "dead-lettering a record");
+    tracing::warn!(%dlq, shard = %record.shard_id, seq = record.sequence_number, error = %failure, "dead-lettering a record");
     let producer =
-        Producer::connect(&ctx.broker, &dlq, ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() })
+        Producer::connect(&ctx.broker, dlq, ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() })
             .await?;
-    producer.send(record.partition_key.clone(), serde_json::to_vec(&body)?).await?.await?;
+    // Serialising a `json!` value cannot fail.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    producer.send(record.partition_key.clone(), bytes).await?.await?;
     producer.close().await?;
     Metrics::inc(&ctx.metrics.dead_lettered);
     Ok(())
 }
 
-fn need_order(env: &Envelope) -> Result<&Order, HandlerError> {
-    env.order.as_ref().ok_or_else(|| fail(format!("event {} has no order", env.event_id)))
+/// Why an attempt at an event ended without success.
+enum Handled {
+    Failed(Failure),
+    Stopped,
 }
 
-async fn external_parties(ctx: &Ctx, env: Envelope) -> Result<(), HandlerError> {
-    match env.event_type.as_str() {
-        event_type::ORDER_PLACED => {
-            if ctx.store.is_processed(EXTERNAL_PARTIES, &env.event_id).map_err(store_err)? {
-                return Ok(());
-            }
-            let order = need_order(&env)?;
-            let c = &ctx.config;
-            ctx.mailer
-                .send(
-                    &env.event_id,
-                    &c.ordering_system_email,
-                    &c.cake_producer_email,
-                    "New cake order",
-                    order_text(order),
-                )
-                .await?;
-            ctx.store.mark_processed(EXTERNAL_PARTIES, &env.event_id).map_err(store_err)?;
-            Metrics::inc(&ctx.metrics.emails_sent);
-            tracing::info!(order = %env.order_id, "cake producer notified");
+impl From<Failure> for Handled {
+    fn from(f: Failure) -> Self {
+        Handled::Failed(f)
+    }
+}
+
+impl From<crate::store::StoreError> for Handled {
+    fn from(e: crate::store::StoreError) -> Self {
+        Handled::Failed(e.into())
+    }
+}
+
+impl From<crate::email::EmailError> for Handled {
+    fn from(e: crate::email::EmailError) -> Self {
+        Handled::Failed(e.into())
+    }
+}
+
+/// One attempt at an event.
+async fn handle_event(
+    ctx: &Ctx,
+    group: &'static str,
+    env: &Envelope,
+    shutdown: &CancellationToken,
+) -> Result<(), Handled> {
+    match (group, env.event_type.as_str()) {
+        (EXTERNAL_PARTIES, event_type::ORDER_PLACED) => {
+            let order = need_order(env)?;
+            once(ctx, group, env, async {
+                let c = &ctx.config;
+                let text = order_text(order);
+                ctx.mailer
+                    .send(&env.event_id, &c.ordering_system_email, &c.cake_producer_email, "New cake order", text)
+                    .await?;
+                Metrics::inc(&ctx.metrics.emails_sent);
+                tracing::info!(order = %env.order_id, "cake producer notified");
+                Ok::<(), Handled>(())
+            })
+            .await
         }
-        event_type::ORDER_FULFILLED => {
-            if ctx.store.send_to_delivery(EXTERNAL_PARTIES, &env.event_id, &env.order_id).map_err(store_err)? {
+        (EXTERNAL_PARTIES, event_type::ORDER_FULFILLED) => {
+            // One transaction: the mark, the order stamp and the outbox entry.
+            if ctx.store.send_to_delivery(EXTERNAL_PARTIES, &env.event_id, &env.order_id)? {
                 tracing::info!(order = %env.order_id, "sent to delivery");
             }
+            Ok(())
         }
-        event_type::ORDER_DELIVERED => {}
-        other => tracing::warn!(event_type = other, event = %env.event_id, "ignoring an unknown event type"),
+        (EXTERNAL_PARTIES, event_type::ORDER_DELIVERED) => Ok(()),
+        (DELIVERY_COMPANY, _) => {
+            let order = need_order(env)?;
+            once(ctx, group, env, deliver(ctx, env, order, shutdown)).await
+        }
+        (CUSTOMER_SERVICE, _) => {
+            let review = env
+                .order_review
+                .as_deref()
+                .ok_or_else(|| Failure::bad_data(format!("event {} has no orderReview", env.event_id)))?;
+            once(ctx, group, env, async {
+                let c = &ctx.config;
+                let body = review_text(env, review);
+                ctx.mailer
+                    .send(&env.event_id, &c.ordering_system_email, &c.customer_service_email, "Order review", body)
+                    .await?;
+                Metrics::inc(&ctx.metrics.emails_sent);
+                Ok::<(), Handled>(())
+            })
+            .await
+        }
+        (_, other) => {
+            tracing::warn!(event_type = other, event = %env.event_id, group, "ignoring an unknown event type");
+            Ok(())
+        }
+    }
+}
+
+/// Performs `effect` if this caller wins the event's claim; marks it done
+/// after success, releases the claim after a failure.
+async fn once(
+    ctx: &Ctx,
+    group: &'static str,
+    env: &Envelope,
+    effect: impl std::future::Future<Output = Result<(), Handled>>,
+) -> Result<(), Handled> {
+    match ctx.store.claim(group, &env.event_id)? {
+        Claim::Done => Ok(()),
+        Claim::Busy => Err(Failure::transient(
+            kind::IN_PROGRESS,
+            format!("event {} is being handled by another delivery", env.event_id),
+        )
+        .into()),
+        Claim::Won { after_crash } => {
+            if after_crash {
+                tracing::warn!(group, event = %env.event_id, "a stopped process had claimed this event; handling it again (its receiver may see it twice)");
+            }
+            match effect.await {
+                Ok(()) => Ok(ctx.store.finish(group, &env.event_id)?),
+                Err(e) => {
+                    ctx.store.release(group, &env.event_id)?;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+fn need_order(env: &Envelope) -> Result<&Order, Failure> {
+    env.order.as_ref().ok_or_else(|| Failure::bad_data(format!("event {} has no order", env.event_id)))
+}
+
+/// Hands a fulfilled order to the delivery company: the webhook, or the simulator.
+async fn deliver(ctx: &Ctx, env: &Envelope, order: &Order, shutdown: &CancellationToken) -> Result<(), Handled> {
+    if let Some(url) = &ctx.config.delivery_webhook_url {
+        let status = ctx.http.post_json(url, webhook_body(env, order)?).await.map_err(Failure::from)?;
+        return Ok(Failure::from_status(status, "the delivery webhook")?);
+    }
+    let delay = Duration::from_millis(ctx.config.delivery_simulator_delay_ms);
+    if wait(delay, shutdown).await {
+        return Err(Handled::Stopped);
+    }
+    let body = serde_json::json!({
+        "orderId": order.order_id,
+        "deliveryCompanyId": "DeliveryCo1",
+        "orderReview": "Arrived on time, the cake was delicious. 5/5",
+    });
+    let url = format!("{}/order/delivered", ctx.self_url);
+    // Serialising a `json!` value cannot fail.
+    let status =
+        ctx.http.post_json(&url, serde_json::to_vec(&body).unwrap_or_default()).await.map_err(Failure::from)?;
+    match status {
+        200 => tracing::info!(order = %order.order_id, "simulated delivery done"),
+        409 | 404 => tracing::warn!(order = %order.order_id, "simulated delivery: order not deliverable"),
+        s => Failure::from_status(s, "POST /order/delivered")?,
     }
     Ok(())
 }
 
-async fn delivery_company(ctx: &Ctx, env: Envelope, shutdown: &CancellationToken) -> Result<(), HandlerError> {
-    if ctx.store.is_processed(DELIVERY_COMPANY, &env.event_id).map_err(store_err)? {
-        return Ok(());
-    }
-    let order = need_order(&env)?;
-    match &ctx.config.delivery_webhook_url {
-        Some(url) => {
-            let status = ctx.http.post_json(url, serde_json::to_vec(order)?).await?;
-            if !(200..300).contains(&status) {
-                return Err(fail(format!("delivery webhook answered {status}")));
-            }
-        }
-        None => {
-            let delay = Duration::from_millis(ctx.config.delivery_simulator_delay_ms);
-            if wait(delay, shutdown).await {
-                return Err(fail("shutting down"));
-            }
-            let body = serde_json::json!({
-                "orderId": order.order_id,
-                "deliveryCompanyId": "DeliveryCo1",
-                "orderReview": "Arrived on time, the cake was delicious. 5/5",
-            });
-            let url = format!("{}/order/delivered", ctx.self_url);
-            match ctx.http.post_json(&url, serde_json::to_vec(&body)?).await? {
-                200 => tracing::info!(order = %order.order_id, "simulated delivery done"),
-                409 | 404 => tracing::warn!(order = %order.order_id, "simulated delivery: order not deliverable"),
-                s => return Err(fail(format!("POST /order/delivered answered {s}"))),
-            }
-        }
-    }
-    ctx.store.mark_processed(DELIVERY_COMPANY, &env.event_id).map_err(store_err)?;
-    Ok(())
+/// The order's fields with the event id, so the receiver can deduplicate.
+fn webhook_body(env: &Envelope, order: &Order) -> Result<Vec<u8>, Failure> {
+    let mut body = serde_json::to_value(order).map_err(|e| Failure::bad_data(format!("encode order: {e}")))?;
+    let serde_json::Value::Object(fields) = &mut body else {
+        return Err(Failure::bad_data("an order does not encode as a JSON object"));
+    };
+    fields.insert("eventId".into(), env.event_id.clone().into());
+    serde_json::to_vec(&body).map_err(|e| Failure::bad_data(format!("encode order: {e}")))
 }
 
-async fn customer_service(ctx: &Ctx, env: Envelope) -> Result<(), HandlerError> {
-    if ctx.store.is_processed(CUSTOMER_SERVICE, &env.event_id).map_err(store_err)? {
-        return Ok(());
-    }
-    let review =
-        env.order_review.as_deref().ok_or_else(|| fail(format!("event {} has no orderReview", env.event_id)))?;
+fn review_text(env: &Envelope, review: &str) -> String {
     let mut body = String::new();
     let _ = writeln!(body, "A customer reviewed their order.\n");
     let _ = writeln!(body, "Order:  {}", env.order_id);
     let _ = writeln!(body, "Date:   {}", env.date.unwrap_or(env.occurred_at));
     let _ = writeln!(body, "Review: {review}");
-    let c = &ctx.config;
-    ctx.mailer.send(&env.event_id, &c.ordering_system_email, &c.customer_service_email, "Order review", body).await?;
-    ctx.store.mark_processed(CUSTOMER_SERVICE, &env.event_id).map_err(store_err)?;
-    Metrics::inc(&ctx.metrics.emails_sent);
-    Ok(())
+    body
 }
 
 /// The readable body of a new-order email.

@@ -17,9 +17,9 @@ pub enum EmailError {
     /// A bad address or message.
     #[error("message: {0}")]
     Message(String),
-    /// The SMTP server refused or was unreachable.
+    /// The SMTP server refused or was unreachable (lettre's error says which).
     #[error("smtp: {0}")]
-    Smtp(String),
+    Smtp(#[source] lettre::transport::smtp::Error),
     /// Writing the `.eml` file failed.
     #[error("write {path}: {source}")]
     Io {
@@ -53,7 +53,7 @@ impl Mailer {
     pub fn new(smtp: &SmtpConfig, dir: PathBuf) -> Result<Self, EmailError> {
         let Some(host) = &smtp.host else { return Ok(Mailer::Files(dir)) };
         let builder = if smtp.starttls {
-            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(|e| EmailError::Smtp(e.to_string()))?
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(EmailError::Smtp)?
         } else {
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         };
@@ -64,7 +64,9 @@ impl Mailer {
         Ok(Mailer::Smtp(builder.build()))
     }
 
-    /// Sends a plain-text message for event `event_id`.
+    /// Sends a plain-text message for event `event_id`. Its Message-ID is
+    /// derived from the event id, so a message sent again for the same
+    /// event (see `consumers` on crashes) can be recognised by the receiver.
     pub async fn send(
         &self,
         event_id: &str,
@@ -78,12 +80,13 @@ impl Mailer {
             .from(mailbox(from)?)
             .to(mailbox(to)?)
             .subject(subject)
+            .message_id(Some(format!("<{}@order-service>", sanitize(event_id))))
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .map_err(|e| EmailError::Message(e.to_string()))?;
         match self {
             Mailer::Smtp(t) => {
-                t.send(message).await.map_err(|e| EmailError::Smtp(e.to_string()))?;
+                t.send(message).await.map_err(EmailError::Smtp)?;
                 Ok(())
             }
             Mailer::Files(dir) => {
@@ -132,5 +135,6 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("ev-1.eml")).expect("eml");
         assert!(text.contains("Subject: New cake order"), "{text}");
         assert!(text.contains("To: b@example.com"), "{text}");
+        assert!(text.contains("Message-ID: <ev-1@order-service>"), "{text}");
     }
 }

@@ -24,26 +24,36 @@ impl Default for HttpClient {
     }
 }
 
-/// A failed request.
+/// A request that got no HTTP answer: no connection, a broken one, or no
+/// answer within the timeout. (A URL that cannot make a request is refused
+/// by the configuration check before any request is made.)
 #[derive(Debug, thiserror::Error)]
 #[error("POST {url}: {message}")]
 pub struct HttpError {
     url: String,
     message: String,
+    timed_out: bool,
+}
+
+impl HttpError {
+    /// Whether the request timed out (rather than failing to connect or breaking).
+    pub fn is_timeout(&self) -> bool {
+        self.timed_out
+    }
 }
 
 impl HttpClient {
     /// POSTs a JSON body; returns the status code.
     pub async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<u16, HttpError> {
-        let err = |message: String| HttpError { url: url.into(), message };
+        let err = |message: String, timed_out| HttpError { url: url.into(), message, timed_out };
         let req = hyper::Request::post(url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.to_string(), false))?;
         let resp = tokio::time::timeout(TIMEOUT, self.inner.request(req))
             .await
-            .map_err(|_| err("timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|_| err(format!("no answer within {} s", TIMEOUT.as_secs()), true))?
+            .map_err(|e| err(e.to_string(), false))?;
         Ok(resp.status().as_u16())
     }
 }

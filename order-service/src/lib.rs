@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod consumers;
 pub mod email;
+pub mod failure;
 pub mod http_client;
 pub mod model;
 pub mod relay;
@@ -178,8 +179,7 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
 
 /// Every stream the service uses, dead-letter streams included.
 pub fn stream_names(c: &Config) -> Vec<String> {
-    let queues = [&c.order_stream_name, &c.delivery_queue_name, &c.customer_service_queue_name];
-    queues.iter().flat_map(|q| [q.to_string(), format!("{q}-dlq")]).collect()
+    consumers::groups(c).into_iter().flat_map(|g| [g.stream, g.dead_letter]).collect()
 }
 
 /// Creates the streams (1 shard each) once the broker is reachable; an
@@ -217,27 +217,38 @@ async fn create_streams(addr: &str, names: &[String]) -> client::Result<()> {
 mod tests {
     use super::*;
 
+    /// `deploy/stack.toml` describes what the service creates and runs: its
+    /// values must be the code's.
     #[test]
-    fn the_stack_file_lists_every_stream_and_group_the_service_uses() {
+    fn the_stack_file_matches_the_streams_and_groups_the_service_uses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/stack.toml");
         let text = std::fs::read_to_string(path).expect("deploy/stack.toml");
         let stack: toml::Table = toml::from_str(&text).expect("valid TOML");
-        let names = |key: &str| -> Vec<String> {
-            stack[key]
-                .as_array()
-                .expect("array of tables")
-                .iter()
-                .map(|t| t["name"].as_str().expect("name").to_string())
-                .collect()
-        };
-        let mut streams = names("streams");
-        let mut expected = stream_names(&Config::default());
+        let tables = |key: &str| stack[key].as_array().expect("array of tables").clone();
+        let text_of =
+            |t: &toml::Value, key: &str| t[key].as_str().unwrap_or_else(|| panic!("{key} in {t}")).to_string();
+        let config = Config::default();
+
+        let mut streams: Vec<(String, i64)> =
+            tables("streams").iter().map(|t| (text_of(t, "name"), t["shards"].as_integer().expect("shards"))).collect();
+        let mut expected: Vec<(String, i64)> = stream_names(&config).into_iter().map(|n| (n, 1)).collect();
         streams.sort();
         expected.sort();
-        assert_eq!(streams, expected);
-        assert_eq!(
-            names("groups"),
-            [consumers::EXTERNAL_PARTIES, consumers::DELIVERY_COMPANY, consumers::CUSTOMER_SERVICE]
-        );
+        assert_eq!(streams, expected, "[[streams]] name and shards");
+
+        let groups: Vec<consumers::GroupSpec> = tables("groups")
+            .iter()
+            .map(|t| consumers::GroupSpec {
+                name: consumers::groups(&config)
+                    .iter()
+                    .map(|g| g.name)
+                    .find(|n| *n == text_of(t, "name"))
+                    .unwrap_or_else(|| panic!("the code has no group {}", text_of(t, "name"))),
+                stream: text_of(t, "stream"),
+                batch_size: u32::try_from(t["batchSize"].as_integer().expect("batchSize")).expect("u32"),
+                dead_letter: text_of(t, "deadLetter"),
+            })
+            .collect();
+        assert_eq!(groups, consumers::groups(&config), "[[groups]] name, stream, batchSize, deadLetter");
     }
 }

@@ -4,16 +4,25 @@
 //! (pending messages keyed by a big-endian sequence from
 //! `generate_id`, so iteration is publication order), `idempotency`
 //! (Idempotency-Key → the order it created) and `processed` (`group/eventId`
-//! of every event a consumer has handled).
+//! → the state of that event for that consumer group, see [`Claim`]).
 //!
-//! Invariant: every change to an order and the messages that announce it
-//! are written in one multi-tree transaction, so a crash leaves either both
-//! or neither. The relay deletes an outbox entry only after the broker
-//! acknowledged it, so every committed change is published at least once.
+//! Invariants:
+//! - Every change to an order and the messages that announce it are written
+//!   in one multi-tree transaction, so a crash leaves either both or neither.
+//! - Nothing is acknowledged (an HTTP answer, a consumer checkpoint) before
+//!   [`Store::commit`] returned: it rests on `broker::durable::DurableSled`,
+//!   which `fdatasync`s sled's files (and `fsync`s their directory) after
+//!   sled's own flush, which is no more than a `sync_file_range`.
+//! - The relay deletes an outbox entry only after the broker acknowledged
+//!   it, so every committed change is published at least once.
+//! - A consumer claims an event (`processed` from absent to "claimed by this
+//!   process", one compare-and-swap) before its side effect, so two
+//!   deliveries of one event in this process never both perform it.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use broker::durable::DurableSled;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -82,10 +91,35 @@ pub struct Streams {
     pub customer_service: String,
 }
 
+/// Where a consumer group stands with one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller now owns the event: perform the side effect, then
+    /// [`Store::finish`] (or [`Store::release`] if it failed).
+    Won {
+        /// A process that stopped before finishing had claimed it: its side
+        /// effect may have happened already.
+        after_crash: bool,
+    },
+    /// Another delivery in this process owns it right now.
+    Busy,
+    /// Handled (or dead-lettered) already.
+    Done,
+}
+
+/// `processed` values: a claim names the process (its incarnation id); a
+/// finished event is marked done. Values written before claims existed were
+/// 8-byte timestamps of handled events, which never start with this tag.
+const CLAIM_TAG: u8 = b'C';
+const DONE_TAG: u8 = b'D';
+
 /// The order store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
+    durable: Arc<DurableSled>,
+    /// Unique per open: a claim with another incarnation was left by a
+    /// process that stopped.
+    incarnation: Arc<[u8]>,
     orders: sled::Tree,
     outbox: sled::Tree,
     idempotency: sled::Tree,
@@ -125,29 +159,38 @@ fn enqueue(outbox: &TransactionalTree, stream: &str, envelope: &Envelope) -> TxR
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. Blocks (it fsyncs).
     pub fn open(dir: &Path, table: &str, streams: Streams) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let durable = DurableSled::open(dir)?;
+        let db = durable.db();
+        let mut incarnation = vec![CLAIM_TAG];
+        incarnation.extend_from_slice(new_id().as_bytes());
         Ok(Self {
             orders: db.open_tree(table)?,
             outbox: db.open_tree("outbox")?,
             idempotency: db.open_tree("idempotency")?,
             processed: db.open_tree("processed")?,
-            db,
+            durable: Arc::new(durable),
+            incarnation: incarnation.into(),
             streams,
             outbox_changed: Arc::new(Notify::new()),
         })
     }
 
-    /// Makes everything committed so far durable. sled's blocking flush runs
-    /// on the blocking pool: its `flush_async` stalled forever here under
-    /// many concurrent callers (eight HTTP clients in order-bench).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+    /// Returns once every change made before the call is durable
+    /// (`fdatasync`, see the module docs). Concurrent callers share one
+    /// sync. Runs on the blocking pool.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let durable = self.durable.clone();
+        tokio::task::spawn_blocking(move || durable.commit())
             .await
-            .map_err(|e| StoreError::Db(format!("flush task: {e}")))??;
-        Ok(())
+            .map_err(|e| StoreError::Db(format!("commit task: {e}")))?
+            .map_err(|e| StoreError::Db(e.to_string()))
+    }
+
+    /// Like [`Store::commit`], from a thread that may block.
+    pub fn commit_blocking(&self) -> Result<(), StoreError> {
+        self.durable.commit().map_err(|e| StoreError::Db(e.to_string()))
     }
 
     fn committed(&self) {
@@ -286,14 +329,44 @@ impl Store {
         Ok(done)
     }
 
-    /// Whether `group` has handled `event_id`.
-    pub fn is_processed(&self, group: &str, event_id: &str) -> Result<bool, StoreError> {
-        Ok(self.processed.contains_key(processed_key(group, event_id).as_bytes())?)
+    /// Claims `event_id` for `group`, atomically: of concurrent callers in
+    /// this process exactly one wins. A claim left by a process that stopped
+    /// is taken over. The claim itself need not be durable: if it is lost in
+    /// a crash, the event was not acknowledged either and is handled again,
+    /// as it would be after taking over a surviving claim.
+    pub fn claim(&self, group: &str, event_id: &str) -> Result<Claim, StoreError> {
+        let key = processed_key(group, event_id);
+        loop {
+            let current = self.processed.get(key.as_bytes())?;
+            let after_crash = match &current {
+                None => false,
+                Some(v) if v.as_ref() == &*self.incarnation => return Ok(Claim::Busy),
+                Some(v) if v.first() == Some(&CLAIM_TAG) => true,
+                Some(_) => return Ok(Claim::Done),
+            };
+            let swapped = self.processed.compare_and_swap(key.as_bytes(), current, Some(self.incarnation.as_ref()))?;
+            if swapped.is_ok() {
+                return Ok(Claim::Won { after_crash });
+            }
+            // Someone changed it between the read and the swap: look again.
+        }
     }
 
-    /// Records that `group` handled `event_id`.
-    pub fn mark_processed(&self, group: &str, event_id: &str) -> Result<(), StoreError> {
-        self.processed.insert(processed_key(group, event_id).as_bytes(), &now_ms().to_be_bytes())?;
+    /// Marks a claimed (or dead-lettered) event done. Durable after the next
+    /// [`Store::commit`].
+    pub fn finish(&self, group: &str, event_id: &str) -> Result<(), StoreError> {
+        let mut done = vec![DONE_TAG];
+        done.extend_from_slice(&now_ms().to_be_bytes());
+        self.processed.insert(processed_key(group, event_id).as_bytes(), done)?;
+        Ok(())
+    }
+
+    /// Gives up this process's claim after a failed side effect, so the next
+    /// attempt (or another delivery) can claim it again.
+    pub fn release(&self, group: &str, event_id: &str) -> Result<(), StoreError> {
+        let key = processed_key(group, event_id);
+        // Only our own claim is removed; anything else is left as it is.
+        let _ = self.processed.compare_and_swap(key.as_bytes(), Some(self.incarnation.as_ref()), None::<&[u8]>)?;
         Ok(())
     }
 
@@ -368,6 +441,48 @@ mod tests {
         assert_eq!(streams, ["o", "o", "d", "o", "c"]);
         let unknown = FulfillOrder { order_id: "nope".into(), fulfillment_id: "f".into() };
         assert_eq!(s.fulfill(&unknown), Err(StoreError::NotFound("nope".into())));
+    }
+
+    #[test]
+    fn one_claim_wins_and_a_stopped_process_claim_is_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = store(dir.path());
+            assert_eq!(s.claim("g", "e1").expect("claim"), Claim::Won { after_crash: false });
+            assert_eq!(s.claim("g", "e1").expect("claim"), Claim::Busy);
+            assert_eq!(s.claim("other", "e1").expect("claim"), Claim::Won { after_crash: false });
+            s.release("g", "e1").expect("release");
+            assert_eq!(s.claim("g", "e1").expect("claim"), Claim::Won { after_crash: false });
+            assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Won { after_crash: false });
+            s.finish("g", "e2").expect("finish");
+            assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
+            s.release("g", "e2").expect("release leaves a done mark");
+            assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
+            // A mark from before claims existed is a done mark.
+            s.processed.insert("g/old", &1u64.to_be_bytes()).expect("insert");
+            s.commit_blocking().expect("commit");
+        }
+        let s = store(dir.path());
+        assert_eq!(s.claim("g", "e1").expect("claim"), Claim::Won { after_crash: true });
+        assert_eq!(s.claim("g", "e1").expect("claim"), Claim::Busy);
+        assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
+        assert_eq!(s.claim("g", "old").expect("claim"), Claim::Done);
+    }
+
+    #[test]
+    fn concurrent_claims_have_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        for round in 0..50 {
+            let event = format!("e{round}");
+            let wins: usize = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| s.claim("g", &event).expect("claim") == Claim::Won { after_crash: false }))
+                    .collect();
+                handles.into_iter().map(|h| usize::from(h.join().expect("claimer"))).sum()
+            });
+            assert_eq!(wins, 1, "round {round}");
+        }
     }
 
     #[test]

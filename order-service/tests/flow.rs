@@ -142,12 +142,6 @@ async fn a_poison_record_is_dead_lettered_and_the_next_record_is_processed() {
     svc.running.stop().await.expect("clean stop");
 }
 
-/// A port nothing listens on (yet).
-async fn free_port() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_taken_while_the_broker_is_down_are_published_once_it_is_up() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -102,8 +102,8 @@ pub fn test_config(data_dir: &Path) -> Config {
         broker_grpc_addr: "127.0.0.1:0".parse().expect("addr"),
         broker_admin_addr: "127.0.0.1:0".parse().expect("addr"),
         delivery_simulator_delay_ms: 100,
-        consumer_max_retries: 1,
         consumer_retry_backoff_ms: 20,
+        consumer_retry_backoff_max_ms: 200,
         ..Config::default()
     }
 }
@@ -176,4 +176,171 @@ pub async fn read_stream(broker: &str, stream: &str) -> Vec<String> {
 /// Records of `stream` parsed as JSON.
 pub async fn stream_json(broker: &str, stream: &str) -> Vec<Value> {
     read_stream(broker, stream).await.iter().filter_map(|s| serde_json::from_str(s).ok()).collect()
+}
+
+/// A port on 127.0.0.1 that nothing listens on (until a test binds it).
+pub async fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// How long a fake server holds an answer while waiting for a concurrent
+/// second request; only a bound, never the thing a test waits for.
+pub const HOLD_MAX: Duration = Duration::from_secs(2);
+
+/// Waits until `count()` reaches `want` (woken by `arrived`) or [`HOLD_MAX`] passed.
+async fn hold(arrived: &tokio::sync::Notify, count: impl Fn() -> usize, want: usize) {
+    let deadline = Instant::now() + HOLD_MAX;
+    loop {
+        let notified = arrived.notified();
+        tokio::pin!(notified);
+        // Registered before the count is read, so an arrival in between still wakes us.
+        notified.as_mut().enable();
+        if count() >= want || Instant::now() >= deadline {
+            return;
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+/// Messages a fake SMTP server received, and its RCPT TO commands.
+#[derive(Debug, Default)]
+pub struct SmtpLog {
+    pub messages: std::sync::Mutex<Vec<String>>,
+    pub rcpts: std::sync::atomic::AtomicUsize,
+    pub arrived: tokio::sync::Notify,
+}
+
+impl SmtpLog {
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().expect("log").clone()
+    }
+    pub fn rcpts(&self) -> usize {
+        self.rcpts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a fake SMTP server does besides accepting mail.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmtpBehaviour {
+    /// Answer a message's final "." only once this many messages arrived
+    /// (or after [`HOLD_MAX`]), so that concurrent senders overlap.
+    pub hold_for: usize,
+    /// The reply to RCPT TO instead of "250 ok" (e.g. a permanent 550).
+    pub rcpt_reply: Option<&'static str>,
+}
+
+/// A minimal SMTP server (no TLS) on `listener`.
+pub fn smtp_server_on(listener: TcpListener, behaviour: SmtpBehaviour) -> std::sync::Arc<SmtpLog> {
+    use tokio::io::AsyncBufReadExt;
+    let log = std::sync::Arc::new(SmtpLog::default());
+    let shared = log.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let log = shared.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                let _ = w.write_all(b"220 test ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            log.messages.lock().expect("log").push(data.take().unwrap_or_default());
+                            log.arrived.notify_waiters();
+                            hold(&log.arrived, || log.messages.lock().expect("log").len(), behaviour.hold_for).await;
+                            let _ = w.write_all(b"250 queued\r\n").await;
+                        } else {
+                            d.push_str(&line);
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply = match verb.as_str() {
+                        "EHLO" | "HELO" => "250 test".to_string(),
+                        "RCPT" => {
+                            log.rcpts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            behaviour.rcpt_reply.unwrap_or("250 ok").to_string()
+                        }
+                        "DATA" => {
+                            data = Some(String::new());
+                            "354 go ahead".to_string()
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => "250 ok".to_string(),
+                    };
+                    let _ = w.write_all(format!("{reply}\r\n").as_bytes()).await;
+                }
+            });
+        }
+    });
+    log
+}
+
+/// A fake SMTP server on a fresh port.
+pub async fn smtp_server(behaviour: SmtpBehaviour) -> (u16, std::sync::Arc<SmtpLog>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (port, smtp_server_on(l, behaviour))
+}
+
+/// Calls a fake webhook received: each JSON body with the status it got.
+#[derive(Default)]
+pub struct HookLog {
+    pub calls: std::sync::Mutex<Vec<(Value, u16)>>,
+    pub arrived: tokio::sync::Notify,
+}
+
+impl HookLog {
+    pub fn calls(&self) -> Vec<(Value, u16)> {
+        self.calls.lock().expect("log").clone()
+    }
+    /// Bodies answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Value> {
+        self.calls().into_iter().filter(|(_, s)| (200..300).contains(s)).map(|(b, _)| b).collect()
+    }
+}
+
+/// A webhook at `http://<addr>/deliveries` that answers `status(call_index)`,
+/// holding each answer until `hold_for` calls arrived (or [`HOLD_MAX`]).
+pub async fn webhook_server(
+    hold_for: usize,
+    status: impl Fn(usize) -> u16 + Send + Sync + 'static,
+) -> (SocketAddr, std::sync::Arc<HookLog>) {
+    let log = std::sync::Arc::new(HookLog::default());
+    let status = std::sync::Arc::new(status);
+    let shared = log.clone();
+    let app = axum::Router::new().route(
+        "/deliveries",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let (log, status) = (shared.clone(), status.clone());
+            async move {
+                let code = {
+                    let mut calls = log.calls.lock().expect("log");
+                    let code = status(calls.len());
+                    calls.push((v, code));
+                    code
+                };
+                log.arrived.notify_waiters();
+                hold(&log.arrived, || log.calls.lock().expect("log").len(), hold_for).await;
+                axum::http::StatusCode::from_u16(code).expect("status code")
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (addr, log)
+}
+
+/// The value of a `/metrics` sample line, 0 when absent.
+pub async fn metric(addr: SocketAddr, sample: &str) -> u64 {
+    let body = get(addr, "/metrics").await.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
 }
