@@ -25,7 +25,8 @@ pub enum Error {
         /// The failure that poisoned the log.
         cause: String,
     },
-    /// Bytes on disk are damaged somewhere recovery may not cut them away.
+    /// Bytes on disk are damaged (returned by the read that reaches them), or
+    /// the directory's files contradict each other (opening refuses).
     #[error("corrupt data in {path} at byte {position}: {reason}")]
     Corrupt {
         /// The damaged file.

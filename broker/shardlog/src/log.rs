@@ -458,10 +458,12 @@ impl ShardLog {
         if expired.is_empty() {
             return Ok(Trimmed { segments: 0, bytes: 0, first_seq: self.first_seq() });
         }
-        // Oldest first, log before its indexes: whatever a crash interrupts
-        // leaves a contiguous suffix of segments and, at worst, orphaned
-        // index files that the next open removes. Readers keep their open
-        // handles, so a segment stays readable until it leaves the list below.
+        // Oldest first, log before its indexes, a directory `fsync` after
+        // each segment (so no file system can persist the removals out of
+        // order): whatever a crash interrupts leaves a contiguous suffix of
+        // segments and, at worst, orphaned index files that the next open
+        // removes. Readers keep their open handles, so a segment stays
+        // readable until it leaves the list below.
         let mut bytes = 0;
         for v in &expired {
             bytes += v.len;
@@ -470,8 +472,8 @@ impl ShardLog {
             for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
                 remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
             }
+            self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         }
-        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         self.shared.write().drain(..expired.len());
         Ok(Trimmed { segments: expired.len(), bytes, first_seq: self.first_seq() })
     }
@@ -569,7 +571,7 @@ impl ShardLog {
     /// Removes every segment after `segments[target]` and the index files of
     /// `segments[target..]`, so `segments[target]` can become the active one.
     /// Index files go first (then a directory `fsync`), segment files newest
-    /// first (then a directory `fsync`): a crash at any point leaves a
+    /// first (a directory `fsync` after each): a crash at any point leaves a
     /// contiguous prefix of segments whose last one has no index files.
     fn remove_after(&self, segments: &[Visible], target: usize) -> Result<()> {
         for v in &segments[target..] {
@@ -580,8 +582,9 @@ impl ShardLog {
         self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         for v in segments[target + 1..].iter().rev() {
             remove_if_present(self.io.as_ref(), &v.segment.path)?;
+            self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         }
-        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))
+        Ok(())
     }
 
     /// Reads every visible batch and checks its CRC; returns the first damage found.

@@ -52,7 +52,8 @@
 //!   missing file rather than reuse its sequence numbers. (A roll writes the
 //!   sealed segment's index files only after the successor is durable, and
 //!   every removal takes index files away before segment files, so no crash
-//!   leaves this state.)
+//!   leaves this state. Version-1 index files are let through: the version-1
+//!   writer wrote them before creating the successor.)
 //!
 //! Recovery is idempotent: a second open of a recovered directory changes
 //! nothing (the tests reopen every damaged log twice to check this).
@@ -485,8 +486,18 @@ pub(crate) fn write_indexes(io: &dyn Io, dir: &Path, base_seq: u64, index: &Segm
 }
 
 /// Refuses a directory whose last segment has index files: it was sealed,
-/// so its successor existed and is gone (see the module docs).
+/// so its successor existed and is gone (see the module docs). Version-1
+/// index files are the exception: the version-1 writer wrote them before
+/// creating the successor, so a crash in between left exactly this state.
 pub(crate) fn check_not_sealed(io: &dyn Io, dir: &Path, base_seq: u64, config: &Config) -> Result<()> {
+    for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+        let p = path_of(dir, base_seq, kind);
+        let Ok(f) = io.open(&p, OpenMode::Existing) else { continue };
+        let mut header = [0u8; FILE_HEADER_LEN as usize];
+        if f.read_exact_at(&mut header, 0).is_ok() && format::check_file_header(&header, kind, base_seq) == Ok(1) {
+            return Ok(());
+        }
+    }
     let path = path_of(dir, base_seq, FileKind::Log);
     let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
     let len = file.size().map_err(io_err("stat segment", &path))?;

@@ -510,3 +510,18 @@ fn version_1_files_are_read_and_appends_go_to_a_version_2_segment() {
     let log = ShardLog::open(dir.path(), config()).expect("reopen");
     assert_eq!(read_all(&log), vec![0, 1, 2, 3, 4]);
 }
+
+#[test]
+fn a_version_1_crash_between_index_write_and_roll_still_opens() {
+    // The version-1 writer wrote a sealed segment's index files before
+    // creating its successor; a crash in between left the newest segment
+    // with (version-1) index files. That is not a lost successor.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let next = build(dir.path(), 10);
+    let active = segment_files(dir.path()).pop().expect("segment");
+    let mut v1 = format::encode_file_header_version(format::FileKind::OffsetIndex, 0, 1).to_vec();
+    v1.extend_from_slice(&[0, 0, 0, 0, 32, 0, 0, 0]);
+    fs::write(index_of(&active, "index"), &v1).expect("write v1 index");
+    let log = ShardLog::open(dir.path(), config()).expect("a version-1 interrupted roll opens");
+    assert_eq!(log.next_seq(), next);
+}
