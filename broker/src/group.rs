@@ -221,7 +221,7 @@ pub fn validate_group_name(name: &str) -> Result<()> {
 
 /// The first sequence number of a shard for a start position. Blocking.
 fn resolve(shard: &Shard, start: StartPosition) -> Result<u64> {
-    let r = shard.reader();
+    let r = shard.reader()?;
     Ok(match start {
         StartPosition::TrimHorizon => r.first_seq(),
         StartPosition::Latest => r.next_seq(),
@@ -255,7 +255,8 @@ impl GroupManager {
             let mut checkpoints = store.checkpoints(meta.stream_id, &meta.name)?;
             for (&shard, cp) in checkpoints.iter_mut() {
                 // After a power loss in a non-durable mode the log can end before a checkpoint.
-                if let Some(end) = stream.shards.get(shard as usize).map(|s| s.reader().next_seq()) {
+                if let Some(end) = stream.shards.get(shard as usize).and_then(|s| s.reader().ok()).map(|r| r.next_seq())
+                {
                     if *cp > end {
                         tracing::warn!(group = %meta.name, shard, checkpoint = *cp, end, "checkpoint past the log end; clamped");
                         *cp = end;
@@ -444,7 +445,7 @@ impl GroupManager {
                 ));
             }
             let next = seq.saturating_add(1);
-            let end = g.stream.shards[s as usize].reader().next_seq();
+            let end = g.stream.shards[s as usize].reader()?.next_seq();
             if next > end {
                 return Err(BrokerError::invalid(
                     format!("{field}.sequence_number"),
@@ -500,7 +501,7 @@ impl GroupManager {
                     Some(c) => c,
                     None => resolve(&sh, start)?,
                 };
-                let r = sh.reader();
+                let r = sh.reader()?;
                 let base = base.max(r.first_seq());
                 let lag = r.next_seq().saturating_sub(base);
                 let age = if lag == 0 {
@@ -542,7 +543,7 @@ impl GroupManager {
         let updates = blocking(move || {
             let mut out = Vec::new();
             for (i, shard) in shards {
-                let r = shard.reader();
+                let r = shard.reader()?;
                 let seq = match to {
                     ResetTo::TrimHorizon => r.first_seq(),
                     ResetTo::Latest => r.next_seq(),
@@ -655,7 +656,7 @@ async fn read_round(
         if left == 0 {
             break;
         }
-        let reader = shard.reader().clone();
+        let reader = shard.reader()?;
         let first = reader.first_seq();
         let start = if pos < first {
             tracing::warn!(group, shard = %shard.id, from = pos, to = first, "records expired before the group processed them; skipping to the trim horizon");
