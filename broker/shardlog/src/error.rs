@@ -35,6 +35,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The active segment is damaged in bytes that were synced: the log was
+    /// opened read-only and refuses writes until it is repaired
+    /// ([`ShardLog::repair`](crate::ShardLog::repair)).
+    #[error("shard log is read-only: damage in {path} at byte {position}: {reason}; repair it to write again")]
+    Damaged {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damage.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A repair plan no longer matches the log (it changed since the plan was made).
+    #[error("stale repair plan: {reason}")]
+    StaleRepairPlan {
+        /// How the log differs from the plan.
+        reason: String,
+    },
     /// The requested sequence number was removed by retention.
     #[error("sequence number {requested} is below the trim horizon {first}")]
     SequenceTrimmed {

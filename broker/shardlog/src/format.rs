@@ -10,13 +10,22 @@
 //! tell a whole, valid frame from a torn or damaged one without any other
 //! file. Decoding bounds every length read from disk by [`FRAME_BYTES_MAX`]
 //! and by the bytes actually present before it trusts it.
+//!
+//! Version 2 (written now) differs from version 1 in two places: a batch
+//! frame's attributes field carries the *durable length* of its segment when
+//! the batch was appended (recovery uses it to tell a torn tail from damage,
+//! see [`crate::recovery`]), and index files end with a CRC32 trailer. Version
+//! 1 files are still read: their frames claim nothing (attributes `0`) and
+//! their index files, which have no checksum, are rebuilt from the log.
 
 use std::ops::Range;
 
 /// First eight bytes of every file this crate writes.
 pub const MAGIC: [u8; 8] = *b"SBSHLOG\0";
-/// Format version written in every file header.
-pub const VERSION: u16 = 1;
+/// Format version written in every new file header.
+pub const VERSION: u16 = 2;
+/// Oldest format version this crate still reads.
+pub const VERSION_MIN: u16 = 1;
 /// Length of the common file header.
 pub const FILE_HEADER_LEN: u64 = 32;
 /// Length of a batch frame's fixed header.
@@ -34,6 +43,10 @@ pub const PARTITION_KEY_BYTES_MAX: usize = PARTITION_KEY_CHARS_MAX * 4;
 pub const OFFSET_ENTRY_LEN: usize = 8;
 /// Bytes per time-index entry: timestamp u64 + relative sequence u32.
 pub const TIME_ENTRY_LEN: usize = 12;
+/// Bytes of the CRC32 trailer of a version-2 index file.
+pub const INDEX_TRAILER_LEN: usize = 4;
+/// Smallest possible frame: the header and one record with a one-byte key.
+pub const FRAME_BYTES_MIN: u32 = (FRAME_HEADER_LEN + RECORD_HEADER_LEN + 1) as u32;
 
 /// What a file holds; stored in its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,21 +91,28 @@ pub fn parse_file_name(name: &str) -> Option<(u64, FileKind)> {
     Some((stem.parse().ok()?, kind))
 }
 
-/// Encodes the common file header.
+/// Encodes the common file header with the current [`VERSION`].
 pub fn encode_file_header(kind: FileKind, base_seq: u64) -> [u8; FILE_HEADER_LEN as usize] {
+    encode_file_header_version(kind, base_seq, VERSION)
+}
+
+/// Encodes the common file header of a given version (tests write version-1
+/// files with it to check they are still read).
+pub fn encode_file_header_version(kind: FileKind, base_seq: u64, version: u16) -> [u8; FILE_HEADER_LEN as usize] {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..10].copy_from_slice(&version.to_le_bytes());
     h[10..12].copy_from_slice(&(kind as u16).to_le_bytes());
-    // 12..16 flags, 24..28 reserved: zero in version 1.
+    // 12..16 flags, 24..28 reserved: zero in versions 1 and 2.
     h[16..24].copy_from_slice(&base_seq.to_le_bytes());
     let crc = crc32fast::hash(&h[0..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Checks a file header; the error says which field is wrong.
-pub fn check_file_header(buf: &[u8], kind: FileKind, base_seq: u64) -> Result<(), String> {
+/// Checks a file header and returns its format version; the error says
+/// which field is wrong.
+pub fn check_file_header(buf: &[u8], kind: FileKind, base_seq: u64) -> Result<u16, String> {
     if buf.len() < FILE_HEADER_LEN as usize {
         return Err(format!("file header is {} bytes, expected {FILE_HEADER_LEN}", buf.len()));
     }
@@ -104,7 +124,7 @@ pub fn check_file_header(buf: &[u8], kind: FileKind, base_seq: u64) -> Result<()
         return Err("file header CRC mismatch".into());
     }
     let version = u16::from_le_bytes([buf[8], buf[9]]);
-    if version != VERSION {
+    if !(VERSION_MIN..=VERSION).contains(&version) {
         return Err(format!("unsupported format version {version}"));
     }
     let found_kind = u16::from_le_bytes([buf[10], buf[11]]);
@@ -115,7 +135,7 @@ pub fn check_file_header(buf: &[u8], kind: FileKind, base_seq: u64) -> Result<()
     if found_base != base_seq {
         return Err(format!("header base sequence {found_base} does not match file name {base_seq}"));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// The fixed header of a batch frame.
@@ -127,7 +147,7 @@ pub fn check_file_header(buf: &[u8], kind: FileKind, base_seq: u64) -> Result<()
 /// | 8 | 8 | base sequence (first record's) |
 /// | 16 | 8 | arrival timestamp, ms since the Unix epoch |
 /// | 24 | 4 | record count (>= 1) |
-/// | 28 | 4 | attributes (0 in version 1) |
+/// | 28 | 4 | durable length: bytes of the segment known synced when the batch was appended (0 in version 1) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     /// Whole frame length, header included.
@@ -138,6 +158,10 @@ pub struct FrameHeader {
     pub timestamp_ms: u64,
     /// Number of records in the batch.
     pub record_count: u32,
+    /// Length of the segment's prefix that the last successful `fdatasync`
+    /// before this batch's append covered (0 in version-1 files). Never more
+    /// than the batch's own position.
+    pub durable_len: u32,
 }
 
 impl FrameHeader {
@@ -165,7 +189,7 @@ pub fn peek_frame_len(buf: &[u8]) -> Result<u32, FrameError> {
         return Err(FrameError::Incomplete { needed: None });
     }
     let len = u32_at(buf, 0);
-    if (len as usize) < FRAME_HEADER_LEN + RECORD_HEADER_LEN + 1 || len > FRAME_BYTES_MAX {
+    if len < FRAME_BYTES_MIN || len > FRAME_BYTES_MAX {
         return Err(FrameError::Invalid(format!("frame length {len} out of bounds")));
     }
     Ok(len)
@@ -188,12 +212,10 @@ pub fn check_frame(buf: &[u8]) -> Result<FrameHeader, FrameError> {
         base_seq: u64_at(frame, 8),
         timestamp_ms: u64_at(frame, 16),
         record_count: u32_at(frame, 24),
+        durable_len: u32_at(frame, 28),
     };
     if header.record_count == 0 {
         return Err(FrameError::Invalid("batch has no records".into()));
-    }
-    if u32_at(frame, 28) != 0 {
-        return Err(FrameError::Invalid("unknown batch attributes".into()));
     }
     let mut pos = FRAME_HEADER_LEN;
     for i in 0..header.record_count {
@@ -241,16 +263,25 @@ pub fn frame_len<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64
     records.fold(FRAME_HEADER_LEN as u64, |n, (k, d)| n + (RECORD_HEADER_LEN + k.len() + d.len()) as u64)
 }
 
+/// The fixed fields of a frame to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameFields {
+    /// Sequence number of the first record.
+    pub base_seq: u64,
+    /// Arrival timestamp of the batch.
+    pub timestamp_ms: u64,
+    /// Number of records.
+    pub count: u32,
+    /// Whole frame length, from [`frame_len`].
+    pub len: u32,
+    /// The segment's durable length when the batch is appended.
+    pub durable_len: u32,
+}
+
 /// Appends one frame to `out`. The caller has validated every record
 /// (key length, sizes) and computed `len` with [`frame_len`].
-pub fn encode_frame<'a>(
-    out: &mut Vec<u8>,
-    base_seq: u64,
-    timestamp_ms: u64,
-    count: u32,
-    len: u32,
-    records: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) {
+pub fn encode_frame<'a>(out: &mut Vec<u8>, f: FrameFields, records: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+    let FrameFields { base_seq, timestamp_ms, count, len, durable_len } = f;
     let start = out.len();
     out.reserve(len as usize);
     out.extend_from_slice(&len.to_le_bytes());
@@ -258,7 +289,7 @@ pub fn encode_frame<'a>(
     out.extend_from_slice(&base_seq.to_le_bytes());
     out.extend_from_slice(&timestamp_ms.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&durable_len.to_le_bytes());
     for (key, data) in records {
         debug_assert!(!key.is_empty() && key.len() <= PARTITION_KEY_BYTES_MAX);
         out.extend_from_slice(&(key.len() as u16).to_le_bytes());
@@ -297,6 +328,7 @@ pub fn encode_offset_index(base_seq: u64, entries: &[OffsetEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.rel_seq.to_le_bytes());
         out.extend_from_slice(&e.position.to_le_bytes());
     }
+    push_trailer(&mut out);
     out
 }
 
@@ -308,30 +340,48 @@ pub fn encode_time_index(base_seq: u64, entries: &[TimeEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.timestamp_ms.to_le_bytes());
         out.extend_from_slice(&e.rel_seq.to_le_bytes());
     }
+    push_trailer(&mut out);
     out
 }
 
-/// Decodes an offset index file; structural checks only (the caller checks
-/// the entries against the log).
-pub fn decode_offset_index(buf: &[u8], base_seq: u64) -> Result<Vec<OffsetEntry>, String> {
-    check_file_header(buf, FileKind::OffsetIndex, base_seq)?;
-    let body = &buf[FILE_HEADER_LEN as usize..];
-    if body.len() % OFFSET_ENTRY_LEN != 0 {
-        return Err(format!("offset index body of {} bytes is not whole entries", body.len()));
+fn push_trailer(out: &mut Vec<u8>) {
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks an index file's header and CRC trailer and returns its entry bytes.
+/// Version-1 index files carry no checksum, so they are not trusted.
+fn index_body(buf: &[u8], kind: FileKind, base_seq: u64, entry_len: usize) -> Result<&[u8], String> {
+    let version = check_file_header(buf, kind, base_seq)?;
+    if version < 2 {
+        return Err(format!("version {version} index has no checksum"));
     }
+    let Some(body_end) = buf.len().checked_sub(INDEX_TRAILER_LEN).filter(|&e| e >= FILE_HEADER_LEN as usize) else {
+        return Err("index file has no checksum trailer".into());
+    };
+    if crc32fast::hash(&buf[..body_end]) != u32_at(buf, body_end) {
+        return Err("index checksum mismatch".into());
+    }
+    let body = &buf[FILE_HEADER_LEN as usize..body_end];
+    if body.len() % entry_len != 0 {
+        return Err(format!("index body of {} bytes is not whole {entry_len}-byte entries", body.len()));
+    }
+    Ok(body)
+}
+
+/// Decodes an offset index file: header, checksum and whole entries (the
+/// caller checks the entries against the log).
+pub fn decode_offset_index(buf: &[u8], base_seq: u64) -> Result<Vec<OffsetEntry>, String> {
+    let body = index_body(buf, FileKind::OffsetIndex, base_seq, OFFSET_ENTRY_LEN)?;
     Ok(body
         .chunks_exact(OFFSET_ENTRY_LEN)
         .map(|c| OffsetEntry { rel_seq: u32_at(c, 0), position: u32_at(c, 4) })
         .collect())
 }
 
-/// Decodes a time index file; structural checks only.
+/// Decodes a time index file: header, checksum and whole entries.
 pub fn decode_time_index(buf: &[u8], base_seq: u64) -> Result<Vec<TimeEntry>, String> {
-    check_file_header(buf, FileKind::TimeIndex, base_seq)?;
-    let body = &buf[FILE_HEADER_LEN as usize..];
-    if body.len() % TIME_ENTRY_LEN != 0 {
-        return Err(format!("time index body of {} bytes is not whole entries", body.len()));
-    }
+    let body = index_body(buf, FileKind::TimeIndex, base_seq, TIME_ENTRY_LEN)?;
     Ok(body
         .chunks_exact(TIME_ENTRY_LEN)
         .map(|c| TimeEntry { timestamp_ms: u64_at(c, 0), rel_seq: u32_at(c, 8) })
@@ -357,7 +407,14 @@ mod tests {
     fn frame(records: &[(&[u8], &[u8])]) -> Vec<u8> {
         let len = frame_len(records.iter().copied()) as u32;
         let mut out = Vec::new();
-        encode_frame(&mut out, 42, 1_700_000_000_000, records.len() as u32, len, records.iter().copied());
+        let f = FrameFields {
+            base_seq: 42,
+            timestamp_ms: 1_700_000_000_000,
+            count: records.len() as u32,
+            len,
+            durable_len: 32,
+        };
+        encode_frame(&mut out, f, records.iter().copied());
         out
     }
 
@@ -367,7 +424,13 @@ mod tests {
         let h = check_frame(&buf).expect("valid frame");
         assert_eq!(
             h,
-            FrameHeader { len: buf.len() as u32, base_seq: 42, timestamp_ms: 1_700_000_000_000, record_count: 2 }
+            FrameHeader {
+                len: buf.len() as u32,
+                base_seq: 42,
+                timestamp_ms: 1_700_000_000_000,
+                record_count: 2,
+                durable_len: 32
+            }
         );
         let recs: Vec<_> = records(&buf, 2).map(|(k, d)| (&buf[k], &buf[d])).collect();
         assert_eq!(recs, vec![(&b"k1"[..], &b"hello"[..]), (&b"key-two"[..], &b""[..])]);
@@ -403,7 +466,7 @@ mod tests {
     #[test]
     fn file_header_checks_each_field() {
         let h = encode_file_header(FileKind::Log, 7);
-        assert!(check_file_header(&h, FileKind::Log, 7).is_ok());
+        assert_eq!(check_file_header(&h, FileKind::Log, 7), Ok(VERSION));
         assert!(check_file_header(&h, FileKind::OffsetIndex, 7).unwrap_err().contains("kind"));
         assert!(check_file_header(&h, FileKind::Log, 8).unwrap_err().contains("base sequence"));
         let mut bad = h;
@@ -430,5 +493,28 @@ mod tests {
         let mut short = encode_offset_index(3, &offs);
         short.extend_from_slice(&[1, 2, 3]);
         assert!(decode_offset_index(&short, 3).is_err());
+    }
+
+    #[test]
+    fn every_bit_flip_of_an_index_file_is_detected() {
+        let times = vec![TimeEntry { timestamp_ms: 1, rel_seq: 0 }, TimeEntry { timestamp_ms: 5, rel_seq: 9 }];
+        let buf = encode_time_index(3, &times);
+        for byte in 0..buf.len() {
+            for bit in 0..8 {
+                let mut damaged = buf.clone();
+                damaged[byte] ^= 1 << bit;
+                assert!(decode_time_index(&damaged, 3).is_err(), "flip at byte {byte} bit {bit} undetected");
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_headers_are_read_and_version_1_indexes_are_not_trusted() {
+        let h = encode_file_header_version(FileKind::Log, 7, 1);
+        assert_eq!(check_file_header(&h, FileKind::Log, 7), Ok(1));
+        assert!(check_file_header(&encode_file_header_version(FileKind::Log, 7, 3), FileKind::Log, 7).is_err());
+        let mut v1 = encode_file_header_version(FileKind::OffsetIndex, 7, 1).to_vec();
+        v1.extend_from_slice(&[0, 0, 0, 0, 32, 0, 0, 0]);
+        assert!(decode_offset_index(&v1, 7).unwrap_err().contains("no checksum"));
     }
 }

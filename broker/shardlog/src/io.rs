@@ -7,8 +7,9 @@
 //!   chosen number of successes, optionally tearing the failing write.
 //! - [`SimIo`]: an in-memory disk that remembers what was synced. `crash()`
 //!   drops every byte not covered by a completed `sync_data`, every file
-//!   creation or removal not covered by a `sync_dir`, and can tear the
-//!   unsynced tail of a file at a random length: the power-loss model.
+//!   creation or removal not covered by a `sync_dir`, and can keep any
+//!   random subset of the unsynced 4 KiB pages of a file: the power-loss
+//!   model, as mean as a disk that writes back pages out of order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -312,6 +313,26 @@ struct SimData {
     synced: Vec<u8>,
 }
 
+/// Page size of the crash model.
+const PAGE: usize = 4096;
+
+/// One possible on-disk state after power loss, given the synced and the
+/// written contents of a file (see [`SimIo::crash`]).
+fn mix_pages(synced: &[u8], current: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let len = if next() % 2 == 0 { synced.len() } else { current.len() };
+    let mut out = vec![0u8; len];
+    let byte = |v: &[u8], i: usize| v.get(i).copied().unwrap_or(0);
+    for start in (0..len).step_by(PAGE) {
+        let end = (start + PAGE).min(len);
+        let take_written = next() % 2 == 0;
+        for (i, b) in out[start..end].iter_mut().enumerate() {
+            let at = start + i;
+            *b = if take_written { byte(current, at) } else { byte(synced, at) };
+        }
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain byte vectors behind, which
     // are still consistent enough for a test double; keep going.
@@ -324,16 +345,21 @@ impl SimIo {
         Self::default()
     }
 
-    /// Simulates power loss and reboot. Files keep only their synced bytes;
-    /// directory changes not followed by `sync_dir` are undone. With
-    /// `tear_seed`, a file whose unsynced bytes extend its synced bytes keeps
-    /// a pseudo-random prefix of that extension, as a partly written-back
-    /// page cache would.
-    pub fn crash(&self, tear_seed: Option<u64>) {
+    /// Simulates power loss and reboot. Directory changes not followed by
+    /// `sync_dir` are undone. Without `seed`, files keep exactly their
+    /// synced bytes. With `seed`, each file is as mean as a real disk: its
+    /// length is either the synced or the written one, and every 4 KiB page
+    /// that differs between the two independently holds either version (the
+    /// written bytes, or the synced ones, or zeroes where the synced file had
+    /// none). So unsynced pages reach the disk as any subset, in any order:
+    /// a zeroed gap can be followed by an intact later page, and an unsynced
+    /// overwrite can land in some pages and not others. Bytes covered by a
+    /// completed `sync_data` always survive.
+    pub fn crash(&self, seed: Option<u64>) {
         let mut disk = lock(&self.disk);
-        let mut rng = tear_seed.unwrap_or(0) | 1;
+        let mut rng = seed.unwrap_or(0) | 1;
         let mut next = move || {
-            // xorshift64*: deterministic, good enough to pick tear points.
+            // xorshift64*: deterministic, good enough to pick pages.
             rng ^= rng >> 12;
             rng ^= rng << 25;
             rng ^= rng >> 27;
@@ -342,15 +368,30 @@ impl SimIo {
         let survivors = disk.durable.clone();
         for file in survivors.values() {
             let mut d = lock(&file.data);
-            let mut after = d.synced.clone();
-            if tear_seed.is_some() && d.current.len() > d.synced.len() && d.current.starts_with(&d.synced) {
-                let extra = (next() % (d.current.len() - d.synced.len() + 1) as u64) as usize;
-                after.extend_from_slice(&d.current[d.synced.len()..d.synced.len() + extra]);
-            }
+            let after = match seed {
+                None => d.synced.clone(),
+                Some(_) => mix_pages(&d.synced, &d.current, &mut next),
+            };
             d.current = after.clone();
             d.synced = after;
         }
         disk.live = survivors;
+    }
+
+    /// An independent copy of the whole disk (live and durable state), so a
+    /// test can damage the copy and keep the original.
+    pub fn snapshot(&self) -> SimIo {
+        let disk = lock(&self.disk);
+        let mut copies: BTreeMap<*const SimFile, Arc<SimFile>> = BTreeMap::new();
+        let mut copy = |f: &Arc<SimFile>| {
+            copies
+                .entry(Arc::as_ptr(f))
+                .or_insert_with(|| Arc::new(SimFile { data: Mutex::new(lock(&f.data).clone()) }))
+                .clone()
+        };
+        let live = disk.live.iter().map(|(p, f)| (p.clone(), copy(f))).collect();
+        let durable = disk.durable.iter().map(|(p, f)| (p.clone(), copy(f))).collect();
+        SimIo { disk: Arc::new(Mutex::new(SimDisk { live, durable, dirs: disk.dirs.clone() })) }
     }
 
     /// Bytes of a file as the running system sees them (for byte surgery in tests).
@@ -493,6 +534,30 @@ mod tests {
         io.remove_file(&dir.join("a")).expect("rm");
         io.crash(None);
         assert_eq!(io.list_dir(dir).expect("ls"), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn sim_crash_keeps_synced_bytes_and_any_subset_of_unsynced_pages() {
+        let synced: Vec<u8> = (0..3 * PAGE + 100).map(|i| (i % 251) as u8 | 1).collect();
+        let mut current = synced.clone();
+        current.extend((0..6 * PAGE).map(|i| (i % 13) as u8 | 0x80));
+        let mut seen_gap_then_page = false;
+        for seed in 1..200u64 {
+            let mut rng = seed;
+            let mut next = move || {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng >> 33
+            };
+            let out = mix_pages(&synced, &current, &mut next);
+            assert!(out.len() == synced.len() || out.len() == current.len());
+            assert_eq!(&out[..synced.len()], &synced[..], "seed {seed}: synced bytes must survive");
+            let pages: Vec<bool> =
+                out[synced.len()..].chunks(PAGE).map(|p| p.iter().any(|&b| b != 0)).collect();
+            if let Some(first_gap) = pages.iter().position(|&kept| !kept) {
+                seen_gap_then_page |= pages[first_gap..].iter().any(|&kept| kept);
+            }
+        }
+        assert!(seen_gap_then_page, "some crash must persist a later page after a lost one");
     }
 
     #[test]

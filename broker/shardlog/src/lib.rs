@@ -22,6 +22,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// A named failpoint (the `fail` crate) that, when configured to `return`,
+/// makes the enclosing function fail with an injected I/O error on `$path`.
+/// Compiled in only with the `failpoints` feature; otherwise it is nothing.
+#[cfg(feature = "failpoints")]
+macro_rules! failpoint {
+    ($name:literal, $path:expr) => {
+        fail::fail_point!($name, |_| {
+            Err(crate::error::Error::Io {
+                op: $name,
+                path: std::path::PathBuf::from($path),
+                source: std::io::Error::other("injected by failpoint"),
+            })
+        })
+    };
+}
+#[cfg(not(feature = "failpoints"))]
+macro_rules! failpoint {
+    ($name:literal, $path:expr) => {};
+}
+pub(crate) use failpoint;
+
 mod config;
 mod error;
 pub mod format;
@@ -32,5 +53,7 @@ mod segment;
 
 pub use config::{Config, RECORD_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX_LIMIT};
 pub use error::{Error, Result};
-pub use log::{Appended, LogReader, LogStats, ReadBatch, Record, RecordRef, ShardLog, Trimmed, validate_record};
-pub use recovery::RecoveryReport;
+pub use log::{
+    Appended, LogReader, LogStats, ReadBatch, Record, RecordRef, RepairPlan, ShardLog, Trimmed, validate_record,
+};
+pub use recovery::{Damage, RecoveryReport};

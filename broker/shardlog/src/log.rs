@@ -18,14 +18,26 @@
 //!   they never see a batch that a crash could take back (when the owner uses
 //!   `sync`), nor a half-written one.
 //! - **Sealed segments are whole and durable.** Before a new segment is
-//!   created, the current one is synced and its index files are written and
-//!   synced; then the new file's header and the directory are synced. So only
-//!   the newest segment can have a torn tail.
+//!   created, the current one is synced (`fdatasync`); then the new file's
+//!   header is synced and the directory `fsync`ed; only then are the sealed
+//!   segment's index files written and synced. So only the newest segment can
+//!   have a torn tail, and only a sealed segment has index files.
+//! - **Every batch says how far its segment was durable** when it was
+//!   appended (the length the last successful `fdatasync` covered), so
+//!   recovery can tell bytes that were never synced from damaged synced bytes
+//!   (see [`crate::recovery`]).
+//! - **Damage is reported, not fatal.** Reads stop at damaged bytes with
+//!   [`Error::Corrupt`] naming file and byte, and serve everything else; a
+//!   log whose active segment is damaged in its synced part is read-only
+//!   ([`Error::Damaged`]) until [`ShardLog::repair`] cuts at the damage.
+//! - **Retention follows time, not appends.** [`ShardLog::trim_before`]
+//!   also rolls and deletes an active segment whose newest record is older
+//!   than the cutoff, so an idle shard does not keep expired records.
 //! - **Timestamps never decrease.** A batch's timestamp is the later of the
 //!   caller's and the previous batch's, so time lookups can binary-search.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 
@@ -33,8 +45,8 @@ use crate::config::Config;
 use crate::error::{Error, Result, io_err};
 use crate::format::{self, FILE_HEADER_LEN, FileKind};
 use crate::io::{Io, StdIo};
-use crate::recovery::{self, Found, FoundActive, RecoveryReport, path_of};
-use crate::segment::{IndexBuilder, ScanEnd, Segment, SegmentIndex, scan_frames};
+use crate::recovery::{self, Damage, Found, FoundActive, RecoveryReport, path_of};
+use crate::segment::{Chunk, IndexBuilder, ScanEnd, Segment, SegmentIndex, scan_frames};
 
 /// A record to append: the partition key (UTF-8, 1–256 characters) and the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +118,28 @@ pub struct LogStats {
     pub last_timestamp_ms: Option<u64>,
 }
 
+/// What [`ShardLog::repair`] would do: cut the log at its first damage.
+/// Making a plan changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairPlan {
+    /// The first damage in log order, where the cut happens.
+    pub damage: Damage,
+    /// The segment file that is cut (it becomes the active segment).
+    pub cut_path: PathBuf,
+    /// The byte the segment is cut at (a damaged file header is rewritten,
+    /// leaving the segment empty).
+    pub cut_position: u64,
+    /// The first sequence number removed; the next append gets it.
+    pub first_lost_seq: u64,
+    /// Sequence numbers removed: from `first_lost_seq` to the log's end,
+    /// readable or inside damaged ranges (their records are unknown).
+    pub records_lost: u64,
+    /// Bytes of segment files removed.
+    pub bytes_removed: u64,
+    /// Whole segment files removed (newer than the cut one).
+    pub segments_removed: Vec<PathBuf>,
+}
+
 /// What readers may see of a segment.
 #[derive(Debug, Clone)]
 struct Visible {
@@ -120,9 +154,25 @@ struct Visible {
 #[derive(Debug)]
 struct Shared {
     segments: RwLock<Vec<Visible>>,
+    /// Damage found when opening and by reads since, each once.
+    damage: Mutex<Vec<Damage>>,
 }
 
 impl Shared {
+    fn note_damage(&self, d: &Damage) {
+        // A plain vector is consistent after any panic; keep recording.
+        let mut known = self.damage.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.iter().any(|k| k.path == d.path && k.position == d.position) {
+            known.push(d.clone());
+        }
+    }
+
+    fn corrupt(&self, path: &Path, position: u64, reason: String) -> Error {
+        let d = Damage { path: path.to_path_buf(), position, reason };
+        self.note_damage(&d);
+        d.to_error()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Vec<Visible>> {
         // Updates are single assignments of plain values; a panic cannot leave them half-done.
         self.segments.read().unwrap_or_else(|e| e.into_inner())
@@ -139,6 +189,11 @@ impl Shared {
 struct Active {
     segment: Arc<Segment>,
     len: u64,
+    /// Bytes of the segment covered by the last successful `fdatasync`;
+    /// every appended batch records it.
+    durable_len: u64,
+    /// Format version of the segment file; an older one is rolled before appending.
+    version: u16,
     first_ts: Option<u64>,
     max_ts: Option<u64>,
     indexer: IndexBuilder,
@@ -149,6 +204,8 @@ impl Active {
         Self {
             segment: f.found.segment,
             len: f.found.len,
+            durable_len: f.found.len,
+            version: f.version,
             first_ts: f.found.first_ts,
             max_ts: f.found.max_ts,
             indexer: f.indexer,
@@ -171,6 +228,8 @@ pub struct ShardLog {
     durable_next_seq: u64,
     last_ts: u64,
     poisoned: Option<String>,
+    /// Damage in the synced part of the active segment: no writes until repaired.
+    damaged: Option<Damage>,
     report: RecoveryReport,
 }
 
@@ -187,7 +246,8 @@ impl ShardLog {
         let dir = dir.as_ref().to_path_buf();
         io.create_dir_all(&dir).map_err(io_err("create dir", &dir))?;
         let mut report = RecoveryReport::default();
-        let mut bases = recovery::list_segments(io.as_ref(), &dir, &mut report)?;
+        let listing = recovery::list_segments(io.as_ref(), &dir, &mut report)?;
+        let mut bases = listing.bases;
         if bases.is_empty() {
             recovery::create_segment(io.as_ref(), &dir, 0)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -196,10 +256,14 @@ impl ShardLog {
             bases.push(0);
         }
         let (&active_base, sealed) = bases.split_last().expect("at least one segment exists");
+        if listing.indexed.contains(&active_base) {
+            recovery::check_not_sealed(io.as_ref(), &dir, active_base, &config)?;
+        }
         let mut visible = Vec::with_capacity(bases.len());
         let mut expected = sealed.first().copied();
-        for &base in sealed {
-            let found = recovery::open_sealed(io.as_ref(), &dir, base, &config, &mut report)?;
+        for (i, &base) in sealed.iter().enumerate() {
+            let successor = bases[i + 1];
+            let found = recovery::open_sealed(io.as_ref(), &dir, base, successor, &config, &mut report)?;
             check_continuity(&found, expected)?;
             expected = Some(found.next_seq);
             visible.push(visible_of(&found));
@@ -210,17 +274,20 @@ impl ShardLog {
         report.segments = visible.len();
         let next_seq = active.found.next_seq;
         let last_ts = visible.iter().filter_map(|v| v.max_ts).max().unwrap_or(0);
+        let damaged = active.damage.clone();
+        let shared = Shared { segments: RwLock::new(visible), damage: Mutex::new(report.damage.clone()) };
         Ok(Self {
             dir,
             config,
             io,
-            shared: Arc::new(Shared { segments: RwLock::new(visible) }),
+            shared: Arc::new(shared),
             active: Active::from_found(active),
             pending: Vec::new(),
             next_seq,
             durable_next_seq: next_seq,
             last_ts,
             poisoned: None,
+            damaged,
             report,
         })
     }
@@ -260,11 +327,23 @@ impl ShardLog {
         self.poisoned.as_deref()
     }
 
+    /// The damage that makes the log read-only, if any (see [`Error::Damaged`]).
+    pub fn read_only(&self) -> Option<&Damage> {
+        self.damaged.as_ref()
+    }
+
+    /// Every damaged range known so far: found when opening, or by reads and
+    /// [`verify`](Self::verify) since.
+    pub fn damage(&self) -> Vec<Damage> {
+        self.reader().damage()
+    }
+
     /// Appends one batch with the given arrival time. The batch is buffered
     /// or written, not yet durable nor visible: call [`sync`](Self::sync)
     /// (or [`publish`](Self::publish)) before acknowledging it.
     pub fn append(&mut self, timestamp_ms: u64, records: &[RecordRef<'_>]) -> Result<Appended> {
-        self.check_poisoned()?;
+        self.check_writable()?;
+        crate::failpoint!("shardlog::append::before", &self.active.segment.path);
         let count = self.validate_batch(records)?;
         let len = format::frame_len(records.iter().map(|r| (r.partition_key, r.data)));
         if len > u64::from(self.config.batch_bytes_max) {
@@ -284,14 +363,14 @@ impl ShardLog {
         let position = self.active.len;
         let rel_seq = u32::try_from(base_seq - self.active.segment.base_seq)
             .expect("should_roll keeps relative sequences within u32");
-        format::encode_frame(
-            &mut self.pending,
+        let fields = format::FrameFields {
             base_seq,
             timestamp_ms,
             count,
-            len as u32,
-            records.iter().map(|r| (r.partition_key, r.data)),
-        );
+            len: len as u32,
+            durable_len: u32::try_from(self.active.durable_len).expect("segment positions fit u32 (FORMAT.md)"),
+        };
+        format::encode_frame(&mut self.pending, fields, records.iter().map(|r| (r.partition_key, r.data)));
         if let Some(entries) = self.active.indexer.observe(rel_seq, position, len, timestamp_ms) {
             self.active.segment.index_mut().push(entries);
         }
@@ -313,11 +392,21 @@ impl ShardLog {
         self.check_poisoned()?;
         self.flush_pending()?;
         if self.durable_next_seq != self.next_seq {
-            let r = self.active.segment.file.sync_data();
+            let r = self.sync_active();
             self.fail_on_err(r, "sync segment")?;
             self.durable_next_seq = self.next_seq;
         }
         self.publish_written();
+        Ok(())
+    }
+
+    /// `fdatasync`s the active segment; on success its whole written length is durable.
+    fn sync_active(&mut self) -> Result<()> {
+        crate::failpoint!("shardlog::sync::after_write_before_fsync", &self.active.segment.path);
+        let path = &self.active.segment.path;
+        self.active.segment.file.sync_data().map_err(io_err("sync segment", path))?;
+        crate::failpoint!("shardlog::sync::after_fsync", path);
+        self.active.durable_len = self.active.len;
         Ok(())
     }
 
@@ -346,38 +435,52 @@ impl ShardLog {
         self.reader().seq_at_or_after_timestamp(timestamp_ms)
     }
 
-    /// Retention: deletes whole sealed segments whose newest record is older
-    /// than `cutoff_ms`, oldest first. The active segment is never deleted.
+    /// Retention: deletes whole segments whose newest record is older than
+    /// `cutoff_ms`, oldest first. An expired active segment is rolled first
+    /// (its records synced, an empty successor made durable at `next_seq`)
+    /// and then deleted too, so an idle shard does not keep expired records;
+    /// sequence numbers never go back, and afterwards `first_seq == next_seq`.
     pub fn trim_before(&mut self, cutoff_ms: u64) -> Result<Trimmed> {
-        let removed: Vec<Visible> = {
-            let mut segments = self.shared.write();
+        // Timestamps never decrease, so an expired active segment means every
+        // sealed one is expired too and the deletion below takes them all.
+        let active_expired = self.active.len > FILE_HEADER_LEN
+            && self.active.max_ts.is_some_and(|t| t < cutoff_ms)
+            && self.damaged.is_none();
+        if active_expired {
+            self.check_poisoned()?;
+            self.roll()?;
+        }
+        let expired: Vec<Visible> = {
+            let segments = self.shared.read();
             let sealed = segments.len() - 1;
-            let n = segments[..sealed].iter().take_while(|v| v.max_ts.is_none_or(|t| t < cutoff_ms)).count();
-            segments.drain(..n).collect()
+            segments[..sealed].iter().take_while(|v| v.max_ts.is_none_or(|t| t < cutoff_ms)).cloned().collect()
         };
-        let mut trimmed = Trimmed { segments: removed.len(), bytes: 0, first_seq: self.first_seq() };
-        if removed.is_empty() {
-            return Ok(trimmed);
+        if expired.is_empty() {
+            return Ok(Trimmed { segments: 0, bytes: 0, first_seq: self.first_seq() });
         }
         // Oldest first, log before its indexes: whatever a crash interrupts
         // leaves a contiguous suffix of segments and, at worst, orphaned
-        // index files that the next open removes.
-        for v in &removed {
-            trimmed.bytes += v.len;
-            self.io.remove_file(&v.segment.path).map_err(io_err("remove segment", &v.segment.path))?;
+        // index files that the next open removes. Readers keep their open
+        // handles, so a segment stays readable until it leaves the list below.
+        let mut bytes = 0;
+        for v in &expired {
+            bytes += v.len;
+            remove_if_present(self.io.as_ref(), &v.segment.path)?;
+            crate::failpoint!("shardlog::retention::after_unlink", &v.segment.path);
             for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
                 remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
             }
         }
         self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
-        Ok(trimmed)
+        self.shared.write().drain(..expired.len());
+        Ok(Trimmed { segments: expired.len(), bytes, first_seq: self.first_seq() })
     }
 
     /// Repair: removes every record after `seq`, so the next append gets
     /// `seq + 1`. A batch that straddles the cut is rewritten with its
     /// records up to `seq`. Readers racing with a truncation may see an error.
     pub fn truncate_after(&mut self, seq: u64) -> Result<()> {
-        self.check_poisoned()?;
+        self.check_writable()?;
         let new_next = seq.saturating_add(1);
         let first = self.first_seq();
         if new_next < first || new_next > self.next_seq {
@@ -394,21 +497,12 @@ impl ShardLog {
     fn cut(&mut self, new_next: u64) -> Result<()> {
         let segments: Vec<Visible> = self.shared.read().clone();
         let target = segments.partition_point(|v| v.segment.base_seq <= new_next) - 1;
-        // Newest first, so a crash leaves a contiguous prefix of segments.
-        for v in segments[target + 1..].iter().rev() {
-            self.io.remove_file(&v.segment.path).map_err(io_err("remove segment", &v.segment.path))?;
-        }
+        self.remove_after(&segments, target)?;
         let keep = &segments[target].segment;
-        for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
-            for v in &segments[target..] {
-                remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
-            }
-        }
-        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         let file_len = keep.file.size().map_err(io_err("stat segment", &keep.path))?;
         let (start_seq, start_pos) = keep.index().floor(keep.base_seq, new_next);
         let mut cut: Option<(u64, Option<Vec<u8>>)> = None;
-        let end = scan_frames(keep.file.as_ref(), start_pos, file_len, start_seq, 1 << 20, |pos, h, frame| {
+        let end = scan_frames(keep.file.as_ref(), start_pos, file_len, start_seq, Chunk::fixed(1 << 20), |pos, h, frame| {
             if h.next_seq() <= new_next {
                 return true;
             }
@@ -418,7 +512,15 @@ impl ShardLog {
                     format::records(frame, keep_n).map(|(k, d)| (&frame[k], &frame[d])).collect();
                 let len = format::frame_len(kept.iter().copied()) as u32;
                 let mut out = Vec::with_capacity(len as usize);
-                format::encode_frame(&mut out, h.base_seq, h.timestamp_ms, keep_n, len, kept.into_iter());
+                // The rewritten batch sits where the old one did, so the old claim still holds.
+                let fields = format::FrameFields {
+                    base_seq: h.base_seq,
+                    timestamp_ms: h.timestamp_ms,
+                    count: keep_n,
+                    len,
+                    durable_len: h.durable_len,
+                };
+                format::encode_frame(&mut out, fields, kept.into_iter());
                 out
             });
             cut = Some((pos, rewrite));
@@ -433,14 +535,17 @@ impl ShardLog {
                 }
             }
             (ScanEnd::Clean { .. }, None) => {}
-            (ScanEnd::Bad { pos, reason }, _) => {
-                return Err(Error::Corrupt { path: keep.path.clone(), position: pos, reason });
+            (ScanEnd::Bad { pos, reason, .. }, _) => {
+                return Err(self.shared.corrupt(&keep.path, pos, reason));
             }
             (end, cut) => unreachable!("scan ended {end:?} with cut {cut:?}"),
         }
         keep.file.sync_data().map_err(io_err("sync segment", &keep.path))?;
         let mut report = RecoveryReport::default();
         let found = recovery::open_active(self.io.as_ref(), &self.dir, keep.base_seq, &self.config, &mut report)?;
+        if let Some(d) = found.damage {
+            return Err(d.to_error());
+        }
         debug_assert_eq!(found.found.next_seq, new_next, "the cut keeps exactly the records up to seq");
         {
             let mut visible = self.shared.write();
@@ -455,9 +560,87 @@ impl ShardLog {
         Ok(())
     }
 
+    /// Removes every segment after `segments[target]` and the index files of
+    /// `segments[target..]`, so `segments[target]` can become the active one.
+    /// Index files go first (then a directory `fsync`), segment files newest
+    /// first (then a directory `fsync`): a crash at any point leaves a
+    /// contiguous prefix of segments whose last one has no index files.
+    fn remove_after(&self, segments: &[Visible], target: usize) -> Result<()> {
+        for v in &segments[target..] {
+            for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+                remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
+            }
+        }
+        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
+        for v in segments[target + 1..].iter().rev() {
+            remove_if_present(self.io.as_ref(), &v.segment.path)?;
+        }
+        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))
+    }
+
     /// Reads every visible batch and checks its CRC; returns the first damage found.
     pub fn verify(&self) -> Result<()> {
         self.reader().verify()
+    }
+
+    /// What [`repair`](Self::repair) would do, or `None` if the log has no
+    /// damage. Reads (and CRC-checks) every segment up to the first damage;
+    /// changes nothing.
+    pub fn repair_plan(&self) -> Result<Option<RepairPlan>> {
+        let segments: Vec<Visible> = self.shared.read().clone();
+        let Some((i, pos, first_lost_seq, reason)) = first_damage(&segments, &self.shared)? else {
+            return Ok(None);
+        };
+        let v = &segments[i];
+        let file_len = v.segment.file.size().map_err(io_err("stat segment", &v.segment.path))?;
+        let cut_position = pos.max(FILE_HEADER_LEN);
+        let mut bytes_removed = file_len.saturating_sub(cut_position);
+        let mut segments_removed = Vec::new();
+        for later in &segments[i + 1..] {
+            bytes_removed += later.segment.file.size().map_err(io_err("stat segment", &later.segment.path))?;
+            segments_removed.push(later.segment.path.clone());
+        }
+        Ok(Some(RepairPlan {
+            damage: Damage { path: v.segment.path.clone(), position: pos, reason },
+            cut_path: v.segment.path.clone(),
+            cut_position,
+            first_lost_seq,
+            records_lost: self.next_seq.max(self.reader().next_seq()) - first_lost_seq,
+            bytes_removed,
+            segments_removed,
+        }))
+    }
+
+    /// Applies a plan from [`repair_plan`](Self::repair_plan): removes the
+    /// newer segments, cuts the damaged one at the damage (a damaged file
+    /// header is rewritten), makes it all durable (`fdatasync` of the file,
+    /// `fsync` of the directory) and reopens the log, which is then writable
+    /// and continues at `first_lost_seq`. Records from there on are lost:
+    /// this is an operator's decision. Fails with [`Error::StaleRepairPlan`]
+    /// if the log changed since the plan was made.
+    pub fn repair(&mut self, plan: &RepairPlan) -> Result<()> {
+        let current = self.repair_plan()?;
+        if current.as_ref() != Some(plan) {
+            return Err(Error::StaleRepairPlan { reason: format!("the log now plans {current:?}") });
+        }
+        if self.damaged.is_none() {
+            self.sync()?;
+        }
+        let segments: Vec<Visible> = self.shared.read().clone();
+        let target = segments.iter().position(|v| v.segment.path == plan.cut_path).expect("the plan names a segment");
+        self.remove_after(&segments, target)?;
+        let keep = &segments[target].segment;
+        let file = keep.file.as_ref();
+        if plan.damage.position < FILE_HEADER_LEN {
+            file.set_len(0).map_err(io_err("truncate segment", &keep.path))?;
+            file.write_all_at(&format::encode_file_header(FileKind::Log, keep.base_seq), 0)
+                .map_err(io_err("write segment header", &keep.path))?;
+        } else {
+            file.set_len(plan.cut_position).map_err(io_err("truncate segment", &keep.path))?;
+        }
+        file.sync_data().map_err(io_err("sync segment", &keep.path))?;
+        *self = Self::open_with_io(&self.dir, self.config.clone(), self.io.clone())?;
+        Ok(())
     }
 
     fn validate_batch(&self, records: &[RecordRef<'_>]) -> Result<u32> {
@@ -484,6 +667,10 @@ impl ShardLog {
         if self.active.len == FILE_HEADER_LEN {
             return false;
         }
+        if self.active.version < format::VERSION {
+            // A version-1 segment holds only version-1 frames; new batches go to a new file.
+            return true;
+        }
         let records_after = self.next_seq - self.active.segment.base_seq + u64::from(count);
         self.active.len + len > self.config.segment_bytes_max
             || self.active.first_ts.is_some_and(|t| timestamp_ms.saturating_sub(t) >= self.config.segment_age_max_ms)
@@ -493,19 +680,23 @@ impl ShardLog {
     /// Seals the active segment and starts a new one. Order matters; see the module docs.
     fn roll(&mut self) -> Result<()> {
         self.flush_pending()?;
-        let synced = self.active.segment.file.sync_data();
+        let synced = self.sync_active();
         self.fail_on_err(synced, "sync segment")?;
         self.durable_next_seq = self.next_seq;
+        let created = recovery::create_segment(self.io.as_ref(), &self.dir, self.next_seq);
+        let file = self.fail_on_err(created, "create segment")?;
+        // Index files only once the successor is durable: a last segment
+        // with index files then always means a lost successor.
         let index = self.active.segment.index().clone();
         let written = recovery::write_indexes(self.io.as_ref(), &self.dir, self.active.segment.base_seq, &index);
         self.fail_on_err(written, "write index")?;
-        let created = recovery::create_segment(self.io.as_ref(), &self.dir, self.next_seq);
-        let file = self.fail_on_err(created, "create segment")?;
         let path = path_of(&self.dir, self.next_seq, FileKind::Log);
         let segment = Arc::new(Segment::new(self.next_seq, path, file, SegmentIndex::default()));
         let fresh = Active {
             segment,
             len: FILE_HEADER_LEN,
+            durable_len: FILE_HEADER_LEN,
+            version: format::VERSION,
             first_ts: None,
             max_ts: None,
             indexer: IndexBuilder::new(self.config.index_interval_bytes),
@@ -550,6 +741,14 @@ impl ShardLog {
         }
     }
 
+    fn check_writable(&self) -> Result<()> {
+        self.check_poisoned()?;
+        match &self.damaged {
+            Some(d) => Err(Error::Damaged { path: d.path.clone(), position: d.position, reason: d.reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Poisons the log on any failure of a write-path operation.
     fn fail_on_err<T, E: Into<ErrorSource>>(&mut self, r: std::result::Result<T, E>, op: &'static str) -> Result<T> {
         r.map_err(|e| {
@@ -587,6 +786,39 @@ fn remove_if_present(io: &dyn Io, path: &Path) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Finds the first damage in log order: the segment's index in `segments`,
+/// the damaged byte, the first sequence number there, and the reason.
+fn first_damage(segments: &[Visible], shared: &Shared) -> Result<Option<(usize, u64, u64, String)>> {
+    for (i, v) in segments.iter().enumerate() {
+        let header_damage = {
+            let known = shared.damage.lock().unwrap_or_else(|e| e.into_inner());
+            known.iter().find(|d| d.path == v.segment.path && d.position == 0).cloned()
+        };
+        if let Some(d) = header_damage {
+            return Ok(Some((i, 0, v.segment.base_seq, d.reason)));
+        }
+        let end = scan_frames(v.segment.file.as_ref(), FILE_HEADER_LEN, v.len, v.segment.base_seq, VERIFY_CHUNK, |_, _, _| {
+            true
+        })
+        .map_err(io_err("read segment", &v.segment.path))?;
+        match end {
+            ScanEnd::Bad { pos, next_seq, reason } => {
+                shared.note_damage(&Damage { path: v.segment.path.clone(), position: pos, reason: reason.clone() });
+                return Ok(Some((i, pos, next_seq, reason)));
+            }
+            ScanEnd::Clean { next_seq } if next_seq != v.next_seq => {
+                let reason = format!("segment ends at sequence {next_seq}, its successor starts at {}", v.next_seq);
+                return Ok(Some((i, v.len, next_seq, reason)));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Chunk size of whole-log scans.
+const VERIFY_CHUNK: Chunk = Chunk::fixed(4 << 20);
 
 fn visible_of(f: &Found) -> Visible {
     Visible { segment: f.segment.clone(), len: f.len, next_seq: f.next_seq, max_ts: f.max_ts }
@@ -642,10 +874,20 @@ pub struct LogReader {
 /// and the caller continues from `next_seq`.
 const READ_SEGMENTS_MAX: usize = 2;
 
+/// First read size of a scan for `read` and time lookups.
+const READ_CHUNK_MIN: usize = 16 * 1024;
+
 impl LogReader {
     /// The oldest readable sequence number (the trim horizon).
     pub fn first_seq(&self) -> u64 {
         self.shared.read()[0].segment.base_seq
+    }
+
+    /// Every damaged range known so far: found when the log was opened, or
+    /// by reads and [`verify`](Self::verify) since. Reads that reach one fail
+    /// with [`Error::Corrupt`]; everything else is served.
+    pub fn damage(&self) -> Vec<Damage> {
+        self.shared.damage.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One past the newest readable sequence number.
@@ -690,7 +932,10 @@ impl LogReader {
                 continue;
             }
             let (start_seq, start_pos) = v.segment.index().floor(v.segment.base_seq, out.next_seq);
-            let chunk = max_bytes.saturating_add(64 * 1024).clamp(64 * 1024, 16 * 1024 * 1024);
+            // Start small (one index interval and a few records fit) and grow
+            // only while the read keeps wanting more, so a read of one record
+            // neither reads nor allocates `max_bytes`.
+            let chunk = Chunk { min: READ_CHUNK_MIN, max: max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20) };
             let mut full = false;
             let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, chunk, |_, h, frame| {
                 if h.next_seq() <= out.next_seq {
@@ -718,13 +963,14 @@ impl LogReader {
                 true
             })
             .map_err(io_err("read segment", &v.segment.path))?;
-            if let ScanEnd::Bad { pos, reason } = end {
+            if let ScanEnd::Bad { pos, reason, .. } = end {
                 // Hand out what was read before the damage; the read that
                 // starts at the damaged batch reports it.
+                let err = self.shared.corrupt(&v.segment.path, pos, reason);
                 if !out.records.is_empty() {
                     break;
                 }
-                return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
+                return Err(err);
             }
             if full {
                 break;
@@ -747,7 +993,7 @@ impl LogReader {
         };
         let (start_seq, start_pos) = v.segment.index().time_floor(v.segment.base_seq, timestamp_ms);
         let mut found = None;
-        let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, 64 * 1024, |_, h, _| {
+        let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, Chunk { min: READ_CHUNK_MIN, max: 1 << 20 }, |_, h, _| {
             if h.timestamp_ms >= timestamp_ms {
                 found = Some(h.base_seq);
                 return false;
@@ -755,8 +1001,8 @@ impl LogReader {
             true
         })
         .map_err(io_err("read segment", &v.segment.path))?;
-        if let ScanEnd::Bad { pos, reason } = end {
-            return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
+        if let ScanEnd::Bad { pos, reason, .. } = end {
+            return Err(self.shared.corrupt(&v.segment.path, pos, reason));
         }
         Ok(found.unwrap_or(v.next_seq))
     }
@@ -765,14 +1011,16 @@ impl LogReader {
     pub fn verify(&self) -> Result<()> {
         let segments: Vec<Visible> = self.shared.read().clone();
         for v in segments {
-            let end =
-                scan_frames(v.segment.file.as_ref(), FILE_HEADER_LEN, v.len, v.segment.base_seq, 4 << 20, |_, _, _| {
-                    true
-                })
-                .map_err(io_err("read segment", &v.segment.path))?;
-            if let ScanEnd::Bad { pos, reason } = end {
-                return Err(Error::Corrupt { path: v.segment.path.clone(), position: pos, reason });
+            let end = scan_frames(v.segment.file.as_ref(), FILE_HEADER_LEN, v.len, v.segment.base_seq, VERIFY_CHUNK, |_, _, _| {
+                true
+            })
+            .map_err(io_err("read segment", &v.segment.path))?;
+            if let ScanEnd::Bad { pos, reason, .. } = end {
+                return Err(self.shared.corrupt(&v.segment.path, pos, reason));
             }
+        }
+        if let Some(d) = self.damage().into_iter().next() {
+            return Err(d.to_error());
         }
         Ok(())
     }
@@ -915,14 +1163,49 @@ mod tests {
         assert_eq!((t.segments, t.first_seq), (2, 20), "segments ending at ts 9 and 19 are older than 25");
         assert!(matches!(log.read(19, 1, 1), Err(Error::SequenceTrimmed { requested: 19, first: 20 })));
         assert_eq!(seqs(&log.read(20, 1, 1).expect("read")), vec![20]);
+        let t = log.trim_before(41).expect("trim");
+        assert_eq!((t.segments, t.first_seq), (2, 40), "the active segment holds a record at ts 49");
         let t = log.trim_before(u64::MAX).expect("trim everything");
-        assert_eq!((t.segments, t.first_seq), (2, 40), "the active segment is never deleted");
+        assert_eq!((t.segments, t.first_seq), (1, 50), "an expired active segment is rolled and deleted");
+        assert_eq!((log.first_seq(), log.next_seq()), (50, 50), "sequence numbers never go back");
         assert_eq!(log.reader().stats().segments, 1);
         let names = io.list_dir(Path::new("/shard")).expect("ls");
-        assert_eq!(names, vec!["00000000000000000040.log".to_string()]);
+        assert_eq!(names, vec!["00000000000000000050.log".to_string()]);
+        assert!(matches!(log.read(49, 1, 1), Err(Error::SequenceTrimmed { requested: 49, first: 50 })));
+        fill(&mut log, 1, 1, 100);
+        log.sync().expect("sync");
         drop(log);
         let log = open(&io, small());
-        assert_eq!((log.first_seq(), log.next_seq()), (40, 50));
+        assert_eq!((log.first_seq(), log.next_seq()), (50, 51));
+    }
+
+    #[test]
+    fn an_idle_expired_active_segment_is_removed_crash_safely_at_every_step() {
+        use crate::io::{FaultKind, FaultyIo};
+        for kind in [FaultKind::Write, FaultKind::Sync] {
+            for after in 0..12 {
+                let sim = SimIo::new();
+                let faulty = FaultyIo::new(Arc::new(sim.clone()));
+                let mut log = ShardLog::open_with_io("/shard", small(), Arc::new(faulty.clone())).expect("open");
+                fill(&mut log, 5, 2, 100);
+                log.sync().expect("sync");
+                faulty.fail_after(kind, after, false);
+                let trimmed = log.trim_before(1_000);
+                drop(log);
+                sim.crash(Some(after + 1));
+                let log = open(&sim, small());
+                let (first, next) = (log.first_seq(), log.next_seq());
+                assert_eq!(next, 10, "{kind:?} after {after}: no record lost or invented ({trimmed:?})");
+                assert!(first == 0 || first == 10, "{kind:?} after {after}: all or nothing, got first {first}");
+                if trimmed.is_ok() {
+                    assert_eq!(first, 10, "{kind:?} after {after}: a successful trim is durable");
+                }
+                if first == 0 {
+                    assert_eq!(seqs(&log.read(0, 100, usize::MAX).expect("read")), (0..10).collect::<Vec<_>>());
+                }
+                assert!(log.recovery_report().damage.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -1,42 +1,91 @@
 //! Opening a shard directory after a clean stop or a crash.
 //!
-//! What may be damaged, and what is done about it:
+//! The rule is **same damage, same outcome**: wherever invalid bytes are
+//! found, opening either cuts them because they provably were never
+//! acknowledged (a torn tail), or records them as [`Damage`] and serves
+//! everything else. Damage never makes the whole log refuse to open; the
+//! only refusals are inconsistencies between files that no cut can explain
+//! (a missing segment in the middle or at the end, overlapping segments).
 //!
-//! - **The tail of the active (last) segment** may be torn: a crash can leave
-//!   a partly written batch, garbage or zeroes after the last batch that was
-//!   synced. The whole active segment is scanned with CRC checks; at the first
-//!   invalid batch the file is cut back to the end of the last valid one. This
-//!   only removes bytes that were never acknowledged: the writer acknowledges
-//!   nothing before `fdatasync`, and a synced batch is whole.
-//! - **Damage before the tail** (an invalid batch followed by a valid batch
-//!   that continues the sequence) is not a torn write; cutting there would
-//!   drop acknowledged records. Opening fails with [`Error::Corrupt`].
+//! - **The tail of the active (last) segment** may be torn: after a power
+//!   loss, any subset of the pages written since the last `fdatasync` may
+//!   have reached the disk, in any order, so a zeroed or stale gap can be
+//!   followed by an intact later page. Every version-2 batch carries its
+//!   segment's *durable length* at the time it was appended: the bytes the
+//!   last successful `fdatasync` had covered. At the first invalid byte `P`,
+//!   the rest of the segment is searched (streamed, with bounded work, see
+//!   [`find_next_frame`]) for valid batches later in the sequence; `D` is the
+//!   largest durable length any of them claims. If `P >= D`, nothing from
+//!   `P` on was ever synced, so nothing there was acknowledged: the file is
+//!   cut at `P` (`ftruncate` + `fdatasync`). If `P < D`, bytes that an
+//!   `fdatasync` covered are damaged: that is real damage, the segment is
+//!   left untouched, recorded as [`Damage`], and the log opens
+//!   **read-only** (appends fail with [`Error::Damaged`]) until repaired.
+//! - **The residual window.** Damage inside the last synced group (bytes
+//!   synced by the last successful `fdatasync`, with no later batch on disk
+//!   to vouch for them) cannot be told from a torn write without an extra
+//!   write per commit; it is cut like a torn tail. A later batch, once it
+//!   reaches the disk, closes the window for everything before it.
+//! - **Version-1 active segments** carry no durable lengths; for them any
+//!   valid batch later in the sequence after the first invalid byte makes
+//!   the damage real (read-only), as before version 2.
 //! - **Sealed segments** were synced in full before their successor was
-//!   created, so they are never cut. Their index files are checked
-//!   structurally and the batches after the last index entry are CRC-checked
-//!   to reach the file's end exactly; any mismatch rebuilds both indexes from
-//!   the log, and an invalid batch found while rebuilding is
-//!   [`Error::Corrupt`]. Every read checks the CRC of what it returns, so
-//!   damage deeper inside a sealed segment is reported when it is read (and
-//!   [`ShardLog::verify`](crate::ShardLog::verify) finds it on demand).
+//!   created (`fdatasync`, then the successor's header `fdatasync` and the
+//!   directory `fsync`), so they are never cut. Their index files carry a
+//!   CRC and are checked structurally, and the batches after the last index
+//!   entry are CRC-checked to reach the file's end exactly; any mismatch
+//!   rebuilds both indexes from the log. Damage found while rebuilding (in
+//!   any frame, the last one included) is recorded as [`Damage`]: the batches
+//!   before it and the valid batches after it are indexed and served, a read
+//!   that reaches it fails with [`Error::Corrupt`] naming file and byte, and
+//!   the segment's end in the sequence is its successor's base. Damage
+//!   deeper inside a segment whose indexes load cleanly is reported by the
+//!   read that reaches it (every read checks the CRC of what it returns)
+//!   and by [`ShardLog::verify`](crate::ShardLog::verify).
 //! - **A segment file shorter than its header** can only be the newest
 //!   segment, created by a roll that crashed before its header was synced;
 //!   it holds no records and its header is rewritten.
 //! - **Index files whose log is gone** are leftovers of a retention delete
 //!   that crashed half-way, and are removed.
+//! - **A last segment with index files** was sealed, so its successor
+//!   existed and is gone: opening refuses with [`Error::Corrupt`] naming the
+//!   missing file rather than reuse its sequence numbers. (A roll writes the
+//!   sealed segment's index files only after the successor is durable, and
+//!   every removal takes index files away before segment files, so no crash
+//!   leaves this state.)
 //!
 //! Recovery is idempotent: a second open of a recovered directory changes
 //! nothing (the tests reopen every damaged log twice to check this).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::{Error, Result, io_err};
-use crate::format::{self, FILE_HEADER_LEN, FileKind};
+use crate::format::{self, FILE_HEADER_LEN, FileKind, FrameHeader};
 use crate::io::{Io, IoFile, OpenMode};
-use crate::segment::{IndexBuilder, ScanEnd, Segment, SegmentIndex, scan_frames};
+use crate::segment::{
+    Chunk, IndexBuilder, ScanEnd, Search, Segment, SegmentIndex, find_next_frame, scan_frames,
+};
+
+/// A damaged byte range found in a segment file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Damage {
+    /// The damaged segment file.
+    pub path: PathBuf,
+    /// Byte position of the first invalid byte.
+    pub position: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+impl Damage {
+    /// The error a read reaching this damage returns.
+    pub fn to_error(&self) -> Error {
+        Error::Corrupt { path: self.path.clone(), position: self.position, reason: self.reason.clone() }
+    }
+}
 
 /// What recovery found and did when a log was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,6 +96,10 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Where the active segment was cut, with the reason the bytes there were invalid.
     pub truncated_at: Option<(PathBuf, u64, String)>,
+    /// Damage found and left in place (see the module docs), in log order.
+    pub damage: Vec<Damage>,
+    /// Set when the active segment is damaged in its synced part: the log is read-only.
+    pub read_only: Option<Damage>,
     /// Segments whose index files were rebuilt from the log.
     pub rebuilt_indexes: Vec<PathBuf>,
     /// Segment files whose header was rewritten (an interrupted roll).
@@ -58,9 +111,10 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
-    /// True when opening needed no repair of any kind.
+    /// True when opening needed no repair of any kind and found no damage.
     pub fn is_clean(&self) -> bool {
         self.truncated_bytes == 0
+            && self.damage.is_empty()
             && self.rebuilt_indexes.is_empty()
             && self.repaired_headers.is_empty()
             && self.removed_orphans.is_empty()
@@ -83,18 +137,31 @@ pub(crate) struct Found {
 pub(crate) struct FoundActive {
     pub found: Found,
     pub indexer: IndexBuilder,
+    /// Format version of the segment file.
+    pub version: u16,
+    /// Damage in the synced part: the log must not be written.
+    pub damage: Option<Damage>,
 }
 
 /// Chunk size for sequential scans during recovery.
-const SCAN_CHUNK: usize = 4 * 1024 * 1024;
+const SCAN_CHUNK: Chunk = Chunk::fixed(4 * 1024 * 1024);
 
 pub(crate) fn path_of(dir: &Path, base_seq: u64, kind: FileKind) -> PathBuf {
     dir.join(format::file_name(base_seq, kind))
 }
 
+/// The segments of a directory.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Base sequence numbers of the segment files, in order.
+    pub bases: Vec<u64>,
+    /// Bases that have an offset or time index file.
+    pub indexed: BTreeSet<u64>,
+}
+
 /// Lists the directory, removes orphaned index files and returns the
 /// segments' base sequence numbers in order.
-pub(crate) fn list_segments(io: &dyn Io, dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
+pub(crate) fn list_segments(io: &dyn Io, dir: &Path, report: &mut RecoveryReport) -> Result<Listing> {
     let names = io.list_dir(dir).map_err(io_err("list", dir))?;
     let mut kinds: BTreeMap<u64, Vec<FileKind>> = BTreeMap::new();
     for name in names {
@@ -104,11 +171,14 @@ pub(crate) fn list_segments(io: &dyn Io, dir: &Path, report: &mut RecoveryReport
         }
     }
     report.ignored_files.sort();
-    let mut bases = Vec::new();
+    let mut listing = Listing::default();
     let mut removed = false;
     for (base, ks) in kinds {
         if ks.contains(&FileKind::Log) {
-            bases.push(base);
+            listing.bases.push(base);
+            if ks.len() > 1 {
+                listing.indexed.insert(base);
+            }
             continue;
         }
         for kind in ks {
@@ -121,7 +191,7 @@ pub(crate) fn list_segments(io: &dyn Io, dir: &Path, report: &mut RecoveryReport
     if removed {
         io.sync_dir(dir).map_err(io_err("sync dir", dir))?;
     }
-    Ok(bases)
+    Ok(listing)
 }
 
 /// Creates an empty segment file whose header is durable, and makes its
@@ -132,6 +202,7 @@ pub(crate) fn create_segment(io: &dyn Io, dir: &Path, base_seq: u64) -> Result<A
     file.write_all_at(&format::encode_file_header(FileKind::Log, base_seq), 0)
         .map_err(io_err("write segment header", &path))?;
     file.sync_data().map_err(io_err("sync segment header", &path))?;
+    crate::failpoint!("shardlog::roll::before_dir_fsync", &path);
     io.sync_dir(dir).map_err(io_err("sync dir", dir))?;
     Ok(file)
 }
@@ -146,41 +217,138 @@ fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> Error {
     Error::Corrupt { path: path.to_path_buf(), position, reason: reason.into() }
 }
 
-/// Scans a whole segment from its header, building its index.
+fn damage(path: &Path, position: u64, reason: impl Into<String>) -> Damage {
+    Damage { path: path.to_path_buf(), position, reason: reason.into() }
+}
+
+/// The state of a scan over a segment's valid frames, with the index built so far.
+#[derive(Debug, Clone)]
 struct FullScan {
-    end: ScanEnd,
     index: SegmentIndex,
     indexer: IndexBuilder,
+    /// End of the last valid frame.
     valid_len: u64,
+    /// One past the last valid frame's last sequence number.
     next_seq: u64,
     first_ts: Option<u64>,
     max_ts: Option<u64>,
 }
 
-fn full_scan(file: &dyn IoFile, path: &Path, base_seq: u64, len: u64, config: &Config) -> Result<FullScan> {
-    let mut index = SegmentIndex::default();
-    let mut indexer = IndexBuilder::new(config.index_interval_bytes);
-    let (mut valid_len, mut next_seq, mut first_ts, mut max_ts) = (FILE_HEADER_LEN, base_seq, None, None);
-    let end = scan_frames(file, FILE_HEADER_LEN, len, base_seq, SCAN_CHUNK, |pos, h, _| {
-        let rel = u32::try_from(h.base_seq - base_seq).unwrap_or(u32::MAX);
-        if let Some(entries) = indexer.observe(rel, pos, u64::from(h.len), h.timestamp_ms) {
-            index.push(entries);
+impl FullScan {
+    fn new(base_seq: u64, config: &Config) -> Self {
+        Self {
+            index: SegmentIndex::default(),
+            indexer: IndexBuilder::new(config.index_interval_bytes),
+            valid_len: FILE_HEADER_LEN,
+            next_seq: base_seq,
+            first_ts: None,
+            max_ts: None,
         }
-        valid_len = pos + u64::from(h.len);
-        next_seq = h.next_seq();
-        first_ts.get_or_insert(h.timestamp_ms);
-        max_ts = Some(h.timestamp_ms);
+    }
+
+    fn observe(&mut self, base_seq: u64, pos: u64, h: &FrameHeader) {
+        let rel = u32::try_from(h.base_seq - base_seq).unwrap_or(u32::MAX);
+        if let Some(entries) = self.indexer.observe(rel, pos, u64::from(h.len), h.timestamp_ms) {
+            self.index.push(entries);
+        }
+        self.valid_len = pos + u64::from(h.len);
+        self.next_seq = h.next_seq();
+        self.first_ts.get_or_insert(h.timestamp_ms);
+        self.max_ts = Some(h.timestamp_ms);
+    }
+}
+
+/// Where a scan from the header first stopped at invalid bytes.
+#[derive(Debug, Clone)]
+struct Bad {
+    pos: u64,
+    next_seq: u64,
+    reason: String,
+}
+
+/// Scans a segment from its header up to the first invalid bytes.
+fn full_scan(file: &dyn IoFile, path: &Path, base_seq: u64, len: u64, config: &Config) -> Result<(FullScan, Option<Bad>)> {
+    let mut scan = FullScan::new(base_seq, config);
+    let end = scan_frames(file, FILE_HEADER_LEN, len, base_seq, SCAN_CHUNK, |pos, h, _| {
+        scan.observe(base_seq, pos, h);
         true
     })
     .map_err(io_err("scan segment", path))?;
-    Ok(FullScan { end, index, indexer, valid_len, next_seq, first_ts, max_ts })
+    let bad = match end {
+        ScanEnd::Clean { .. } => None,
+        ScanEnd::Bad { pos, next_seq, reason } => Some(Bad { pos, next_seq, reason }),
+        ScanEnd::Stopped => unreachable!("the full scan visitor never stops"),
+    };
+    Ok((scan, bad))
 }
 
-/// Opens a segment that has a successor. Never modifies its log file.
+/// What lies after the first invalid bytes of a segment.
+#[derive(Debug, Default)]
+struct AfterDamage {
+    /// Every invalid range start, the first included, with its reason.
+    damage: Vec<(u64, String)>,
+    /// Valid frames found after the first invalid bytes.
+    frames: u64,
+    /// The largest durable length those frames claim.
+    claim_max: u64,
+    /// The search ran out of budget: what follows is unknown.
+    exhausted: bool,
+}
+
+/// From the first invalid bytes on, finds every later valid frame that
+/// continues the sequence (resynchronising after each invalid range),
+/// indexing them into `scan`. The search work is bounded (see
+/// [`find_next_frame`]): a few passes over the bytes after the damage plus
+/// one largest frame.
+fn scan_after_damage(
+    file: &dyn IoFile,
+    path: &Path,
+    base_seq: u64,
+    len: u64,
+    scan: &mut FullScan,
+    first: &Bad,
+) -> Result<AfterDamage> {
+    let mut after = AfterDamage { damage: vec![(first.pos, first.reason.clone())], ..AfterDamage::default() };
+    let mut budget = 4 * (len - first.pos) + u64::from(format::FRAME_BYTES_MAX);
+    let seq_max = base_seq.saturating_add(u64::from(u32::MAX));
+    let (mut bad_pos, mut expected) = (first.pos, first.next_seq);
+    loop {
+        let found = match find_next_frame(file, bad_pos, len, expected, seq_max, &mut budget)
+            .map_err(io_err("search segment", path))?
+        {
+            Search::Found(f) => f,
+            Search::None => return Ok(after),
+            Search::Exhausted => {
+                after.exhausted = true;
+                return Ok(after);
+            }
+        };
+        scan.indexer.force_next();
+        let end = scan_frames(file, found.pos, len, found.header.base_seq, SCAN_CHUNK, |pos, h, _| {
+            scan.observe(base_seq, pos, h);
+            after.frames += 1;
+            after.claim_max = after.claim_max.max(u64::from(h.durable_len));
+            true
+        })
+        .map_err(io_err("scan segment", path))?;
+        match end {
+            ScanEnd::Clean { .. } => return Ok(after),
+            ScanEnd::Bad { pos, next_seq, reason } => {
+                after.damage.push((pos, reason));
+                (bad_pos, expected) = (pos, next_seq);
+            }
+            ScanEnd::Stopped => unreachable!("the scan visitor never stops"),
+        }
+    }
+}
+
+/// Opens a segment that has a successor starting at `successor_base`.
+/// Never modifies its log file.
 pub(crate) fn open_sealed(
     io: &dyn Io,
     dir: &Path,
     base_seq: u64,
+    successor_base: u64,
     config: &Config,
     report: &mut RecoveryReport,
 ) -> Result<Found> {
@@ -188,29 +356,49 @@ pub(crate) fn open_sealed(
     let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
     let len = file.size().map_err(io_err("stat segment", &path))?;
     let header = read_header(file.as_ref(), &path, len)?;
-    format::check_file_header(&header, FileKind::Log, base_seq).map_err(|r| corrupt(&path, 0, r))?;
-    if len == FILE_HEADER_LEN {
+    let header_damage = format::check_file_header(&header, FileKind::Log, base_seq).err();
+    if header_damage.is_none() && len == FILE_HEADER_LEN {
         let segment = Arc::new(Segment::new(base_seq, path, file, SegmentIndex::default()));
         return Ok(Found { segment, len, next_seq: base_seq, first_ts: None, max_ts: None });
     }
-    if let Some(found) = load_indexes(io, dir, base_seq, &path, &file, len)? {
-        return Ok(found);
+    if header_damage.is_none() {
+        if let Some(found) = load_indexes(io, dir, base_seq, &path, &file, len)? {
+            return Ok(found);
+        }
     }
-    let scan = full_scan(file.as_ref(), &path, base_seq, len, config)?;
-    match scan.end {
-        ScanEnd::Clean { .. } => {}
-        ScanEnd::Bad { pos, reason } => return Err(corrupt(&path, pos, format!("sealed segment: {reason}"))),
-        ScanEnd::Stopped => unreachable!("the full scan visitor never stops"),
+    let (mut scan, bad) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
+    let mut damages = Vec::new();
+    if let Some(reason) = header_damage {
+        damages.push(damage(&path, 0, format!("sealed segment file header: {reason}")));
     }
-    write_indexes(io, dir, base_seq, &scan.index)?;
-    report.rebuilt_indexes.push(path.clone());
+    if let Some(bad) = bad {
+        let after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, &bad)?;
+        damages.extend(after.damage.into_iter().map(|(pos, reason)| damage(&path, pos, format!("sealed segment: {reason}"))));
+    }
+    if damages.is_empty() {
+        write_indexes(io, dir, base_seq, &scan.index)?;
+        report.rebuilt_indexes.push(path.clone());
+        let segment = Arc::new(Segment::new(base_seq, path, file, scan.index));
+        return Ok(Found { segment, len, next_seq: scan.next_seq, first_ts: scan.first_ts, max_ts: scan.max_ts });
+    }
+    // The records in the damaged ranges are unknown; the successor's base
+    // says where this segment's sequence ended. Index files are not written,
+    // so every open finds and reports the damage again.
+    if scan.next_seq > successor_base {
+        return Err(corrupt(
+            &path,
+            scan.valid_len,
+            format!("segment holds sequence {} but its successor starts at {successor_base}", scan.next_seq - 1),
+        ));
+    }
+    report.damage.extend(damages);
     let segment = Arc::new(Segment::new(base_seq, path, file, scan.index));
-    Ok(Found { segment, len, next_seq: scan.next_seq, first_ts: scan.first_ts, max_ts: scan.max_ts })
+    Ok(Found { segment, len, next_seq: successor_base, first_ts: scan.first_ts, max_ts: scan.max_ts })
 }
 
 /// Loads and checks a sealed segment's index files. `None` means they are
-/// missing or inconsistent and must be rebuilt; I/O errors other than a
-/// missing file are returned.
+/// missing, fail their checksum or are inconsistent with the log, and must
+/// be rebuilt; I/O errors other than a missing file are returned.
 fn load_indexes(
     io: &dyn Io,
     dir: &Path,
@@ -220,7 +408,7 @@ fn load_indexes(
     len: u64,
 ) -> Result<Option<Found>> {
     // No index can have more entries than the log has batches.
-    let batches_max = len / (format::FRAME_HEADER_LEN + format::RECORD_HEADER_LEN + 1) as u64 + 1;
+    let batches_max = len / u64::from(format::FRAME_BYTES_MIN) + 1;
     let read = |kind: FileKind, entry_len: usize| -> Result<Option<Vec<u8>>> {
         let p = path_of(dir, base_seq, kind);
         let f = match io.open(&p, OpenMode::Existing) {
@@ -229,7 +417,7 @@ fn load_indexes(
             Err(e) => return Err(io_err("open index", &p)(e)),
         };
         let n = f.size().map_err(io_err("stat index", &p))?;
-        if n > FILE_HEADER_LEN + batches_max * entry_len as u64 {
+        if n > FILE_HEADER_LEN + batches_max * entry_len as u64 + format::INDEX_TRAILER_LEN as u64 {
             return Ok(None);
         }
         let mut buf = vec![0u8; n as usize];
@@ -274,8 +462,9 @@ fn load_indexes(
     Ok(Some(Found { segment, len, next_seq, first_ts, max_ts }))
 }
 
-/// Writes a sealed segment's index files and makes them durable, so the
-/// next open does not have to rebuild them.
+/// Writes a sealed segment's index files and makes them durable (each file
+/// `fdatasync`ed, then the directory `fsync`ed), so the next open does not
+/// have to rebuild them.
 pub(crate) fn write_indexes(io: &dyn Io, dir: &Path, base_seq: u64, index: &SegmentIndex) -> Result<()> {
     for (kind, bytes) in [
         (FileKind::OffsetIndex, format::encode_offset_index(base_seq, &index.offsets)),
@@ -289,7 +478,29 @@ pub(crate) fn write_indexes(io: &dyn Io, dir: &Path, base_seq: u64, index: &Segm
     io.sync_dir(dir).map_err(io_err("sync dir", dir))
 }
 
-/// Opens the newest segment: full CRC scan, torn-tail repair, index rebuilt in memory.
+/// Refuses a directory whose last segment has index files: it was sealed,
+/// so its successor existed and is gone (see the module docs).
+pub(crate) fn check_not_sealed(io: &dyn Io, dir: &Path, base_seq: u64, config: &Config) -> Result<()> {
+    let path = path_of(dir, base_seq, FileKind::Log);
+    let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
+    let len = file.size().map_err(io_err("stat segment", &path))?;
+    let (scan, _) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
+    let missing = path_of(dir, scan.next_seq, FileKind::Log);
+    Err(corrupt(
+        &path,
+        0,
+        format!(
+            "the newest segment has index files, so it was sealed, but its successor {} is missing; \
+             refusing to reuse sequence numbers from {}",
+            missing.display(),
+            scan.next_seq
+        ),
+    ))
+}
+
+/// Opens the newest segment: full CRC scan, torn-tail repair or damage
+/// report, index rebuilt in memory. A writable result has been `fdatasync`ed,
+/// so its whole length is durable.
 pub(crate) fn open_active(
     io: &dyn Io,
     dir: &Path,
@@ -301,81 +512,93 @@ pub(crate) fn open_active(
     let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
     let len = file.size().map_err(io_err("stat segment", &path))?;
     let header = read_header(file.as_ref(), &path, len)?;
-    if let Err(reason) = format::check_file_header(&header, FileKind::Log, base_seq) {
-        if len > FILE_HEADER_LEN {
-            return Err(corrupt(&path, 0, reason));
+    let version = match format::check_file_header(&header, FileKind::Log, base_seq) {
+        Ok(version) if version < format::VERSION && len == FILE_HEADER_LEN => {
+            // An empty version-1 segment: rewrite its header so appends
+            // write version-2 frames into a version-2 file.
+            rewrite_header(file.as_ref(), &path, base_seq)?;
+            format::VERSION
         }
-        // A roll crashed before the header was durable: no record can be here.
-        file.set_len(0).map_err(io_err("truncate segment", &path))?;
-        file.write_all_at(&format::encode_file_header(FileKind::Log, base_seq), 0)
-            .map_err(io_err("write segment header", &path))?;
-        file.sync_data().map_err(io_err("sync segment", &path))?;
-        report.repaired_headers.push(path.clone());
-        return Ok(empty_active(base_seq, path, file, config));
-    }
-    let scan = full_scan(file.as_ref(), &path, base_seq, len, config)?;
-    match scan.end {
-        ScanEnd::Clean { .. } => {}
-        ScanEnd::Bad { pos, reason } => {
-            if let Some(valid_at) = find_valid_frame_after(file.as_ref(), &path, pos, len)? {
-                return Err(corrupt(
-                    &path,
-                    pos,
-                    format!(
-                        "{reason}; a valid batch follows at byte {valid_at}, so this is not a torn tail and nothing was cut"
-                    ),
-                ));
+        Ok(version) => version,
+        Err(_) if len <= FILE_HEADER_LEN => {
+            // A roll crashed before the header was durable: no record can be here.
+            rewrite_header(file.as_ref(), &path, base_seq)?;
+            report.repaired_headers.push(path.clone());
+            return Ok(empty_active(base_seq, path, file, config));
+        }
+        Err(reason) => {
+            // The header was synced when the segment was created: damage.
+            let d = damage(&path, 0, format!("active segment file header: {reason}"));
+            let (mut scan, bad) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
+            report.damage.push(d.clone());
+            if let Some(bad) = bad {
+                let after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, &bad)?;
+                report.damage.extend(after.damage.into_iter().map(|(pos, r)| damage(&path, pos, r)));
             }
-            file.set_len(scan.valid_len).map_err(io_err("truncate torn tail", &path))?;
-            file.sync_data().map_err(io_err("sync segment", &path))?;
-            report.truncated_bytes += len - scan.valid_len;
-            report.truncated_at = Some((path.clone(), scan.valid_len, reason));
+            report.read_only = Some(d.clone());
+            return Ok(active_of(base_seq, path, file, scan, format::VERSION_MIN, Some(d)));
         }
-        ScanEnd::Stopped => unreachable!("the full scan visitor never stops"),
-    }
-    let found = Found {
-        segment: Arc::new(Segment::new(base_seq, path, file, scan.index)),
-        len: scan.valid_len,
-        next_seq: scan.next_seq,
-        first_ts: scan.first_ts,
-        max_ts: scan.max_ts,
     };
-    Ok(FoundActive { found, indexer: scan.indexer })
+    let (mut scan, bad) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
+    if let Some(bad) = bad {
+        let before = scan.clone();
+        let after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, &bad)?;
+        let torn = !after.exhausted
+            && if version >= 2 { after.claim_max <= bad.pos } else { after.frames == 0 };
+        if !torn {
+            let why = if after.exhausted {
+                "the search for later batches ran out of budget, so the bytes cannot be proven unacknowledged".to_string()
+            } else if version >= 2 {
+                format!("a later batch vouches that the segment was synced up to byte {}", after.claim_max)
+            } else {
+                "a valid later batch follows in a version-1 segment".to_string()
+            };
+            let d = damage(&path, bad.pos, format!("{}; {why}, so this is not a torn tail and nothing was cut", bad.reason));
+            report.damage.push(d.clone());
+            report.damage.extend(after.damage.into_iter().skip(1).map(|(pos, r)| damage(&path, pos, r)));
+            report.read_only = Some(d.clone());
+            return Ok(active_of(base_seq, path, file, scan, version, Some(d)));
+        }
+        scan = before;
+        file.set_len(scan.valid_len).map_err(io_err("truncate torn tail", &path))?;
+        report.truncated_bytes += len - scan.valid_len;
+        report.truncated_at = Some((path.clone(), scan.valid_len, bad.reason));
+    }
+    // Bytes that survived a crash may still be only in the page cache;
+    // `fdatasync` them before the first append claims them as durable.
+    file.sync_data().map_err(io_err("sync segment", &path))?;
+    Ok(active_of(base_seq, path, file, scan, version, None))
+}
+
+fn rewrite_header(file: &dyn IoFile, path: &Path, base_seq: u64) -> Result<()> {
+    file.set_len(0).map_err(io_err("truncate segment", path))?;
+    file.write_all_at(&format::encode_file_header(FileKind::Log, base_seq), 0)
+        .map_err(io_err("write segment header", path))?;
+    file.sync_data().map_err(io_err("sync segment", path))
+}
+
+fn active_of(
+    base_seq: u64,
+    path: PathBuf,
+    file: Arc<dyn IoFile>,
+    scan: FullScan,
+    version: u16,
+    damage: Option<Damage>,
+) -> FoundActive {
+    FoundActive {
+        found: Found {
+            segment: Arc::new(Segment::new(base_seq, path, file, scan.index)),
+            len: scan.valid_len,
+            next_seq: scan.next_seq,
+            first_ts: scan.first_ts,
+            max_ts: scan.max_ts,
+        },
+        indexer: scan.indexer,
+        version,
+        damage,
+    }
 }
 
 fn empty_active(base_seq: u64, path: PathBuf, file: Arc<dyn IoFile>, config: &Config) -> FoundActive {
-    FoundActive {
-        found: Found {
-            segment: Arc::new(Segment::new(base_seq, path, file, SegmentIndex::default())),
-            len: FILE_HEADER_LEN,
-            next_seq: base_seq,
-            first_ts: None,
-            max_ts: None,
-        },
-        indexer: IndexBuilder::new(config.index_interval_bytes),
-    }
-}
-
-/// Looks for a valid batch anywhere after the invalid bytes at `bad_pos`.
-/// Finding one means the damage is not a torn tail.
-fn find_valid_frame_after(file: &dyn IoFile, path: &Path, bad_pos: u64, len: u64) -> Result<Option<u64>> {
-    let rest_len = len - bad_pos;
-    if rest_len > crate::config::SEGMENT_BYTES_MAX_LIMIT + u64::from(format::FRAME_BYTES_MAX) {
-        return Err(corrupt(path, bad_pos, "active segment is larger than any segment this format writes"));
-    }
-    let mut rest = vec![0u8; rest_len as usize];
-    file.read_exact_at(&mut rest, bad_pos).map_err(io_err("read segment tail", path))?;
-    let min = (format::FRAME_HEADER_LEN + format::RECORD_HEADER_LEN + 1) as u32;
-    for off in 1..rest.len().saturating_sub(3) {
-        // A cheap bound check first: only a plausible length is worth a CRC.
-        let tail = &rest[off..];
-        let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        if len < min || len > format::FRAME_BYTES_MAX || len as usize > tail.len() {
-            continue;
-        }
-        if format::check_frame(tail).is_ok() {
-            return Ok(Some(bad_pos + off as u64));
-        }
-    }
-    Ok(None)
+    active_of(base_seq, path, file, FullScan::new(base_seq, config), format::VERSION, None)
 }

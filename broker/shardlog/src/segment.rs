@@ -128,6 +128,12 @@ impl IndexBuilder {
         Self { interval_bytes: u64::from(interval_bytes), bytes_since_entry: None, last_time_ms: None }
     }
 
+    /// Makes the next observed batch get an entry: the first valid batch
+    /// after damage must be indexed so reads can start there.
+    pub fn force_next(&mut self) {
+        self.bytes_since_entry = None;
+    }
+
     /// Records a batch of `len` bytes at `position`; returns the entries it
     /// gets, if it is due one.
     pub fn observe(&mut self, rel_seq: u32, position: u64, len: u64, timestamp_ms: u64) -> Option<NewEntries> {
@@ -160,8 +166,35 @@ pub(crate) enum ScanEnd {
     Clean { next_seq: u64 },
     /// The visitor asked to stop after the frame ending at `pos`.
     Stopped,
-    /// The bytes at `pos` are not a valid frame continuing the sequence.
-    Bad { pos: u64, reason: String },
+    /// The bytes at `pos` are not a valid frame continuing the sequence,
+    /// which would have started at `next_seq`.
+    Bad { pos: u64, next_seq: u64, reason: String },
+}
+
+/// How many bytes a scan reads at a time: `min` first (so a small read stays
+/// small), doubling on every refill up to `max` (so a long scan makes few
+/// calls). A frame longer than the current size is read whole.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chunk {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Chunk {
+    pub const fn fixed(n: usize) -> Self {
+        Self { min: n, max: n }
+    }
+}
+
+/// Checks what a frame's header claims about its place in the segment: a
+/// version-2 batch vouches only for bytes synced before it was appended, so
+/// its durable length lies between the file header and its own position.
+fn check_claim(h: &FrameHeader, pos: u64) -> Result<(), String> {
+    let d = u64::from(h.durable_len);
+    if d != 0 && (d < FILE_HEADER_LEN || d > pos) {
+        return Err(format!("batch claims durable length {d}, outside {FILE_HEADER_LEN}..={pos}"));
+    }
+    Ok(())
 }
 
 /// Reads and validates whole frames from `start` to `end`, in order, checking
@@ -169,30 +202,35 @@ pub(crate) enum ScanEnd {
 /// valid frame's position, header and bytes (a slice of a shared buffer, so
 /// records can be handed out without copying) and returns `false` to stop.
 ///
-/// Reads are `chunk` bytes at a time, or one whole frame if it is larger,
-/// and never extend past `end`; no frame longer than [`format::FRAME_BYTES_MAX`] or than the bytes left
-/// before `end` is ever allocated for.
+/// Reads follow [`Chunk`], or one whole frame if it is larger, and never
+/// extend past `end`; no frame longer than [`format::FRAME_BYTES_MAX`] or
+/// than the bytes left before `end` is ever allocated for.
 pub(crate) fn scan_frames(
     file: &dyn IoFile,
     start: u64,
     end: u64,
     mut expected_seq: u64,
-    chunk: usize,
+    chunk: Chunk,
     mut visit: impl FnMut(u64, &FrameHeader, &Bytes) -> bool,
 ) -> std::io::Result<ScanEnd> {
     let mut buf = Bytes::new();
     let mut buf_start = start;
     let mut pos = start;
+    let mut next_chunk = chunk.min;
     while pos < end {
         let off = (pos - buf_start) as usize;
         match format::check_frame(&buf[off..]) {
             Ok(h) if h.base_seq != expected_seq => {
                 return Ok(ScanEnd::Bad {
                     pos,
+                    next_seq: expected_seq,
                     reason: format!("batch has base sequence {}, expected {expected_seq}", h.base_seq),
                 });
             }
             Ok(h) => {
+                if let Err(reason) = check_claim(&h, pos) {
+                    return Ok(ScanEnd::Bad { pos, next_seq: expected_seq, reason });
+                }
                 let frame = buf.slice(off..off + h.len as usize);
                 expected_seq = h.next_seq();
                 pos += u64::from(h.len);
@@ -203,18 +241,119 @@ pub(crate) fn scan_frames(
             Err(FrameError::Incomplete { needed }) => {
                 let left = end - pos;
                 if (buf.len() - off) as u64 >= left {
-                    return Ok(ScanEnd::Bad { pos, reason: format!("incomplete batch in the last {left} bytes") });
+                    return Ok(ScanEnd::Bad {
+                        pos,
+                        next_seq: expected_seq,
+                        reason: format!("incomplete batch in the last {left} bytes"),
+                    });
                 }
-                let want = (chunk.max(needed.unwrap_or(0) as usize).max(FRAME_HEADER_LEN) as u64).min(left);
+                let want = (next_chunk.max(needed.unwrap_or(0) as usize).max(FRAME_HEADER_LEN) as u64).min(left);
+                next_chunk = next_chunk.saturating_mul(2).min(chunk.max);
                 let mut fresh = vec![0u8; want as usize];
                 file.read_exact_at(&mut fresh, pos)?;
                 buf = Bytes::from(fresh);
                 buf_start = pos;
             }
-            Err(FrameError::Invalid(reason)) => return Ok(ScanEnd::Bad { pos, reason }),
+            Err(FrameError::Invalid(reason)) => return Ok(ScanEnd::Bad { pos, next_seq: expected_seq, reason }),
         }
     }
     Ok(ScanEnd::Clean { next_seq: expected_seq })
+}
+
+/// A valid frame found by [`find_next_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FoundFrame {
+    pub pos: u64,
+    pub header: FrameHeader,
+}
+
+/// How [`find_next_frame`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Search {
+    Found(FoundFrame),
+    /// No valid frame anywhere before `end`.
+    None,
+    /// The work budget ran out first: nothing can be concluded.
+    Exhausted,
+}
+
+/// Bytes the search reads per window; candidate frames are read separately.
+const SEARCH_WINDOW: usize = 1024 * 1024;
+
+/// Looks for the first whole, CRC-valid frame starting after `from` (at
+/// `from + 1` or later, before `end`) whose base sequence lies in
+/// `min_seq ..= max_seq` and whose durable-length claim fits its position.
+///
+/// The bytes are streamed in [`SEARCH_WINDOW`] windows, so memory is one
+/// window plus one candidate frame (at most [`format::FRAME_BYTES_MAX`], and
+/// never more than the bytes left). Every offset is first checked cheaply
+/// (length bounds, sequence range, record count, claim, first key length);
+/// random bytes almost never pass that, so the CRC is rarely computed. The
+/// CRC work is bounded by `*budget` bytes, shared across calls: once it is
+/// spent the search gives up with [`Search::Exhausted`] rather than spend
+/// quadratic time on adversarial bytes.
+pub(crate) fn find_next_frame(
+    file: &dyn IoFile,
+    from: u64,
+    end: u64,
+    min_seq: u64,
+    max_seq: u64,
+    budget: &mut u64,
+) -> std::io::Result<Search> {
+    let probe_len = FRAME_HEADER_LEN + format::RECORD_HEADER_LEN;
+    let mut window = Vec::new();
+    let mut window_start = from + 1;
+    while window_start + probe_len as u64 <= end {
+        let want = (SEARCH_WINDOW as u64).min(end - window_start) as usize;
+        window.resize(want, 0);
+        file.read_exact_at(&mut window, window_start)?;
+        // Offsets whose probe fits in this window; the next window starts at the first that did not.
+        let offsets = want + 1 - probe_len;
+        for off in 0..offsets {
+            let pos = window_start + off as u64;
+            if !plausible(&window[off..off + probe_len], pos, end, min_seq, max_seq) {
+                continue;
+            }
+            let len = u64::from(u32::from_le_bytes([window[off], window[off + 1], window[off + 2], window[off + 3]]));
+            if *budget < len {
+                return Ok(Search::Exhausted);
+            }
+            *budget -= len;
+            let mut frame = vec![0u8; len as usize];
+            file.read_exact_at(&mut frame, pos)?;
+            if let Ok(header) = format::check_frame(&frame) {
+                return Ok(Search::Found(FoundFrame { pos, header }));
+            }
+        }
+        window_start += offsets as u64;
+    }
+    Ok(Search::None)
+}
+
+/// The cheap checks [`find_next_frame`] makes before computing a CRC.
+fn plausible(probe: &[u8], pos: u64, end: u64, min_seq: u64, max_seq: u64) -> bool {
+    let u32_at = |at: usize| u32::from_le_bytes([probe[at], probe[at + 1], probe[at + 2], probe[at + 3]]);
+    let len = u32_at(0);
+    if !(format::FRAME_BYTES_MIN..=format::FRAME_BYTES_MAX).contains(&len) || pos + u64::from(len) > end {
+        return false;
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&probe[8..16]);
+    let base_seq = u64::from_le_bytes(seq);
+    if !(min_seq..=max_seq).contains(&base_seq) {
+        return false;
+    }
+    let count = u32_at(24);
+    let records_max = (len as usize - FRAME_HEADER_LEN) / (format::RECORD_HEADER_LEN + 1);
+    if count == 0 || count as usize > records_max {
+        return false;
+    }
+    let claim = u64::from(u32_at(28));
+    if claim != 0 && (claim < FILE_HEADER_LEN || claim > pos) {
+        return false;
+    }
+    let key_len = u16::from_le_bytes([probe[FRAME_HEADER_LEN], probe[FRAME_HEADER_LEN + 1]]) as usize;
+    (1..=format::PARTITION_KEY_BYTES_MAX).contains(&key_len)
 }
 
 #[cfg(test)]
