@@ -574,14 +574,15 @@ impl Catalog {
         out
     }
 
-    /// Reopens every shard that failed for lack of space; call when the disk
-    /// has room again. Returns how many serve again.
-    pub async fn heal_disk_full(&self) -> usize {
+    /// Reopens every shard that failed for lack of space and for whose
+    /// failed write `free_bytes` has room; call while the disk is above its
+    /// watermark. Returns how many serve again.
+    pub async fn heal_disk_full(&self, free_bytes: u64) -> usize {
         let mut healed = 0;
         for stream in self.all() {
             for shard in &stream.shards {
                 let disk_full = shard.failure().is_some_and(|f| f.kind == crate::shard::FailureKind::DiskFull);
-                if disk_full && shard.heal().await {
+                if disk_full && shard.heal(free_bytes).await {
                     tracing::info!(stream = %stream.meta().name, shard = %shard.id, "space is back: the shard reopened and serves writes again");
                     healed += 1;
                 }

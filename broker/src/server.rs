@@ -101,7 +101,7 @@ pub async fn run(
                 let disk = catalog.disk().clone();
                 match tokio::task::spawn_blocking(move || disk.maintain()).await {
                     Ok(Ok(d)) if !d.full => {
-                        catalog.heal_disk_full().await;
+                        catalog.heal_disk_full(d.free_bytes).await;
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "cannot measure free space"),

@@ -19,12 +19,21 @@
 //! failed one can "succeed" without the data):
 //! - `Open`: the log could not be opened (an I/O error, a missing file);
 //!   reads and writes are refused until an operator repairs the shard.
+//! - `Damaged`: bytes of the active segment that an fsync had covered are
+//!   damaged, so the log opened read-only: reads are served up to the damage
+//!   (and after it), writes are refused until a repair cuts the log there.
+//!   Damage in a sealed segment fails nothing: the shard keeps serving, a
+//!   read that reaches the damage gets `Corrupt` naming segment and byte,
+//!   and the same repair can cut there on an operator's request.
 //! - `DiskFull`: a *write* failed with ENOSPC or EDQUOT. Nothing is lost by
 //!   that (the kernel refused the bytes; the page cache still holds what
 //!   earlier syncs made durable), but the log is poisoned. Reads are served;
-//!   writes get the retryable `DiskFull`; once the disk monitor sees space
-//!   again the writer drops the log and opens it anew, re-running recovery
-//!   (which cuts the never-acknowledged torn tail), without a restart.
+//!   writes get the retryable `DiskFull`; once the disk monitor sees the
+//!   disk above its watermark with room for the bytes the failed group
+//!   needed, the writer drops the log and opens it anew, re-running
+//!   recovery (which cuts the never-acknowledged torn tail), without a
+//!   restart. (Requiring that room keeps a shard from reopening only to fail
+//!   again while the disk is still full.)
 //! - `Io`: a write or an fsync failed otherwise, or an fsync failed at all
 //!   (even with ENOSPC). After a failed writeback the kernel may have
 //!   dropped the dirty pages or marked them clean, so the page cache no
@@ -76,6 +85,8 @@ pub type NewRecord = (Bytes, Bytes);
 pub enum FailureKind {
     /// The log could not be opened: reads and writes refused.
     Open,
+    /// Synced bytes of the active segment are damaged: writes refused until repaired.
+    Damaged,
     /// A write hit ENOSPC: writes refused until space returns, then the shard reopens itself.
     DiskFull,
     /// A write or fsync failed: writes refused until repaired.
@@ -89,6 +100,7 @@ impl FailureKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Open => "Open",
+            FailureKind::Damaged => "Damaged",
             FailureKind::DiskFull => "DiskFull",
             FailureKind::Io => "Io",
             FailureKind::Panicked => "Panicked",
@@ -112,6 +124,25 @@ pub enum RepairAction {
     Nothing,
     /// Open the log again (re-running recovery), dropping its cached pages first; nothing is cut.
     Reopen,
+    /// Cut the log at its first damage; see [`Cut`].
+    Truncate,
+}
+
+/// What a truncating repair cuts, exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// The segment file cut (by name).
+    pub segment: String,
+    /// The byte it is cut at.
+    pub position: u64,
+    /// The first sequence number removed; the next append gets it.
+    pub first_lost_seq: u64,
+    /// Sequence numbers removed.
+    pub records_lost: u64,
+    /// Bytes of segment files removed.
+    pub bytes_removed: u64,
+    /// Newer segment files removed whole (by name).
+    pub segments_removed: Vec<String>,
 }
 
 /// A repair's plan: what it would do, and exactly what it would cut.
@@ -121,6 +152,23 @@ pub struct RepairPlan {
     pub action: RepairAction,
     /// The failure or damage being repaired, in words.
     pub reason: String,
+    /// For [`RepairAction::Truncate`], the cut.
+    pub cut: Option<Cut>,
+}
+
+/// A damaged byte range of a shard's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    /// The segment file (by name).
+    pub segment: String,
+    /// The first damaged byte.
+    pub position: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// The result of [`Shard::repair`].
@@ -138,7 +186,7 @@ enum WriteOp {
     Append { records: Vec<NewRecord>, reply: oneshot::Sender<Result<Appended>> },
     Sync,
     Trim { cutoff_ms: u64, reply: oneshot::Sender<Result<Trimmed>> },
-    Heal { reply: oneshot::Sender<bool> },
+    Heal { free_bytes: u64, reply: oneshot::Sender<bool> },
     Repair { confirm: bool, reply: oneshot::Sender<Result<RepairOutcome>> },
     Close,
 }
@@ -384,6 +432,7 @@ impl Shard {
             disk: disk.clone(),
             mode: spec.durability,
             group_max: spec.group_max,
+            disk_full_need: 0,
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-writer-{}", spec.index))
@@ -440,6 +489,16 @@ impl Shard {
         self.core.reader().map(|r| r.stats())
     }
 
+    /// Every damaged range known so far (found when opening, or by reads since).
+    pub fn damage(&self) -> Vec<DamagedRange> {
+        self.core.reader().map_or_else(Vec::new, |r| {
+            r.damage()
+                .into_iter()
+                .map(|d| DamagedRange { segment: file_name(&d.path), position: d.position, reason: d.reason })
+                .collect()
+        })
+    }
+
     /// Why the shard is failed, if it is.
     pub fn failure(&self) -> Option<ShardFailure> {
         self.core.failure()
@@ -462,14 +521,15 @@ impl Shard {
         taken.then(|| SubscriberSlot(self.clone()))
     }
 
-    /// If the shard failed for lack of space, reopens its log (re-running
-    /// recovery); true if it serves afterwards. Call when space is back.
-    pub async fn heal(&self) -> bool {
+    /// If the shard failed for lack of space and `free_bytes` has room for
+    /// what its failed write needed, reopens its log (re-running recovery);
+    /// true if it serves afterwards. Call while the disk is above its watermark.
+    pub async fn heal(&self, free_bytes: u64) -> bool {
         if self.failure().is_none_or(|f| f.kind != FailureKind::DiskFull) {
             return self.failure().is_none();
         }
         let (reply, rx) = oneshot::channel();
-        if self.queue.send(WriteOp::Heal { reply }).await.is_err() {
+        if self.queue.send(WriteOp::Heal { free_bytes, reply }).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -539,7 +599,7 @@ fn open_log(opener: &Opener, core: &Core) -> Option<ShardLog> {
                 tracing::warn!(stream = %core.stream, shard = %core.id, ?report, "shard log recovered");
             }
             core.set_reader(log.reader());
-            core.set_failure(None);
+            core.set_failure(damaged(&log));
             Some(log)
         }
         Err(e) => {
@@ -575,8 +635,17 @@ fn classify(e: &shardlog::Error) -> FailureKind {
         shardlog::Error::Io { op, source, .. } if is_out_of_space(source) && !op.contains("sync") => {
             FailureKind::DiskFull
         }
+        shardlog::Error::Damaged { .. } => FailureKind::Damaged,
         _ => FailureKind::Io,
     }
+}
+
+/// The failure of a log that opened read-only because of damage, if it did.
+fn damaged(log: &ShardLog) -> Option<ShardFailure> {
+    log.read_only().map(|d| ShardFailure {
+        kind: FailureKind::Damaged,
+        cause: format!("damage in {} at byte {}: {}; the log is read-only", file_name(&d.path), d.position, d.reason),
+    })
 }
 
 struct Writer {
@@ -588,6 +657,8 @@ struct Writer {
     disk: Arc<DiskMonitor>,
     mode: DurabilityMode,
     group_max: usize,
+    /// Bytes of the group whose write met ENOSPC: free space needed before a reopen.
+    disk_full_need: u64,
 }
 
 impl Writer {
@@ -638,6 +709,7 @@ impl Writer {
         let mut trims = Vec::new();
         let mut sync = self.mode == DurabilityMode::Always;
         let mut close = false;
+        let mut group_bytes = 0u64;
         for op in group.drain(..) {
             match op {
                 WriteOp::Append { records, reply } => {
@@ -650,6 +722,7 @@ impl Writer {
                         let _ = reply.send(Err(full));
                         continue;
                     }
+                    group_bytes += bytes;
                     let refs: Vec<RecordRef<'_>> =
                         records.iter().map(|(k, d)| RecordRef { partition_key: k, data: d }).collect();
                     let Some(log) = self.log.as_mut() else {
@@ -660,18 +733,19 @@ impl Writer {
                     match log.append(now, &refs) {
                         Ok(a) => acks.push((reply, a)),
                         Err(e) => {
-                            let _ = reply.send(Err(self.append_error(e)));
+                            let _ = reply.send(Err(self.append_error(e, group_bytes)));
                         }
                     }
                 }
                 WriteOp::Sync => sync = true,
                 WriteOp::Trim { cutoff_ms, reply } => trims.push((cutoff_ms, reply)),
-                WriteOp::Heal { reply } => {
-                    let healed = self.core.failure().is_some_and(|f| f.kind == FailureKind::DiskFull) && self.reopen();
+                WriteOp::Heal { free_bytes, reply } => {
+                    let disk_full = self.core.failure().is_some_and(|f| f.kind == FailureKind::DiskFull);
+                    let healed = disk_full && free_bytes > self.disk_full_need && self.reopen();
                     let _ = reply.send(healed);
                 }
                 WriteOp::Repair { confirm, reply } => {
-                    let _ = reply.send(Ok(self.repair(confirm)));
+                    let _ = reply.send(self.repair(confirm));
                 }
                 WriteOp::Close => close = true,
             }
@@ -692,7 +766,7 @@ impl Writer {
                     self.core.publish(end);
                 }
                 Err(e) => {
-                    self.fail(&e);
+                    self.fail(&e, group_bytes);
                     for (reply, _) in acks {
                         let refused = self.refusal().unwrap_or_else(|| BrokerError::Unavailable("shard failed".into()));
                         let _ = reply.send(Err(refused));
@@ -710,19 +784,24 @@ impl Writer {
         close
     }
 
-    fn append_error(&mut self, e: shardlog::Error) -> BrokerError {
+    fn append_error(&mut self, e: shardlog::Error, group_bytes: u64) -> BrokerError {
         match e {
-            shardlog::Error::Poisoned { .. } | shardlog::Error::Io { .. } => {
-                self.fail(&e);
+            shardlog::Error::Poisoned { .. } | shardlog::Error::Io { .. } | shardlog::Error::Damaged { .. } => {
+                self.fail(&e, group_bytes);
                 self.refusal().unwrap_or_else(|| BrokerError::storage(&self.core.id, e))
             }
             other => BrokerError::storage(&self.core.id, other),
         }
     }
 
-    /// Records the failure a write-path error means (the first one counts).
-    fn fail(&self, e: &shardlog::Error) {
-        self.core.fail(classify(e), self.core.redact(&e.to_string()));
+    /// Records the failure a write-path error means (the first one counts);
+    /// `group_bytes` were being written.
+    fn fail(&mut self, e: &shardlog::Error, group_bytes: u64) {
+        let kind = classify(e);
+        if kind == FailureKind::DiskFull && self.core.failure().is_none() {
+            self.disk_full_need = group_bytes;
+        }
+        self.core.fail(kind, self.core.redact(&e.to_string()));
     }
 
     /// Drops the log and opens it again; true if the shard serves afterwards.
@@ -736,23 +815,52 @@ impl Writer {
         self.log.is_some() && self.core.failure().is_none()
     }
 
-    fn plan(&self) -> RepairPlan {
-        match self.core.failure() {
-            Some(f) => RepairPlan {
-                action: RepairAction::Reopen,
-                reason: format!("the shard is failed ({}): {}", f.kind.as_str(), f.cause),
-            },
-            None => RepairPlan { action: RepairAction::Nothing, reason: "the shard is healthy".into() },
+    /// The repair for the shard's state: a failed log that is not merely
+    /// damaged is reopened (its in-memory state, or the page cache, is not
+    /// trusted; reopening may find damage anew, for a second repair to cut);
+    /// a damaged log is cut at its first damage.
+    fn plan(&self) -> Result<(RepairPlan, Option<shardlog::RepairPlan>)> {
+        if let Some(f) = self.core.failure().filter(|f| f.kind != FailureKind::Damaged) {
+            let reason = format!("the shard is failed ({}): {}", f.kind.as_str(), f.cause);
+            return Ok((RepairPlan { action: RepairAction::Reopen, reason, cut: None }, None));
         }
+        let Some(log) = self.log.as_ref() else {
+            return Err(BrokerError::Internal(format!("{} has neither a log nor a failure", self.core.id)));
+        };
+        let Some(p) = log.repair_plan().map_err(|e| BrokerError::storage(&self.core.id, e))? else {
+            let reason = "the shard is healthy and its log undamaged".to_string();
+            return Ok((RepairPlan { action: RepairAction::Nothing, reason, cut: None }, None));
+        };
+        let cut = Cut {
+            segment: file_name(&p.cut_path),
+            position: p.cut_position,
+            first_lost_seq: p.first_lost_seq,
+            records_lost: p.records_lost,
+            bytes_removed: p.bytes_removed,
+            segments_removed: p.segments_removed.iter().map(|s| file_name(s)).collect(),
+        };
+        let reason =
+            format!("damage in {} at byte {}: {}", file_name(&p.damage.path), p.damage.position, p.damage.reason);
+        Ok((RepairPlan { action: RepairAction::Truncate, reason, cut: Some(cut) }, Some(p)))
     }
 
-    fn repair(&mut self, confirm: bool) -> RepairOutcome {
-        let plan = self.plan();
+    fn repair(&mut self, confirm: bool) -> Result<RepairOutcome> {
+        let (plan, cut) = self.plan()?;
         let applied = confirm && plan.action != RepairAction::Nothing;
         if applied {
             tracing::warn!(stream = %self.core.stream, shard = %self.core.id, ?plan, "repairing the shard");
-            self.reopen();
+            match (cut, self.log.as_mut()) {
+                (Some(cut), Some(log)) => {
+                    log.repair(&cut).map_err(|e| BrokerError::storage(&self.core.id, e))?;
+                    // The repair reopened the log: new segments, so new readers.
+                    self.core.set_reader(log.reader());
+                    self.core.set_failure(damaged(log));
+                }
+                _ => {
+                    self.reopen();
+                }
+            }
         }
-        RepairOutcome { plan, applied, failure: self.core.failure() }
+        Ok(RepairOutcome { plan, applied, failure: self.core.failure() })
     }
 }

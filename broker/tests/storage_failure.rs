@@ -66,7 +66,7 @@ async fn a_failed_fsync_fails_only_that_shard_until_it_is_repaired() {
 
     // The disk works again; the shard does not trust it by itself.
     faulty.fail_after(FaultKind::Sync, u64::MAX, false);
-    assert_eq!(catalog.heal_disk_full().await, 0, "an fsync failure does not heal by itself");
+    assert_eq!(catalog.heal_disk_full(u64::MAX).await, 0, "an fsync failure does not heal by itself");
     assert!(matches!(a.append(vec![("k".into(), "x".into())]).await, Err(BrokerError::ShardFailed { .. })));
     let (_, dry) = catalog.repair("s", "shardId-000000000000", false).await.expect("dry run");
     assert_eq!(dry.plan.action, RepairAction::Reopen);

@@ -369,6 +369,11 @@ pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
         shard_status: shard_status(s) as i32,
         failure_kind: failure.as_ref().map(|f| f.kind.as_str().to_string()).unwrap_or_default(),
         failure: failure.map(|f| f.cause).unwrap_or_default(),
+        damage: s
+            .damage()
+            .into_iter()
+            .map(|d| pb::DamagedRange { segment: d.segment, position: d.position, reason: d.reason })
+            .collect(),
     }
 }
 
@@ -731,14 +736,21 @@ impl StreamBroker for GrpcService {
             let (stream, outcome) = self.catalog.repair(&r.stream_name, &r.shard_id, r.confirm).await?;
             let shard = Self::shard_of(&stream, &r.shard_id)?;
             let plan = outcome.plan;
+            let cut = plan.cut.unwrap_or_default();
             Ok(pb::RepairShardResponse {
                 plan: Some(pb::RepairPlan {
                     action: match plan.action {
                         RepairAction::Nothing => pb::RepairAction::Nothing,
                         RepairAction::Reopen => pb::RepairAction::Reopen,
+                        RepairAction::Truncate => pb::RepairAction::Truncate,
                     } as i32,
                     reason: plan.reason,
-                    ..Default::default()
+                    segment: cut.segment,
+                    cut_position: cut.position,
+                    first_lost_sequence_number: cut.first_lost_seq,
+                    records_lost: cut.records_lost,
+                    bytes_removed: cut.bytes_removed,
+                    segments_removed: cut.segments_removed,
                 }),
                 applied: outcome.applied,
                 shard: Some(describe_shard(&shard)),
