@@ -203,7 +203,7 @@ impl Default for StorageConfig {
             min_free_bytes: 256 * 1024 * 1024,
             min_free_percent: 0,
             reserve_bytes: 64 * 1024 * 1024,
-            free_space_check_interval_ms: 1_000,
+            free_space_check_interval_ms: 250,
         }
     }
 }
