@@ -113,7 +113,8 @@ pub struct StorageConfig {
     pub min_free_percent: u8,
     /// Size of `<data_dir>/reserve`, a file of allocated blocks the broker
     /// keeps so that it can give space back to its metadata store when the
-    /// disk fills up (and start on a full disk). 0: no reserve.
+    /// disk fills up (and start on a full disk). 0: no reserve, and then no
+    /// start on a disk full to the last byte (sled must write to open).
     pub reserve_bytes: u64,
     /// How often free space is measured; writes resume at most this long
     /// after space is freed.

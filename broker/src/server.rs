@@ -77,7 +77,18 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot measure free space"),
             }
-            let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&meta_dir)?);
+            let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&meta_dir).map_err(|e| {
+                let free = disk.last().free_bytes;
+                if free < 1024 * 1024 {
+                    // sled writes to open; without a reserve to give back, a full disk stops it.
+                    BrokerError::Metadata(format!(
+                        "{e}: the data disk has {free} bytes free and no reserve file to give back \
+                         (storage.reserve_bytes); free some space and start again"
+                    ))
+                } else {
+                    e
+                }
+            })?);
             let secret = store.iterator_secret()?;
             let io = Arc::new(shardlog::io::StdIo);
             Ok((Arc::new(Catalog::open_with(config, store, clock, io, disk)?), secret))
