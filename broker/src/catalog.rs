@@ -359,18 +359,16 @@ impl Catalog {
             };
             if let Some(f) = shard.failure() {
                 if !at_start {
+                    let refusal = shard.write_refusal();
                     shard.close();
                     for s in &shards {
                         s.close();
                     }
-                    return Err(BrokerError::ShardFailed {
-                        stream: meta.name.clone(),
-                        shard_id: shard.id.clone(),
-                        kind: f.kind.as_str(),
-                        cause: f.cause,
-                    });
+                    return Err(
+                        refusal.unwrap_or_else(|| BrokerError::Internal("a failed shard without a failure".into()))
+                    );
                 }
-                tracing::error!(stream = %meta.name, shard = %shard.id, kind = f.kind.as_str(), cause = %f.cause, "a shard is failed; the broker serves everything else");
+                tracing::warn!(stream = %meta.name, shard = %shard.id, kind = f.kind.as_str(), "the broker starts with this shard failed and serves everything else");
             }
             shards.push(Arc::new(shard));
         }

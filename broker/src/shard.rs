@@ -286,16 +286,18 @@ impl Core {
         }
     }
 
-    /// Replaces the failure state after a reopen.
+    /// Replaces the failure state after an open; logs changes only.
     fn set_failure(&self, failure: Option<ShardFailure>) {
         let failed = failure.is_some();
-        match &failure {
-            Some(f) => {
+        let mut current = lock(&self.failure);
+        match (current.as_ref(), failure.as_ref()) {
+            (Some(_), None) => tracing::info!(stream = %self.stream, shard = %self.id, "shard serves again"),
+            (old, Some(f)) if old != Some(f) => {
                 tracing::error!(stream = %self.stream, shard = %self.id, kind = f.kind.as_str(), cause = %f.cause, "shard failed")
             }
-            None => tracing::info!(stream = %self.stream, shard = %self.id, "shard serving"),
+            _ => {}
         }
-        *lock(&self.failure) = failure;
+        *current = failure;
         self.metrics.writable.set(if failed { 0.0 } else { 1.0 });
         self.metrics.failed.set(if failed { 1.0 } else { 0.0 });
     }
