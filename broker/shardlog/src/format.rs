@@ -189,7 +189,7 @@ pub fn peek_frame_len(buf: &[u8]) -> Result<u32, FrameError> {
         return Err(FrameError::Incomplete { needed: None });
     }
     let len = u32_at(buf, 0);
-    if len < FRAME_BYTES_MIN || len > FRAME_BYTES_MAX {
+    if !(FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&len) {
         return Err(FrameError::Invalid(format!("frame length {len} out of bounds")));
     }
     Ok(len)

@@ -551,8 +551,7 @@ mod tests {
             let out = mix_pages(&synced, &current, &mut next);
             assert!(out.len() == synced.len() || out.len() == current.len());
             assert_eq!(&out[..synced.len()], &synced[..], "seed {seed}: synced bytes must survive");
-            let pages: Vec<bool> =
-                out[synced.len()..].chunks(PAGE).map(|p| p.iter().any(|&b| b != 0)).collect();
+            let pages: Vec<bool> = out[synced.len()..].chunks(PAGE).map(|p| p.iter().any(|&b| b != 0)).collect();
             if let Some(first_gap) = pages.iter().position(|&kept| !kept) {
                 seen_gap_then_page |= pages[first_gap..].iter().any(|&kept| kept);
             }

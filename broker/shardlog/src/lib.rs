@@ -9,7 +9,14 @@
 //! `crc32fast`): the broker decides when to [`ShardLog::sync`], so it can
 //! group-commit many producers' batches under one `fdatasync`, and it runs
 //! this code off its async reactor. All disk access goes through the [`io`]
-//! seam, so tests inject faults and simulate power loss.
+//! seam, so tests inject faults and simulate power loss; with the
+//! `failpoints` feature (tests only) named failpoints of the `fail` crate
+//! can also fail, panic or delay the write path at chosen steps.
+//!
+//! Damage on disk never stops the whole log: [`recovery`] cuts what was
+//! provably never acknowledged and reports the rest as [`Damage`]; reads
+//! serve everything around it, and [`ShardLog::repair`] cuts at it on an
+//! operator's request.
 //!
 //! ```
 //! use shardlog::{Config, RecordRef, ShardLog};

@@ -458,10 +458,12 @@ impl ShardLog {
         if expired.is_empty() {
             return Ok(Trimmed { segments: 0, bytes: 0, first_seq: self.first_seq() });
         }
-        // Oldest first, log before its indexes: whatever a crash interrupts
-        // leaves a contiguous suffix of segments and, at worst, orphaned
-        // index files that the next open removes. Readers keep their open
-        // handles, so a segment stays readable until it leaves the list below.
+        // Oldest first, log before its indexes, a directory `fsync` after
+        // each segment (so no file system can persist the removals out of
+        // order): whatever a crash interrupts leaves a contiguous suffix of
+        // segments and, at worst, orphaned index files that the next open
+        // removes. Readers keep their open handles, so a segment stays
+        // readable until it leaves the list below.
         let mut bytes = 0;
         for v in &expired {
             bytes += v.len;
@@ -470,8 +472,8 @@ impl ShardLog {
             for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
                 remove_if_present(self.io.as_ref(), &path_of(&self.dir, v.segment.base_seq, kind))?;
             }
+            self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         }
-        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         self.shared.write().drain(..expired.len());
         Ok(Trimmed { segments: expired.len(), bytes, first_seq: self.first_seq() })
     }
@@ -498,35 +500,41 @@ impl ShardLog {
         let segments: Vec<Visible> = self.shared.read().clone();
         let target = segments.partition_point(|v| v.segment.base_seq <= new_next) - 1;
         self.remove_after(&segments, target)?;
+        {
+            // What was known about the cut and removed segments no longer holds.
+            let mut known = self.shared.damage.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|d| segments[target..].iter().all(|v| v.segment.path != d.path));
+        }
         let keep = &segments[target].segment;
         let file_len = keep.file.size().map_err(io_err("stat segment", &keep.path))?;
         let (start_seq, start_pos) = keep.index().floor(keep.base_seq, new_next);
         let mut cut: Option<(u64, Option<Vec<u8>>)> = None;
-        let end = scan_frames(keep.file.as_ref(), start_pos, file_len, start_seq, Chunk::fixed(1 << 20), |pos, h, frame| {
-            if h.next_seq() <= new_next {
-                return true;
-            }
-            let rewrite = (h.base_seq < new_next).then(|| {
-                let keep_n = (new_next - h.base_seq) as u32;
-                let kept: Vec<(&[u8], &[u8])> =
-                    format::records(frame, keep_n).map(|(k, d)| (&frame[k], &frame[d])).collect();
-                let len = format::frame_len(kept.iter().copied()) as u32;
-                let mut out = Vec::with_capacity(len as usize);
-                // The rewritten batch sits where the old one did, so the old claim still holds.
-                let fields = format::FrameFields {
-                    base_seq: h.base_seq,
-                    timestamp_ms: h.timestamp_ms,
-                    count: keep_n,
-                    len,
-                    durable_len: h.durable_len,
-                };
-                format::encode_frame(&mut out, fields, kept.into_iter());
-                out
-            });
-            cut = Some((pos, rewrite));
-            false
-        })
-        .map_err(io_err("scan segment", &keep.path))?;
+        let end =
+            scan_frames(keep.file.as_ref(), start_pos, file_len, start_seq, Chunk::fixed(1 << 20), |pos, h, frame| {
+                if h.next_seq() <= new_next {
+                    return true;
+                }
+                let rewrite = (h.base_seq < new_next).then(|| {
+                    let keep_n = (new_next - h.base_seq) as u32;
+                    let kept: Vec<(&[u8], &[u8])> =
+                        format::records(frame, keep_n).map(|(k, d)| (&frame[k], &frame[d])).collect();
+                    let len = format::frame_len(kept.iter().copied()) as u32;
+                    let mut out = Vec::with_capacity(len as usize);
+                    // The rewritten batch sits where the old one did, so the old claim still holds.
+                    let fields = format::FrameFields {
+                        base_seq: h.base_seq,
+                        timestamp_ms: h.timestamp_ms,
+                        count: keep_n,
+                        len,
+                        durable_len: h.durable_len,
+                    };
+                    format::encode_frame(&mut out, fields, kept.into_iter());
+                    out
+                });
+                cut = Some((pos, rewrite));
+                false
+            })
+            .map_err(io_err("scan segment", &keep.path))?;
         match (end, cut) {
             (ScanEnd::Stopped, Some((pos, rewrite))) => {
                 keep.file.set_len(pos).map_err(io_err("truncate segment", &keep.path))?;
@@ -563,7 +571,7 @@ impl ShardLog {
     /// Removes every segment after `segments[target]` and the index files of
     /// `segments[target..]`, so `segments[target]` can become the active one.
     /// Index files go first (then a directory `fsync`), segment files newest
-    /// first (then a directory `fsync`): a crash at any point leaves a
+    /// first (a directory `fsync` after each): a crash at any point leaves a
     /// contiguous prefix of segments whose last one has no index files.
     fn remove_after(&self, segments: &[Visible], target: usize) -> Result<()> {
         for v in &segments[target..] {
@@ -574,8 +582,9 @@ impl ShardLog {
         self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         for v in segments[target + 1..].iter().rev() {
             remove_if_present(self.io.as_ref(), &v.segment.path)?;
+            self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))?;
         }
-        self.io.sync_dir(&self.dir).map_err(io_err("sync dir", &self.dir))
+        Ok(())
     }
 
     /// Reads every visible batch and checks its CRC; returns the first damage found.
@@ -639,7 +648,13 @@ impl ShardLog {
             file.set_len(plan.cut_position).map_err(io_err("truncate segment", &keep.path))?;
         }
         file.sync_data().map_err(io_err("sync segment", &keep.path))?;
-        *self = Self::open_with_io(&self.dir, self.config.clone(), self.io.clone())?;
+        let fresh = Self::open_with_io(&self.dir, self.config.clone(), self.io.clone())?;
+        // Readers handed out before the repair keep working: they share
+        // `self.shared`, which takes the reopened log's state.
+        *self.shared.write() = fresh.shared.read().clone();
+        *self.shared.damage.lock().unwrap_or_else(|e| e.into_inner()) = fresh.damage();
+        let shared = self.shared.clone();
+        *self = Self { shared, ..fresh };
         Ok(())
     }
 
@@ -798,9 +813,14 @@ fn first_damage(segments: &[Visible], shared: &Shared) -> Result<Option<(usize, 
         if let Some(d) = header_damage {
             return Ok(Some((i, 0, v.segment.base_seq, d.reason)));
         }
-        let end = scan_frames(v.segment.file.as_ref(), FILE_HEADER_LEN, v.len, v.segment.base_seq, VERIFY_CHUNK, |_, _, _| {
-            true
-        })
+        let end = scan_frames(
+            v.segment.file.as_ref(),
+            FILE_HEADER_LEN,
+            v.len,
+            v.segment.base_seq,
+            VERIFY_CHUNK,
+            |_, _, _| true,
+        )
         .map_err(io_err("read segment", &v.segment.path))?;
         match end {
             ScanEnd::Bad { pos, next_seq, reason } => {
@@ -935,7 +955,8 @@ impl LogReader {
             // Start small (one index interval and a few records fit) and grow
             // only while the read keeps wanting more, so a read of one record
             // neither reads nor allocates `max_bytes`.
-            let chunk = Chunk { min: READ_CHUNK_MIN, max: max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20) };
+            let chunk =
+                Chunk { min: READ_CHUNK_MIN, max: max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20) };
             let mut full = false;
             let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, chunk, |_, h, frame| {
                 if h.next_seq() <= out.next_seq {
@@ -993,13 +1014,20 @@ impl LogReader {
         };
         let (start_seq, start_pos) = v.segment.index().time_floor(v.segment.base_seq, timestamp_ms);
         let mut found = None;
-        let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, Chunk { min: READ_CHUNK_MIN, max: 1 << 20 }, |_, h, _| {
-            if h.timestamp_ms >= timestamp_ms {
-                found = Some(h.base_seq);
-                return false;
-            }
-            true
-        })
+        let end = scan_frames(
+            v.segment.file.as_ref(),
+            start_pos,
+            v.len,
+            start_seq,
+            Chunk { min: READ_CHUNK_MIN, max: 1 << 20 },
+            |_, h, _| {
+                if h.timestamp_ms >= timestamp_ms {
+                    found = Some(h.base_seq);
+                    return false;
+                }
+                true
+            },
+        )
         .map_err(io_err("read segment", &v.segment.path))?;
         if let ScanEnd::Bad { pos, reason, .. } = end {
             return Err(self.shared.corrupt(&v.segment.path, pos, reason));
@@ -1011,15 +1039,21 @@ impl LogReader {
     pub fn verify(&self) -> Result<()> {
         let segments: Vec<Visible> = self.shared.read().clone();
         for v in segments {
-            let end = scan_frames(v.segment.file.as_ref(), FILE_HEADER_LEN, v.len, v.segment.base_seq, VERIFY_CHUNK, |_, _, _| {
-                true
-            })
+            let end = scan_frames(
+                v.segment.file.as_ref(),
+                FILE_HEADER_LEN,
+                v.len,
+                v.segment.base_seq,
+                VERIFY_CHUNK,
+                |_, _, _| true,
+            )
             .map_err(io_err("read segment", &v.segment.path))?;
             if let ScanEnd::Bad { pos, reason, .. } = end {
                 return Err(self.shared.corrupt(&v.segment.path, pos, reason));
             }
         }
-        if let Some(d) = self.damage().into_iter().next() {
+        // A damaged file header is the one damage a frame scan cannot see.
+        if let Some(d) = self.damage().into_iter().find(|d| d.position == 0) {
             return Err(d.to_error());
         }
         Ok(())

@@ -65,9 +65,7 @@ use crate::config::Config;
 use crate::error::{Error, Result, io_err};
 use crate::format::{self, FILE_HEADER_LEN, FileKind, FrameHeader};
 use crate::io::{Io, IoFile, OpenMode};
-use crate::segment::{
-    Chunk, IndexBuilder, ScanEnd, Search, Segment, SegmentIndex, find_next_frame, scan_frames,
-};
+use crate::segment::{Chunk, IndexBuilder, ScanEnd, Search, Segment, SegmentIndex, find_next_frame, scan_frames};
 
 /// A damaged byte range found in a segment file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -267,7 +265,13 @@ struct Bad {
 }
 
 /// Scans a segment from its header up to the first invalid bytes.
-fn full_scan(file: &dyn IoFile, path: &Path, base_seq: u64, len: u64, config: &Config) -> Result<(FullScan, Option<Bad>)> {
+fn full_scan(
+    file: &dyn IoFile,
+    path: &Path,
+    base_seq: u64,
+    len: u64,
+    config: &Config,
+) -> Result<(FullScan, Option<Bad>)> {
     let mut scan = FullScan::new(base_seq, config);
     let end = scan_frames(file, FILE_HEADER_LEN, len, base_seq, SCAN_CHUNK, |pos, h, _| {
         scan.observe(base_seq, pos, h);
@@ -373,7 +377,9 @@ pub(crate) fn open_sealed(
     }
     if let Some(bad) = bad {
         let after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, &bad)?;
-        damages.extend(after.damage.into_iter().map(|(pos, reason)| damage(&path, pos, format!("sealed segment: {reason}"))));
+        damages.extend(
+            after.damage.into_iter().map(|(pos, reason)| damage(&path, pos, format!("sealed segment: {reason}"))),
+        );
     }
     if damages.is_empty() {
         write_indexes(io, dir, base_seq, &scan.index)?;
@@ -543,17 +549,21 @@ pub(crate) fn open_active(
     if let Some(bad) = bad {
         let before = scan.clone();
         let after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, &bad)?;
-        let torn = !after.exhausted
-            && if version >= 2 { after.claim_max <= bad.pos } else { after.frames == 0 };
+        let torn = !after.exhausted && if version >= 2 { after.claim_max <= bad.pos } else { after.frames == 0 };
         if !torn {
             let why = if after.exhausted {
-                "the search for later batches ran out of budget, so the bytes cannot be proven unacknowledged".to_string()
+                "the search for later batches ran out of budget, so the bytes cannot be proven unacknowledged"
+                    .to_string()
             } else if version >= 2 {
                 format!("a later batch vouches that the segment was synced up to byte {}", after.claim_max)
             } else {
                 "a valid later batch follows in a version-1 segment".to_string()
             };
-            let d = damage(&path, bad.pos, format!("{}; {why}, so this is not a torn tail and nothing was cut", bad.reason));
+            let d = damage(
+                &path,
+                bad.pos,
+                format!("{}; {why}, so this is not a torn tail and nothing was cut", bad.reason),
+            );
             report.damage.push(d.clone());
             report.damage.extend(after.damage.into_iter().skip(1).map(|(pos, r)| damage(&path, pos, r)));
             report.read_only = Some(d.clone());

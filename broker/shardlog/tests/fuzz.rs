@@ -143,8 +143,14 @@ fn index_and_header_decoder_cases(cases: u32) {
                     format::decode_time_index(&buf, 9).is_ok()
                 };
                 prop_assert!(!accepted || buf == original, "accepted a damaged index file");
-                let header = format::check_file_header(&buf, if is_offsets { FileKind::OffsetIndex } else { FileKind::TimeIndex }, 9);
-                prop_assert!(header.is_err() || buf[..FILE_HEADER_LEN as usize] == original[..FILE_HEADER_LEN as usize]);
+                let header = format::check_file_header(
+                    &buf,
+                    if is_offsets { FileKind::OffsetIndex } else { FileKind::TimeIndex },
+                    9,
+                );
+                prop_assert!(
+                    header.is_err() || buf[..FILE_HEADER_LEN as usize] == original[..FILE_HEADER_LEN as usize]
+                );
             }
             Ok(())
         })
@@ -227,9 +233,9 @@ fn mutate_dir(io: &SimIo, muts: &[DirMutation]) {
     names.sort();
     for m in muts {
         let (file, what) = match m {
-            DirMutation::Bytes { file, .. } | DirMutation::ZeroPage { file, .. } | DirMutation::DuplicateFrame { file, .. } => {
-                (names[file % names.len()].clone(), m)
-            }
+            DirMutation::Bytes { file, .. }
+            | DirMutation::ZeroPage { file, .. }
+            | DirMutation::DuplicateFrame { file, .. } => (names[file % names.len()].clone(), m),
         };
         let path = Path::new("/s").join(&file);
         let mut bytes = io.read_file(&path).expect("file");
@@ -313,5 +319,5 @@ fn recovery_of_mutated_directories_short() {
 #[test]
 #[ignore = "long run"]
 fn recovery_of_mutated_directories_long() {
-    recovery_cases(50_000);
+    recovery_cases(1_000_000);
 }

@@ -48,7 +48,8 @@ fn data_of(seq: u64, len: usize) -> Vec<u8> {
 }
 
 fn open(io: &SimIo) -> ShardLog {
-    let log = ShardLog::open_with_io("/shard", config(), Arc::new(io.clone())).expect("open never refuses after power loss");
+    let log =
+        ShardLog::open_with_io("/shard", config(), Arc::new(io.clone())).expect("open never refuses after power loss");
     let report = log.recovery_report();
     assert!(report.damage.is_empty() && report.read_only.is_none(), "power loss is not damage: {report:?}");
     log
@@ -68,7 +69,8 @@ fn run(ops: Vec<Op>) {
                 let seq0 = log.next_seq();
                 assert_eq!(seq0, written.len() as u64);
                 let data: Vec<Vec<u8>> = (seq0..seq0 + records).map(|s| data_of(s, data_len)).collect();
-                let recs: Vec<RecordRef<'_>> = data.iter().map(|d| RecordRef { partition_key: b"key", data: d }).collect();
+                let recs: Vec<RecordRef<'_>> =
+                    data.iter().map(|d| RecordRef { partition_key: b"key", data: d }).collect();
                 log.append(clock, &recs).expect("append");
                 written.extend(std::iter::repeat_n(data_len, records as usize));
                 acked = acked.max(log.durable_next_seq());

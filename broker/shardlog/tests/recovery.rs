@@ -350,6 +350,7 @@ fn a_bit_flip_in_the_synced_part_of_the_active_segment_opens_read_only_until_rep
     assert_eq!(fs::metadata(&active).expect("stat").len(), len_before, "nothing is cut without an operator");
 
     let mut log = ShardLog::open(dir.path(), config()).expect("open");
+    let reader = log.reader();
     let plan = log.repair_plan().expect("plan").expect("damage needs a repair");
     assert_eq!((plan.cut_path.clone(), plan.cut_position, plan.first_lost_seq), (active.clone(), victim, 15));
     assert_eq!(plan.records_lost, next - 15);
@@ -359,6 +360,11 @@ fn a_bit_flip_in_the_synced_part_of_the_active_segment_opens_read_only_until_rep
     log.repair(&plan).expect("repair");
     assert!(log.read_only().is_none());
     assert_eq!(log.next_seq(), 15);
+    assert_eq!(
+        (reader.next_seq(), reader.damage()),
+        (15, vec![]),
+        "readers from before the repair see the repaired log"
+    );
     let a = log.append(6_000, &[RecordRef { partition_key: b"k", data: &data_of(15) }]).expect("writable again");
     assert_eq!(a.first_seq, 15);
     log.close().expect("close");
