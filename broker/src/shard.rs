@@ -854,7 +854,7 @@ impl Writer {
             match (cut, self.log.as_mut()) {
                 (Some(cut), Some(log)) => {
                     log.repair(&cut).map_err(|e| BrokerError::storage(&self.core.id, e))?;
-                    // The repair reopened the log: new segments, so new readers.
+                    // The log was cut and reopened: publish its new end.
                     self.core.set_reader(log.reader());
                     self.core.set_failure(damaged(log));
                 }
