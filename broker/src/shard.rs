@@ -761,11 +761,11 @@ impl Writer {
             match committed {
                 Ok(()) => {
                     self.core.metrics.group_requests.record(acks.len() as f64);
+                    // Before the acks, so that whoever sees an ack also sees the new end.
+                    self.core.publish(log.reader().next_seq());
                     for (reply, a) in acks {
                         let _ = reply.send(Ok(a));
                     }
-                    let end = log.reader().next_seq();
-                    self.core.publish(end);
                 }
                 Err(e) => {
                     self.fail(&e, group_bytes);
