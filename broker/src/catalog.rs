@@ -1,34 +1,51 @@
 //! The stream catalogue: which streams exist, their shards, and the control
-//! plane (create, delete, describe, list, retention).
+//! plane (create, delete, describe, list, retention, repair, lost+found).
 //!
 //! **On disk.** `<data_dir>/streams/<stream id>/<shard id>/` holds a shard's
 //! log. Stream ids are never reused and names never appear in paths.
 //!
 //! **Crash safety of create and delete.** Create writes the definition as
-//! `Creating` (flushed), then creates the shard logs, then marks it `Active`
-//! (flushed) and only then acknowledges. Delete marks it `Deleting`
-//! (flushed), stops the shards, removes the directory, then removes the
-//! definition. At start, a `Creating` stream is rolled back (it was never
-//! acknowledged) and a `Deleting` one is finished; a stream directory with
-//! no definition is removed. So a crash at any point leaves neither a
-//! half-made stream nor orphaned files.
+//! `Creating` (committed), then creates the shard logs, then marks it
+//! `Active` (committed) and only then acknowledges. Delete marks it
+//! `Deleting` (committed), stops the shards, removes the directory, then
+//! removes the definition. At start a `Deleting` stream is finished.
+//!
+//! **Nothing is deleted at start.** A `Creating` stream, and any stream
+//! directory without a definition, is moved to
+//! `<data_dir>/lost+found/<id>-<ms since epoch>` (`rename`, then `fsync` of
+//! both directories) and logged, never removed: if the metadata store was
+//! lost, restored from an older backup or rolled back by a power loss, those
+//! directories may hold the only copy of acknowledged records.
+//! [`Catalog::lost_found`] lists them and [`Catalog::purge_lost_found`]
+//! removes one on an operator's request. An `Active` stream whose directory
+//! is missing is opened with failed shards (never silently recreated empty).
+//!
+//! **Ids.** A new stream's id is above every id found in `streams/` and
+//! `lost+found/`, so a rolled-back metadata store never hands out an id whose
+//! data exists.
+//!
+//! **One bad shard stops nothing.** A shard whose log cannot be opened is
+//! kept as a failed shard (see `shard`); every other shard and stream is
+//! served.
 //!
 //! Control-plane calls are serialised by one async mutex; the data plane
 //! never takes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use shardlog::io::{Io, StdIo};
 
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
+use crate::disk::DiskMonitor;
 use crate::error::{BrokerError, Result};
 use crate::metadata::{MetadataStore, StreamMeta, StreamStatus};
 use crate::quota::{QuotaValues, ShardQuota};
 use crate::routing::HashRanges;
-use crate::shard::{Shard, ShardSpec, shard_id};
+use crate::shard::{RepairOutcome, Shard, ShardFailure, ShardSpec, parse_shard_id, shard_id};
 
 /// Retention bounds in hours.
 pub const RETENTION_HOURS: std::ops::RangeInclusive<u32> = 24..=168;
@@ -38,6 +55,9 @@ pub const RETENTION_HOURS_DEFAULT: u32 = 24;
 pub const MAX_RECORD_BYTES: std::ops::RangeInclusive<u32> = 1024..=10 * 1024 * 1024;
 /// Default largest record.
 pub const MAX_RECORD_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// The directory, under the data directory, that keeps stream directories
+/// found without a definition.
+pub const LOST_FOUND_DIR: &str = "lost+found";
 
 /// An open stream.
 #[derive(Debug)]
@@ -77,6 +97,32 @@ pub struct CreateStream {
     pub max_record_bytes: Option<u32>,
 }
 
+/// A directory in `lost+found/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostFound {
+    /// The directory's name, `<stream id>-<ms since epoch>`.
+    pub name: String,
+    /// The stream id it had.
+    pub stream_id: u64,
+    /// When it was moved there, ms since the Unix epoch.
+    pub moved_at_ms: u64,
+    /// Bytes of the files in it.
+    pub bytes: u64,
+    /// Its shard directories.
+    pub shards: Vec<String>,
+}
+
+/// A failed shard, for readiness and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedShard {
+    /// The stream's name.
+    pub stream: String,
+    /// The shard.
+    pub shard_id: String,
+    /// Why.
+    pub failure: ShardFailure,
+}
+
 #[derive(Debug, Default)]
 struct Streams {
     by_name: BTreeMap<String, Arc<Stream>>,
@@ -90,7 +136,11 @@ pub struct Catalog {
     store: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     io: Arc<dyn Io>,
+    disk: Arc<DiskMonitor>,
     streams_dir: PathBuf,
+    lost_found_dir: PathBuf,
+    /// Every id found on disk is below this.
+    id_floor: AtomicU64,
     streams: RwLock<Streams>,
     control: tokio::sync::Mutex<()>,
 }
@@ -116,10 +166,47 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(format!("sync {}", dir.display())))
 }
 
+/// Names of the entries of `dir`; none if it does not exist.
+fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("list {}", dir.display()))(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
+        // Every name the broker makes is ASCII; anything else is not its own.
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The stream id a `lost+found` entry (`<id>-<ms>`) had.
+fn lost_found_id(name: &str) -> Option<(u64, u64)> {
+    let (id, ms) = name.split_once('-')?;
+    Some((id.parse().ok()?, ms.parse().ok()?))
+}
+
+/// Total bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 impl Catalog {
-    /// Opens the catalogue: finishes interrupted creates and deletes, removes
-    /// orphaned stream directories, and opens (recovers) every active shard.
-    /// Blocking.
+    /// Opens the catalogue: finishes interrupted deletes, moves orphaned
+    /// stream directories to `lost+found/`, and opens (recovers) every
+    /// active shard. Blocking.
     pub fn open(config: Arc<BrokerConfig>, store: Arc<dyn MetadataStore>, clock: Arc<dyn Clock>) -> Result<Self> {
         Self::open_with_io(config, store, clock, Arc::new(StdIo))
     }
@@ -131,14 +218,39 @@ impl Catalog {
         clock: Arc<dyn Clock>,
         io: Arc<dyn Io>,
     ) -> Result<Self> {
+        let disk = Arc::new(DiskMonitor::new(&config));
+        if let Err(e) = disk.measure() {
+            tracing::warn!(error = %e, "cannot measure free space; writes are admitted without a watermark check");
+        }
+        Self::open_with(config, store, clock, io, disk)
+    }
+
+    /// [`Catalog::open_with_io`] with the broker's disk monitor.
+    pub fn open_with(
+        config: Arc<BrokerConfig>,
+        store: Arc<dyn MetadataStore>,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn Io>,
+        disk: Arc<DiskMonitor>,
+    ) -> Result<Self> {
         let streams_dir = config.data_dir.join("streams");
         std::fs::create_dir_all(&streams_dir).map_err(io_err(format!("create {}", streams_dir.display())))?;
+        // The entries `streams` (in the data directory) and the data directory
+        // (in its parent) must be durable before any stream under them is acknowledged.
+        sync_dir(&config.data_dir)?;
+        if let Some(parent) = config.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        let lost_found_dir = config.data_dir.join(LOST_FOUND_DIR);
         let catalog = Self {
             config,
             store,
             clock,
             io,
+            disk,
             streams_dir,
+            lost_found_dir,
+            id_floor: AtomicU64::new(0),
             streams: RwLock::new(Streams::default()),
             control: tokio::sync::Mutex::new(()),
         };
@@ -146,24 +258,34 @@ impl Catalog {
         for meta in catalog.store.streams()? {
             match meta.status {
                 StreamStatus::Active => live.push(meta),
-                StreamStatus::Creating | StreamStatus::Deleting => {
-                    tracing::warn!(stream = %meta.name, status = ?meta.status, "finishing an interrupted create or delete");
+                StreamStatus::Creating => {
+                    tracing::warn!(stream = %meta.name, id = meta.id, "an interrupted create: keeping its files in lost+found");
+                    catalog.to_lost_found(meta.id)?;
+                    catalog.store.remove_stream(&meta.name)?;
+                }
+                StreamStatus::Deleting => {
+                    tracing::warn!(stream = %meta.name, id = meta.id, "finishing an interrupted delete");
                     catalog.remove_stream_dir(meta.id)?;
                     catalog.store.remove_stream(&meta.name)?;
                 }
             }
         }
         let live_ids: Vec<u64> = live.iter().map(|m| m.id).collect();
-        for entry in std::fs::read_dir(&catalog.streams_dir).map_err(io_err("list streams dir"))? {
-            let entry = entry.map_err(io_err("list streams dir"))?;
-            let id = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
-            if let Some(id) = id.filter(|id| !live_ids.contains(id)) {
-                tracing::warn!(id, "removing a stream directory that has no definition");
-                catalog.remove_stream_dir(id)?;
+        let mut seen = live_ids.iter().copied().max();
+        for name in list_names(&catalog.streams_dir)? {
+            let Ok(id) = name.parse::<u64>() else { continue };
+            seen = seen.max(Some(id));
+            if !live_ids.contains(&id) {
+                tracing::warn!(id, "a stream directory has no definition: keeping it in lost+found");
+                catalog.to_lost_found(id)?;
             }
         }
+        for name in list_names(&catalog.lost_found_dir)? {
+            seen = seen.max(lost_found_id(&name).map(|(id, _)| id));
+        }
+        catalog.id_floor.store(seen.map_or(0, |id| id + 1), Ordering::SeqCst);
         for meta in live {
-            let stream = catalog.open_stream(meta)?;
+            let stream = catalog.open_stream(meta, true)?;
             catalog.insert(stream);
         }
         Ok(catalog)
@@ -182,13 +304,43 @@ impl Catalog {
         }
     }
 
-    /// Opens the shards of a stream. Blocking.
-    fn open_stream(&self, meta: StreamMeta) -> Result<Arc<Stream>> {
+    /// Moves a stream's directory (if any) to `lost+found/<id>-<ms>`; the
+    /// rename is made durable by fsyncing both directories.
+    fn to_lost_found(&self, id: u64) -> Result<()> {
+        let from = self.stream_dir(id);
+        if !from.exists() {
+            return Ok(());
+        }
+        if !self.lost_found_dir.exists() {
+            std::fs::create_dir_all(&self.lost_found_dir)
+                .map_err(io_err(format!("create {}", self.lost_found_dir.display())))?;
+            sync_dir(&self.config.data_dir)?;
+        }
+        let mut ms = self.clock.now_ms();
+        let mut to = self.lost_found_dir.join(format!("{id}-{ms}"));
+        while to.exists() {
+            ms += 1;
+            to = self.lost_found_dir.join(format!("{id}-{ms}"));
+        }
+        std::fs::rename(&from, &to).map_err(io_err(format!("move {} to {}", from.display(), to.display())))?;
+        sync_dir(&self.lost_found_dir)?;
+        sync_dir(&self.streams_dir)?;
+        tracing::warn!(from = %from.display(), to = %to.display(), "moved a stream directory to lost+found; list it with `streamctl lost-found list`");
+        Ok(())
+    }
+
+    /// Opens the shards of a stream. At start (`at_start`) a missing
+    /// directory or a shard that cannot be opened gives a failed shard; on
+    /// create any failure fails the call. Blocking.
+    fn open_stream(&self, meta: StreamMeta, at_start: bool) -> Result<Arc<Stream>> {
         let dir = self.stream_dir(meta.id);
-        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let missing = at_start && !dir.exists();
+        if !missing {
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
         let ranges = HashRanges::new(meta.shard_count);
         let c = &self.config;
-        let mut shards = Vec::with_capacity(meta.shard_count as usize);
+        let mut shards: Vec<Arc<Shard>> = Vec::with_capacity(meta.shard_count as usize);
         for index in 0..meta.shard_count {
             let spec = ShardSpec {
                 stream: meta.name.clone(),
@@ -201,11 +353,35 @@ impl Catalog {
                 group_max: c.limits.group_commit_max_requests,
             };
             let quota = ShardQuota::new(meta.quotas, meta.max_record_bytes, c.quotas.enforce, self.clock.now_ms());
-            let shard = Shard::open(&dir.join(shard_id(index)), spec, quota, self.clock.clone(), self.io.clone())?;
+            let shard_dir = dir.join(shard_id(index));
+            let (clock, io, disk) = (self.clock.clone(), self.io.clone(), self.disk.clone());
+            let shard = if missing || (at_start && !shard_dir.exists()) {
+                let cause = "the shard's directory is missing (the metadata may be newer than the data; \
+                             see `streamctl lost-found list`)"
+                    .to_string();
+                Shard::failed(&shard_dir, spec, quota, clock, io, disk, cause)?
+            } else {
+                Shard::open(&shard_dir, spec, quota, clock, io, disk)?
+            };
+            if let Some(f) = shard.failure() {
+                if !at_start {
+                    let refusal = shard.write_refusal();
+                    shard.close();
+                    for s in &shards {
+                        s.close();
+                    }
+                    return Err(
+                        refusal.unwrap_or_else(|| BrokerError::Internal("a failed shard without a failure".into()))
+                    );
+                }
+                tracing::warn!(stream = %meta.name, shard = %shard.id, kind = f.kind.as_str(), "the broker starts with this shard failed and serves everything else");
+            }
             shards.push(Arc::new(shard));
         }
-        sync_dir(&dir)?;
-        sync_dir(&self.streams_dir)?;
+        if !missing {
+            sync_dir(&dir)?;
+            sync_dir(&self.streams_dir)?;
+        }
         Ok(Arc::new(Stream { meta: RwLock::new(meta), shards, ranges }))
     }
 
@@ -273,6 +449,7 @@ impl Catalog {
                 ),
             ));
         }
+        self.disk.admit()?;
         let _control = self.control.lock().await;
         if self.get(&req.name).is_ok() {
             return Err(BrokerError::StreamExists { name: req.name });
@@ -284,7 +461,7 @@ impl Catalog {
             )));
         }
         let mut meta = StreamMeta {
-            id: self.store.next_id()?,
+            id: self.store.next_id(self.id_floor.load(Ordering::SeqCst))?,
             name: req.name,
             shard_count: req.shard_count,
             retention_hours,
@@ -296,7 +473,7 @@ impl Catalog {
         self.store.put_stream(&meta)?;
         let opened = self.blocking({
             let meta = meta.clone();
-            move |c| c.open_stream(meta)
+            move |c| c.open_stream(meta, false)
         });
         let stream = match opened.await {
             Ok(stream) => stream,
@@ -368,7 +545,8 @@ impl Catalog {
         for stream in self.all() {
             let meta = stream.meta();
             let cutoff = now.saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
-            for shard in &stream.shards {
+            // A shard without an open log has nothing to trim.
+            for shard in stream.shards.iter().filter(|s| s.stats().is_some()) {
                 match shard.trim(cutoff).await {
                     Ok(t) if t.segments > 0 => {
                         tracing::info!(stream = %meta.name, shard = %shard.id, segments = t.segments, bytes = t.bytes, first_seq = t.first_seq, "retention removed segments");
@@ -395,6 +573,92 @@ impl Catalog {
         })
         .await?;
         self.store.flush()
+    }
+
+    /// Every failed shard, in stream and shard order.
+    pub fn failed_shards(&self) -> Vec<FailedShard> {
+        let mut out = Vec::new();
+        for stream in self.all() {
+            let name = stream.meta().name;
+            for shard in &stream.shards {
+                if let Some(failure) = shard.failure() {
+                    out.push(FailedShard { stream: name.clone(), shard_id: shard.id.clone(), failure });
+                }
+            }
+        }
+        out
+    }
+
+    /// Reopens every shard that failed for lack of space and for whose
+    /// failed write `free_bytes` has room; call while the disk is above its
+    /// watermark. Returns how many serve again.
+    pub async fn heal_disk_full(&self, free_bytes: u64) -> usize {
+        let mut healed = 0;
+        for stream in self.all() {
+            for shard in &stream.shards {
+                let disk_full = shard.failure().is_some_and(|f| f.kind == crate::shard::FailureKind::DiskFull);
+                if disk_full && shard.heal(free_bytes).await {
+                    tracing::info!(stream = %stream.meta().name, shard = %shard.id, "space is back: the shard reopened and serves writes again");
+                    healed += 1;
+                }
+            }
+        }
+        healed
+    }
+
+    /// A shard's repair: the plan, applied with `confirm`.
+    pub async fn repair(&self, stream: &str, shard_id: &str, confirm: bool) -> Result<(Arc<Stream>, RepairOutcome)> {
+        let _control = self.control.lock().await;
+        let s = self.get(stream)?;
+        let index = parse_shard_id(shard_id).ok_or_else(|| {
+            BrokerError::invalid("shard_id", format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
+        })?;
+        let shard = s
+            .shards
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.to_string(), shard_id: shard_id.to_string() })?;
+        if confirm && shard.stats().is_none() {
+            // The log is opened into this directory; a stream whose
+            // directory is gone gets an empty one back, as the plan says.
+            let dir = self.stream_dir(s.meta().id);
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        let outcome = shard.repair(confirm).await?;
+        Ok((s, outcome))
+    }
+
+    /// The directories in `lost+found/`.
+    pub fn lost_found(&self) -> Result<Vec<LostFound>> {
+        let mut out = Vec::new();
+        for name in list_names(&self.lost_found_dir)? {
+            let Some((stream_id, moved_at_ms)) = lost_found_id(&name) else { continue };
+            let dir = self.lost_found_dir.join(&name);
+            let shards = list_names(&dir)?;
+            out.push(LostFound { bytes: dir_bytes(&dir), name, stream_id, moved_at_ms, shards });
+        }
+        Ok(out)
+    }
+
+    /// Removes one directory from `lost+found/` and its records with it.
+    pub async fn purge_lost_found(self: &Arc<Self>, name: &str) -> Result<LostFound> {
+        let _control = self.control.lock().await;
+        let entry = self.lost_found()?.into_iter().find(|e| e.name == name).ok_or_else(|| {
+            BrokerError::invalid("name", format!("{name:?} is not in lost+found (see ListLostFound)"))
+        })?;
+        let dir = self.lost_found_dir.join(&entry.name);
+        self.blocking(move |c| {
+            std::fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+            sync_dir(&c.lost_found_dir)
+        })
+        .await?;
+        tracing::warn!(name = %entry.name, bytes = entry.bytes, "purged a lost+found directory");
+        Ok(entry)
+    }
+
+    /// The disk monitor.
+    pub fn disk(&self) -> &Arc<DiskMonitor> {
+        &self.disk
     }
 
     /// The broker's configuration.

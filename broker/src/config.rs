@@ -104,6 +104,22 @@ pub struct StorageConfig {
     pub segment_age_max_ms: u64,
     /// Bytes between sparse index entries.
     pub index_interval_bytes: u32,
+    /// Free-space watermark: below this many free bytes on the data
+    /// directory's filesystem, writes are refused (retryable `DiskFull`)
+    /// before a write can hit ENOSPC and tear a segment. 0 (with
+    /// `min_free_percent` 0) turns the watermark off.
+    pub min_free_bytes: u64,
+    /// The watermark as a share of the filesystem's size; the larger of the
+    /// two applies.
+    pub min_free_percent: u8,
+    /// Size of `<data_dir>/reserve`, a file of allocated blocks the broker
+    /// keeps so that it can give space back to its metadata store when the
+    /// disk fills up (and start on a full disk). 0: no reserve, and then no
+    /// start on a disk full to the last byte (sled must write to open).
+    pub reserve_bytes: u64,
+    /// How often free space is measured; writes resume at most this long
+    /// after space is freed.
+    pub free_space_check_interval_ms: u64,
 }
 
 /// `[retention]`
@@ -200,6 +216,10 @@ impl Default for StorageConfig {
             segment_bytes_max: s.segment_bytes_max,
             segment_age_max_ms: s.segment_age_max_ms,
             index_interval_bytes: s.index_interval_bytes,
+            min_free_bytes: 256 * 1024 * 1024,
+            min_free_percent: 0,
+            reserve_bytes: 64 * 1024 * 1024,
+            free_space_check_interval_ms: 250,
         }
     }
 }
@@ -300,6 +320,12 @@ impl BrokerConfig {
         };
         if let Err(shardlog::Error::InvalidConfig { field, reason }) = storage.validate() {
             return Err(ConfigError(format!("storage.{field}: {reason}")));
+        }
+        if self.storage.min_free_percent > 90 {
+            return bad("storage.min_free_percent", "must be 0..=90");
+        }
+        if !(10..=60_000).contains(&self.storage.free_space_check_interval_ms) {
+            return bad("storage.free_space_check_interval_ms", "must be 10..=60000");
         }
         if !(1_000..=600_000).contains(&self.groups.session_timeout_ms) {
             return bad("groups.session_timeout_ms", "must be 1000..=600000");
@@ -424,6 +450,11 @@ mod tests {
             (vec![("STREAM_BROKER_QUOTAS__READ_CALLS_PER_SEC", "0")], "quotas.read_calls_per_sec"),
             (vec![("STREAM_BROKER_STORAGE__SEGMENT_BYTES_MAX", "10")], "storage.segment_bytes_max"),
             (vec![("STREAM_BROKER_LIMITS__SHARD_QUEUE_DEPTH", "0")], "limits.shard_queue_depth"),
+            (vec![("STREAM_BROKER_STORAGE__MIN_FREE_PERCENT", "95")], "storage.min_free_percent"),
+            (
+                vec![("STREAM_BROKER_STORAGE__FREE_SPACE_CHECK_INTERVAL_MS", "0")],
+                "storage.free_space_check_interval_ms",
+            ),
         ];
         for (vars, key) in cases {
             let err = BrokerConfig::load(None, env(&vars)).expect_err("invalid config");

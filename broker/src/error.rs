@@ -109,20 +109,59 @@ pub enum BrokerError {
         /// The shard's next sequence number.
         next: u64,
     },
-    /// The shard had a write or fsync failure and refuses writes until restart.
-    #[error("shard {shard_id} refuses writes after a storage failure: {cause}")]
-    ShardReadOnly {
+    /// The shard is failed (it could not be opened, its synced bytes are
+    /// damaged, a write or fsync failed, or its writer died): it refuses
+    /// writes, and reads too when its log could not be opened, until an
+    /// operator repairs it (`streamctl shard repair`).
+    #[error("shard {shard_id} of stream {stream:?} is failed ({kind}): {cause}; see `streamctl shard repair`")]
+    ShardFailed {
+        /// The stream's name.
+        stream: String,
         /// The shard.
         shard_id: String,
-        /// The failure.
+        /// What failed: `Open`, `Damaged`, `Io` or `Panicked`.
+        kind: &'static str,
+        /// The failure, without internal paths.
         cause: String,
+    },
+    /// The data directory's filesystem is below its free-space watermark (or
+    /// a write hit ENOSPC): writes are refused until space returns, which
+    /// the broker notices by itself. Reads and group commits keep working.
+    #[error("{what}; writes resume by themselves when space is freed; retry after {retry_after_ms} ms")]
+    DiskFull {
+        /// What is short of space.
+        what: String,
+        /// When a retry can succeed.
+        retry_after_ms: u64,
+    },
+    /// Stored bytes failed their checksum or structure check: that range of
+    /// the shard cannot be read (the rest of the shard is served).
+    #[error("corrupt data in shard {shard_id}, segment {segment} at byte {position}: {reason}")]
+    Corrupt {
+        /// The shard (empty when not known at the point of failure).
+        shard_id: String,
+        /// The damaged segment file's name.
+        segment: String,
+        /// Byte position of the damage in that file.
+        position: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// A storage read or write failed in the operating system (the broker log
+    /// has the file and OS error).
+    #[error("storage I/O error on shard {shard_id} while trying to {op}; see the broker log")]
+    StorageIo {
+        /// The shard (empty when not known at the point of failure).
+        shard_id: String,
+        /// What was being done.
+        op: String,
     },
     /// The broker is shutting down or a component is gone.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// Storage failed in a way the caller cannot fix.
-    #[error("storage: {0}")]
-    Storage(#[from] shardlog::Error),
+    /// A broken internal invariant; the full error is in the broker log.
+    #[error("internal: {0}")]
+    Internal(String),
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Metadata(String),
@@ -144,16 +183,14 @@ impl BrokerError {
     }
 
     /// The error of a read of `shard_id` at a position given in `field`:
-    /// positions outside the stored range get their own kinds.
+    /// positions outside the stored range get their own kinds, the rest is
+    /// split as [`BrokerError::storage`] does.
     pub fn from_read(e: shardlog::Error, shard_id: &str, field: &'static str) -> Self {
         match e {
-            shardlog::Error::SequenceTrimmed { requested, first } => {
-                Self::SequenceTrimmed { shard_id: shard_id.to_string(), requested, first }
-            }
             shardlog::Error::SequenceBeyondEnd { requested, next } => {
                 Self::SequenceBeyondEnd { field, shard_id: shard_id.to_string(), requested, next }
             }
-            other => Self::Storage(other),
+            other => Self::storage(shard_id, other),
         }
     }
 
@@ -173,10 +210,55 @@ impl BrokerError {
             Self::ExpiredIterator { .. } => "ExpiredIterator",
             Self::SequenceTrimmed { .. } => "SequenceTrimmed",
             Self::SequenceBeyondEnd { .. } => "SequenceBeyondEnd",
-            Self::ShardReadOnly { .. } => "ShardReadOnly",
+            Self::ShardFailed { .. } => "ShardFailed",
+            Self::DiskFull { .. } => "DiskFull",
+            Self::Corrupt { .. } => "Corrupt",
+            Self::StorageIo { .. } => "StorageIo",
             Self::Unavailable(_) => "Unavailable",
-            Self::Storage(_) | Self::Metadata(_) | Self::Io { .. } => "Internal",
+            Self::Internal(_) | Self::Metadata(_) | Self::Io { .. } => "Internal",
         }
+    }
+}
+
+impl BrokerError {
+    /// A storage-engine error of `shard_id`, split by what the caller can do
+    /// about it. Full paths and OS errors go to the log, not to the caller.
+    pub fn storage(shard_id: &str, e: shardlog::Error) -> Self {
+        match e {
+            shardlog::Error::Corrupt { path, position, reason } => {
+                tracing::warn!(shard = shard_id, path = %path.display(), position, %reason, "corrupt data");
+                Self::Corrupt { shard_id: shard_id.to_string(), segment: file_name(&path), position, reason }
+            }
+            shardlog::Error::Io { op, path, source } => {
+                tracing::error!(shard = shard_id, op, path = %path.display(), error = %source, "storage I/O error");
+                Self::StorageIo { shard_id: shard_id.to_string(), op: op.to_string() }
+            }
+            shardlog::Error::SequenceTrimmed { requested, first } => {
+                Self::SequenceTrimmed { shard_id: shard_id.to_string(), requested, first }
+            }
+            shardlog::Error::SequenceBeyondEnd { requested, next } => {
+                Self::SequenceBeyondEnd { field: "sequence_number", shard_id: shard_id.to_string(), requested, next }
+            }
+            shardlog::Error::InvalidRecord { index, field, reason } => {
+                Self::invalid(format!("records[{index}].{field}"), reason)
+            }
+            shardlog::Error::InvalidBatch { field, reason } => Self::invalid(format!("records ({field})"), reason),
+            other => {
+                tracing::error!(shard = shard_id, error = %other, "storage engine error");
+                Self::Internal(format!("storage engine error on shard {shard_id}"))
+            }
+        }
+    }
+}
+
+/// The last component of a path: segment names are not internal, directories are.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+impl From<shardlog::Error> for BrokerError {
+    fn from(e: shardlog::Error) -> Self {
+        Self::storage("(unknown)", e)
     }
 }
 

@@ -1,33 +1,87 @@
 //! The HTTP admin port: `/metrics` (Prometheus text), `/healthz` (the
-//! process answers) and `/readyz` (streams are open and the broker is not
-//! shutting down).
+//! process answers) and `/readyz`.
+//!
+//! `/readyz` answers 200 only while the broker serves everything it holds:
+//! it is started and not shutting down, no shard is failed, and the data
+//! disk is above its free-space watermark. Otherwise it answers 503 with one
+//! line per reason, naming every failed shard, so an operator (or a load
+//! balancer's log) sees what is wrong without reading the broker's log.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-#[derive(Clone)]
-struct AdminState {
-    ready: Arc<AtomicBool>,
+use crate::catalog::Catalog;
+
+/// What `/readyz` looks at.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    serving: AtomicBool,
+    catalog: OnceLock<Arc<Catalog>>,
 }
 
-/// The admin router; `ready` is flipped by the server as it starts and stops.
-pub fn router(ready: Arc<AtomicBool>) -> Router {
+impl Readiness {
+    /// Marks the broker started (true) or shutting down (false).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    /// Gives readiness the catalogue once it is open.
+    pub fn attach(&self, catalog: Arc<Catalog>) {
+        let _ = self.catalog.set(catalog);
+    }
+
+    /// Why the broker is not ready, one reason per entry; empty when ready.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let catalog = match self.catalog.get() {
+            Some(c) if self.serving.load(Ordering::SeqCst) => c,
+            _ => return vec!["the broker is starting or shutting down".into()],
+        };
+        for f in catalog.failed_shards() {
+            out.push(format!(
+                "shard {}/{} is failed ({}): {}",
+                f.stream,
+                f.shard_id,
+                f.failure.kind.as_str(),
+                f.failure.cause
+            ));
+        }
+        let disk = catalog.disk();
+        if disk.is_full() {
+            let d = disk.last();
+            out.push(format!(
+                "the data disk is below its free-space watermark ({} bytes free, {} needed): writes are refused",
+                d.free_bytes, d.watermark_bytes
+            ));
+        }
+        out
+    }
+}
+
+/// The admin router; `readiness` is updated by the server as it starts and stops.
+pub fn router(readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(|| async { crate::telemetry::prometheus().render() }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { ready })
+        .with_state(readiness)
 }
 
-async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
+    let problems = r.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        let mut body = String::from("not ready\n");
+        for p in problems {
+            body.push_str(&p);
+            body.push('\n');
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     }
 }

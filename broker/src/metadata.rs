@@ -17,7 +17,9 @@ use crate::quota::QuotaValues;
 
 /// Lifecycle of a stream. A stream is `Creating` until all its shard logs
 /// exist and `Deleting` from the moment a delete starts; after a crash the
-/// broker rolls a `Creating` stream back and finishes a `Deleting` one.
+/// broker moves a `Creating` stream's directory to `lost+found/` (it was
+/// never acknowledged, but after a metadata rollback its records may be all
+/// that is left) and finishes a `Deleting` one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamStatus {
     /// Shard logs are being created.
@@ -83,8 +85,11 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     fn put_stream(&self, meta: &StreamMeta) -> Result<()>;
     /// Removes a stream's definition; durable on return.
     fn remove_stream(&self, name: &str) -> Result<()>;
-    /// A new id, never returned before, durable on return.
-    fn next_id(&self) -> Result<u64>;
+    /// A new id, at least `min` and never returned before, durable on
+    /// return. The catalogue passes one more than every id it finds on disk,
+    /// so a store restored from an older backup (or rolled back) cannot hand
+    /// out an id whose directory exists.
+    fn next_id(&self, min: u64) -> Result<u64>;
     /// The 32-byte secret that signs shard iterators, created on first use.
     fn iterator_secret(&self) -> Result<[u8; 32]>;
     /// Makes everything durable (at shutdown).
@@ -153,9 +158,20 @@ impl MetadataStore for SledStore {
         self.flushed()
     }
 
-    fn next_id(&self) -> Result<u64> {
-        // generate_id is monotonic across restarts, but only durable once flushed.
-        let id = self.db.db().generate_id()?;
+    fn next_id(&self, min: u64) -> Result<u64> {
+        const HIGH_WATER: &[u8] = b"stream-id-high-water";
+        // generate_id is monotonic across restarts, but only durable once
+        // committed; the high-water mark keeps ids raised to `min` monotonic too.
+        let generated = self.db.db().generate_id()?;
+        let above_high_water = match self.db.db().get(HIGH_WATER)? {
+            Some(v) => <[u8; 8]>::try_from(&v[..])
+                .map(u64::from_le_bytes)
+                .map_err(|_| BrokerError::Metadata("stream id high-water mark has the wrong length".into()))?
+                .saturating_add(1),
+            None => 0,
+        };
+        let id = generated.max(min).max(above_high_water);
+        self.db.db().insert(HIGH_WATER, &id.to_le_bytes())?;
         self.flushed()?;
         Ok(id)
     }
@@ -276,10 +292,11 @@ impl MetadataStore for MemStore {
         Ok(())
     }
 
-    fn next_id(&self) -> Result<u64> {
+    fn next_id(&self, min: u64) -> Result<u64> {
         let mut g = self.inner.lock().map_err(|_| BrokerError::Metadata("poisoned".into()))?;
-        g.1 += 1;
-        Ok(g.1)
+        let id = g.1.max(min);
+        g.1 = id + 1;
+        Ok(id)
     }
 
     fn iterator_secret(&self) -> Result<[u8; 32]> {
@@ -345,7 +362,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (id, secret) = {
             let s = SledStore::open(dir.path()).expect("open");
-            let id = s.next_id().expect("id");
+            let id = s.next_id(0).expect("id");
             s.put_stream(&meta("b", id)).expect("put");
             s.put_stream(&meta("a", id + 100)).expect("put");
             s.remove_stream("a").expect("remove");
@@ -353,7 +370,10 @@ mod tests {
         };
         let s = SledStore::open(dir.path()).expect("reopen");
         assert_eq!(s.streams().expect("list"), vec![meta("b", id)]);
-        assert!(s.next_id().expect("id") > id, "ids are never reused");
+        let next = s.next_id(0).expect("id");
+        assert!(next > id, "ids are never reused");
+        assert_eq!(s.next_id(next + 50).expect("id"), next + 50, "ids start at the floor the catalogue found");
+        assert_eq!(s.next_id(0).expect("id"), next + 51, "and stay above it afterwards");
         assert_eq!(s.iterator_secret().expect("secret"), secret);
     }
 

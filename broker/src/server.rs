@@ -1,5 +1,15 @@
 //! Assembles and runs the broker: metadata, catalogue, gRPC and HTTP
-//! servers, retention janitor, and the shutdown sequence.
+//! servers, retention janitor, free-space watch, and the shutdown sequence.
+//!
+//! Start on a full disk: before the metadata store opens, the disk monitor
+//! gives back the reserve file if free space is below its size, so sled can
+//! write what it needs to open; the shards open read-only in effect (writes
+//! are refused below the watermark) and reads are served.
+//!
+//! Free-space watch: every `storage.free_space_check_interval_ms` the disk
+//! monitor measures free space (giving back or recreating the reserve), and
+//! while the disk is above its watermark every shard that failed for lack of
+//! space is reopened, so writes resume without a restart.
 //!
 //! Shutdown (on the token): mark not ready, stop accepting connections,
 //! end streaming calls, let in-flight unary calls finish within
@@ -8,7 +18,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,11 +33,13 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
+use crate::disk::DiskMonitor;
 use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
 use crate::grpc::GrpcService;
 use crate::grpc::groups::GroupsService;
 use crate::grpc::message_limit::MessageLimitHint;
+use crate::http::Readiness;
 use crate::iterator::IteratorSigner;
 use crate::metadata::{MetadataStore, SledStore};
 
@@ -42,9 +53,9 @@ pub async fn run(
 ) -> Result<()> {
     crate::telemetry::prometheus();
     let config = Arc::new(config);
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(Readiness::default());
     let admin = tokio::spawn({
-        let router = crate::http::router(ready.clone());
+        let router = crate::http::router(readiness.clone());
         let token = shutdown.clone();
         async move { axum::serve(http, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
@@ -57,14 +68,60 @@ pub async fn run(
                 context: format!("create {}", config.data_dir.display()),
                 source,
             })?;
-            let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&meta_dir)?);
+            let disk = Arc::new(DiskMonitor::new(&config));
+            match disk.maintain() {
+                Ok(d) if d.full => tracing::warn!(
+                    free_bytes = d.free_bytes,
+                    watermark_bytes = d.watermark_bytes,
+                    "starting on a full disk: reads are served, writes refused until space is freed"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot measure free space"),
+            }
+            let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&meta_dir).map_err(|e| {
+                let free = disk.last().free_bytes;
+                if free < 1024 * 1024 {
+                    // sled writes to open; without a reserve to give back, a full disk stops it.
+                    BrokerError::Metadata(format!(
+                        "{e}: the data disk has {free} bytes free and no reserve file to give back \
+                         (storage.reserve_bytes); free some space and start again"
+                    ))
+                } else {
+                    e
+                }
+            })?);
             let secret = store.iterator_secret()?;
-            Ok((Arc::new(Catalog::open(config, store, clock)?), secret))
+            let io = Arc::new(shardlog::io::StdIo);
+            Ok((Arc::new(Catalog::open_with(config, store, clock, io, disk)?), secret))
         }
     })
     .await
     .map_err(|e| BrokerError::Unavailable(e.to_string()))??;
     tracing::info!(streams = catalog.all().len(), grpc = %grpc.local_addr().map_err(|source| BrokerError::Io { context: "grpc address".into(), source })?, "broker ready");
+    readiness.attach(catalog.clone());
+
+    let disk_watch = tokio::spawn({
+        let catalog = catalog.clone();
+        let token = shutdown.clone();
+        let every = Duration::from_millis(config.storage.free_space_check_interval_ms);
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = token.cancelled() => return,
+                }
+                let disk = catalog.disk().clone();
+                match tokio::task::spawn_blocking(move || disk.maintain()).await {
+                    Ok(Ok(d)) if !d.full => {
+                        catalog.heal_disk_full(d.free_bytes).await;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot measure free space"),
+                    Err(e) => tracing::error!(error = %e, "free-space check failed"),
+                }
+            }
+        }
+    });
 
     let janitor = tokio::spawn({
         let catalog = catalog.clone();
@@ -122,10 +179,10 @@ pub async fn run(
             shutdown.clone().cancelled_owned(),
         );
     let mut grpc_task = tokio::spawn(grpc_server);
-    ready.store(true, Ordering::SeqCst);
+    readiness.set_serving(true);
 
     shutdown.cancelled().await;
-    ready.store(false, Ordering::SeqCst);
+    readiness.set_serving(false);
     health_reporter.set_not_serving::<StreamBrokerServer<GrpcService>>().await;
     streams_token.cancel();
     let grace = Duration::from_millis(config.limits.shutdown_grace_ms);
@@ -140,6 +197,7 @@ pub async fn run(
     }
     let _ = janitor.await;
     let _ = sweeper.await;
+    let _ = disk_watch.await;
     catalog.close().await?;
     if let Ok(Err(e)) = admin.await {
         tracing::warn!(error = %e, "admin server failed");

@@ -1,4 +1,4 @@
-//! One shard: the single writer of its log, and its read side.
+//! One shard: the single writer of its log, its read side, and its health.
 //!
 //! **Group commit.** Each shard has one writer thread (a plain OS thread:
 //! `fdatasync` never runs on a tokio worker) fed by a bounded queue. The
@@ -9,15 +9,6 @@
 //! new end published to readers. While one fsync runs, the next group
 //! queues up; the slower the disk, the larger the groups.
 //!
-//! **Failure.** If a write or fsync fails, the log is poisoned: every
-//! request of that group and every later one gets `ShardReadOnly`, nothing
-//! is acknowledged, and the shard reports itself unwritable until restart
-//! (never retry an fsync and then acknowledge).
-//!
-//! **Order.** Requests are appended in queue order, so two requests from one
-//! producer to one shard keep their order when the second is submitted after
-//! the first was queued.
-//!
 //! **`interval` and `never`.** A commit only publishes (`write`, no
 //! `fdatasync`). In `interval` mode the writer itself checks, at every
 //! commit, whether `durability.interval_ms` has passed on the injected clock
@@ -26,18 +17,61 @@
 //! (its wake-up may be dropped when the queue is full: a full queue means the
 //! writer is about to commit and check anyway). `never` syncs at segment
 //! roll and at close only.
+//!
+//! **Free space.** Before a batch is appended the writer takes its bytes
+//! from the disk monitor's headroom (`disk`); a batch that does not fit
+//! above the free-space watermark is refused with the retryable `DiskFull`
+//! before any of it is written, and the shard stays healthy.
+//!
+//! **Failure.** A shard is serving, or failed with a [`FailureKind`]; no
+//! failure is ever retried into an acknowledgement (a second fsync after a
+//! failed one can "succeed" without the data):
+//! - `Open`: the log could not be opened (an I/O error, a missing file);
+//!   reads and writes are refused until an operator repairs the shard.
+//! - `Damaged`: bytes of the active segment that an fsync had covered are
+//!   damaged, so the log opened read-only: reads are served up to the damage
+//!   (and after it), writes are refused until a repair cuts the log there.
+//!   Damage in a sealed segment fails nothing: the shard keeps serving, a
+//!   read that reaches the damage gets `Corrupt` naming segment and byte,
+//!   and the same repair can cut there on an operator's request.
+//! - `DiskFull`: a *write* failed with ENOSPC or EDQUOT. Nothing is lost by
+//!   that (the kernel refused the bytes; the page cache still holds what
+//!   earlier syncs made durable), but the log is poisoned. Reads are served;
+//!   writes get the retryable `DiskFull`; once the disk monitor sees the
+//!   disk above its watermark with room for the bytes the failed group
+//!   needed, the writer drops the log and opens it anew, re-running
+//!   recovery (which cuts the never-acknowledged torn tail), without a
+//!   restart. (Requiring that room keeps a shard from reopening only to fail
+//!   again while the disk is still full.)
+//! - `Io`: a write or an fsync failed otherwise, or an fsync failed at all
+//!   (even with ENOSPC). After a failed writeback the kernel may have
+//!   dropped the dirty pages or marked them clean, so the page cache no
+//!   longer says what is on disk: reads of what was visible are served,
+//!   writes are refused until an operator repairs the shard, which drops
+//!   the cached pages (`posix_fadvise(DONTNEED)`) and reopens the log.
+//! - `Panicked`: the writer panicked; the panic is caught, the log dropped,
+//!   and every later write refused until repaired (reopened).
+//!
+//! **Repair** ([`Shard::repair`]) runs on the writer thread like every other
+//! change to the log: it reports a plan and, when confirmed, applies it.
+//!
+//! **Order.** Requests are appended in queue order, so two requests from one
+//! producer to one shard keep their order when the second is submitted after
+//! the first was queued.
 
-use std::path::Path;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use shardlog::{Appended, LogReader, RecordRef, ShardLog, Trimmed};
+use shardlog::{Appended, LogReader, LogStats, RecordRef, ShardLog, Trimmed};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::DurabilityMode;
+use crate::disk::{DiskMonitor, is_out_of_space};
 use crate::error::{BrokerError, Result};
 use crate::quota::ShardQuota;
 
@@ -55,6 +89,108 @@ pub fn parse_shard_id(id: &str) -> Option<u32> {
 /// A record to append: partition key and data.
 pub type NewRecord = (Bytes, Bytes);
 
+/// Why a shard is failed; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The log could not be opened: reads and writes refused.
+    Open,
+    /// Synced bytes of the active segment are damaged: writes refused until repaired.
+    Damaged,
+    /// A write hit ENOSPC: writes refused until space returns, then the shard reopens itself.
+    DiskFull,
+    /// A write or fsync failed: writes refused until repaired.
+    Io,
+    /// The writer panicked: writes refused until repaired.
+    Panicked,
+}
+
+impl FailureKind {
+    /// The name shown in errors, DescribeStream and `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Open => "Open",
+            FailureKind::Damaged => "Damaged",
+            FailureKind::DiskFull => "DiskFull",
+            FailureKind::Io => "Io",
+            FailureKind::Panicked => "Panicked",
+        }
+    }
+}
+
+/// A shard's failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardFailure {
+    /// What failed.
+    pub kind: FailureKind,
+    /// The error, with paths inside the shard's directory shortened to file names.
+    pub cause: String,
+}
+
+/// What [`Shard::repair`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairAction {
+    /// The shard is healthy and undamaged.
+    Nothing,
+    /// Open the log again (re-running recovery), dropping its cached pages first; nothing is cut.
+    Reopen,
+    /// Cut the log at its first damage; see [`Cut`].
+    Truncate,
+}
+
+/// What a truncating repair cuts, exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// The segment file cut (by name).
+    pub segment: String,
+    /// The byte it is cut at.
+    pub position: u64,
+    /// The first sequence number removed; the next append gets it.
+    pub first_lost_seq: u64,
+    /// Sequence numbers removed.
+    pub records_lost: u64,
+    /// Bytes of segment files removed.
+    pub bytes_removed: u64,
+    /// Newer segment files removed whole (by name).
+    pub segments_removed: Vec<String>,
+}
+
+/// A repair's plan: what it would do, and exactly what it would cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairPlan {
+    /// What the repair does.
+    pub action: RepairAction,
+    /// The failure or damage being repaired, in words.
+    pub reason: String,
+    /// For [`RepairAction::Truncate`], the cut.
+    pub cut: Option<Cut>,
+}
+
+/// A damaged byte range of a shard's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    /// The segment file (by name).
+    pub segment: String,
+    /// The first damaged byte.
+    pub position: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The result of [`Shard::repair`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairOutcome {
+    /// The plan (made before anything changed).
+    pub plan: RepairPlan,
+    /// Whether it was applied.
+    pub applied: bool,
+    /// The shard's failure afterwards, if any.
+    pub failure: Option<ShardFailure>,
+}
+
 enum WriteOp {
     Append {
         records: Vec<NewRecord>,
@@ -66,30 +202,34 @@ enum WriteOp {
         cutoff_ms: u64,
         reply: oneshot::Sender<Result<Trimmed>>,
     },
+    Heal {
+        free_bytes: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    Repair {
+        confirm: bool,
+        reply: oneshot::Sender<Result<RepairOutcome>>,
+    },
     Close,
 }
 
-/// Whether the shard still accepts writes.
-#[derive(Debug, Default)]
-pub struct ShardHealth {
-    write_error: Mutex<Option<String>>,
-}
-
-impl ShardHealth {
-    /// The failure that made the shard read-only, if any.
-    pub fn write_error(&self) -> Option<String> {
-        self.write_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn fail(&self, cause: String) {
-        self.write_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(cause);
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteOp::Append { .. } => "Append",
+            WriteOp::Tick => "Tick",
+            WriteOp::Trim { .. } => "Trim",
+            WriteOp::Heal { .. } => "Heal",
+            WriteOp::Repair { .. } => "Repair",
+            WriteOp::Close => "Close",
+        })
     }
 }
 
 /// Everything a shard needs to open.
 #[derive(Debug, Clone)]
 pub struct ShardSpec {
-    /// The stream's name (for metrics and logs).
+    /// The stream's name (for metrics, logs and errors).
     pub stream: String,
     /// Shard index in its stream.
     pub index: u32,
@@ -107,7 +247,121 @@ pub struct ShardSpec {
     pub group_max: usize,
 }
 
-/// One open shard.
+/// State shared by a shard's handle and its writer thread.
+#[derive(Debug)]
+struct Core {
+    stream: String,
+    id: String,
+    dir: PathBuf,
+    /// The log's read side; `None` while the log is not open.
+    reader: RwLock<Option<LogReader>>,
+    failure: Mutex<Option<ShardFailure>>,
+    /// Dropped when the shard closes, which ends every watcher.
+    visible: Mutex<Option<watch::Sender<u64>>>,
+    metrics: ShardMetrics,
+}
+
+#[derive(Debug)]
+struct ShardMetrics {
+    next_sequence: metrics::Gauge,
+    writable: metrics::Gauge,
+    failed: metrics::Gauge,
+    fsync_seconds: metrics::Histogram,
+    group_requests: metrics::Histogram,
+}
+
+impl ShardMetrics {
+    fn new(stream: &str, shard: &str) -> Self {
+        let labels = [("stream", stream.to_string()), ("shard", shard.to_string())];
+        Self {
+            next_sequence: metrics::gauge!("stream_broker_shard_next_sequence", &labels),
+            writable: metrics::gauge!("stream_broker_shard_writable", &labels),
+            failed: metrics::gauge!("stream_broker_shard_failed", &labels),
+            fsync_seconds: metrics::histogram!("stream_broker_fsync_seconds"),
+            group_requests: metrics::histogram!("stream_broker_group_commit_requests"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every guarded value here is replaced whole; a panic cannot tear it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
+    fn failure(&self) -> Option<ShardFailure> {
+        lock(&self.failure).clone()
+    }
+
+    fn reader(&self) -> Option<LogReader> {
+        self.reader.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a failure unless one is recorded already (the first cause is the real one).
+    fn fail(&self, kind: FailureKind, cause: String) {
+        let mut f = lock(&self.failure);
+        if f.is_none() {
+            tracing::error!(stream = %self.stream, shard = %self.id, kind = kind.as_str(), %cause, "shard failed");
+            *f = Some(ShardFailure { kind, cause });
+            self.metrics.writable.set(0.0);
+            self.metrics.failed.set(1.0);
+        }
+    }
+
+    /// Replaces the failure state after an open; logs changes only.
+    fn set_failure(&self, failure: Option<ShardFailure>) {
+        let failed = failure.is_some();
+        let mut current = lock(&self.failure);
+        match (current.as_ref(), failure.as_ref()) {
+            (Some(_), None) => tracing::info!(stream = %self.stream, shard = %self.id, "shard serves again"),
+            (old, Some(f)) if old != Some(f) => {
+                tracing::error!(stream = %self.stream, shard = %self.id, kind = f.kind.as_str(), cause = %f.cause, "shard failed")
+            }
+            _ => {}
+        }
+        *current = failure;
+        self.metrics.writable.set(if failed { 0.0 } else { 1.0 });
+        self.metrics.failed.set(if failed { 1.0 } else { 0.0 });
+    }
+
+    fn set_reader(&self, reader: LogReader) {
+        let end = reader.next_seq();
+        *self.reader.write().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+        self.publish(end);
+    }
+
+    fn publish(&self, end: u64) {
+        self.metrics.next_sequence.set(end as f64);
+        if let Some(tx) = lock(&self.visible).as_ref() {
+            tx.send_replace(end);
+        }
+    }
+
+    /// The error a write to this failed shard gets.
+    fn refusal(&self, f: &ShardFailure, disk: &DiskMonitor) -> BrokerError {
+        match f.kind {
+            FailureKind::DiskFull => BrokerError::DiskFull {
+                what: format!("shard {} of stream {:?} hit a full disk ({})", self.id, self.stream, f.cause),
+                retry_after_ms: disk.retry_after_ms(),
+            },
+            kind => BrokerError::ShardFailed {
+                stream: self.stream.clone(),
+                shard_id: self.id.clone(),
+                kind: kind.as_str(),
+                cause: f.cause.clone(),
+            },
+        }
+    }
+
+    /// Shortens paths inside the shard's directory to file names: callers
+    /// see which segment, not where the data lives.
+    fn redact(&self, text: &str) -> String {
+        let dir = self.dir.display().to_string();
+        text.replace(&format!("{dir}/"), "").replace(&dir, "the shard directory")
+    }
+}
+
+/// One shard; its log may be open, or not (a failed shard).
 #[derive(Debug)]
 pub struct Shard {
     /// Index in the stream.
@@ -118,60 +372,95 @@ pub struct Shard {
     pub hash_range: (u128, u128),
     /// Quota buckets.
     pub quota: ShardQuota,
-    /// Write health.
-    pub health: Arc<ShardHealth>,
-    reader: LogReader,
+    core: Arc<Core>,
+    disk: Arc<DiskMonitor>,
     queue: mpsc::Sender<WriteOp>,
     visible: watch::Receiver<u64>,
     subscribers: AtomicUsize,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for WriteOp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WriteOp::Append { .. } => "Append",
-            WriteOp::Tick => "Tick",
-            WriteOp::Trim { .. } => "Trim",
-            WriteOp::Close => "Close",
-        })
-    }
+/// How the writer (re)opens its log.
+#[derive(Debug)]
+struct Opener {
+    dir: PathBuf,
+    config: shardlog::Config,
+    io: Arc<dyn shardlog::io::Io>,
 }
 
 impl Shard {
-    /// Opens (recovering) the shard's log in `dir` and starts its writer.
-    /// Blocking: call from a blocking context.
+    /// Opens (recovering) the shard's log in `dir` and starts its writer. A
+    /// log that cannot be opened does not fail the call: the shard is
+    /// returned failed ([`Shard::failure`]), so one damaged shard never
+    /// stops the others. Blocking: call from a blocking context.
     pub fn open(
         dir: &Path,
         spec: ShardSpec,
         quota: ShardQuota,
         clock: Arc<dyn Clock>,
         io: Arc<dyn shardlog::io::Io>,
+        disk: Arc<DiskMonitor>,
     ) -> Result<Self> {
-        let log = ShardLog::open_with_io(dir, spec.log_config.clone(), io)?;
-        let report = log.recovery_report();
-        if !report.is_clean() {
-            tracing::warn!(stream = %spec.stream, shard = spec.index, ?report, "shard log recovered");
-        }
-        let reader = log.reader();
-        let (visible_tx, visible) = watch::channel(reader.next_seq());
-        let (queue, rx) = mpsc::channel(spec.queue_depth);
-        let health = Arc::new(ShardHealth::default());
+        Self::start(dir, spec, quota, clock, io, disk, None)
+    }
+
+    /// A shard that is failed from the start without touching `dir` (its
+    /// directory is missing, say); [`Shard::repair`] opens it.
+    pub fn failed(
+        dir: &Path,
+        spec: ShardSpec,
+        quota: ShardQuota,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn shardlog::io::Io>,
+        disk: Arc<DiskMonitor>,
+        cause: String,
+    ) -> Result<Self> {
+        Self::start(dir, spec, quota, clock, io, disk, Some(cause))
+    }
+
+    fn start(
+        dir: &Path,
+        spec: ShardSpec,
+        quota: ShardQuota,
+        clock: Arc<dyn Clock>,
+        io: Arc<dyn shardlog::io::Io>,
+        disk: Arc<DiskMonitor>,
+        failed: Option<String>,
+    ) -> Result<Self> {
         let id = shard_id(spec.index);
-        let synced_at_ms = clock.now_ms();
+        let (visible_tx, visible) = watch::channel(0);
+        let core = Arc::new(Core {
+            stream: spec.stream.clone(),
+            id: id.clone(),
+            dir: dir.to_path_buf(),
+            reader: RwLock::new(None),
+            failure: Mutex::new(None),
+            visible: Mutex::new(Some(visible_tx)),
+            metrics: ShardMetrics::new(&spec.stream, &id),
+        });
+        let opener = Opener { dir: dir.to_path_buf(), config: spec.log_config.clone(), io };
+        let log = match failed {
+            Some(cause) => {
+                core.set_failure(Some(ShardFailure { kind: FailureKind::Open, cause }));
+                None
+            }
+            None => open_log(&opener, &core),
+        };
+        let (queue, rx) = mpsc::channel(spec.queue_depth);
+        let clock_now = clock.now_ms();
         let writer = Writer {
-            shard_id: id.clone(),
+            core: core.clone(),
             log,
+            opener,
             rx,
-            visible_tx,
-            health: health.clone(),
             clock,
+            disk: disk.clone(),
             mode: spec.durability,
             interval_ms: spec.interval_ms,
-            synced_at_ms,
+            synced_at_ms: clock_now,
             unsynced: false,
             group_max: spec.group_max,
-            metrics: WriterMetrics::new(&spec.stream, &id),
+            disk_full_need: 0,
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-writer-{}", spec.index))
@@ -185,8 +474,8 @@ impl Shard {
             id,
             hash_range: spec.hash_range,
             quota,
-            health,
-            reader,
+            core,
+            disk,
             queue,
             visible,
             subscribers: AtomicUsize::new(0),
@@ -215,9 +504,37 @@ impl Shard {
         rx.await.map_err(|_| self.gone())?
     }
 
-    /// Reads committed records.
-    pub fn reader(&self) -> &LogReader {
-        &self.reader
+    /// Reads committed records; fails with `ShardFailed` while the log is not open.
+    pub fn reader(&self) -> Result<LogReader> {
+        self.core.reader().ok_or_else(|| {
+            let f = self.failure().unwrap_or(ShardFailure { kind: FailureKind::Open, cause: "not open".into() });
+            self.core.refusal(&f, &self.disk)
+        })
+    }
+
+    /// Size and extent of the readable log, if it is open.
+    pub fn stats(&self) -> Option<LogStats> {
+        self.core.reader().map(|r| r.stats())
+    }
+
+    /// Every damaged range known so far (found when opening, or by reads since).
+    pub fn damage(&self) -> Vec<DamagedRange> {
+        self.core.reader().map_or_else(Vec::new, |r| {
+            r.damage()
+                .into_iter()
+                .map(|d| DamagedRange { segment: file_name(&d.path), position: d.position, reason: d.reason })
+                .collect()
+        })
+    }
+
+    /// Why the shard is failed, if it is.
+    pub fn failure(&self) -> Option<ShardFailure> {
+        self.core.failure()
+    }
+
+    /// The error a write gets now, if the shard refuses writes.
+    pub fn write_refusal(&self) -> Option<BrokerError> {
+        self.failure().map(|f| self.core.refusal(&f, &self.disk))
     }
 
     /// Watches the end of the committed log.
@@ -232,10 +549,31 @@ impl Shard {
         taken.then(|| SubscriberSlot(self.clone()))
     }
 
+    /// If the shard failed for lack of space and `free_bytes` has room for
+    /// what its failed write needed, reopens its log (re-running recovery);
+    /// true if it serves afterwards. Call while the disk is above its watermark.
+    pub async fn heal(&self, free_bytes: u64) -> bool {
+        if self.failure().is_none_or(|f| f.kind != FailureKind::DiskFull) {
+            return self.failure().is_none();
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.queue.send(WriteOp::Heal { free_bytes, reply }).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Reports what a repair would do and, with `confirm`, does it.
+    pub async fn repair(&self, confirm: bool) -> Result<RepairOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.queue.send(WriteOp::Repair { confirm, reply }).await.map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
     /// Stops the writer after it has committed everything queued before,
-    /// and syncs the log. Blocking.
+    /// and syncs the log; ends every watcher. Blocking.
     pub fn close(&self) {
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = lock(&self.writer).take();
         if let Some(handle) = handle {
             // If the queue is full this waits for room: every queued request is served first.
             let _ = self.queue.blocking_send(WriteOp::Close);
@@ -243,11 +581,12 @@ impl Shard {
                 tracing::error!(shard = %self.id, "shard writer panicked");
             }
         }
+        lock(&self.core.visible).take();
     }
 
     fn gone(&self) -> BrokerError {
-        match self.health.write_error() {
-            Some(cause) => BrokerError::ShardReadOnly { shard_id: self.id.clone(), cause },
+        match self.write_refusal() {
+            Some(e) => e,
             None => BrokerError::Unavailable(format!("shard {} is closed", self.id)),
         }
     }
@@ -271,7 +610,7 @@ fn spawn_ticker(queue: mpsc::Sender<WriteOp>, interval_ms: u64) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            // A full queue means the writer is busy: it checks its deadline at its next commit.
+            // A full queue means the writer is busy and will commit soon anyway.
             match queue.try_send(WriteOp::Tick) {
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
@@ -280,33 +619,71 @@ fn spawn_ticker(queue: mpsc::Sender<WriteOp>, interval_ms: u64) {
     });
 }
 
-#[derive(Debug)]
-struct WriterMetrics {
-    fsync_seconds: metrics::Histogram,
-    group_requests: metrics::Histogram,
-    next_sequence: metrics::Gauge,
-    writable: metrics::Gauge,
-}
-
-impl WriterMetrics {
-    fn new(stream: &str, shard: &str) -> Self {
-        let labels = [("stream", stream.to_string()), ("shard", shard.to_string())];
-        Self {
-            fsync_seconds: metrics::histogram!("stream_broker_fsync_seconds"),
-            group_requests: metrics::histogram!("stream_broker_group_commit_requests"),
-            next_sequence: metrics::gauge!("stream_broker_shard_next_sequence", &labels),
-            writable: metrics::gauge!("stream_broker_shard_writable", &labels),
+/// Opens the log and installs its reader, or records why it cannot be opened.
+fn open_log(opener: &Opener, core: &Core) -> Option<ShardLog> {
+    match ShardLog::open_with_io(&opener.dir, opener.config.clone(), opener.io.clone()) {
+        Ok(log) => {
+            let report = log.recovery_report();
+            if !report.is_clean() {
+                tracing::warn!(stream = %core.stream, shard = %core.id, ?report, "shard log recovered");
+            }
+            core.set_reader(log.reader());
+            core.set_failure(damaged(&log));
+            Some(log)
+        }
+        Err(e) => {
+            let kind = match &e {
+                shardlog::Error::Io { source, .. } if is_out_of_space(source) => FailureKind::DiskFull,
+                _ => FailureKind::Open,
+            };
+            tracing::error!(stream = %core.stream, shard = %core.id, error = %e, "cannot open the shard log");
+            core.set_failure(Some(ShardFailure { kind, cause: core.redact(&e.to_string()) }));
+            None
         }
     }
 }
 
+/// Asks the kernel to drop the cached pages of the shard's files, so that
+/// the next open reads what is on the disk rather than pages a failed
+/// writeback left behind. Best effort: a failure only means the cache stays.
+fn drop_page_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if let Ok(f) = std::fs::File::open(entry.path()) {
+            if let Err(e) = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed) {
+                tracing::debug!(path = %entry.path().display(), error = %e, "cannot drop cached pages");
+            }
+        }
+    }
+}
+
+/// The failure a storage error on the write path means.
+fn classify(e: &shardlog::Error) -> FailureKind {
+    match e {
+        // Only a refused write is harmless; a failed sync may have lost cached pages.
+        shardlog::Error::Io { op, source, .. } if is_out_of_space(source) && !op.contains("sync") => {
+            FailureKind::DiskFull
+        }
+        shardlog::Error::Damaged { .. } => FailureKind::Damaged,
+        _ => FailureKind::Io,
+    }
+}
+
+/// The failure of a log that opened read-only because of damage, if it did.
+fn damaged(log: &ShardLog) -> Option<ShardFailure> {
+    log.read_only().map(|d| ShardFailure {
+        kind: FailureKind::Damaged,
+        cause: format!("damage in {} at byte {}: {}; the log is read-only", file_name(&d.path), d.position, d.reason),
+    })
+}
+
 struct Writer {
-    shard_id: String,
-    log: ShardLog,
+    core: Arc<Core>,
+    log: Option<ShardLog>,
+    opener: Opener,
     rx: mpsc::Receiver<WriteOp>,
-    visible_tx: watch::Sender<u64>,
-    health: Arc<ShardHealth>,
     clock: Arc<dyn Clock>,
+    disk: Arc<DiskMonitor>,
     mode: DurabilityMode,
     interval_ms: u64,
     /// Clock time of the last `fdatasync` (or of the open).
@@ -314,13 +691,12 @@ struct Writer {
     /// Whether records were published since the last `fdatasync`.
     unsynced: bool,
     group_max: usize,
-    metrics: WriterMetrics,
+    /// Bytes of the group whose write met ENOSPC: free space needed before a reopen.
+    disk_full_need: u64,
 }
 
 impl Writer {
     fn run(mut self) {
-        self.metrics.writable.set(1.0);
-        self.metrics.next_sequence.set(self.log.next_seq() as f64);
         let mut group = Vec::with_capacity(self.group_max);
         while let Some(first) = self.rx.blocking_recv() {
             group.push(first);
@@ -330,13 +706,34 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.commit_group(&mut group) {
-                break;
+            // A panic drops the replies it holds (their callers see an
+            // error, never an acknowledgement); the log's in-memory state
+            // is not trusted after it.
+            match catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group))) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    self.log = None;
+                    group.clear();
+                    self.core.fail(FailureKind::Panicked, format!("the shard writer panicked: {what}"));
+                }
             }
         }
-        if let Err(e) = self.log.sync() {
-            tracing::error!(error = %e, "final sync of shard log failed");
+        if let Some(log) = self.log.as_mut().filter(|_| self.core.failure().is_none()) {
+            if let Err(e) = log.sync() {
+                tracing::error!(shard = %self.core.id, error = %e, "final sync of shard log failed");
+            }
         }
+    }
+
+    fn refusal(&self) -> Option<BrokerError> {
+        let f = self.core.failure()?;
+        Some(self.core.refusal(&f, &self.disk))
     }
 
     /// Appends, commits and acknowledges one group; true if a Close was seen.
@@ -345,20 +742,44 @@ impl Writer {
         let mut acks = Vec::new();
         let mut trims = Vec::new();
         let mut close = false;
+        let mut group_bytes = 0u64;
         for op in group.drain(..) {
             match op {
                 WriteOp::Append { records, reply } => {
+                    if let Some(refused) = self.refusal() {
+                        let _ = reply.send(Err(refused));
+                        continue;
+                    }
+                    let bytes = shardlog::format::frame_len(records.iter().map(|(k, d)| (&k[..], &d[..])));
+                    if let Err(full) = self.disk.take(bytes) {
+                        let _ = reply.send(Err(full));
+                        continue;
+                    }
+                    group_bytes += bytes;
                     let refs: Vec<RecordRef<'_>> =
                         records.iter().map(|(k, d)| RecordRef { partition_key: k, data: d }).collect();
-                    match self.log.append(now, &refs) {
+                    let Some(log) = self.log.as_mut() else {
+                        // Unreachable: a shard without a log is failed, refused above.
+                        let _ = reply.send(Err(BrokerError::Unavailable(format!("{} is not open", self.core.id))));
+                        continue;
+                    };
+                    match log.append(now, &refs) {
                         Ok(a) => acks.push((reply, a)),
                         Err(e) => {
-                            let _ = reply.send(Err(self.append_error(e)));
+                            let _ = reply.send(Err(self.append_error(e, group_bytes)));
                         }
                     }
                 }
                 WriteOp::Tick => {}
                 WriteOp::Trim { cutoff_ms, reply } => trims.push((cutoff_ms, reply)),
+                WriteOp::Heal { free_bytes, reply } => {
+                    let disk_full = self.core.failure().is_some_and(|f| f.kind == FailureKind::DiskFull);
+                    let healed = disk_full && free_bytes > self.disk_full_need && self.reopen();
+                    let _ = reply.send(healed);
+                }
+                WriteOp::Repair { confirm, reply } => {
+                    let _ = reply.send(self.repair(confirm));
+                }
                 WriteOp::Close => close = true,
             }
         }
@@ -367,12 +788,12 @@ impl Writer {
             DurabilityMode::Interval => (self.unsynced || !acks.is_empty()) && self.interval_elapsed(),
             DurabilityMode::Never => false,
         };
-        if !acks.is_empty() || sync {
+        if let Some(log) = self.log.as_mut().filter(|_| !acks.is_empty() || sync) {
             let started = Instant::now();
-            let committed = if sync { self.log.sync() } else { self.log.publish() };
-            let committed = committed.and_then(|()| after_fsync_before_ack(&self.shard_id));
+            let committed = if sync { log.sync() } else { log.publish() };
+            let committed = committed.and_then(|()| after_fsync_before_ack(&self.core.id));
             if sync {
-                self.metrics.fsync_seconds.record(started.elapsed().as_secs_f64());
+                self.core.metrics.fsync_seconds.record(started.elapsed().as_secs_f64());
             }
             match committed {
                 Ok(()) => {
@@ -380,24 +801,28 @@ impl Writer {
                         self.synced_at_ms = self.clock.now_ms();
                     }
                     self.unsynced = !sync;
-                    self.metrics.group_requests.record(acks.len() as f64);
+                    self.core.metrics.group_requests.record(acks.len() as f64);
+                    // Before the acks, so that whoever sees an ack also sees the new end.
+                    self.core.publish(log.reader().next_seq());
                     for (reply, a) in acks {
                         let _ = reply.send(Ok(a));
                     }
-                    let end = self.log.reader().next_seq();
-                    self.metrics.next_sequence.set(end as f64);
-                    self.visible_tx.send_replace(end);
                 }
                 Err(e) => {
-                    let cause = self.fail(&e);
+                    self.fail(&e, group_bytes);
                     for (reply, _) in acks {
-                        let _ = reply.send(Err(self.read_only(&cause)));
+                        let refused = self.refusal().unwrap_or_else(|| BrokerError::Unavailable("shard failed".into()));
+                        let _ = reply.send(Err(refused));
                     }
                 }
             }
         }
         for (cutoff_ms, reply) in trims {
-            let _ = reply.send(self.log.trim_before(cutoff_ms).map_err(BrokerError::from));
+            let trimmed = match self.log.as_mut() {
+                Some(log) => log.trim_before(cutoff_ms).map_err(|e| BrokerError::storage(&self.core.id, e)),
+                None => Err(self.refusal().unwrap_or_else(|| BrokerError::Unavailable("log not open".into()))),
+            };
+            let _ = reply.send(trimmed);
         }
         close
     }
@@ -409,42 +834,91 @@ impl Writer {
         now < self.synced_at_ms || now - self.synced_at_ms >= self.interval_ms
     }
 
-    fn append_error(&mut self, e: shardlog::Error) -> BrokerError {
+    fn append_error(&mut self, e: shardlog::Error, group_bytes: u64) -> BrokerError {
         match e {
-            shardlog::Error::Poisoned { .. } | shardlog::Error::Io { .. } => {
-                let cause = self.fail(&e);
-                self.read_only(&cause)
+            shardlog::Error::Poisoned { .. } | shardlog::Error::Io { .. } | shardlog::Error::Damaged { .. } => {
+                self.fail(&e, group_bytes);
+                self.refusal().unwrap_or_else(|| BrokerError::storage(&self.core.id, e))
             }
-            shardlog::Error::InvalidRecord { index, field, reason } => {
-                BrokerError::invalid(format!("records[{index}].{field}"), reason)
-            }
-            shardlog::Error::InvalidBatch { field, reason } => {
-                BrokerError::invalid(format!("records ({field})"), reason)
-            }
-            other => BrokerError::Storage(other),
+            other => BrokerError::storage(&self.core.id, other),
         }
     }
 
-    /// Marks the shard read-only after a storage failure; returns the cause.
-    fn fail(&mut self, e: &shardlog::Error) -> String {
-        let cause = self.log.poisoned().map_or_else(|| e.to_string(), str::to_string);
-        if self.health.write_error().is_none() {
-            tracing::error!(shard = %self.shard_id, error = %cause, "shard log failed; the shard refuses writes until restart");
-            self.metrics.writable.set(0.0);
+    /// Records the failure a write-path error means (the first one counts);
+    /// `group_bytes` were being written.
+    fn fail(&mut self, e: &shardlog::Error, group_bytes: u64) {
+        let kind = classify(e);
+        if kind == FailureKind::DiskFull && self.core.failure().is_none() {
+            self.disk_full_need = group_bytes;
         }
-        self.health.fail(cause.clone());
-        cause
+        self.core.fail(kind, self.core.redact(&e.to_string()));
     }
 
-    fn read_only(&self, cause: &str) -> BrokerError {
-        BrokerError::ShardReadOnly { shard_id: self.shard_id.clone(), cause: cause.to_string() }
+    /// Drops the log and opens it again; true if the shard serves afterwards.
+    fn reopen(&mut self) -> bool {
+        let untrusted_cache = self.core.failure().is_some_and(|f| f.kind == FailureKind::Io);
+        self.log = None;
+        if untrusted_cache {
+            drop_page_cache(&self.opener.dir);
+        }
+        self.log = open_log(&self.opener, &self.core);
+        self.log.is_some() && self.core.failure().is_none()
+    }
+
+    /// The repair for the shard's state: a failed log that is not merely
+    /// damaged is reopened (its in-memory state, or the page cache, is not
+    /// trusted; reopening may find damage anew, for a second repair to cut);
+    /// a damaged log is cut at its first damage.
+    fn plan(&self) -> Result<(RepairPlan, Option<shardlog::RepairPlan>)> {
+        if let Some(f) = self.core.failure().filter(|f| f.kind != FailureKind::Damaged) {
+            let reason = format!("the shard is failed ({}): {}", f.kind.as_str(), f.cause);
+            return Ok((RepairPlan { action: RepairAction::Reopen, reason, cut: None }, None));
+        }
+        let Some(log) = self.log.as_ref() else {
+            return Err(BrokerError::Internal(format!("{} has neither a log nor a failure", self.core.id)));
+        };
+        let Some(p) = log.repair_plan().map_err(|e| BrokerError::storage(&self.core.id, e))? else {
+            let reason = "the shard is healthy and its log undamaged".to_string();
+            return Ok((RepairPlan { action: RepairAction::Nothing, reason, cut: None }, None));
+        };
+        let cut = Cut {
+            segment: file_name(&p.cut_path),
+            position: p.cut_position,
+            first_lost_seq: p.first_lost_seq,
+            records_lost: p.records_lost,
+            bytes_removed: p.bytes_removed,
+            segments_removed: p.segments_removed.iter().map(|s| file_name(s)).collect(),
+        };
+        let reason =
+            format!("damage in {} at byte {}: {}", file_name(&p.damage.path), p.damage.position, p.damage.reason);
+        Ok((RepairPlan { action: RepairAction::Truncate, reason, cut: Some(cut) }, Some(p)))
+    }
+
+    fn repair(&mut self, confirm: bool) -> Result<RepairOutcome> {
+        let (plan, cut) = self.plan()?;
+        let applied = confirm && plan.action != RepairAction::Nothing;
+        if applied {
+            tracing::warn!(stream = %self.core.stream, shard = %self.core.id, ?plan, "repairing the shard");
+            match (cut, self.log.as_mut()) {
+                (Some(cut), Some(log)) => {
+                    log.repair(&cut).map_err(|e| BrokerError::storage(&self.core.id, e))?;
+                    // The log was cut and reopened: publish its new end.
+                    self.core.set_reader(log.reader());
+                    self.core.set_failure(damaged(log));
+                }
+                _ => {
+                    self.reopen();
+                }
+            }
+        }
+        Ok(RepairOutcome { plan, applied, failure: self.core.failure() })
     }
 }
 
 /// Failpoint `broker::shard::after_fsync_before_ack` (feature `failpoints`):
 /// the group is committed but nothing is acknowledged yet. Configured to
-/// `return`, it fails the commit like a failed fsync: the shard turns
-/// read-only and the group is answered with errors, though it is durable.
+/// `return`, it fails the commit like a failed fsync: the shard fails and the
+/// group is answered with errors, though it is durable.
 #[cfg(feature = "failpoints")]
 fn after_fsync_before_ack(shard_id: &str) -> shardlog::Result<()> {
     fail::fail_point!("broker::shard::after_fsync_before_ack", |_| Err(shardlog::Error::Io {

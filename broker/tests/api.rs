@@ -122,7 +122,7 @@ async fn stream_names_are_validated_and_never_become_paths() {
         .map(|e| e.expect("e").file_name().into_string().expect("utf-8"))
         .collect();
     top.sort();
-    assert_eq!(top, vec!["meta".to_string(), "streams".to_string()]);
+    assert_eq!(top, vec!["meta".to_string(), "reserve".to_string(), "streams".to_string()]);
     for (field, req) in [
         ("shard_count", pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 0, ..Default::default() }),
         (
@@ -342,7 +342,11 @@ async fn expired_iterators_and_trimmed_positions_are_distinct_errors() {
         .expect("join"),
     );
     catalog.enforce_retention().await;
-    assert_eq!(catalog.get("s").expect("s").shards[0].reader().first_seq(), 1, "the day-old segment is gone");
+    assert_eq!(
+        catalog.get("s").expect("s").shards[0].reader().expect("open").first_seq(),
+        1,
+        "the day-old segment is gone"
+    );
     catalog.close().await.expect("close");
     drop(catalog);
 

@@ -133,8 +133,8 @@ async fn interval_mode_fsyncs_every_interval_while_the_shard_queue_is_full() {
         clock.advance(60_000);
         // A commit may have read the clock just before the advance; the one
         // after it began later and must have fsynced before publishing.
-        let end = shard.reader().next_seq();
-        wait_for("two more commits", || shard.reader().next_seq() >= end + 2).await;
+        let end = shard.reader().expect("open shard").next_seq();
+        wait_for("two more commits", || shard.reader().expect("open shard").next_seq() >= end + 2).await;
         assert!(
             io.syncs() > syncs,
             "interval {interval}: no fsync in a whole interval while the queue was full ({} fsyncs so far)",
@@ -215,7 +215,8 @@ async fn interval_and_never_modes_keep_every_acknowledged_record_across_a_clean_
         let catalog = open(&config, clock.clone(), &io);
         let stream = catalog.get("s").expect("s");
         for (shard, seq, data) in &acked {
-            let batch = stream.shards[*shard as usize].reader().read(*seq, 1, 1 << 20).expect("read");
+            let batch =
+                stream.shards[*shard as usize].reader().expect("open shard").read(*seq, 1, 1 << 20).expect("read");
             assert_eq!(
                 batch.records.first().map(|r| (r.seq, &r.data[..])),
                 Some((*seq, data.as_bytes())),

@@ -1,7 +1,9 @@
 //! Crash safety of stream create and delete: whatever step a crash
-//! interrupts, the next start leaves neither a half-made stream nor
-//! orphaned files. Each interrupted state is built by hand, exactly as a
-//! crash between two steps of `Catalog::create` / `Catalog::delete` leaves it.
+//! interrupts, the next start leaves no half-made stream, deletes nothing
+//! but what a delete had committed to, and keeps every other orphaned
+//! directory in `lost+found/`. Each interrupted state is built by hand,
+//! exactly as a crash between two steps of `Catalog::create` /
+//! `Catalog::delete` leaves it.
 
 use std::sync::Arc;
 
@@ -35,8 +37,12 @@ async fn open(config: &BrokerConfig) -> Arc<Catalog> {
 }
 
 fn stream_dirs(config: &BrokerConfig) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(config.data_dir.join("streams"))
-        .expect("streams dir")
+    dirs(&config.data_dir.join("streams"))
+}
+
+fn dirs(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
         .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
         .collect();
     v.sort();
@@ -44,7 +50,7 @@ fn stream_dirs(config: &BrokerConfig) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn interrupted_creates_roll_back_and_interrupted_deletes_finish() {
+async fn interrupted_creates_go_to_lost_found_and_interrupted_deletes_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     let catalog = open(&config).await;
@@ -76,16 +82,29 @@ async fn interrupted_creates_roll_back_and_interrupted_deletes_finish() {
     let catalog = open(&config).await;
     let names: Vec<String> = catalog.all().iter().map(|s| s.meta().name).collect();
     assert_eq!(names, vec!["kept".to_string()]);
-    assert_eq!(stream_dirs(&config), vec![kept_id.to_string()], "no orphaned files remain");
+    assert_eq!(stream_dirs(&config), vec![kept_id.to_string()], "no orphaned files remain among the streams");
+    let found: Vec<String> = dirs(&dir.path().join("lost+found"))
+        .into_iter()
+        .map(|n| n.split_once('-').expect("<id>-<ms>").0.to_string())
+        .collect();
+    assert_eq!(found, vec!["900".to_string(), "901".to_string()], "orphans are kept, not deleted");
+    assert!(
+        dir.path().join("lost+found").read_dir().expect("lost+found").any(|e| e
+            .expect("entry")
+            .path()
+            .join("shardId-000000000000/00000000000000000000.log")
+            .exists()),
+        "the orphan's log is kept"
+    );
     let defs: Vec<String> = catalog.store().streams().expect("defs").into_iter().map(|m| m.name).collect();
     assert_eq!(defs, vec!["kept".to_string()], "no half-made definitions remain");
     let kept = catalog.get("kept").expect("kept");
-    assert_eq!(kept.shards[0].reader().next_seq(), 1, "the surviving stream kept its record");
+    assert_eq!(kept.shards[0].reader().expect("open").next_seq(), 1, "the surviving stream kept its record");
     let again = catalog
         .create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() })
         .await
         .expect("name is free");
-    assert!(again.meta().id > doomed_id, "ids are never reused");
+    assert!(again.meta().id > 901, "ids are never reused, not even those of lost+found directories");
     catalog.delete("doomed").await.expect("delete");
     assert_eq!(stream_dirs(&config), vec![kept_id.to_string()]);
     catalog.close().await.expect("close");

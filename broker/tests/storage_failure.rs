@@ -1,19 +1,26 @@
-//! A failed fsync makes the shard refuse writes (never retry an fsync and
-//! then acknowledge), with the cause in describe and in the metrics; the
-//! other shards keep working, and after a restart on a healthy disk every
-//! acknowledged record is there.
+//! Storage failures that fail one shard, and their repair:
+//! - a failed fsync (EIO) makes the shard refuse writes (never retry an
+//!   fsync and then acknowledge), with the cause in describe and in the
+//!   metrics; it stays failed when the disk recovers (the page cache cannot
+//!   be trusted), until an operator repairs it, and every acknowledged
+//!   record is there afterwards;
+//! - a writer that panics fails its shard visibly instead of leaving it
+//!   "writable" but dead; a repair brings it back.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use broker::catalog::{Catalog, CreateStream};
 use broker::clock::SystemClock;
 use broker::config::BrokerConfig;
 use broker::error::BrokerError;
 use broker::metadata::{MetadataStore, SledStore};
-use shardlog::io::{FaultKind, FaultyIo, StdIo};
+use broker::shard::{FailureKind, RepairAction};
+use shardlog::io::{FaultKind, FaultyIo, Io, IoFile, OpenMode, StdIo};
 
 #[tokio::test]
-async fn a_failed_fsync_makes_only_that_shard_read_only() {
+async fn a_failed_fsync_fails_only_that_shard_until_it_is_repaired() {
     // As `server::run` does first: metrics registered before a recorder exists are dropped.
     broker::telemetry::prometheus();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -31,28 +38,139 @@ async fn a_failed_fsync_makes_only_that_shard_read_only() {
     // The next data sync anywhere fails; shard a syncs first.
     faulty.fail_after(FaultKind::Sync, 0, false);
     let err = a.append(vec![("k".into(), "lost".into())]).await.expect_err("fsync failed");
-    assert!(matches!(&err, BrokerError::ShardReadOnly { shard_id, .. } if shard_id == "shardId-000000000000"), "{err}");
+    assert!(
+        matches!(&err, BrokerError::ShardFailed { shard_id, kind: "Io", .. } if shard_id == "shardId-000000000000"),
+        "{err}"
+    );
     let again = a.append(vec![("k".into(), "later".into())]).await.expect_err("still refused");
-    assert!(matches!(again, BrokerError::ShardReadOnly { .. }), "{again}");
+    assert!(matches!(again, BrokerError::ShardFailed { .. }), "{again}");
     let d = broker::grpc::describe(&stream, &config);
     assert!(!d.shards[0].writable);
-    assert!(d.shards[0].write_error.contains("injected I/O fault"), "{}", d.shards[0].write_error);
+    assert_eq!(d.shards[0].shard_status, proto::v1::ShardStatus::ReadOnly as i32);
+    assert_eq!(d.shards[0].failure_kind, "Io");
+    assert!(d.shards[0].failure.contains("injected I/O fault"), "{}", d.shards[0].failure);
+    assert!(
+        !d.shards[0].failure.contains(&dir.path().display().to_string()),
+        "no directories: {}",
+        d.shards[0].failure
+    );
     assert_eq!(d.shards[0].next_sequence_number, 1, "nothing after the failure became visible");
     let metrics = broker::telemetry::prometheus().render();
     assert!(
         metrics.contains("stream_broker_shard_writable{stream=\"s\",shard=\"shardId-000000000000\"} 0"),
         "metrics show the read-only shard"
     );
+    assert!(metrics.contains("stream_broker_shard_failed{stream=\"s\",shard=\"shardId-000000000000\"} 1"));
     // Shard b's log is a separate file; with the disk still failing it too refuses, never acks.
-    assert!(matches!(b.append(vec![("k".into(), "b".into())]).await, Err(BrokerError::ShardReadOnly { .. })));
+    assert!(matches!(b.append(vec![("k".into(), "b".into())]).await, Err(BrokerError::ShardFailed { .. })));
+
+    // The disk works again; the shard does not trust it by itself.
+    faulty.fail_after(FaultKind::Sync, u64::MAX, false);
+    assert_eq!(catalog.heal_disk_full(u64::MAX).await, 0, "an fsync failure does not heal by itself");
+    assert!(matches!(a.append(vec![("k".into(), "x".into())]).await, Err(BrokerError::ShardFailed { .. })));
+    let (_, dry) = catalog.repair("s", "shardId-000000000000", false).await.expect("dry run");
+    assert_eq!(dry.plan.action, RepairAction::Reopen);
+    assert!(!dry.applied);
+    assert_eq!(dry.failure.map(|f| f.kind), Some(FailureKind::Io), "a dry run changes nothing");
+    let (_, done) = catalog.repair("s", "shardId-000000000000", true).await.expect("repair");
+    assert!(done.applied);
+    assert_eq!(done.failure, None, "{:?}", done.failure);
+    a.append(vec![("k".into(), "after repair".into())]).await.expect("writable after repair");
+    let batch = a.reader().expect("open").read(0, 10, 1 << 20).expect("read");
+    let data: Vec<&[u8]> = batch.records.iter().map(|r| &r.data[..]).collect();
+    // As after a crash, the unacknowledged record may or may not have reached the disk.
+    assert!(
+        data == [&b"acked"[..], &b"after repair"[..]] || data == [&b"acked"[..], &b"lost"[..], &b"after repair"[..]],
+        "{data:?}"
+    );
     drop((a, b, stream));
     catalog.close().await.expect("close");
     drop(catalog);
 
     let catalog = Arc::new(Catalog::open(config, store, Arc::new(SystemClock)).expect("reopen on a healthy disk"));
     let a = catalog.get("s").expect("s").shards[0].clone();
-    let batch = a.reader().read(0, 10, 1 << 20).expect("read");
+    let batch = a.reader().expect("open").read(0, 10, 1 << 20).expect("read");
     assert_eq!(batch.records.first().map(|r| &r.data[..]), Some(&b"acked"[..]), "the acknowledged record survived");
-    a.append(vec![("k".into(), "after restart".into())]).await.expect("writable again after reopen");
+    a.append(vec![("k".into(), "after restart".into())]).await.expect("writable after reopen");
+    catalog.close().await.expect("close");
+}
+
+/// Real files, but a write panics once armed.
+#[derive(Debug, Default)]
+struct PanickyIo {
+    armed: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct PanickyFile {
+    inner: Arc<dyn IoFile>,
+    armed: Arc<AtomicBool>,
+}
+
+impl Io for PanickyIo {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        StdIo.list_dir(dir)
+    }
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(PanickyFile { inner: StdIo.open(path, mode)?, armed: self.armed.clone() }))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdIo.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.sync_dir(dir)
+    }
+}
+
+impl IoFile for PanickyFile {
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        assert!(!self.armed.swap(false, Ordering::SeqCst), "injected panic in the shard writer");
+        self.inner.write_all_at(buf, pos)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_writer_fails_its_shard_visibly_and_a_repair_brings_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Arc::new(BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() });
+    let io = PanickyIo::default();
+    let armed = io.armed.clone();
+    let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&dir.path().join("meta")).expect("meta"));
+    let catalog =
+        Arc::new(Catalog::open_with_io(config.clone(), store, Arc::new(SystemClock), Arc::new(io)).expect("open"));
+    let stream =
+        catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
+    let (a, b) = (stream.shards[0].clone(), stream.shards[1].clone());
+    a.append(vec![("k".into(), "acked".into())]).await.expect("healthy append");
+    armed.store(true, Ordering::SeqCst);
+    a.append(vec![("k".into(), "boom".into())]).await.expect_err("the writer panicked");
+    let err = a.append(vec![("k".into(), "after".into())]).await.expect_err("refused");
+    assert!(matches!(&err, BrokerError::ShardFailed { kind: "Panicked", .. }), "{err}");
+    let d = broker::grpc::describe(&stream, &config);
+    assert!(!d.shards[0].writable, "a dead writer is not reported writable");
+    assert_eq!(d.shards[0].failure_kind, "Panicked");
+    assert_eq!(catalog.failed_shards().len(), 1);
+    b.append(vec![("k".into(), "other shard".into())]).await.expect("the other shard serves");
+    assert_eq!(a.reader().expect("reads are served").next_seq(), 1);
+
+    let (_, done) = catalog.repair("s", "shardId-000000000000", true).await.expect("repair");
+    assert!(done.applied && done.failure.is_none(), "{done:?}");
+    let next = a.append(vec![("k".into(), "after repair".into())]).await.expect("writable after repair");
+    assert_eq!(next.first_seq, 1);
     catalog.close().await.expect("close");
 }

@@ -85,6 +85,25 @@ impl Admin {
         Ok(r.into_inner().stream.unwrap_or_default())
     }
 
+    /// A shard's repair: with `confirm` false only the plan (nothing
+    /// changes); with `confirm` true the plan is applied and the response
+    /// says exactly what was cut.
+    pub async fn repair_shard(&self, stream: &str, shard_id: &str, confirm: bool) -> Result<pb::RepairShardResponse> {
+        let req = pb::RepairShardRequest { stream_name: stream.into(), shard_id: shard_id.into(), confirm };
+        Ok(self.streams.clone().repair_shard(req).await?.into_inner())
+    }
+
+    /// Stream directories the broker kept in `lost+found/` instead of deleting them.
+    pub async fn list_lost_found(&self) -> Result<Vec<pb::LostFoundEntry>> {
+        Ok(self.streams.clone().list_lost_found(pb::ListLostFoundRequest {}).await?.into_inner().entries)
+    }
+
+    /// Deletes one `lost+found/` directory and the records in it.
+    pub async fn purge_lost_found(&self, name: &str) -> Result<pb::LostFoundEntry> {
+        let r = self.streams.clone().purge_lost_found(pb::PurgeLostFoundRequest { name: name.into() }).await?;
+        Ok(r.into_inner().removed.unwrap_or_default())
+    }
+
     /// Groups, of one stream or all.
     pub async fn list_groups(&self, stream: Option<&str>) -> Result<Vec<pb::GroupName>> {
         let r =

@@ -542,14 +542,16 @@ impl Dispatcher {
     }
 }
 
-/// Per-record codes that can succeed on a later attempt. `ShardUnavailable`
-/// also covers a read-only shard; `InternalFailure` is Kinesis's retryable code.
-const RETRYABLE_CODES: [&str; 4] = ["ShardUnavailable", "ShardReadOnly", "Unavailable", "InternalFailure"];
+/// Per-record codes that can succeed on a later attempt; `InternalFailure`
+/// is Kinesis's retryable code. (`ShardFailed` is not: the shard needs an
+/// operator's repair.)
+const RETRYABLE_CODES: [&str; 3] = ["ShardUnavailable", "Unavailable", "InternalFailure"];
 
 /// The error a failed record's result stands for, and whether to retry it.
 fn record_error(r: pb::PutRecordsResultEntry) -> (Error, bool) {
     let (code, message) = (r.error_code, r.error_message);
-    if code == "ProvisionedThroughputExceeded" {
+    if code == "ProvisionedThroughputExceeded" || code == "DiskFull" {
+        // Both clear by themselves; the broker says when to look again.
         (Error::Throttled { message, retry_after: Duration::from_millis(r.retry_after_ms) }, true)
     } else if RETRYABLE_CODES.contains(&code.as_str()) {
         (Error::Unavailable(format!("{code}: {message}")), true)

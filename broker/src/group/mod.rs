@@ -425,11 +425,13 @@ pub fn validate_group_name(name: &str) -> Result<()> {
 
 /// The first sequence number of a shard for a start position. Blocking.
 fn resolve(shard: &Shard, start: StartPosition) -> Result<u64> {
-    let r = shard.reader();
+    let r = shard.reader()?;
     Ok(match start {
         StartPosition::TrimHorizon => r.first_seq(),
         StartPosition::Latest => r.next_seq(),
-        StartPosition::AtTimestamp(ts) => r.seq_at_or_after_timestamp(ts)?,
+        StartPosition::AtTimestamp(ts) => {
+            r.seq_at_or_after_timestamp(ts).map_err(|e| BrokerError::storage(&shard.id, e))?
+        }
     })
 }
 
@@ -467,7 +469,8 @@ impl GroupManager {
             let mut checkpoints = store.checkpoints(meta.stream_id, &meta.name)?;
             for (&shard, cp) in checkpoints.iter_mut() {
                 // After a power loss in a non-durable mode the log can end before a checkpoint.
-                if let Some(end) = stream.shards.get(shard as usize).map(|s| s.reader().next_seq()) {
+                if let Some(end) = stream.shards.get(shard as usize).and_then(|s| s.reader().ok()).map(|r| r.next_seq())
+                {
                     if *cp > end {
                         tracing::warn!(group = %meta.name, shard, checkpoint = *cp, end, "checkpoint past the log end; clamped");
                         *cp = end;
@@ -787,18 +790,19 @@ impl GroupManager {
             let s = i as u32;
             let checkpoint = g.checkpoints.get(&s).copied();
             let (sh, start) = (shard.clone(), g.meta.start);
+            // A failed shard shows no lag (its state is in DescribeStream); the group's other shards still do.
             let (lag_records, lag_ms) = blocking(move || {
+                let Ok(r) = sh.reader() else { return Ok((0, 0)) };
                 let base = match checkpoint {
                     Some(c) => c,
                     None => resolve(&sh, start)?,
                 };
-                let r = sh.reader();
                 let base = base.max(r.first_seq());
                 let lag = r.next_seq().saturating_sub(base);
-                let age = if lag == 0 {
-                    0
-                } else {
-                    r.read(base, 1, 1)?.records.first().map_or(0, |rec| now.saturating_sub(rec.timestamp_ms))
+                // The age of the oldest unprocessed record; damage there leaves it unknown (0).
+                let age = match r.read(base, 1, 1) {
+                    Ok(b) if lag > 0 => b.records.first().map_or(0, |rec| now.saturating_sub(rec.timestamp_ms)),
+                    _ => 0,
                 };
                 Ok((lag, age))
             })
@@ -843,11 +847,13 @@ impl GroupManager {
         let updates = blocking(move || {
             let mut out = Vec::new();
             for (i, shard) in shards {
-                let r = shard.reader();
+                let r = shard.reader()?;
                 let seq = match to {
                     ResetTo::TrimHorizon => r.first_seq(),
                     ResetTo::Latest => r.next_seq(),
-                    ResetTo::AtTimestamp(ts) => r.seq_at_or_after_timestamp(ts)?,
+                    ResetTo::AtTimestamp(ts) => {
+                        r.seq_at_or_after_timestamp(ts).map_err(|e| BrokerError::storage(&shard.id, e))?
+                    }
                     ResetTo::AtSequence { shard, seq } if shard == i => {
                         if seq < r.first_seq() || seq > r.next_seq() {
                             return Err(BrokerError::invalid(
@@ -960,11 +966,14 @@ async fn read_fairly(
     let n = plan.len().max(1);
     for i in 0..plan.len() {
         let p = &plan[(i + rotate as usize) % n];
-        if p.from >= p.shard.reader().next_seq() {
+        // A failed shard is skipped (its failure is reported by DescribeStream
+        // and /readyz); the member's other shards are still served.
+        let Ok(reader) = p.shard.reader() else { continue };
+        if p.from >= reader.next_seq() {
             continue;
         }
         match p.shard.quota.try_read_call(now_ms) {
-            Ok(()) => ready.push((p.shard.clone(), p.index, p.epoch, p.from)),
+            Ok(()) => ready.push((p.shard.clone(), reader, p.index, p.epoch, p.from)),
             Err(wait) => throttled = Some(throttled.map_or(wait, |t| t.min(wait))),
         }
     }
@@ -976,8 +985,7 @@ async fn read_fairly(
     let group = group.to_string();
     let read = blocking(move || {
         let mut out = Vec::with_capacity(ready.len());
-        for (shard, index, epoch, from) in ready {
-            let reader = shard.reader();
+        for (shard, reader, index, epoch, from) in ready {
             let first = reader.first_seq();
             let start = if from < first {
                 tracing::warn!(group = %group, shard = %shard.id, from, to = first, "records expired before the group processed them; skipping to the trim horizon");
@@ -986,12 +994,17 @@ async fn read_fairly(
             } else {
                 from
             };
-            let batch = reader.read(start, share_records, share_bytes).map_err(|e| match e {
-                shardlog::Error::SequenceTrimmed { requested, first } => {
-                    BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested, first }
+            let batch = match reader.read(start, share_records, share_bytes) {
+                Ok(b) => b,
+                // Damage at the group's position: this shard cannot move on
+                // until an operator repairs it; the others are still served.
+                Err(e) => {
+                    let e = BrokerError::from_read(e, &shard.id, "shards.next_sequence_number");
+                    tracing::warn!(group = %group, shard = %shard.id, error = %e, "a group read failed; the shard is skipped");
+                    metrics::counter!("stream_broker_group_read_errors_total").increment(1);
+                    continue;
                 }
-                other => BrokerError::from(other),
-            })?;
+            };
             let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
             shard.quota.charge_read(bytes, now_ms);
             let behind = if batch.next_seq >= reader.next_seq() {

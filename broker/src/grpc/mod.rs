@@ -27,7 +27,7 @@ use crate::error::{BrokerError, Result};
 use crate::iterator::{IteratorSigner, Position};
 use crate::quota::ReadBudget;
 use crate::routing::{hash_key, parse_explicit_hash_key};
-use crate::shard::{NewRecord, Shard, parse_shard_id};
+use crate::shard::{FailureKind, NewRecord, RepairAction, Shard, parse_shard_id};
 use status::to_status;
 
 /// Most records in one PutRecords request.
@@ -93,7 +93,7 @@ impl GrpcService {
         sequence_number: Option<u64>,
         timestamp_ms: Option<u64>,
     ) -> Result<u64> {
-        let reader = shard.reader().clone();
+        let reader = shard.reader()?;
         let (first, next) = (reader.first_seq(), reader.next_seq());
         let at = |field: &'static str, seq: Option<u64>, offset: u64| -> Result<u64> {
             let seq = seq.ok_or_else(|| BrokerError::invalid(field, "required for this iterator type"))?;
@@ -117,10 +117,11 @@ impl GrpcService {
                 if ts > self.now() {
                     return Err(BrokerError::invalid("timestamp_ms", format!("{ts} is in the future")));
                 }
+                let id = shard.id.clone();
                 tokio::task::spawn_blocking(move || reader.seq_at_or_after_timestamp(ts))
                     .await
                     .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-                    .map_err(BrokerError::from)
+                    .map_err(|e| BrokerError::storage(&id, e))
             }
             _ => Err(BrokerError::invalid("iterator_type", format!("{kind} is not a known iterator type"))),
         }
@@ -129,10 +130,13 @@ impl GrpcService {
     /// Validates, routes, applies quotas and queues a PutRecords batch.
     /// Records over quota fail alone; once a shard throttles a record, its
     /// later records in the same batch are throttled too, which keeps each
-    /// shard's accepted records in request order.
+    /// shard's accepted records in request order. Records routed to a failed
+    /// shard fail alone with its error; a disk below the free-space
+    /// watermark refuses the whole call.
     async fn submit_put(&self, stream_name: &str, entries: Vec<pb::PutRecordsEntry>) -> Result<PendingPut> {
         validate_stream_name(stream_name)?;
         let stream = self.catalog.get(stream_name)?;
+        self.catalog.disk().admit()?;
         if entries.is_empty() || entries.len() > PUT_RECORDS_MAX {
             return Err(BrokerError::invalid("records", format!("must hold 1..=500 records, got {}", entries.len())));
         }
@@ -163,8 +167,14 @@ impl GrpcService {
         let mut outcome: Vec<Outcome> = Vec::with_capacity(entries.len());
         let mut groups: HashMap<u32, Vec<NewRecord>> = HashMap::new();
         let mut throttled_shards: HashMap<u32, u64> = HashMap::new();
+        let mut refusals: HashMap<u32, BrokerError> = HashMap::new();
         let (mut bytes_in, mut throttled) = (0u64, 0u64);
         for (e, (shard, size)) in entries.into_iter().zip(routed) {
+            if let Some(refusal) = stream.shards[shard as usize].write_refusal() {
+                refusals.entry(shard).or_insert(refusal);
+                outcome.push(Outcome::Refused { shard });
+                continue;
+            }
             let quota = &stream.shards[shard as usize].quota;
             let admitted = match throttled_shards.get(&shard) {
                 Some(&wait) => Err(wait),
@@ -193,7 +203,7 @@ impl GrpcService {
         if throttled > 0 {
             metrics::counter!("stream_broker_throttled_records_total", &labels).increment(throttled);
         }
-        Ok(PendingPut { stream, outcome, acks })
+        Ok(PendingPut { stream, outcome, acks, refusals })
     }
 }
 
@@ -223,8 +233,18 @@ fn validate_partition_key(key: &str) -> std::result::Result<(), String> {
 }
 
 enum Outcome {
-    Queued { shard: u32, offset: u64 },
-    Throttled { shard: u32, retry_after_ms: u64 },
+    Queued {
+        shard: u32,
+        offset: u64,
+    },
+    Throttled {
+        shard: u32,
+        retry_after_ms: u64,
+    },
+    /// The shard refused before queueing (it is failed).
+    Refused {
+        shard: u32,
+    },
 }
 
 /// A PutRecords batch whose shard batches are queued.
@@ -232,9 +252,42 @@ struct PendingPut {
     stream: Arc<BrokerStream>,
     outcome: Vec<Outcome>,
     acks: HashMap<u32, oneshot::Receiver<Result<shardlog::Appended>>>,
+    refusals: HashMap<u32, BrokerError>,
+}
+
+/// The per-record error code of a shard's failure.
+fn record_error_code(e: &BrokerError) -> &'static str {
+    match e {
+        BrokerError::DiskFull { .. } | BrokerError::ShardFailed { .. } => e.kind(),
+        _ => "ShardUnavailable",
+    }
 }
 
 impl PendingPut {
+    /// Waits for the one record of a PutRecord: its sequence number, or the
+    /// error its shard answered with.
+    async fn wait_one(mut self) -> Result<pb::PutRecordResponse> {
+        match self.outcome.pop() {
+            Some(Outcome::Queued { shard, offset }) => {
+                let ack = self.acks.remove(&shard).ok_or_else(|| BrokerError::Internal("no ack".into()))?;
+                let a = ack.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("shard writer stopped".into())))?;
+                Ok(pb::PutRecordResponse {
+                    shard_id: self.stream.shards[shard as usize].id.clone(),
+                    sequence_number: a.first_seq + offset,
+                })
+            }
+            Some(Outcome::Throttled { shard, retry_after_ms }) => Err(BrokerError::Throttled {
+                what: format!("write quota of {} exceeded", self.stream.shards[shard as usize].id),
+                retry_after_ms,
+            }),
+            Some(Outcome::Refused { shard }) => Err(self
+                .refusals
+                .remove(&shard)
+                .unwrap_or_else(|| BrokerError::Unavailable("shard refused the write".into()))),
+            None => Err(BrokerError::Internal("PutRecord without a record".into())),
+        }
+    }
+
     /// Waits for every shard batch and builds the per-record results.
     async fn wait(self) -> pb::PutRecordsResponse {
         let mut appended = HashMap::with_capacity(self.acks.len());
@@ -257,11 +310,19 @@ impl PendingPut {
                         }
                     }
                     Err(e) => pb::PutRecordsResultEntry {
-                        error_code: "ShardUnavailable".into(),
+                        error_code: record_error_code(e).into(),
                         error_message: e.to_string(),
                         ..Default::default()
                     },
                 },
+                Outcome::Refused { shard } => {
+                    let e = &self.refusals[&shard];
+                    pb::PutRecordsResultEntry {
+                        error_code: record_error_code(e).into(),
+                        error_message: e.to_string(),
+                        ..Default::default()
+                    }
+                }
                 Outcome::Throttled { shard, retry_after_ms } => pb::PutRecordsResultEntry {
                     error_code: "ProvisionedThroughputExceeded".into(),
                     error_message: format!(
@@ -290,28 +351,45 @@ fn durability_of(mode: DurabilityMode) -> pb::DurabilityMode {
     }
 }
 
+/// A shard's status as the API shows it.
+fn shard_status(s: &Shard) -> pb::ShardStatus {
+    match (s.failure(), s.stats()) {
+        (None, _) => pb::ShardStatus::Serving,
+        (Some(f), _) if f.kind == FailureKind::DiskFull => pb::ShardStatus::DiskFull,
+        (Some(_), Some(_)) => pb::ShardStatus::ReadOnly,
+        (Some(_), None) => pb::ShardStatus::Failed,
+    }
+}
+
+/// The description of one shard as the API shows it.
+pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
+    let stats = s.stats().unwrap_or_default();
+    let failure = s.failure();
+    pb::ShardDescription {
+        shard_id: s.id.clone(),
+        starting_hash_key: s.hash_range.0.to_string(),
+        ending_hash_key: s.hash_range.1.to_string(),
+        first_sequence_number: stats.first_seq,
+        next_sequence_number: stats.next_seq,
+        bytes_stored: stats.bytes,
+        records_stored: stats.next_seq - stats.first_seq,
+        writable: failure.is_none(),
+        write_error: failure.as_ref().map(|f| format!("{}: {}", f.kind.as_str(), f.cause)).unwrap_or_default(),
+        shard_status: shard_status(s) as i32,
+        failure_kind: failure.as_ref().map(|f| f.kind.as_str().to_string()).unwrap_or_default(),
+        failure: failure.map(|f| f.cause).unwrap_or_default(),
+        damage: s
+            .damage()
+            .into_iter()
+            .map(|d| pb::DamagedRange { segment: d.segment, position: d.position, reason: d.reason })
+            .collect(),
+    }
+}
+
 /// The description of a stream as the API shows it.
 pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> pb::StreamDescription {
     let meta = stream.meta();
-    let shards = stream
-        .shards
-        .iter()
-        .map(|s| {
-            let stats = s.reader().stats();
-            let write_error = s.health.write_error();
-            pb::ShardDescription {
-                shard_id: s.id.clone(),
-                starting_hash_key: s.hash_range.0.to_string(),
-                ending_hash_key: s.hash_range.1.to_string(),
-                first_sequence_number: stats.first_seq,
-                next_sequence_number: stats.next_seq,
-                bytes_stored: stats.bytes,
-                records_stored: stats.next_seq - stats.first_seq,
-                writable: write_error.is_none(),
-                write_error: write_error.unwrap_or_default(),
-            }
-        })
-        .collect();
+    let shards = stream.shards.iter().map(|s| describe_shard(s)).collect();
     let q = meta.quotas;
     pb::StreamDescription {
         stream_name: meta.name,
@@ -438,19 +516,7 @@ impl StreamBroker for GrpcService {
                 data: r.data,
                 explicit_hash_key: r.explicit_hash_key,
             };
-            let pending = self.submit_put(&r.stream_name, vec![entry]).await.map_err(unprefix)?;
-            if let Some(&Outcome::Throttled { shard, retry_after_ms }) = pending.outcome.first() {
-                let shard_id = &pending.stream.shards[shard as usize].id;
-                return Err(BrokerError::Throttled {
-                    what: format!("write quota of {shard_id} exceeded"),
-                    retry_after_ms,
-                });
-            }
-            let e = pending.wait().await.records.pop().ok_or_else(|| BrokerError::Unavailable("no result".into()))?;
-            match e.error_code.as_str() {
-                "" => Ok(pb::PutRecordResponse { shard_id: e.shard_id, sequence_number: e.sequence_number }),
-                _ => Err(BrokerError::Unavailable(e.error_message)),
-            }
+            self.submit_put(&r.stream_name, vec![entry]).await.map_err(unprefix)?.wait_one().await
         })
         .await
     }
@@ -567,7 +633,8 @@ impl StreamBroker for GrpcService {
                 what: format!("read quota of {} exceeded", shard.id),
                 retry_after_ms: wait,
             })?;
-            let reader = shard.reader().clone();
+            let reader = shard.reader()?;
+            let end = reader.next_seq();
             let batch =
                 tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
                     .await
@@ -575,7 +642,7 @@ impl StreamBroker for GrpcService {
                     .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
             let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
             shard.quota.charge_read(bytes, now);
-            let behind = if batch.next_seq >= shard.reader().next_seq() {
+            let behind = if batch.next_seq >= end {
                 0
             } else {
                 batch.records.last().map_or(0, |r| now.saturating_sub(r.timestamp_ms))
@@ -636,6 +703,75 @@ impl StreamBroker for GrpcService {
         };
         tokio::spawn(subscription.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn repair_shard(
+        &self,
+        req: Request<pb::RepairShardRequest>,
+    ) -> Result<Response<pb::RepairShardResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("RepairShard", async {
+            validate_stream_name(&r.stream_name)?;
+            let (stream, outcome) = self.catalog.repair(&r.stream_name, &r.shard_id, r.confirm).await?;
+            let shard = Self::shard_of(&stream, &r.shard_id)?;
+            let plan = outcome.plan;
+            let cut = plan.cut.unwrap_or_default();
+            Ok(pb::RepairShardResponse {
+                plan: Some(pb::RepairPlan {
+                    action: match plan.action {
+                        RepairAction::Nothing => pb::RepairAction::Nothing,
+                        RepairAction::Reopen => pb::RepairAction::Reopen,
+                        RepairAction::Truncate => pb::RepairAction::Truncate,
+                    } as i32,
+                    reason: plan.reason,
+                    segment: cut.segment,
+                    cut_position: cut.position,
+                    first_lost_sequence_number: cut.first_lost_seq,
+                    records_lost: cut.records_lost,
+                    bytes_removed: cut.bytes_removed,
+                    segments_removed: cut.segments_removed,
+                }),
+                applied: outcome.applied,
+                shard: Some(describe_shard(&shard)),
+            })
+        })
+        .await
+    }
+
+    async fn list_lost_found(
+        &self,
+        _req: Request<pb::ListLostFoundRequest>,
+    ) -> Result<Response<pb::ListLostFoundResponse>, Status> {
+        self.unary("ListLostFound", async {
+            let catalog = self.catalog.clone();
+            let entries = tokio::task::spawn_blocking(move || catalog.lost_found())
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))??;
+            Ok(pb::ListLostFoundResponse { entries: entries.into_iter().map(lost_found_entry).collect() })
+        })
+        .await
+    }
+
+    async fn purge_lost_found(
+        &self,
+        req: Request<pb::PurgeLostFoundRequest>,
+    ) -> Result<Response<pb::PurgeLostFoundResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("PurgeLostFound", async {
+            let removed = self.catalog.purge_lost_found(&r.name).await?;
+            Ok(pb::PurgeLostFoundResponse { removed: Some(lost_found_entry(removed)) })
+        })
+        .await
+    }
+}
+
+fn lost_found_entry(e: crate::catalog::LostFound) -> pb::LostFoundEntry {
+    pb::LostFoundEntry {
+        name: e.name,
+        stream_id: e.stream_id,
+        moved_at_ms: e.moved_at_ms,
+        bytes: e.bytes,
+        shard_ids: e.shards,
     }
 }
 

@@ -1,8 +1,14 @@
 //! The one place that maps broker errors to gRPC statuses.
 //!
 //! Every status carries the error's kind in `x-error-kind`; a throttled call
-//! also carries `retry-after-ms`. Internal errors are logged in full and
-//! answered with a generic message.
+//! and a write refused for lack of disk space also carry `retry-after-ms`.
+//! Internal errors are logged in full and answered with a generic message.
+//!
+//! Storage failures are split by what the caller can do: a full disk is
+//! `RESOURCE_EXHAUSTED` (retry; writes resume by themselves), a failed shard
+//! is `FAILED_PRECONDITION` (an operator must repair it), corrupt bytes are
+//! `DATA_LOSS` (that range is gone; the rest is served), an I/O error is
+//! `UNAVAILABLE`.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -20,11 +26,15 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::GroupBusy { .. } => Code::FailedPrecondition,
         BrokerError::Fenced { .. } => Code::Aborted,
         BrokerError::StreamExists { .. } => Code::AlreadyExists,
-        BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) => Code::ResourceExhausted,
+        BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) | BrokerError::DiskFull { .. } => {
+            Code::ResourceExhausted
+        }
         BrokerError::ExpiredIterator { .. } => Code::FailedPrecondition,
         BrokerError::SequenceTrimmed { .. } | BrokerError::SequenceBeyondEnd { .. } => Code::OutOfRange,
-        BrokerError::ShardReadOnly { .. } | BrokerError::Unavailable(_) => Code::Unavailable,
-        BrokerError::Storage(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } => Code::Internal,
+        BrokerError::ShardFailed { .. } => Code::FailedPrecondition,
+        BrokerError::Corrupt { .. } => Code::DataLoss,
+        BrokerError::StorageIo { .. } | BrokerError::Unavailable(_) => Code::Unavailable,
+        BrokerError::Internal(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } => Code::Internal,
     };
     let message = if code == Code::Internal {
         tracing::error!(error = %e, "internal error");
@@ -34,7 +44,7 @@ pub fn to_status(e: BrokerError) -> Status {
     };
     let mut status = Status::new(code, message);
     status.metadata_mut().insert("x-error-kind", MetadataValue::from_static(e.kind()));
-    if let BrokerError::Throttled { retry_after_ms, .. } = e {
+    if let BrokerError::Throttled { retry_after_ms, .. } | BrokerError::DiskFull { retry_after_ms, .. } = e {
         status.metadata_mut().insert("retry-after-ms", MetadataValue::from(retry_after_ms));
     }
     status
@@ -50,6 +60,42 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.metadata().get("x-error-kind").map(|v| v.to_str().ok()), Some(Some("Throttled")));
         assert_eq!(s.metadata().get("retry-after-ms").map(|v| v.to_str().ok()), Some(Some("120")));
+    }
+
+    #[test]
+    fn storage_failures_are_split_by_what_the_caller_can_do() {
+        let full = to_status(BrokerError::DiskFull { what: "disk below watermark".into(), retry_after_ms: 500 });
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert_eq!(full.metadata().get("x-error-kind").map(|v| v.to_str().ok()), Some(Some("DiskFull")));
+        assert_eq!(full.metadata().get("retry-after-ms").map(|v| v.to_str().ok()), Some(Some("500")));
+        let corrupt = BrokerError::storage(
+            "shardId-000000000000",
+            shardlog::Error::Corrupt {
+                path: "/secret/data/streams/3/shardId-000000000000/00000000000000000000.log".into(),
+                position: 4242,
+                reason: "CRC mismatch".into(),
+            },
+        );
+        let s = to_status(corrupt);
+        assert_eq!(s.code(), Code::DataLoss);
+        assert!(s.message().contains("00000000000000000000.log") && s.message().contains("4242"), "{}", s.message());
+        assert!(!s.message().contains("/secret"), "{}", s.message());
+        let io = BrokerError::storage(
+            "shardId-000000000001",
+            shardlog::Error::Io { op: "read", path: "/secret/x.log".into(), source: std::io::Error::other("EIO") },
+        );
+        let s = to_status(io);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("/secret"), "{}", s.message());
+        let failed = BrokerError::ShardFailed {
+            stream: "orders".into(),
+            shard_id: "shardId-000000000002".into(),
+            kind: "Damaged",
+            cause: "damage at byte 7".into(),
+        };
+        let s = to_status(failed);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("orders") && s.message().contains("shardId-000000000002"), "{}", s.message());
     }
 
     #[test]

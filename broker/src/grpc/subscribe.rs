@@ -180,7 +180,7 @@ impl Subscription {
         // Never closed: the semaphore lives as long as the budget.
         let _reading =
             self.budget_shared.reads.acquire().await.map_err(|e| to_status(BrokerError::Unavailable(e.to_string())))?;
-        let reader = self.shard.reader().clone();
+        let reader = self.shard.reader().map_err(to_status)?;
         let (pos, max_bytes) = (self.pos, self.event_bytes_max);
         let max_records = (max_bytes / RECORD_OVERHEAD_BYTES).max(1);
         let read = tokio::task::spawn_blocking(move || {

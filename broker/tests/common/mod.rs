@@ -79,3 +79,26 @@ pub async fn drain(client: &mut Client, mut it: String, limit: u32) -> Vec<pb::R
 pub fn error_kind(s: &tonic::Status) -> String {
     s.metadata().get("x-error-kind").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
+
+/// A record routed to the shard whose hash range holds `hash`.
+pub fn entry_at(hash: u128, data: &[u8]) -> pb::PutRecordsEntry {
+    pb::PutRecordsEntry {
+        partition_key: "k".into(),
+        data: Bytes::copy_from_slice(data),
+        explicit_hash_key: Some(hash.to_string()),
+    }
+}
+
+/// `GET path` on the admin port: the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin port");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("read response");
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}

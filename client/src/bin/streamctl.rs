@@ -5,6 +5,8 @@
 //! printf 'k1:hello\nk2:world\n' | streamctl put orders -K :
 //! streamctl tail orders --format '{key}={value}@{seq}'
 //! streamctl group describe orders billing
+//! streamctl shard repair orders shardId-000000000001 --truncate-after-damage
+//! streamctl lost-found list
 //! ```
 //!
 //! Every command talks to `--broker` (env `STREAM_BROKER_ADDR`). Human output
@@ -51,6 +53,12 @@ enum Command {
     /// Inspect and reset consumer groups.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Repair failed or damaged shards.
+    #[command(subcommand)]
+    Shard(ShardCmd),
+    /// Stream directories the broker kept instead of deleting them.
+    #[command(subcommand, name = "lost-found")]
+    LostFound(LostFoundCmd),
     /// Write records read from stdin, one per line.
     Put(PutArgs),
     /// Print a stream's records.
@@ -98,6 +106,41 @@ enum StreamCmd {
         name: String,
         /// New retention in hours (24..=168).
         hours: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardCmd {
+    /// Show what repairing a shard would do; with --yes, do it. A damaged
+    /// log is cut at its first damage (every record from there on is lost);
+    /// a failed shard's log is opened again. Without --yes nothing changes
+    /// and the exit status is 1.
+    Repair {
+        /// Stream name.
+        stream: String,
+        /// Shard id (shardId-NNNNNNNNNNNN).
+        shard: String,
+        /// Required: accept that records after the first damage are cut.
+        #[arg(long, required = true)]
+        truncate_after_damage: bool,
+        /// Apply the plan (otherwise only print it).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LostFoundCmd {
+    /// List the kept directories.
+    #[command(alias = "ls")]
+    List,
+    /// Delete one kept directory and its records (needs --yes).
+    Purge {
+        /// The directory's name, as listed.
+        name: String,
+        /// Really delete it.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -339,6 +382,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Stream(cmd) => stream_cmd(&g, cmd).await,
         Command::Group(cmd) => group_cmd(&g, cmd).await,
+        Command::Shard(cmd) => shard_cmd(&g, cmd).await,
+        Command::LostFound(cmd) => lost_found_cmd(&g, cmd).await,
         Command::Put(args) => put(&g, args).await,
         Command::Tail(args) => tail(&g, args).await,
         Command::Completions { shell } => {
@@ -500,6 +545,19 @@ fn stream_json(d: &pb::StreamDescription) -> String {
             ("bytes_stored", s.bytes_stored.to_string()),
             ("writable", s.writable.to_string()),
             ("write_error", jstr(&s.write_error)),
+            ("shard_status", jstr(&shard_status_name(s.shard_status))),
+            ("failure_kind", jstr(&s.failure_kind)),
+            ("failure", jstr(&s.failure)),
+            (
+                "damage",
+                arr(s.damage.iter().map(|d| {
+                    obj(&[
+                        ("segment", jstr(&d.segment)),
+                        ("position", d.position.to_string()),
+                        ("reason", jstr(&d.reason)),
+                    ])
+                })),
+            ),
         ])
     });
     obj(&[
@@ -562,15 +620,168 @@ fn stream_text(d: &pb::StreamDescription) -> String {
                 s.next_sequence_number.to_string(),
                 s.records_stored.to_string(),
                 s.bytes_stored.to_string(),
-                if s.writable { "yes".into() } else { format!("no: {}", s.write_error) },
+                if s.failure_kind.is_empty() {
+                    shard_status_name(s.shard_status)
+                } else {
+                    format!("{} ({}: {})", shard_status_name(s.shard_status), s.failure_kind, s.failure)
+                },
             ]
         })
         .collect();
     if !rows.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["SHARD", "HASH RANGE", "FIRST SEQ", "NEXT SEQ", "RECORDS", "BYTES", "WRITABLE"], &rows));
+        out.push_str(&table(&["SHARD", "HASH RANGE", "FIRST SEQ", "NEXT SEQ", "RECORDS", "BYTES", "STATUS"], &rows));
+    }
+    for s in &d.shards {
+        for damage in &s.damage {
+            out.push_str(&format!(
+                "  damage in {}: {} at byte {}: {}\n",
+                s.shard_id, damage.segment, damage.position, damage.reason
+            ));
+        }
     }
     out
+}
+
+fn shard_status_name(status: i32) -> String {
+    pb::ShardStatus::try_from(status)
+        .map_or_else(|_| status.to_string(), |s| s.as_str_name().trim_start_matches("SHARD_STATUS_").to_string())
+}
+
+// ---------------------------------------------------------------------------
+// shard and lost-found
+// ---------------------------------------------------------------------------
+
+fn repair_action_name(action: i32) -> String {
+    pb::RepairAction::try_from(action)
+        .map_or_else(|_| action.to_string(), |a| a.as_str_name().trim_start_matches("REPAIR_ACTION_").to_string())
+}
+
+async fn shard_cmd(g: &Global, cmd: ShardCmd) -> Result<(), CliError> {
+    let admin = g.admin().await?;
+    match cmd {
+        ShardCmd::Repair { stream, shard, truncate_after_damage: _, yes } => {
+            let r = admin.repair_shard(&stream, &shard, yes).await?;
+            let plan = r.plan.clone().unwrap_or_default();
+            if g.json {
+                print(&format!("{}\n", repair_json(&stream, &r)))?;
+            } else {
+                print(&repair_text(&stream, &shard, &r))?;
+            }
+            if !yes && plan.action != pb::RepairAction::Nothing as i32 {
+                return Err(CliError::failed("dry run: nothing was changed; run again with --yes to apply this plan"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn repair_json(stream: &str, r: &pb::RepairShardResponse) -> String {
+    let p = r.plan.clone().unwrap_or_default();
+    let shard = r.shard.clone().unwrap_or_default();
+    obj(&[
+        ("stream_name", jstr(stream)),
+        ("shard_id", jstr(&shard.shard_id)),
+        ("applied", r.applied.to_string()),
+        ("action", jstr(&repair_action_name(p.action))),
+        ("reason", jstr(&p.reason)),
+        ("segment", jstr(&p.segment)),
+        ("cut_position", p.cut_position.to_string()),
+        ("first_lost_sequence_number", p.first_lost_sequence_number.to_string()),
+        ("records_lost", p.records_lost.to_string()),
+        ("bytes_removed", p.bytes_removed.to_string()),
+        ("segments_removed", arr(p.segments_removed.iter().map(|s| jstr(s)))),
+        ("shard_status", jstr(&shard_status_name(shard.shard_status))),
+        ("failure", jstr(&shard.failure)),
+    ])
+}
+
+fn repair_text(stream: &str, shard: &str, r: &pb::RepairShardResponse) -> String {
+    let p = r.plan.clone().unwrap_or_default();
+    let mut rows = vec![
+        vec!["shard".into(), format!("{shard} of stream {stream}")],
+        vec!["reason".into(), p.reason.clone()],
+        vec!["action".into(), repair_action_name(p.action)],
+    ];
+    if p.action == pb::RepairAction::Truncate as i32 {
+        let removed = if p.segments_removed.is_empty() { "none".into() } else { p.segments_removed.join(", ") };
+        rows.extend([
+            vec!["cut".into(), format!("{} at byte {}", p.segment, p.cut_position)],
+            vec!["first lost".into(), format!("sequence number {}", p.first_lost_sequence_number)],
+            vec!["records lost".into(), p.records_lost.to_string()],
+            vec!["bytes removed".into(), p.bytes_removed.to_string()],
+            vec!["segments removed".into(), removed],
+        ]);
+    }
+    if let Some(s) = &r.shard {
+        let status = if s.failure.is_empty() {
+            shard_status_name(s.shard_status)
+        } else {
+            format!("{} ({}: {})", shard_status_name(s.shard_status), s.failure_kind, s.failure)
+        };
+        rows.push(vec![if r.applied { "status now".into() } else { "status".into() }, status]);
+    }
+    rows.push(vec!["applied".into(), if r.applied { "yes".into() } else { "no (dry run)".into() }]);
+    table(&[], &rows)
+}
+
+async fn lost_found_cmd(g: &Global, cmd: LostFoundCmd) -> Result<(), CliError> {
+    let admin = g.admin().await?;
+    let entry_json = |e: &pb::LostFoundEntry| {
+        obj(&[
+            ("name", jstr(&e.name)),
+            ("stream_id", e.stream_id.to_string()),
+            ("moved_at_ms", e.moved_at_ms.to_string()),
+            ("bytes", e.bytes.to_string()),
+            ("shard_ids", arr(e.shard_ids.iter().map(|s| jstr(s)))),
+        ])
+    };
+    match cmd {
+        LostFoundCmd::List => {
+            let entries = admin.list_lost_found().await?;
+            if g.json {
+                return print(&format!("{}\n", obj(&[("entries", arr(entries.iter().map(entry_json)))])));
+            }
+            if entries.is_empty() {
+                note_empty("lost+found directories");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.name.clone(),
+                        e.stream_id.to_string(),
+                        format_rfc3339(e.moved_at_ms),
+                        e.shard_ids.len().to_string(),
+                        e.bytes.to_string(),
+                    ]
+                })
+                .collect();
+            print(&table(&["NAME", "STREAM ID", "MOVED", "SHARDS", "BYTES"], &rows))
+        }
+        LostFoundCmd::Purge { name, yes } => {
+            if !yes {
+                let entries = admin.list_lost_found().await?;
+                let e = entries
+                    .iter()
+                    .find(|e| e.name == name)
+                    .ok_or_else(|| CliError::usage(format!("{name:?} is not in lost+found (see `lost-found list`)")))?;
+                return Err(CliError::failed(format!(
+                    "would delete {} ({} bytes in {} shard directories); run again with --yes",
+                    e.name,
+                    e.bytes,
+                    e.shard_ids.len()
+                )));
+            }
+            let e = admin.purge_lost_found(&name).await?;
+            if g.json {
+                print(&format!("{}\n", obj(&[("purged", entry_json(&e))])))
+            } else {
+                print(&format!("deleted {} ({} bytes)\n", e.name, e.bytes))
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

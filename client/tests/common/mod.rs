@@ -200,6 +200,24 @@ impl StreamBroker for Fake {
         unimplemented()
     }
     type SubscribeShardStream = BoxStream<pb::SubscribeShardEvent>;
+    async fn repair_shard(
+        &self,
+        _: Request<pb::RepairShardRequest>,
+    ) -> Result<Response<pb::RepairShardResponse>, Status> {
+        unimplemented()
+    }
+    async fn list_lost_found(
+        &self,
+        _: Request<pb::ListLostFoundRequest>,
+    ) -> Result<Response<pb::ListLostFoundResponse>, Status> {
+        unimplemented()
+    }
+    async fn purge_lost_found(
+        &self,
+        _: Request<pb::PurgeLostFoundRequest>,
+    ) -> Result<Response<pb::PurgeLostFoundResponse>, Status> {
+        unimplemented()
+    }
     async fn subscribe_shard(
         &self,
         _: Request<pb::SubscribeShardRequest>,
