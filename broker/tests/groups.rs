@@ -125,6 +125,14 @@ async fn leases_fence_positions_and_commits() {
     let err = g.poll(poll_req(&a.member_id, vec![skip], 10, 0)).await.expect_err("skipping position");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("shards[0].next_sequence_number"), "{}", err.message());
+    // A lease the member was never granted (a "future" epoch) reads nothing,
+    // and the answer carries the real lease.
+    let future =
+        pb::ShardPosition { shard_id: s0.shard_id.clone(), lease_epoch: epoch0 + 1000, next_sequence_number: None };
+    let r = g.poll(poll_req(&a.member_id, vec![future], 10, 0)).await.expect("poll").into_inner();
+    assert!(r.shards.is_empty(), "a future lease is delivered nothing: {r:?}");
+    let real = r.assignment.expect("assignment");
+    assert!(real.leases.iter().any(|l| l.shard_id == s0.shard_id && l.lease_epoch == epoch0), "{real:?}");
     // A lost response is simply asked for again: the same position returns the same records.
     let again = pb::ShardPosition { shard_id: s0.shard_id.clone(), lease_epoch: epoch0, next_sequence_number: Some(4) };
     let r = g.poll(poll_req(&a.member_id, vec![again], 3, 0)).await.expect("re-poll").into_inner();
