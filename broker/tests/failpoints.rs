@@ -18,6 +18,7 @@
 //!
 //! Run with `cargo test -p broker --features failpoints --test failpoints`.
 
+mod common;
 mod powerloss;
 
 use std::fs::File;
@@ -95,7 +96,7 @@ fn clock_ahead(days: u64) -> String {
 async fn run_case(name: &str, after: u32, action: Action, retention: bool) -> usize {
     let case = format!("{name} {action:?}");
     let (fs, dir) = mount_with_data();
-    let b = Broker::start(&dir, &[]);
+    let b = start_broker(&dir, &[]);
     let mut c = connect(&b.endpoint).await;
     create_stream(&mut c, "s", 2).await;
     drop(c);
@@ -110,7 +111,7 @@ async fn run_case(name: &str, after: u32, action: Action, retention: bool) -> us
 
     let clock = clock_ahead(u64::from(retention));
     let spec = format!("{clock};{name}={}", action.spec(after));
-    let mut b = Broker::start(&dir, &[("FAILPOINTS", &spec)]);
+    let mut b = start_broker(&dir, &[("FAILPOINTS", &spec)]);
     let endpoint = b.endpoint.clone();
     // A panic ends the load by killing the broker; the others run for a second.
     let load_for = if action == Action::Panic { Duration::from_secs(60) } else { Duration::from_secs(1) };
@@ -133,7 +134,7 @@ async fn run_case(name: &str, after: u32, action: Action, retention: bool) -> us
     drop(b);
     fs.power_loss(LossMode::DropUnsynced);
 
-    let mut b = Broker::start(&dir, &[("FAILPOINTS", &clock)]);
+    let mut b = start_broker(&dir, &[("FAILPOINTS", &clock)]);
     let (mut c, _) = first_answer(&mut b, "s").await;
     let all: Vec<Acked> = old.iter().chain(&acked).cloned().collect();
     // With retention, check until the restarted janitor has deleted the
@@ -178,7 +179,7 @@ async fn power_loss_during_retention_keeps_every_unexpired_record() {
     const ROUNDS: u64 = 10;
     let started = Instant::now();
     let (fs, dir) = mount_with_data();
-    let b = Broker::start(&dir, &[]);
+    let b = start_broker(&dir, &[]);
     let mut c = connect(&b.endpoint).await;
     create_stream(&mut c, "s", 2).await;
     drop(c);
@@ -190,7 +191,7 @@ async fn power_loss_during_retention_keeps_every_unexpired_record() {
     for day in 1..=ROUNDS {
         let clock = clock_ahead(day);
         let env = [("FAILPOINTS", clock.as_str()), ("STREAM_BROKER_RETENTION__CHECK_INTERVAL_MS", "20")];
-        let b = Broker::start(&dir, &env);
+        let b = start_broker(&dir, &env);
         let endpoint = b.endpoint.clone();
         let tag = format!("day{day}");
         let producers = tokio::spawn(async move {
@@ -204,7 +205,7 @@ async fn power_loss_during_retention_keeps_every_unexpired_record() {
         let fresh = producers.await.expect("producers");
         acked.extend(fresh.iter().cloned());
 
-        let mut b = Broker::start(&dir, &env);
+        let mut b = start_broker(&dir, &env);
         let (mut c, _) = first_answer(&mut b, "s").await;
         let read = read_all_racing_retention(&mut c, "s").await;
         let (r, gone) = check_after_retention(&acked, &fresh, &read, &format!("day {day}"));
@@ -229,7 +230,7 @@ async fn checkpoint_failpoints_keep_every_acknowledged_commit() {
         for action in [Action::Panic, Action::Error, Action::Delay] {
             let case = format!("{name} {action:?}");
             let (fs, dir) = mount_with_data();
-            let b = Broker::start(&dir, &[]);
+            let b = start_broker(&dir, &[]);
             let mut c = connect(&b.endpoint).await;
             create_stream(&mut c, "g", 1).await;
             let records = (0..100)
@@ -245,7 +246,7 @@ async fn checkpoint_failpoints_keep_every_acknowledged_commit() {
             sync_tree(&dir);
 
             let spec = format!("{name}={}", action.spec(3));
-            let mut b = Broker::start(&dir, &[("FAILPOINTS", &spec)]);
+            let mut b = start_broker(&dir, &[("FAILPOINTS", &spec)]);
             let channel = tonic::transport::Channel::from_shared(b.endpoint.clone()).expect("uri");
             let mut g = ConsumerGroupsClient::new(channel.connect().await.expect("connect"));
             let start = Some(pb::GroupStart { position: pb::IteratorType::TrimHorizon as i32, timestamp_ms: None });
@@ -313,7 +314,7 @@ async fn checkpoint_failpoints_keep_every_acknowledged_commit() {
             drop(b);
             fs.power_loss(LossMode::DropUnsynced);
 
-            let b = Broker::start(&dir, &[]);
+            let b = start_broker(&dir, &[]);
             let channel = tonic::transport::Channel::from_shared(b.endpoint.clone()).expect("uri");
             let mut g = ConsumerGroupsClient::new(channel.connect().await.expect("connect"));
             let d =

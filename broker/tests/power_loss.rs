@@ -23,6 +23,7 @@
 //! These tests need FUSE (`/dev/fuse`, root). Without it they fail and say
 //! so; they never pass without having run.
 
+mod common;
 mod powerloss;
 
 use std::collections::BTreeSet;
@@ -30,6 +31,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::process::Process;
 use powerfs::{LossMode, LossReport, PowerFs};
 use powerloss::*;
 use proto::v1 as pb;
@@ -49,7 +51,7 @@ fn data_dir(fs: &PowerFs) -> PathBuf {
 }
 
 /// Kills the broker and cuts the power.
-fn cut(fs: &PowerFs, b: Broker, mode: LossMode) -> LossReport {
+fn cut(fs: &PowerFs, b: Process, mode: LossMode) -> LossReport {
     b.kill9();
     fs.power_loss(mode)
 }
@@ -93,7 +95,7 @@ async fn power_loss_loop(rounds: usize, mode: &str, expect_no_loss: bool, random
     let fs = mount();
     let dir = data_dir(&fs);
     let env = [("STREAM_BROKER_DURABILITY__MODE", mode)];
-    let mut b = Broker::start(&dir, &env);
+    let mut b = start_broker(&dir, &env);
     let mut c = connect(&b.endpoint).await;
     create_stream(&mut c, "s", 4).await;
     // This loop is about records: the stream's definition is made durable
@@ -102,7 +104,7 @@ async fn power_loss_loop(rounds: usize, mode: &str, expect_no_loss: bool, random
     drop(c);
     b.kill9();
     sync_tree(&dir);
-    b = Broker::start(&dir, &env);
+    b = start_broker(&dir, &env);
     let mut rng = Rng(seed | 1);
     let mut acked: Vec<Acked> = Vec::new();
     let mut f = Figures::default();
@@ -127,7 +129,7 @@ async fn power_loss_loop(rounds: usize, mode: &str, expect_no_loss: bool, random
         f.cuts_undoing_dir_changes += usize::from(report.dirs_reverted > 0);
         f.pages_kept += report.pages_kept;
 
-        b = Broker::start(&dir, &env);
+        b = start_broker(&dir, &env);
         let (mut c, took) = first_answer(&mut b, "s").await;
         f.restarts.push(took);
         let read = tokio::time::timeout(Duration::from_secs(120), read_all(&mut c, "s"))
@@ -252,7 +254,7 @@ async fn acknowledged_creates_survive_power_loss_and_ids_are_never_reused() {
     let mut ids_seen: BTreeSet<u64> = BTreeSet::new();
     const TRIALS: usize = 4;
     for t in 0..TRIALS {
-        let b = Broker::start(&dir, &[]);
+        let b = start_broker(&dir, &[]);
         let mut c = connect(&b.endpoint).await;
         let name = format!("created-{t}");
         let before = stream_ids(&dir);
@@ -267,7 +269,7 @@ async fn acknowledged_creates_survive_power_loss_and_ids_are_never_reused() {
         created.push((name, acked));
         cut(&fs, b, LossMode::DropUnsynced);
 
-        let b = Broker::start(&dir, &[]);
+        let b = start_broker(&dir, &[]);
         let mut c = connect(&b.endpoint).await;
         // Each stream is reported once: what failed is forgotten.
         let mut kept = Vec::new();
@@ -305,14 +307,14 @@ async fn acknowledged_deletes_stay_deleted_after_power_loss() {
     const TRIALS: usize = 4;
     for t in 0..TRIALS {
         let name = format!("deleted-{t}");
-        let b = Broker::start(&dir, &[]);
+        let b = start_broker(&dir, &[]);
         let mut c = connect(&b.endpoint).await;
         create_stream(&mut c, &name, 1).await;
         put_some(&mut c, &name, 5).await;
         b.kill9();
         sync_tree(&dir);
         fs.power_loss(LossMode::DropUnsynced);
-        let b = Broker::start(&dir, &[]);
+        let b = start_broker(&dir, &[]);
         let mut c = connect(&b.endpoint).await;
         if !exists(&mut c, &name).await {
             failures.push(format!("trial {t}: precondition: acknowledged stream {name} is gone after a power loss"));
@@ -321,7 +323,7 @@ async fn acknowledged_deletes_stay_deleted_after_power_loss() {
         }
         c.delete_stream(pb::DeleteStreamRequest { stream_name: name.clone() }).await.expect("delete acknowledged");
         cut(&fs, b, LossMode::DropUnsynced);
-        let b = Broker::start(&dir, &[]);
+        let b = start_broker(&dir, &[]);
         let mut c = connect(&b.endpoint).await;
         if exists(&mut c, &name).await {
             failures.push(format!("trial {t}: acknowledged DeleteStream of {name} undone by a power loss"));
@@ -344,7 +346,7 @@ async fn groups(endpoint: &str) -> ConsumerGroupsClient<tonic::transport::Channe
 async fn acknowledged_checkpoints_survive_power_loss() {
     let fs = mount();
     let dir = data_dir(&fs);
-    let b = Broker::start(&dir, &[]);
+    let b = start_broker(&dir, &[]);
     let mut c = connect(&b.endpoint).await;
     create_stream(&mut c, "g", 1).await;
     put_some(&mut c, "g", 40).await;
@@ -352,7 +354,7 @@ async fn acknowledged_checkpoints_survive_power_loss() {
     b.kill9();
     sync_tree(&dir);
     fs.power_loss(LossMode::DropUnsynced);
-    let b = Broker::start(&dir, &[]);
+    let b = start_broker(&dir, &[]);
     let mut c = connect(&b.endpoint).await;
     assert!(exists(&mut c, "g").await, "precondition: acknowledged stream g is gone after a power loss");
     let mut b = b;
@@ -406,7 +408,7 @@ async fn acknowledged_checkpoints_survive_power_loss() {
         .await
         .expect("commit acknowledged");
         cut(&fs, b, LossMode::DropUnsynced);
-        b = Broker::start(&dir, &[]);
+        b = start_broker(&dir, &[]);
         let mut g = groups(&b.endpoint).await;
         let described =
             g.describe_group(pb::DescribeGroupRequest { stream_name: "g".into(), group_name: "grp".into() }).await;

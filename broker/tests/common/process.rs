@@ -6,14 +6,18 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// A broker process; killed on drop.
+#[derive(Debug)]
 pub struct Process {
     child: Child,
     /// `http://127.0.0.1:port` of its gRPC listener.
     pub endpoint: String,
     /// Its gRPC listener.
     pub grpc_addr: SocketAddr,
+    /// When the process was spawned (restart-to-first-answer starts here).
+    pub spawned: Instant,
 }
 
 impl Process {
@@ -27,6 +31,7 @@ impl Process {
     /// `STREAM_BROKER_GROUPS__SESSION_TIMEOUT_MS`; they win over the defaults
     /// set here). Blocks until the broker prints its addresses.
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let spawned = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
             .args([
                 "--data-dir",
@@ -43,12 +48,32 @@ impl Process {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn stream-broker");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let grpc = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address printed");
+        let read = stdout.read_line(&mut line);
+        // Keep reading stdout, so the broker never blocks on (or fails
+        // writing to) a full or closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let Some(grpc) = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")) else {
+            let status = child.wait().expect("reap");
+            panic!("the broker did not start on {} ({read:?}, {line:?}): {status}", data_dir.display());
+        };
         let grpc_addr: SocketAddr = grpc.parse().expect("a socket address after grpc=");
-        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, child }
+        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, child, spawned }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Its process id (to read `/proc/<pid>/status`).

@@ -4,11 +4,10 @@
 //! through GetRecords, and the check by `broker::testing::history::History`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::process::Process;
 use broker::testing::history::{History, Report};
 use bytes::Bytes;
 use proto::v1 as pb;
@@ -46,76 +45,11 @@ pub fn sync_tree(dir: &Path) {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).unwrap_or_else(|e| panic!("fsync {}: {e}", dir.display()));
 }
 
-/// A running broker process; killed on drop.
-#[derive(Debug)]
-pub struct Broker {
-    child: Child,
-    /// `http://127.0.0.1:port`.
-    pub endpoint: String,
-    /// When the process was spawned (restart-to-first-answer starts here).
-    pub spawned: Instant,
-}
-
-impl Broker {
-    /// Spawns the broker on `data_dir` with [`BASE_ENV`] and `env` (later
-    /// entries win) and waits for its listening line. Panics, with the exit
-    /// status, if it does not start: the broker must always start.
-    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let spawned = Instant::now();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stream-broker"));
-        cmd.args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in BASE_ENV.iter().chain(env) {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn stream-broker");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        // Logging goes to stdout too: keep reading it, so the broker never
-        // blocks on (or fails writing to) a full or closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let Some(grpc) = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).map(str::to_string) else {
-            let status = child.wait().expect("reap");
-            panic!("the broker did not start on {} ({read:?}, {line:?}): {status}", data_dir.display());
-        };
-        Self { endpoint: format!("http://{grpc}"), child, spawned }
-    }
-
-    /// `kill -9`, and waits until the process is gone (so every request it
-    /// had in flight on the filesystem has been answered).
-    pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The process id (to tell a restarted broker from its predecessor).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the real broker on `data_dir` with [`BASE_ENV`] and `env` (later
+/// entries win). Panics with the exit status if it does not start: the
+/// broker must always start.
+pub fn start_broker(data_dir: &Path, env: &[(&str, &str)]) -> Process {
+    Process::start_with_env(data_dir, &[BASE_ENV, env].concat())
 }
 
 pub async fn connect(endpoint: &str) -> Client {
@@ -131,7 +65,7 @@ pub async fn create_stream(c: &mut Client, name: &str, shards: u32) {
 
 /// Connects and waits for the first answer to DescribeStream of `stream`;
 /// returns the client and the time since the process was spawned.
-pub async fn first_answer(b: &mut Broker, stream: &str) -> (Client, Duration) {
+pub async fn first_answer(b: &mut Process, stream: &str) -> (Client, Duration) {
     let ready = async {
         let channel = Channel::from_shared(b.endpoint.clone()).expect("endpoint").connect().await?;
         let mut c = StreamBrokerClient::new(channel).max_decoding_message_size(64 << 20);
