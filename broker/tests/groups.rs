@@ -303,3 +303,50 @@ async fn a_long_poll_wakes_when_records_arrive() {
     assert_eq!(got.shards[0].records.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(10), "woke on arrival, not at the deadline");
 }
+
+/// Group polls are metered like GetRecords against the shard's shared read
+/// quota (calls per second): a throttled shard delivers nothing until its
+/// bucket refills on the broker's clock, and GetRecords shares the bucket.
+#[tokio::test]
+async fn polls_are_metered_against_the_shards_read_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(broker::clock::ManualClock::new(1_700_000_000_000));
+    let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config, clock.clone()).await;
+    let mut c = connect(broker.endpoint()).await;
+    let quotas = pb::Quotas { read_calls_per_sec: Some(1), ..Default::default() };
+    create_with(
+        &mut c,
+        pb::CreateStreamRequest {
+            stream_name: "s".into(),
+            shard_count: 1,
+            quota_overrides: Some(quotas),
+            ..Default::default()
+        },
+    )
+    .await;
+    put(&mut c, "s", (0..30).map(|i| entry(&format!("k{i}"), b"v")).collect()).await;
+    let mut g = groups(broker.endpoint()).await;
+    let a = join(&mut g, "a").await;
+    let lease = a.assignment.expect("assignment").leases.remove(0);
+    let at = |next: Option<u64>| {
+        vec![pb::ShardPosition {
+            shard_id: lease.shard_id.clone(),
+            lease_epoch: lease.lease_epoch,
+            next_sequence_number: next,
+        }]
+    };
+    let first = g.poll(poll_req(&a.member_id, at(None), 10, 0)).await.expect("poll").into_inner();
+    assert_eq!(first.shards[0].records.len(), 10, "the bucket holds one call");
+    let second = g.poll(poll_req(&a.member_id, at(Some(10)), 10, 0)).await.expect("poll").into_inner();
+    assert!(second.shards.is_empty(), "the second call in the same second is throttled: {second:?}");
+    let it = iterator(&mut c, "s", &lease.shard_id, pb::IteratorType::TrimHorizon, None, None).await;
+    let err = c
+        .get_records(pb::GetRecordsRequest { shard_iterator: it, limit: 1 })
+        .await
+        .expect_err("GetRecords shares the bucket the poll emptied");
+    assert_eq!(error_kind(&err), "Throttled");
+    clock.advance(1_000);
+    let third = g.poll(poll_req(&a.member_id, at(Some(10)), 10, 0)).await.expect("poll").into_inner();
+    assert_eq!(third.shards[0].records.first().map(|r| r.sequence_number), Some(10), "after the refill it continues");
+}
