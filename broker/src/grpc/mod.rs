@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::{Catalog, CreateStream, Stream as BrokerStream, validate_stream_name};
+use crate::catalog::{Catalog, CreateStream, QuotaUpdate, Stream as BrokerStream, validate_stream_name};
 use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
 use crate::iterator::{IteratorSigner, Position};
@@ -504,6 +504,26 @@ impl StreamBroker for GrpcService {
             validate_stream_name(&r.stream_name)?;
             let stream = self.catalog.update_retention(&r.stream_name, r.retention_hours).await?;
             Ok(pb::UpdateRetentionResponse { stream: Some(describe(&stream, self.catalog.config())) })
+        })
+        .await
+    }
+
+    async fn update_quotas(
+        &self,
+        req: Request<pb::UpdateQuotasRequest>,
+    ) -> Result<Response<pb::UpdateQuotasResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("UpdateQuotas", async {
+            validate_stream_name(&r.stream_name)?;
+            let q = r.quotas.unwrap_or_default();
+            let update = QuotaUpdate {
+                write_records_per_sec: q.write_records_per_sec,
+                write_bytes_per_sec: q.write_bytes_per_sec,
+                read_calls_per_sec: q.read_calls_per_sec,
+                read_bytes_per_sec: q.read_bytes_per_sec,
+            };
+            let stream = self.catalog.update_quotas(&r.stream_name, update).await?;
+            Ok(pb::UpdateQuotasResponse { stream: Some(describe(&stream, self.catalog.config())) })
         })
         .await
     }

@@ -163,6 +163,12 @@ impl StreamBroker for Fake {
     ) -> Result<Response<pb::UpdateRetentionResponse>, Status> {
         unimplemented()
     }
+    async fn update_quotas(
+        &self,
+        _: Request<pb::UpdateQuotasRequest>,
+    ) -> Result<Response<pb::UpdateQuotasResponse>, Status> {
+        unimplemented()
+    }
     async fn put_record(&self, _: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
         unimplemented()
     }
