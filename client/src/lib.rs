@@ -10,6 +10,8 @@
 //!   isolates a failing record to an on-failure hook instead of blocking its
 //!   shard.
 //! - [`ShardReader`]: reads one shard through iterators, renewing them.
+//! - [`stack`]: a declarative stack file of streams and groups, diffed
+//!   against a broker, deployed and removed (`streamctl stack`).
 //! - [`Connection`]: how all of them reach a broker, with deadlines,
 //!   keepalive, and errors that name the address and the cause.
 //!
@@ -30,6 +32,7 @@ mod consumer;
 mod error;
 mod producer;
 mod reader;
+pub mod stack;
 
 pub use admin::Admin;
 pub use connection::{ConnectOptions, Connection, connect};

@@ -7,12 +7,14 @@
 //! streamctl group describe orders billing
 //! streamctl shard repair orders shardId-000000000001 --truncate-after-damage
 //! streamctl lost-found list
+//! streamctl stack diff deploy/stack.toml
 //! ```
 //!
 //! Every command talks to `--broker` (env `STREAM_BROKER_ADDR`). Human output
 //! is aligned tables; `--json` prints JSON instead. Failures print one line
 //! on stderr, prefixed `streamctl: `, and exit with 2 for usage and invalid
-//! arguments (the broker's message names the field), 1 otherwise.
+//! arguments (the broker's message names the field), 1 otherwise;
+//! `stack diff` exits with 3 when the broker differs from the file.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -26,6 +28,9 @@ use client::types as pb;
 use client::{Admin, Connection, Consumer, ConsumerConfig, Position, Producer, ProducerConfig, ShardReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+#[path = "streamctl/stack.rs"]
+mod stack;
 
 // ---------------------------------------------------------------------------
 // Command line
@@ -59,6 +64,9 @@ enum Command {
     /// Stream directories the broker kept instead of deleting them.
     #[command(subcommand, name = "lost-found")]
     LostFound(LostFoundCmd),
+    /// Deploy, diff or remove a stack file's streams and groups.
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
     /// Write records read from stdin, one per line.
     Put(PutArgs),
     /// Print a stream's records.
@@ -301,7 +309,8 @@ fn unescape(s: &str) -> String {
 /// A failed command: what to print and the exit status.
 #[derive(Debug)]
 struct CliError {
-    /// 2 for usage and invalid arguments, 1 otherwise.
+    /// 2 for usage and invalid arguments (and stack files), 3 for `stack diff`
+    /// finding differences, 1 otherwise.
     code: u8,
     message: String,
 }
@@ -318,7 +327,8 @@ impl CliError {
 
 impl From<client::Error> for CliError {
     fn from(e: client::Error) -> Self {
-        let code = if matches!(e, client::Error::InvalidArgument(_)) { 2 } else { 1 };
+        let code =
+            if matches!(e, client::Error::InvalidArgument(_) | client::Error::InvalidStack { .. }) { 2 } else { 1 };
         Self { code, message: e.to_string() }
     }
 }
@@ -384,6 +394,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Group(cmd) => group_cmd(&g, cmd).await,
         Command::Shard(cmd) => shard_cmd(&g, cmd).await,
         Command::LostFound(cmd) => lost_found_cmd(&g, cmd).await,
+        Command::Stack(cmd) => stack::stack_cmd(&g, cmd).await,
         Command::Put(args) => put(&g, args).await,
         Command::Tail(args) => tail(&g, args).await,
         Command::Completions { shell } => {
