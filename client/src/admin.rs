@@ -110,6 +110,12 @@ impl Admin {
         Ok(r.into_inner().removed.unwrap_or_default())
     }
 
+    /// The broker's version, durability mode and health (why it is not
+    /// ready, if it is not).
+    pub async fn describe_broker(&self) -> Result<pb::DescribeBrokerResponse> {
+        Ok(self.streams.clone().describe_broker(pb::DescribeBrokerRequest {}).await?.into_inner())
+    }
+
     /// Groups, of one stream or all.
     pub async fn list_groups(&self, stream: Option<&str>) -> Result<Vec<pb::GroupName>> {
         let r =

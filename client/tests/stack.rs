@@ -26,7 +26,10 @@ async fn streamctl(addr: &str, args: &[&str]) -> Run {
     all.extend(args.iter().map(|a| a.to_string()));
     tokio::task::spawn_blocking(move || {
         let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"))
-            .env_remove("STREAM_BROKER_ADDR")
+            .env_remove("STREAMCTL_BROKER")
+            .env_remove("STREAMCTL_PROFILE")
+            .env_remove("STREAMCTL_TIMEOUT")
+            .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml")
             .args(&all)
             .write_stdin(Vec::new())
             .timeout(RUN_TIMEOUT)

@@ -47,6 +47,8 @@ pub struct GrpcService {
     signer: IteratorSigner,
     shutdown: CancellationToken,
     buffers: subscribe::BufferBudget,
+    /// When this service was made: the broker's start, for DescribeBroker.
+    started_at_ms: u64,
 }
 
 impl GrpcService {
@@ -63,7 +65,8 @@ impl GrpcService {
             limits.subscription_buffer_bytes,
             limits.subscription_reads_concurrent,
         );
-        Self { catalog, groups, signer, shutdown, buffers }
+        let started_at_ms = catalog.clock().now_ms();
+        Self { catalog, groups, signer, shutdown, buffers, started_at_ms }
     }
 
     fn now(&self) -> u64 {
@@ -780,6 +783,27 @@ impl StreamBroker for GrpcService {
         self.unary("PurgeLostFound", async {
             let removed = self.catalog.purge_lost_found(&r.name).await?;
             Ok(pb::PurgeLostFoundResponse { removed: Some(lost_found_entry(removed)) })
+        })
+        .await
+    }
+
+    async fn describe_broker(
+        &self,
+        _req: Request<pb::DescribeBrokerRequest>,
+    ) -> Result<Response<pb::DescribeBrokerResponse>, Status> {
+        self.unary("DescribeBroker", async {
+            let config = self.catalog.config();
+            let disk = self.catalog.disk().last();
+            Ok(pb::DescribeBrokerResponse {
+                version: env!("CARGO_PKG_VERSION").into(),
+                durability: durability_of(config.durability.mode) as i32,
+                durability_interval_ms: config.durability.interval_ms,
+                stream_count: u32::try_from(self.catalog.all().len()).unwrap_or(u32::MAX),
+                problems: crate::http::problems(&self.catalog),
+                disk_free_bytes: disk.free_bytes,
+                disk_watermark_bytes: disk.watermark_bytes,
+                started_at_ms: self.started_at_ms,
+            })
         })
         .await
     }

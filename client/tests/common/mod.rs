@@ -224,6 +224,12 @@ impl StreamBroker for Fake {
     ) -> Result<Response<pb::PurgeLostFoundResponse>, Status> {
         unimplemented()
     }
+    async fn describe_broker(
+        &self,
+        _: Request<pb::DescribeBrokerRequest>,
+    ) -> Result<Response<pb::DescribeBrokerResponse>, Status> {
+        unimplemented()
+    }
     async fn subscribe_shard(
         &self,
         _: Request<pb::SubscribeShardRequest>,

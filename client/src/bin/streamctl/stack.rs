@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use client::stack::{self, Stack};
 
-use super::{CliError, Global, print};
+use crate::output::{print, print_json};
+use crate::{CliError, Global};
 
 /// Exit status of `stack diff` when the broker differs from the file.
 const DIFFERS: u8 = 3;
@@ -44,13 +45,13 @@ pub enum StackCmd {
     },
 }
 
-pub async fn stack_cmd(g: &Global, cmd: StackCmd) -> Result<(), CliError> {
+pub async fn run(g: &Global, cmd: StackCmd) -> Result<(), CliError> {
     match cmd {
         StackCmd::Deploy { file } => {
             let stack = Stack::load(&file)?;
             let applied = stack::deploy(&g.admin().await?, &stack).await?;
             if g.json {
-                return print(&format!("{}\n", applied.to_json()));
+                return print_json(&applied.to_json());
             }
             let n = applied.changes.len();
             match n {
@@ -62,7 +63,7 @@ pub async fn stack_cmd(g: &Global, cmd: StackCmd) -> Result<(), CliError> {
             let stack = Stack::load(&file)?;
             let plan = stack::plan(&g.admin().await?, &stack).await?;
             if g.json {
-                print(&format!("{}\n", plan.to_json()))?;
+                print_json(&plan.to_json())?;
             } else if plan.is_empty() {
                 print(&format!("{}: no differences\n", file.display()))?;
             } else {
@@ -80,7 +81,7 @@ pub async fn stack_cmd(g: &Global, cmd: StackCmd) -> Result<(), CliError> {
             let admin = g.admin().await?;
             let removal = stack::plan_removal(&admin, &stack, force).await?;
             if g.json {
-                print(&format!("{}\n", removal.to_json()))?;
+                print_json(&removal.to_json())?;
             } else {
                 print(&removal.to_string())?;
             }
