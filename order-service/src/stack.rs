@@ -37,7 +37,9 @@ pub fn load(
     let table = stack.service(SERVICE).cloned().unwrap_or_default();
     // The table alone first, so that a bad value in it is reported at its line.
     if let Err(e) = Config::load_over(table.clone(), None, []) {
-        return Err(service_error(&stack, &table, &e.0).into());
+        let message = e.to_string();
+        let message = message.strip_prefix("configuration: ").unwrap_or(&message);
+        return Err(service_error(&stack, &table, message).into());
     }
     let config = Config::load_over(table, config_file, env)?;
     check(&stack, &config)?;
@@ -50,7 +52,11 @@ fn service_error(stack: &Stack, table: &toml::Table, message: &str) -> client::E
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     let named = table.keys().filter_map(|k| message.find(k.as_str()).map(|at| (at, k))).min();
     match named {
-        Some((_, key)) => stack.error(&format!("services.{SERVICE}.{key}"), message.as_str()),
+        // "cakeProducerEmail: ..." at key services.order-service.cakeProducerEmail says the key once.
+        Some((_, key)) => {
+            let message = message.strip_prefix(&format!("{key}: ")).unwrap_or(&message);
+            stack.error(&format!("services.{SERVICE}.{key}"), message)
+        }
         None => stack.error(&format!("services.{SERVICE}"), message),
     }
 }
