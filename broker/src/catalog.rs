@@ -97,6 +97,19 @@ pub struct CreateStream {
     pub max_record_bytes: Option<u32>,
 }
 
+/// New quota values for a stream; `None` keeps the current one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaUpdate {
+    /// See [`QuotaValues`].
+    pub write_records_per_sec: Option<u64>,
+    /// See [`QuotaValues`].
+    pub write_bytes_per_sec: Option<u64>,
+    /// See [`QuotaValues`].
+    pub read_calls_per_sec: Option<u64>,
+    /// See [`QuotaValues`].
+    pub read_bytes_per_sec: Option<u64>,
+}
+
 /// A directory in `lost+found/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostFound {
@@ -523,6 +536,43 @@ impl Catalog {
         let mut meta = stream.meta();
         meta.retention_hours = retention_hours;
         self.store.put_stream(&meta)?;
+        *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+        Ok(stream)
+    }
+
+    /// Changes a stream's quotas (each `Some` field; positive) and applies
+    /// them to its shards at once. Durable (through the metadata store) before
+    /// any shard uses them.
+    pub async fn update_quotas(&self, name: &str, update: QuotaUpdate) -> Result<Arc<Stream>> {
+        let _control = self.control.lock().await;
+        let stream = self.get(name)?;
+        let mut meta = stream.meta();
+        let q = &mut meta.quotas;
+        let fields = [
+            ("quotas.write_records_per_sec", update.write_records_per_sec, &mut q.write_records_per_sec),
+            ("quotas.write_bytes_per_sec", update.write_bytes_per_sec, &mut q.write_bytes_per_sec),
+            ("quotas.read_calls_per_sec", update.read_calls_per_sec, &mut q.read_calls_per_sec),
+            ("quotas.read_bytes_per_sec", update.read_bytes_per_sec, &mut q.read_bytes_per_sec),
+        ];
+        for (field, value, current) in fields {
+            if let Some(v) = positive(field, value)? {
+                *current = v;
+            }
+        }
+        if u64::from(meta.max_record_bytes) > meta.quotas.write_bytes_per_sec {
+            return Err(BrokerError::invalid(
+                "quotas.write_bytes_per_sec",
+                format!(
+                    "{} is less than the stream's max_record_bytes = {}: its largest records could never be admitted",
+                    meta.quotas.write_bytes_per_sec, meta.max_record_bytes
+                ),
+            ));
+        }
+        self.store.put_stream(&meta)?;
+        let now = self.clock.now_ms();
+        for shard in &stream.shards {
+            shard.quota.set_values(meta.quotas, meta.max_record_bytes, now);
+        }
         *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
         Ok(stream)
     }

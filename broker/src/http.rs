@@ -37,30 +37,32 @@ impl Readiness {
 
     /// Why the broker is not ready, one reason per entry; empty when ready.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let catalog = match self.catalog.get() {
-            Some(c) if self.serving.load(Ordering::SeqCst) => c,
-            _ => return vec!["the broker is starting or shutting down".into()],
-        };
-        for f in catalog.failed_shards() {
-            out.push(format!(
-                "shard {}/{} is failed ({}): {}",
-                f.stream,
-                f.shard_id,
-                f.failure.kind.as_str(),
-                f.failure.cause
-            ));
+        match self.catalog.get() {
+            Some(c) if self.serving.load(Ordering::SeqCst) => problems(c),
+            _ => vec!["the broker is starting or shutting down".into()],
         }
-        let disk = catalog.disk();
-        if disk.is_full() {
-            let d = disk.last();
-            out.push(format!(
-                "the data disk is below its free-space watermark ({} bytes free, {} needed): writes are refused",
-                d.free_bytes, d.watermark_bytes
-            ));
-        }
-        out
     }
+}
+
+/// Why a started broker over `catalog` is not ready (failed shards, a full
+/// data disk), one reason per entry; empty when ready.
+pub fn problems(catalog: &Catalog) -> Vec<String> {
+    let mut out: Vec<String> = catalog
+        .failed_shards()
+        .into_iter()
+        .map(|f| {
+            format!("shard {}/{} is failed ({}): {}", f.stream, f.shard_id, f.failure.kind.as_str(), f.failure.cause)
+        })
+        .collect();
+    let disk = catalog.disk();
+    if disk.is_full() {
+        let d = disk.last();
+        out.push(format!(
+            "the data disk is below its free-space watermark ({} bytes free, {} needed): writes are refused",
+            d.free_bytes, d.watermark_bytes
+        ));
+    }
+    out
 }
 
 /// The admin router; `readiness` is updated by the server as it starts and stops.

@@ -99,6 +99,27 @@ impl ShardQuota {
         }
     }
 
+    /// Switches to new `values` at `now_ms`, as a stream's quota update does.
+    /// Tokens earned at the old rates are kept, up to the new capacity, so a
+    /// lowered quota applies at once and a raised one does not grant a burst
+    /// nobody waited for.
+    pub fn set_values(&self, values: QuotaValues, record_bytes_max: u32, now_ms: u64) {
+        let b = &mut *self.lock();
+        let rates = [
+            (&mut b.write_records, values.write_records_per_sec, 0),
+            (&mut b.write_bytes, values.write_bytes_per_sec, u64::from(record_bytes_max)),
+            (&mut b.read_calls, values.read_calls_per_sec, 0),
+            (&mut b.read_bytes, values.read_bytes_per_sec, 0),
+        ];
+        for (bucket, rate_per_sec, capacity_min) in rates {
+            bucket.refill(now_ms);
+            let fresh = Bucket::new(rate_per_sec, capacity_min, now_ms);
+            bucket.rate_per_ms = fresh.rate_per_ms;
+            bucket.capacity = fresh.capacity;
+            bucket.tokens = bucket.tokens.min(fresh.capacity);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
         // Buckets are plain numbers; a panic elsewhere cannot leave them inconsistent.
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
@@ -252,6 +273,18 @@ mod tests {
             }
         }
         assert!(admitted <= 10 << 20, "{admitted}");
+    }
+
+    #[test]
+    fn new_values_apply_at_once_without_a_free_burst() {
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
+        let low = QuotaValues { write_records_per_sec: 2, ..QuotaValues::KINESIS };
+        q.set_values(low, 1 << 20, 0);
+        assert!(q.try_write(1, 0).is_ok() && q.try_write(1, 0).is_ok(), "a full bucket of the new capacity");
+        assert_eq!(q.try_write(1, 0), Err(500), "2 records/s: the next token in 500 ms");
+        q.set_values(QuotaValues::KINESIS, 1 << 20, 0);
+        assert_eq!(q.try_write(1, 0), Err(1), "raising the rate grants no tokens nobody waited for");
+        assert!(q.try_write(1, 1).is_ok(), "1000 records/s: one token per ms");
     }
 
     #[test]

@@ -523,6 +523,59 @@ async fn quotas_admit_the_kinesis_rate_and_report_the_rest_as_throttled() {
 }
 
 #[tokio::test]
+async fn quota_updates_apply_to_a_serving_stream_and_survive_a_restart() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+    let broker = TestBroker::start_with(config.clone(), clock.clone()).await;
+    let mut c = connect(broker.endpoint()).await;
+    create(&mut c, "s", 1).await;
+    let update = |quotas: pb::Quotas| pb::UpdateQuotasRequest { stream_name: "s".into(), quotas: Some(quotas) };
+    let d = c
+        .update_quotas(update(pb::Quotas { write_records_per_sec: Some(2), ..Default::default() }))
+        .await
+        .expect("update")
+        .into_inner()
+        .stream
+        .expect("s");
+    let q = d.quotas.expect("quotas");
+    assert_eq!((q.write_records_per_sec, q.write_bytes_per_sec), (Some(2), Some(1 << 20)), "unset fields are kept");
+    // The shard applies the new rate at once: two records of a burst of five pass.
+    let codes = |r: pb::PutRecordsResponse| r.records.into_iter().map(|e| e.error_code).collect::<Vec<_>>();
+    let r = put(&mut c, "s", (0..5).map(|i| entry(&format!("k{i}"), b"x")).collect()).await;
+    let accepted = codes(r).iter().filter(|c| c.is_empty()).count();
+    assert_eq!(accepted, 2, "2 records/s admits a burst of 2");
+
+    let err = c
+        .update_quotas(update(pb::Quotas { read_calls_per_sec: Some(0), ..Default::default() }))
+        .await
+        .expect_err("zero");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("quotas.read_calls_per_sec"), "{}", err.message());
+    let err = c
+        .update_quotas(update(pb::Quotas { write_bytes_per_sec: Some(1024), ..Default::default() }))
+        .await
+        .expect_err("below the largest record");
+    assert!(err.message().contains("max_record_bytes"), "{}", err.message());
+    let err = c.update_quotas(pb::UpdateQuotasRequest { stream_name: "nope".into(), quotas: None }).await;
+    assert_eq!(err.expect_err("missing").code(), Code::NotFound);
+
+    broker.stop().await.expect("clean stop");
+    let broker = TestBroker::start_with(config, clock.clone()).await;
+    let mut c = connect(broker.endpoint()).await;
+    let d = c
+        .describe_stream(pb::DescribeStreamRequest { stream_name: "s".into() })
+        .await
+        .expect("describe")
+        .into_inner()
+        .stream
+        .expect("s");
+    assert_eq!(d.quotas.expect("quotas").write_records_per_sec, Some(2), "the update is durable");
+    let r = put(&mut c, "s", (0..5).map(|i| entry(&format!("k{i}"), b"x")).collect()).await;
+    assert_eq!(codes(r).iter().filter(|c| c.is_empty()).count(), 2, "reopened shards use the stored quota");
+}
+
+#[tokio::test]
 async fn produce_stream_acknowledges_every_batch_in_order() {
     let broker = TestBroker::start().await;
     let mut c = connect(broker.endpoint()).await;

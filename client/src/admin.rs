@@ -85,6 +85,12 @@ impl Admin {
         Ok(r.into_inner().stream.unwrap_or_default())
     }
 
+    /// Changes a stream's per-shard quotas while it serves; unset fields keep their value.
+    pub async fn update_quotas(&self, name: &str, quotas: pb::Quotas) -> Result<pb::StreamDescription> {
+        let req = pb::UpdateQuotasRequest { stream_name: name.into(), quotas: Some(quotas) };
+        Ok(self.streams.clone().update_quotas(req).await?.into_inner().stream.unwrap_or_default())
+    }
+
     /// A shard's repair: with `confirm` false only the plan (nothing
     /// changes); with `confirm` true the plan is applied and the response
     /// says exactly what was cut.
@@ -102,6 +108,12 @@ impl Admin {
     pub async fn purge_lost_found(&self, name: &str) -> Result<pb::LostFoundEntry> {
         let r = self.streams.clone().purge_lost_found(pb::PurgeLostFoundRequest { name: name.into() }).await?;
         Ok(r.into_inner().removed.unwrap_or_default())
+    }
+
+    /// The broker's version, durability mode and health (why it is not
+    /// ready, if it is not).
+    pub async fn describe_broker(&self) -> Result<pb::DescribeBrokerResponse> {
+        Ok(self.streams.clone().describe_broker(pb::DescribeBrokerRequest {}).await?.into_inner())
     }
 
     /// Groups, of one stream or all.

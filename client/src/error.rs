@@ -60,6 +60,24 @@ pub enum Error {
     /// example an HTTP/1 port); the message names the address. Fatal.
     #[error("{0}")]
     NotBroker(String),
+    /// A stack file is unreadable, malformed or invalid. Names the file, the
+    /// line (0: the whole file) and the key. Fatal.
+    #[error("{}", stack_location(.file, *.line, .key, .message))]
+    InvalidStack {
+        /// The file as given.
+        file: String,
+        /// 1-based line of the key, or 0.
+        line: usize,
+        /// Dotted key path (`streams[1].retentionHours`), or "".
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A stack cannot be deployed or removed as it stands (a change the
+    /// broker cannot make, records that would be deleted); the message says
+    /// why and what to do. Nothing was changed. Fatal.
+    #[error("{0}")]
+    StackRefused(String),
     /// The producer's buffer is full (policy `FullBufferPolicy::FailFast`):
     /// the record was not accepted. Retry once acknowledgements free room.
     #[error("producer buffer full: {records} records and {bytes} bytes awaiting acknowledgement")]
@@ -133,6 +151,18 @@ impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Self {
         Error::Unavailable(format!("connection: {}", crate::connection::causes(&e)))
     }
+}
+
+/// `file:line: key: message`, leaving out a line of 0 and an empty key.
+fn stack_location(file: &str, line: usize, key: &str, message: &str) -> String {
+    let mut out = file.to_string();
+    if line > 0 {
+        out.push_str(&format!(":{line}"));
+    }
+    if !key.is_empty() {
+        out.push_str(&format!(": {key}"));
+    }
+    format!("{out}: {message}")
 }
 
 /// Shorthand for client results.

@@ -10,10 +10,13 @@
 //!   isolates a failing record to an on-failure hook instead of blocking its
 //!   shard.
 //! - [`ShardReader`]: reads one shard through iterators, renewing them.
+//! - [`stack`]: a declarative stack file of streams and groups, diffed
+//!   against a broker, deployed and removed (`streamctl stack`).
 //! - [`Connection`]: how all of them reach a broker, with deadlines,
 //!   keepalive, and errors that name the address and the cause.
 //!
-//! Errors are one enum, [`Error`], with [`Error::is_retryable`].
+//! Errors are one enum, [`Error`], with [`Error::is_retryable`]; retries
+//! wait by one schedule, [`Backoff`].
 //!
 //! ```no_run
 //! # async fn demo() -> client::Result<()> {
@@ -30,6 +33,7 @@ mod consumer;
 mod error;
 mod producer;
 mod reader;
+pub mod stack;
 
 pub use admin::Admin;
 pub use connection::{ConnectOptions, Connection, connect};
@@ -47,10 +51,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7470";
 /// Largest gRPC message the client sends or accepts.
 pub(crate) const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Kinesis routing: MD5 of the key as a big-endian u128, and the shard whose
-/// inclusive hash range holds it.
-pub(crate) fn shard_for(key: &str, ranges: &[(u128, u128)]) -> usize {
-    let hash = u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+/// Kinesis routing: MD5 of the key as a big-endian u128 (unless an
+/// explicit hash key is given), and the shard whose inclusive hash range
+/// holds it.
+pub(crate) fn shard_for(key: &str, explicit_hash_key: Option<u128>, ranges: &[(u128, u128)]) -> usize {
+    let hash = explicit_hash_key.unwrap_or_else(|| u128::from_be_bytes(Md5::digest(key.as_bytes()).into()));
     ranges.iter().position(|&(lo, hi)| lo <= hash && hash <= hi).unwrap_or(0)
 }
 
@@ -84,6 +89,71 @@ pub(crate) fn jitter(max: std::time::Duration) -> std::time::Duration {
 
 /// Exponential backoff with full jitter: attempt 1 waits up to `base`, doubling, capped at `cap`.
 pub(crate) fn backoff(attempt: u32, base: std::time::Duration, cap: std::time::Duration) -> std::time::Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16));
-    jitter(exp.min(cap))
+    jitter(Backoff::delay(attempt, base, cap))
+}
+
+/// Capped exponential backoff, the one retry schedule of this crate and of
+/// the order service: `base`, `2·base`, `4·base`, … up to `max`.
+/// [`Backoff::next_delay`] gives the schedule itself; [`Backoff::next_jittered`]
+/// a uniformly random wait below it ("full jitter"), for many clients
+/// retrying against one broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    base: std::time::Duration,
+    max: std::time::Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    /// A schedule starting at `base` and doubling up to `max`.
+    pub fn new(base: std::time::Duration, max: std::time::Duration) -> Self {
+        Self { base, max, attempts: 0 }
+    }
+
+    /// The wait before retry number `attempt` (1 for the first): `base`
+    /// doubled `attempt - 1` times, at most `max`.
+    pub fn delay(attempt: u32, base: std::time::Duration, max: std::time::Duration) -> std::time::Duration {
+        base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(max)
+    }
+
+    /// Counts an attempt and returns the wait before the next one.
+    pub fn next_delay(&mut self) -> std::time::Duration {
+        self.attempts = self.attempts.saturating_add(1);
+        Self::delay(self.attempts, self.base, self.max)
+    }
+
+    /// Like [`Backoff::next_delay`], but a random wait below it.
+    pub fn next_jittered(&mut self) -> std::time::Duration {
+        jitter(self.next_delay())
+    }
+
+    /// Attempts counted since the start or the last [`Backoff::reset`].
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Starts the schedule again at `base` (after a success).
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_jitter_stays_below() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
+        let waits: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300, 300]);
+        assert_eq!(b.attempts(), 6);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(50));
+        for _ in 0..100 {
+            assert!(b.next_jittered() <= Duration::from_millis(300));
+        }
+        assert_eq!(Backoff::delay(u32::MAX, Duration::from_secs(1), Duration::from_secs(5)), Duration::from_secs(5));
+    }
 }

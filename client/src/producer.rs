@@ -42,7 +42,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -207,6 +207,7 @@ impl Budget {
 #[derive(Debug)]
 struct Item {
     key: String,
+    explicit_hash_key: Option<u128>,
     data: Bytes,
     ack: oneshot::Sender<Result<RecordAck>>,
     attempts: u32,
@@ -228,6 +229,7 @@ pub struct Producer {
     buffer_bytes_max: usize,
     when_full: FullBufferPolicy,
     budget: Arc<Budget>,
+    throttled: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -267,7 +269,9 @@ impl Producer {
         // never waits for a slot; the channel allocates slots as they fill.
         let (tx, rx) = mpsc::channel(config.buffer_records_max + FLUSH_SLOTS);
         let (buffer_bytes_max, when_full) = (config.buffer_bytes_max, config.when_full);
+        let throttled = Arc::new(AtomicU64::new(0));
         let dispatcher = Dispatcher {
+            throttled: throttled.clone(),
             client,
             stream: stream.to_string(),
             shards: (0..ranges.len()).map(|_| ShardQueue::default()).collect(),
@@ -284,6 +288,7 @@ impl Producer {
             buffer_bytes_max,
             when_full,
             budget,
+            throttled,
             task,
         })
     }
@@ -293,7 +298,29 @@ impl Producer {
     /// reason. When the buffer is full this waits for room or fails with
     /// [`Error::BufferFull`], by [`ProducerConfig::when_full`].
     pub async fn send(&self, partition_key: impl Into<String>, data: impl Into<Bytes>) -> Result<AckFuture> {
-        let (key, data) = (partition_key.into(), data.into());
+        self.enqueue(partition_key.into(), None, data.into()).await
+    }
+
+    /// Like [`Producer::send`], but routed by `explicit_hash_key` instead of
+    /// the MD5 of the key: the record goes to the shard whose hash range
+    /// holds it (Kinesis's `ExplicitHashKey`). Records with one explicit
+    /// hash key keep their order like records with one partition key.
+    pub async fn send_with_hash_key(
+        &self,
+        partition_key: impl Into<String>,
+        explicit_hash_key: u128,
+        data: impl Into<Bytes>,
+    ) -> Result<AckFuture> {
+        self.enqueue(partition_key.into(), Some(explicit_hash_key), data.into()).await
+    }
+
+    /// Records the broker throttled so far (each retry of a throttled
+    /// record counts once): a progress display can say the quota is the limit.
+    pub fn throttled_records(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+
+    async fn enqueue(&self, key: String, explicit_hash_key: Option<u128>, data: Bytes) -> Result<AckFuture> {
         check_key(&key)?;
         let size = key.len() + data.len();
         if size > self.max_record_bytes {
@@ -309,10 +336,10 @@ impl Producer {
             )));
         }
         let room = self.budget.reserve(size, self.when_full).await?;
-        let shard = shard_for(&key, &self.ranges);
+        let shard = shard_for(&key, explicit_hash_key, &self.ranges);
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record { shard, item: Item { key, data, ack, attempts: 0, _room: room } })
+            .send(Msg::Record { shard, item: Item { key, explicit_hash_key, data, ack, attempts: 0, _room: room } })
             .await
             .map_err(|_| Error::Closed)?;
         Ok(AckFuture(rx))
@@ -356,6 +383,7 @@ struct ShardQueue {
 type Sent = (usize, Vec<Item>, std::result::Result<pb::PutRecordsResponse, tonic::Status>);
 
 struct Dispatcher {
+    throttled: Arc<AtomicU64>,
     client: StreamBrokerClient<Connection>,
     stream: String,
     shards: Vec<ShardQueue>,
@@ -452,7 +480,7 @@ impl Dispatcher {
             .map(|i| pb::PutRecordsEntry {
                 partition_key: i.key.clone(),
                 data: i.data.clone(),
-                explicit_hash_key: None,
+                explicit_hash_key: i.explicit_hash_key.map(|h| h.to_string()),
             })
             .collect();
         let req = pb::PutRecordsRequest { stream_name: self.stream.clone(), records };
@@ -507,6 +535,8 @@ impl Dispatcher {
         if retry.is_empty() {
             return;
         }
+        let throttled = retry.iter().filter(|(_, e)| matches!(e, Error::Throttled { .. })).count();
+        self.throttled.fetch_add(throttled as u64, Ordering::Relaxed);
         let attempt = retry[0].0.attempts + 1;
         // A hint says when the quota admits the record: sooner is wasted.
         let wait = if hint.is_zero() {

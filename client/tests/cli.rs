@@ -57,7 +57,10 @@ async fn streamctl(addr: &str, args: &[&str], stdin: &[u8]) -> Run {
     let stdin = stdin.to_vec();
     tokio::task::spawn_blocking(move || {
         let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"))
-            .env_remove("STREAM_BROKER_ADDR")
+            .env_remove("STREAMCTL_BROKER")
+            .env_remove("STREAMCTL_PROFILE")
+            .env_remove("STREAMCTL_TIMEOUT")
+            .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml")
             .args(&all)
             .write_stdin(stdin)
             .timeout(RUN_TIMEOUT)
@@ -125,9 +128,16 @@ async fn stream_create_list_describe_retention_delete() {
     streamctl(&addr, &["stream", "create", "audit", "--shards", "1"], b"").await.ok();
 
     let list = streamctl(&addr, &["stream", "list", "--json"], b"").await.ok().json();
-    let mut names: Vec<&str> = list["streams"].as_array().expect("streams").iter().map(as_str).collect();
+    let mut names: Vec<&str> =
+        list["streams"].as_array().expect("streams").iter().map(|s| as_str(&s["name"])).collect();
     names.sort();
     assert_eq!(names, ["audit", "orders"]);
+    let orders = list["streams"].as_array().expect("streams").iter().find(|s| s["name"] == "orders").expect("orders");
+    assert_eq!(orders["shards"], 3, "the JSON carries what the table shows: {orders}");
+    assert_eq!(orders["status"], "ACTIVE");
+    assert_eq!(orders["records"], 0);
+    assert!(orders["bytes"].is_u64(), "{orders}");
+    assert_eq!(orders["retention_hours"], 48);
     let table = streamctl(&addr, &["stream", "list"], b"").await.ok().lines();
     assert!(table[0].starts_with("NAME"), "a header line: {table:?}");
     assert!(table.iter().any(|l| l.starts_with("orders ") && l.contains(" 3 ")), "orders with 3 shards: {table:?}");
@@ -158,7 +168,8 @@ async fn stream_create_list_describe_retention_delete() {
 
     streamctl(&addr, &["stream", "delete", "audit"], b"").await.ok();
     let list = streamctl(&addr, &["stream", "list", "--json"], b"").await.ok().json();
-    assert_eq!(list["streams"], serde_json::json!(["orders"]));
+    let names: Vec<&str> = list["streams"].as_array().expect("streams").iter().map(|s| as_str(&s["name"])).collect();
+    assert_eq!(names, ["orders"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -317,9 +328,9 @@ async fn tail_count_shard_and_from_sequence() {
     // --from latest stops at once with nothing; ts: in the past reads everything.
     let none = streamctl(&addr, &["tail", "c", "--from", "latest"], b"").await.ok();
     assert_eq!(none.stdout, b"");
-    let all = streamctl(&addr, &["tail", "c", "--from", "ts:2000-01-01T00:00:00Z"], b"").await.ok().json_lines();
+    let all = streamctl(&addr, &["tail", "c", "--from", "@2000-01-01T00:00:00Z"], b"").await.ok().json_lines();
     assert_eq!(all.len(), 30);
-    let bad = streamctl(&addr, &["tail", "c", "--from", "ts:2000-13-01T00:00:00Z"], b"").await;
+    let bad = streamctl(&addr, &["tail", "c", "--from", "@2000-13-01T00:00:00Z"], b"").await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
 
@@ -345,7 +356,10 @@ async fn tail_group_commits_and_reset_restores_lag() {
     }
 
     let groups = streamctl(&addr, &["group", "list", "--stream", "g", "--json"], b"").await.ok().json();
-    assert_eq!(groups["groups"], serde_json::json!([{"stream_name": "g", "group_name": "billing"}]));
+    assert_eq!(
+        groups["groups"],
+        serde_json::json!([{"stream_name": "g", "group_name": "billing", "members": 0, "lag_records": 0, "lag_ms": 0}])
+    );
 
     let gd = streamctl(&addr, &["group", "describe", "g", "billing", "--json"], b"").await.ok().json();
     assert_eq!(gd["members"], serde_json::json!([]), "tail left the group");
@@ -406,15 +420,16 @@ async fn failures_exit_non_zero_with_the_reason() {
         assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
         assert!(r.stderr.starts_with("streamctl: "), "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains("missing"), "{args:?} names the stream: {}", r.stderr);
+        assert!(!r.stderr.contains("not found: "), "{args:?}: the message does not repeat itself: {}", r.stderr);
     }
 
     let r = streamctl(&addr, &["stream", "create", "bad/name", "--shards", "1"], b"").await;
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.starts_with("streamctl: ") && r.stderr.contains("stream_name"), "{}", r.stderr);
+    assert!(r.stderr.starts_with("streamctl: ") && r.stderr.contains("stream name"), "{}", r.stderr);
 
     let r = streamctl(&addr, &["stream", "create", "x", "--shards", "0"], b"").await;
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("shard_count"), "{}", r.stderr);
+    assert!(r.stderr.contains("--shards") && !r.stderr.contains("shard_count"), "flag names: {}", r.stderr);
 
     // Usage errors.
     let r = streamctl(&addr, &["stream", "create", "x"], b"").await;
@@ -428,7 +443,7 @@ async fn failures_exit_non_zero_with_the_reason() {
     streamctl(&addr, &["stream", "create", "p", "--shards", "1"], b"").await.ok();
     let r = streamctl(&addr, &["--json", "put", "p", "-K", ":"], b"a:1\n:2\nc:3\n").await;
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("line 2") && r.stderr.contains("partition_key"), "{}", r.stderr);
+    assert!(r.stderr.contains("line 2") && r.stderr.contains("partition key"), "{}", r.stderr);
     let acks = r.json_lines();
     assert_eq!(acks.len(), 1, "the first record was acknowledged");
     assert_eq!(acks[0]["key"], "a");
@@ -451,4 +466,321 @@ async fn completions_print_a_script() {
     }
     let r = streamctl("127.0.0.1:1", &["completions", "tcsh"], b"").await;
     assert_eq!(r.code, 2);
+}
+
+/// Runs streamctl with `env` set and without `--broker`, bounded by [`RUN_TIMEOUT`].
+async fn streamctl_env(env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> Run {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"));
+        cmd.env_remove("STREAMCTL_BROKER")
+            .env_remove("STREAMCTL_PROFILE")
+            .env_remove("STREAMCTL_TIMEOUT")
+            .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.args(&args).write_stdin(stdin).timeout(RUN_TIMEOUT).output().expect("run streamctl");
+        let code = out.status.code().unwrap_or_else(|| panic!("streamctl {args:?} timed out or was killed"));
+        Run { code, stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    })
+    .await
+    .expect("streamctl runner thread")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_comes_from_the_environment_or_a_profile() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    streamctl(&addr, &["stream", "create", "e", "--shards", "1"], b"").await.ok();
+
+    // STREAMCTL_BROKER; the broker's own STREAM_BROKER_ prefix means nothing to the CLI.
+    let r = streamctl_env(
+        &[("STREAMCTL_BROKER", &addr), ("STREAM_BROKER_ADDR", "127.0.0.1:1")],
+        &["stream", "list", "--json"],
+        b"",
+    )
+    .await
+    .ok();
+    assert_eq!(r.json()["streams"][0]["name"], "e");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("profile = \"dead\"\n[profiles.dead]\nbroker = \"127.0.0.1:1\"\n[profiles.test]\nbroker = \"{addr}\"\ntimeout = \"20s\"\n"),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8 path");
+    // --profile picks the profile; without it the file's default is used.
+    let r = streamctl_env(&[("STREAMCTL_CONFIG", config)], &["--profile", "test", "stream", "list", "--json"], b"")
+        .await
+        .ok();
+    assert_eq!(r.json()["streams"][0]["name"], "e");
+    let r = streamctl_env(&[("STREAMCTL_CONFIG", config)], &["stream", "list"], b"").await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("connection refused by 127.0.0.1:1"), "{}", r.stderr);
+    // A flag or its variable wins over the profile.
+    streamctl_env(&[("STREAMCTL_CONFIG", config), ("STREAMCTL_BROKER", &addr)], &["stream", "list"], b"").await.ok();
+    let r =
+        streamctl_env(&[("STREAMCTL_CONFIG", config), ("STREAMCTL_PROFILE", "nope")], &["stream", "list"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains(config) && r.stderr.contains("nope") && r.stderr.contains("dead, test"), "{}", r.stderr);
+    // A broken file is named with its line.
+    std::fs::write(dir.path().join("config.toml"), "[profiles.x]\nbroker = \n").expect("write");
+    let r = streamctl_env(&[("STREAMCTL_CONFIG", config)], &["stream", "list"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains(config) && r.stderr.contains("line 2"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_port_fails_within_the_timeout_with_the_address() {
+    // Accepts TCP (the kernel's backlog does) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let r = streamctl(&addr, &["--timeout", "1s", "stream", "list"], b"").await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.starts_with("streamctl: ") && r.stderr.contains(&addr), "{}", r.stderr);
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "one line: {}", r.stderr);
+    let r = streamctl(&addr, &["--timeout", "soon", "stream", "list"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--timeout"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn positions_like_kcat_shard_numbers_last_n_times_and_seq() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let lines: Vec<String> = (0..30).map(|i| format!("k{i}:v{i}")).collect();
+    let acks = create_and_put(&addr, "p", 2, &lines).await;
+    let count = |shard: &str| acks.iter().filter(|a| a["shard"] == shard).count() as u64;
+    let (s0, s1) = ("shardId-000000000000", "shardId-000000000001");
+
+    // --shard 1 is shardId-000000000001.
+    let recs = streamctl(&addr, &["tail", "p", "--shard", "1"], b"").await.ok().json_lines();
+    assert_eq!(recs.len() as u64, count(s1));
+    assert!(recs.iter().all(|r| r["shard"] == s1));
+    let r = streamctl(&addr, &["tail", "p", "--shard", "7"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("shardId-000000000007"), "{}", r.stderr);
+
+    // -3: the last three of each shard.
+    let recs = streamctl(&addr, &["tail", "p", "--from", "-3"], b"").await.ok().json_lines();
+    let shards = by_shard(&recs);
+    for (shard, got) in &shards {
+        let seqs: Vec<u64> = got.iter().map(|r| r.0).collect();
+        let n = count(shard);
+        assert_eq!(seqs, (n - 3..n).collect::<Vec<_>>(), "{shard}");
+    }
+    assert_eq!(shards.len(), 2);
+
+    // @TIME: now-ish and the future read nothing old; a minute ago reads all.
+    let all = streamctl(&addr, &["tail", "p", "--from", "@-1m"], b"").await.ok().json_lines();
+    assert_eq!(all.len(), 30);
+
+    // seq:SHARD:N reads that shard from N.
+    let recs = streamctl(&addr, &["tail", "p", "--from", "seq:0:2"], b"").await.ok().json_lines();
+    let seqs: Vec<u64> = recs.iter().map(|r| as_u64(&r["sequence_number"])).collect();
+    assert_eq!(seqs, (2..count(s0)).collect::<Vec<_>>());
+    assert!(recs.iter().all(|r| r["shard"] == s0));
+
+    // A start past the end says so.
+    let r = streamctl(&addr, &["tail", "p", "--shard", "0", "--from", "seq:1000"], b"").await.ok();
+    assert_eq!(r.stdout, b"");
+    assert!(r.stderr.contains("seq:1000 is past the end of shardId-000000000000"), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("next sequence number is {}", count(s0))), "{}", r.stderr);
+
+    // The same syntax moves a group: -N on every shard, seq:SHARD:N on one.
+    streamctl(&addr, &["tail", "p", "--group", "g"], b"").await.ok();
+    let d = streamctl(&addr, &["group", "reset", "p", "g", "--to", "-4", "--json"], b"").await.ok().json();
+    assert_eq!(d["lag_records"], 8, "four behind on each of two shards: {d}");
+    let d = streamctl(&addr, &["group", "reset", "p", "g", "--to", "seq:1:0", "--json"], b"").await.ok().json();
+    assert_eq!(as_u64(&d["lag_records"]), 4 + count(s1));
+    let d = streamctl(&addr, &["group", "reset", "p", "g", "--to", "latest", "--shard", "1", "--json"], b"")
+        .await
+        .ok()
+        .json();
+    assert_eq!(d["lag_records"], 4);
+    let r = streamctl(&addr, &["group", "reset", "p", "g", "--to", "seq:5"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--shard"), "{}", r.stderr);
+
+    // --json and --format together is a usage error, not a silent choice.
+    let r = streamctl(&addr, &["--json", "tail", "p", "--format", "{key}"], b"").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--json") && r.stderr.contains("--format"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_files_hash_keys_shards_encodings_delimiters_and_blank_lines() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    streamctl(&addr, &["stream", "create", "w", "--shards", "3"], b"").await.ok();
+
+    // Blank lines are skipped and counted; the summary says so.
+    let r = streamctl(&addr, &["put", "w", "-K", ":"], b"a:1\n\nb:2\n\n\nc:3\n").await.ok();
+    assert!(r.stderr.contains("3 records acknowledged, 3 empty records skipped"), "{}", r.stderr);
+
+    // --shard 2 and --explicit-hash-key route every record there.
+    let acks = streamctl(&addr, &["--json", "put", "w", "--shard", "2"], b"x\ny\nz\n").await.ok().json_lines();
+    assert!(acks.iter().all(|a| a["shard"] == "shardId-000000000002"), "{acks:?}");
+    let acks = streamctl(&addr, &["--json", "put", "w", "--explicit-hash-key", "0"], b"x\ny\n").await.ok().json_lines();
+    assert!(acks.iter().all(|a| a["shard"] == "shardId-000000000000"), "{acks:?}");
+
+    // --input hex and base64; --delimiter.
+    let acks = streamctl(&addr, &["--json", "put", "w", "--partition-key", "h", "--input", "hex"], b"ff00\n6869\n")
+        .await
+        .ok()
+        .json_lines();
+    assert_eq!(acks[0]["value_encoding"], "base64");
+    assert_eq!(acks[0]["value"], BASE64.encode([0xff, 0x00]));
+    assert_eq!(acks[1]["value"], "hi");
+    let r = streamctl(&addr, &["put", "w", "--input", "hex"], b"zz\n").await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--input hex"), "{}", r.stderr);
+    let acks = streamctl(
+        &addr,
+        &["--json", "put", "w", "--partition-key", "d", "--input", "base64", "--delimiter", ";"],
+        b"aGk=;Ynll;",
+    )
+    .await
+    .ok()
+    .json_lines();
+    let values: Vec<&str> = acks.iter().map(|a| as_str(&a["value"])).collect();
+    assert_eq!(values, ["hi", "bye"]);
+
+    // --file: the whole file, newlines and all, as one record keyed by its name.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cake.json");
+    std::fs::write(&file, b"{\n  \"cake\": true\n}\n").expect("write");
+    let acks =
+        streamctl(&addr, &["--json", "put", "w", "--file", file.to_str().expect("utf-8")], b"").await.ok().json_lines();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0]["key"], "cake.json");
+    let shard = as_str(&acks[0]["shard"]).to_string();
+    let seq = as_u64(&acks[0]["sequence_number"]).to_string();
+    let out =
+        streamctl(&addr, &["tail", "w", "--from", &format!("seq:{shard}:{seq}"), "--format", "raw"], b"").await.ok();
+    assert_eq!(out.stdout, b"{\n  \"cake\": true\n}\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_group_delete_and_copy_a_range() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let lines: Vec<String> = (0..20).map(|i| format!("k{i}:v{i}")).collect();
+    create_and_put(&addr, "src", 2, &lines).await;
+    streamctl(&addr, &["tail", "src", "--group", "g", "-n", "5"], b"").await.ok();
+
+    let s = streamctl(&addr, &["status", "--json"], b"").await.ok().json();
+    assert_eq!(s["ready"], true, "{s}");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["durability"], "ALWAYS");
+    assert_eq!(s["streams"][0]["name"], "src");
+    assert_eq!(s["streams"][0]["records"], 20);
+    assert_eq!(s["groups"][0]["group_name"], "g");
+    assert_eq!(s["groups"][0]["lag_records"], 15);
+    assert_eq!(s["failed_shards"], serde_json::json!([]));
+    let text = streamctl(&addr, &["status"], b"").await.ok().out();
+    assert!(text.contains("health      ready") && text.contains("15 records behind"), "{text}");
+
+    // Copy seq 2..5 of shard 0, keys kept.
+    streamctl(&addr, &["stream", "create", "dst", "--shards", "1"], b"").await.ok();
+    let c = streamctl(&addr, &["stream", "copy", "src", "dst", "--from", "seq:0:2", "--to", "seq:5", "--json"], b"")
+        .await
+        .ok()
+        .json();
+    assert_eq!(c["records"], 3, "{c}");
+    let src = streamctl(&addr, &["tail", "src", "--shard", "0"], b"").await.ok().json_lines();
+    let dst = streamctl(&addr, &["tail", "dst"], b"").await.ok().json_lines();
+    let pairs = |v: &[Value]| v.iter().map(|r| (r["key"].clone(), r["value"].clone())).collect::<Vec<_>>();
+    assert_eq!(pairs(&dst), pairs(&src[2..5]));
+
+    // replay with a time range: everything before now is all of it.
+    streamctl(&addr, &["stream", "create", "all", "--shards", "1"], b"").await.ok();
+    let until = format!("@{}", jiff_now());
+    let r = streamctl(&addr, &["stream", "replay", "src", "all", "--to", &until], b"").await.ok();
+    assert!(r.out().contains("copied 20 records from src to all"), "{}", r.out());
+
+    // Dead letters: the envelope's record goes back with its key.
+    streamctl(&addr, &["stream", "create", "dlq", "--shards", "1"], b"").await.ok();
+    let envelope =
+        r#"{"record":"{\"orderId\":\"o-1\"}","encoding":"utf8","partitionKey":"o-1","error":"smtp down","attempts":3}"#;
+    streamctl(&addr, &["put", "dlq", "--partition-key", "o-1"], format!("{envelope}\n").as_bytes()).await.ok();
+    streamctl(&addr, &["stream", "create", "orders", "--shards", "1"], b"").await.ok();
+    streamctl(&addr, &["stream", "copy", "dlq", "orders", "--unwrap-dead-letters"], b"").await.ok();
+    let back = streamctl(&addr, &["tail", "orders"], b"").await.ok().json_lines();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0]["key"], "o-1");
+    assert_eq!(back[0]["value"], r#"{"orderId":"o-1"}"#);
+    let r = streamctl(&addr, &["stream", "copy", "src", "orders", "--unwrap-dead-letters"], b"").await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not a dead letter"), "{}", r.stderr);
+
+    // group delete: gone from the list; a missing one says so once.
+    streamctl(&addr, &["group", "delete", "src", "g"], b"").await.ok();
+    let groups = streamctl(&addr, &["group", "list", "--json"], b"").await.ok().json();
+    assert_eq!(groups["groups"], serde_json::json!([]));
+    let r = streamctl(&addr, &["group", "delete", "src", "g"], b"").await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("\"g\"") && !r.stderr.contains("not found: "), "{}", r.stderr);
+}
+
+/// Now as RFC 3339, a second ahead so every record already stored is before it.
+fn jiff_now() -> String {
+    let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    t.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_follow_prints_new_records_until_interrupted() {
+    use std::io::BufRead;
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    streamctl(&addr, &["stream", "create", "f", "--shards", "2"], b"").await.ok();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_streamctl"))
+        .env("STREAMCTL_BROKER", &addr)
+        .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml")
+        .args(["tail", "f", "-f", "--format", "{key}={value}"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn streamctl tail -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.expect("line")).is_err() {
+                return;
+            }
+        }
+    });
+    // Records written after tail started show up, in two rounds.
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let input: String = (0..5).map(|i| format!("k{round}{i}:v{round}{i}\n")).collect();
+        streamctl(&addr, &["put", "f", "-K", ":"], input.as_bytes()).await.ok();
+        while seen.len() < 5 * (round + 1) {
+            let line = rx.recv_timeout(RUN_TIMEOUT).expect("tail -f prints the new records");
+            seen.push(line);
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..2).flat_map(|r| (0..5).map(move |i| format!("k{r}{i}=v{r}{i}"))).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(child.try_wait().expect("wait").is_none(), "tail -f keeps running");
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "tail -f did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "an interrupt is a normal end");
 }

@@ -18,7 +18,8 @@ async fn streamctl(addr: &str, args: &[&str]) -> (i32, String, String) {
     all.extend(args.iter().map(|a| a.to_string()));
     tokio::task::spawn_blocking(move || {
         let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"))
-            .env_remove("STREAM_BROKER_ADDR")
+            .env_remove("STREAMCTL_BROKER")
+            .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml")
             .args(&all)
             .timeout(Duration::from_secs(60))
             .output()

@@ -118,17 +118,28 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Defaults, overlaid by `file` (if any), then by `ORDER_SERVICE_*` pairs of `env`.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
-            }
-            None => toml::Table::new(),
-        };
+        Self::load_over(toml::Table::new(), file, env)
+    }
+
+    /// Defaults, overlaid by `base` (a stack file's `[services.order-service]`
+    /// table), then by `file` (if any), then by `ORDER_SERVICE_*` pairs of `env`.
+    pub fn load_over(
+        base: toml::Table,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = base;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            let overlay =
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut table, overlay);
+        }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-            if rest == "CONFIG" {
+            // The variables of the --config and --stack flags name files, not keys.
+            if rest == "CONFIG" || rest == "STACK" {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(camel_case).collect();
@@ -180,6 +191,18 @@ impl Config {
             return Err(ConfigError("maxBodyBytes: must be at least 1024".into()));
         }
         Ok(())
+    }
+}
+
+/// Overlays `top` on `base`, table by table.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -241,6 +264,21 @@ mod tests {
     fn the_shipped_file_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/order-service.toml");
         assert_eq!(Config::load(Some(&path), []).expect("shipped file loads"), Config::default());
+    }
+
+    #[test]
+    fn a_file_overlays_the_stack_table_key_by_key() {
+        let base: toml::Table = toml::from_str(
+            "orderStreamName = \"from-stack\"\ndeliveryQueueName = \"q\"\n[smtp]\nport = 25\nstarttls = false\n",
+        )
+        .expect("base");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("order-service.toml");
+        std::fs::write(&file, "orderStreamName = \"from-file\"\n[smtp]\nport = 2525\n").expect("write");
+        let c =
+            Config::load_over(base, Some(&file), env(&[("ORDER_SERVICE_STACK", "deploy/stack.toml")])).expect("load");
+        assert_eq!((c.order_stream_name.as_str(), c.delivery_queue_name.as_str()), ("from-file", "q"));
+        assert_eq!((c.smtp.port, c.smtp.starttls), (2525, false), "tables merge key by key");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! ([`consumers`]). By default the broker runs in the same process.
 //!
 //! [`start`] wires everything and returns a handle; [`run`] runs until the
-//! shutdown token fires. `main.rs` only parses flags and calls [`run`].
+//! shutdown token fires. `main.rs` only parses flags and calls [`run`] (or
+//! [`run_with_stack`] for `--stack`, see [`stack`]).
 
 pub mod api;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod failure;
 pub mod http_client;
 pub mod model;
 pub mod relay;
+pub mod stack;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -50,6 +52,9 @@ pub enum Error {
     /// The embedded broker failed.
     #[error("embedded broker: {0}")]
     Broker(String),
+    /// The stack file is invalid or does not declare what the service uses.
+    #[error(transparent)]
+    Stack(#[from] client::Error),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -108,10 +113,34 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     start(config, listener, shutdown).await?.wait().await
 }
 
+/// [`run`] with the streams and groups of a stack file ([`stack::load`]).
+pub async fn run_with_stack(
+    config: Config,
+    stack: client::stack::Stack,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    start_with_stack(config, Some(stack), listener, shutdown).await?.wait().await
+}
+
 /// Starts everything and returns at once; the API answers even while the
 /// broker is unreachable (events wait in the outbox).
 pub async fn start(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<Running, Error> {
+    start_with_stack(config, None, listener, shutdown).await
+}
+
+/// [`start`]; with a stack, the service creates the stack's streams and
+/// groups (checked against `config` first) instead of one-shard streams.
+pub async fn start_with_stack(
+    config: Config,
+    stack: Option<client::stack::Stack>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
     config.validate()?;
+    if let Some(stack) = &stack {
+        stack::check(stack, &config)?;
+    }
     let http_addr = listener.local_addr().map_err(io("order API address"))?;
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("create {}", config.data_dir.display())))?;
 
@@ -155,7 +184,10 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
     let mailer = email::Mailer::new(&config.smtp, config.data_dir.join("emails"))?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(ensure_streams(broker_addr.clone(), stream_names(&config), shutdown.clone()));
+    match stack {
+        Some(stack) => tasks.spawn(stack::ensure(broker_addr.clone(), Arc::new(stack), shutdown.clone())),
+        None => tasks.spawn(ensure_streams(broker_addr.clone(), stream_names(&config), shutdown.clone())),
+    };
     tasks.spawn(relay::run(store.clone(), broker_addr.clone(), metrics.clone(), shutdown.clone()));
     let self_ip = if http_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { http_addr.ip() };
     let ctx = Arc::new(consumers::Ctx {
@@ -211,44 +243,4 @@ async fn create_streams(addr: &str, names: &[String]) -> client::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `deploy/stack.toml` describes what the service creates and runs: its
-    /// values must be the code's.
-    #[test]
-    fn the_stack_file_matches_the_streams_and_groups_the_service_uses() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/stack.toml");
-        let text = std::fs::read_to_string(path).expect("deploy/stack.toml");
-        let stack: toml::Table = toml::from_str(&text).expect("valid TOML");
-        let tables = |key: &str| stack[key].as_array().expect("array of tables").clone();
-        let text_of =
-            |t: &toml::Value, key: &str| t[key].as_str().unwrap_or_else(|| panic!("{key} in {t}")).to_string();
-        let config = Config::default();
-
-        let mut streams: Vec<(String, i64)> =
-            tables("streams").iter().map(|t| (text_of(t, "name"), t["shards"].as_integer().expect("shards"))).collect();
-        let mut expected: Vec<(String, i64)> = stream_names(&config).into_iter().map(|n| (n, 1)).collect();
-        streams.sort();
-        expected.sort();
-        assert_eq!(streams, expected, "[[streams]] name and shards");
-
-        let groups: Vec<consumers::GroupSpec> = tables("groups")
-            .iter()
-            .map(|t| consumers::GroupSpec {
-                name: consumers::groups(&config)
-                    .iter()
-                    .map(|g| g.name)
-                    .find(|n| *n == text_of(t, "name"))
-                    .unwrap_or_else(|| panic!("the code has no group {}", text_of(t, "name"))),
-                stream: text_of(t, "stream"),
-                batch_size: u32::try_from(t["batchSize"].as_integer().expect("batchSize")).expect("u32"),
-                dead_letter: text_of(t, "deadLetter"),
-            })
-            .collect();
-        assert_eq!(groups, consumers::groups(&config), "[[groups]] name, stream, batchSize, deadLetter");
-    }
 }

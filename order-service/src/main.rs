@@ -14,6 +14,11 @@ struct Args {
     /// Configuration file (TOML; see deploy/order-service.toml).
     #[arg(long, env = "ORDER_SERVICE_CONFIG")]
     config: Option<PathBuf>,
+    /// Stack file (see deploy/stack.toml): settings from its
+    /// [services.order-service] table (under --config), and the streams and
+    /// groups to create.
+    #[arg(long, env = "ORDER_SERVICE_STACK")]
+    stack: Option<PathBuf>,
     /// Data directory (orders, emails, embedded broker).
     #[arg(long, env = "ORDER_SERVICE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -33,8 +38,15 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
-    let mut config = match order_service::Config::load(args.config.as_deref(), std::env::vars()) {
-        Ok(c) => c,
+    let loaded = match &args.stack {
+        Some(path) => order_service::stack::load(path, args.config.as_deref(), std::env::vars())
+            .map(|(config, stack)| (config, Some(stack))),
+        None => order_service::Config::load(args.config.as_deref(), std::env::vars())
+            .map(|config| (config, None))
+            .map_err(order_service::Error::from),
+    };
+    let (mut config, stack) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("order-service: {e}");
             return std::process::ExitCode::from(2);
@@ -65,7 +77,11 @@ async fn main() -> std::process::ExitCode {
             shutdown.cancel();
         }
     });
-    match order_service::run(config, listener, shutdown).await {
+    let ran = match stack {
+        Some(stack) => order_service::run_with_stack(config, stack, listener, shutdown).await,
+        None => order_service::run(config, listener, shutdown).await,
+    };
+    match ran {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("order-service: {e}");

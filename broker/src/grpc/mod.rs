@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::{CreateStream, Stream as BrokerStream};
+use crate::catalog::{CreateStream, QuotaUpdate, Stream as BrokerStream};
 use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
 use crate::service::{
@@ -31,12 +31,15 @@ use status::to_status;
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     service: Service,
+    /// When this edge was made: the broker's start, for DescribeBroker.
+    started_at_ms: u64,
 }
 
 impl GrpcService {
     /// The gRPC edge of `service`.
     pub fn new(service: Service) -> Self {
-        Self { service }
+        let started_at_ms = service.catalog().clock().now_ms();
+        Self { service, started_at_ms }
     }
 
     async fn unary<T>(&self, name: &'static str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
@@ -269,6 +272,25 @@ impl StreamBroker for GrpcService {
         .await
     }
 
+    async fn update_quotas(
+        &self,
+        req: Request<pb::UpdateQuotasRequest>,
+    ) -> Result<Response<pb::UpdateQuotasResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("UpdateQuotas", async {
+            let q = r.quotas.unwrap_or_default();
+            let update = QuotaUpdate {
+                write_records_per_sec: q.write_records_per_sec,
+                write_bytes_per_sec: q.write_bytes_per_sec,
+                read_calls_per_sec: q.read_calls_per_sec,
+                read_bytes_per_sec: q.read_bytes_per_sec,
+            };
+            let stream = self.service.update_quotas(&r.stream_name, update).await?;
+            Ok(pb::UpdateQuotasResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
+        })
+        .await
+    }
+
     async fn put_record(&self, req: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
         let r = req.into_inner();
         self.unary("PutRecord", async {
@@ -457,6 +479,28 @@ impl StreamBroker for GrpcService {
         self.unary("PurgeLostFound", async {
             let removed = self.service.purge_lost_found(&r.name).await?;
             Ok(pb::PurgeLostFoundResponse { removed: Some(lost_found_entry(removed)) })
+        })
+        .await
+    }
+
+    async fn describe_broker(
+        &self,
+        _req: Request<pb::DescribeBrokerRequest>,
+    ) -> Result<Response<pb::DescribeBrokerResponse>, Status> {
+        self.unary("DescribeBroker", async {
+            let catalog = self.service.catalog();
+            let config = catalog.config();
+            let disk = catalog.disk().last();
+            Ok(pb::DescribeBrokerResponse {
+                version: env!("CARGO_PKG_VERSION").into(),
+                durability: durability_of(config.durability.mode) as i32,
+                durability_interval_ms: config.durability.interval_ms,
+                stream_count: u32::try_from(catalog.all().len()).unwrap_or(u32::MAX),
+                problems: crate::http::problems(catalog),
+                disk_free_bytes: disk.free_bytes,
+                disk_watermark_bytes: disk.watermark_bytes,
+                started_at_ms: self.started_at_ms,
+            })
         })
         .await
     }

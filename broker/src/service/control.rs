@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{IteratorKind, POLL_WAIT_MS_MAX, Record, Service, StartingPosition};
-use crate::catalog::{CreateStream, LostFound, Stream, validate_stream_name};
+use crate::catalog::{CreateStream, LostFound, QuotaUpdate, Stream, validate_stream_name};
 use crate::error::{BrokerError, Result};
 use crate::group::{Assignment, CommitShard, PollShard, ResetTo};
 use crate::metadata::StartPosition;
@@ -112,6 +112,12 @@ impl Service {
     pub async fn update_retention(&self, stream_name: &str, retention_hours: u32) -> Result<Arc<Stream>> {
         validate_stream_name(stream_name)?;
         self.catalog.update_retention(stream_name, retention_hours).await
+    }
+
+    /// Changes a serving stream's per-shard quotas; unset fields keep their value.
+    pub async fn update_quotas(&self, stream_name: &str, update: QuotaUpdate) -> Result<Arc<Stream>> {
+        validate_stream_name(stream_name)?;
+        self.catalog.update_quotas(stream_name, update).await
     }
 
     /// A shard's repair plan, applied with `confirm`.

@@ -163,6 +163,12 @@ impl StreamBroker for Fake {
     ) -> Result<Response<pb::UpdateRetentionResponse>, Status> {
         unimplemented()
     }
+    async fn update_quotas(
+        &self,
+        _: Request<pb::UpdateQuotasRequest>,
+    ) -> Result<Response<pb::UpdateQuotasResponse>, Status> {
+        unimplemented()
+    }
     async fn put_record(&self, _: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
         unimplemented()
     }
@@ -216,6 +222,12 @@ impl StreamBroker for Fake {
         &self,
         _: Request<pb::PurgeLostFoundRequest>,
     ) -> Result<Response<pb::PurgeLostFoundResponse>, Status> {
+        unimplemented()
+    }
+    async fn describe_broker(
+        &self,
+        _: Request<pb::DescribeBrokerRequest>,
+    ) -> Result<Response<pb::DescribeBrokerResponse>, Status> {
         unimplemented()
     }
     async fn subscribe_shard(

@@ -1,19 +1,22 @@
-//! `streamctl group`: list, describe and reset consumer groups.
+//! `streamctl group`: list, describe, reset and delete consumer groups.
 
 use clap::Subcommand;
+use client::Admin;
 use client::types as pb;
+use serde_json::{Value, json};
 
-use crate::output::{arr, iterator_name, jstr, note_empty, obj, opt_num, print, table};
-use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::output::{iterator_name, note_empty, print, print_json, table};
+use crate::positions::{self, At, check_shard};
+use crate::time::format_rfc3339;
 use crate::{CliError, Global};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCmd {
-    /// List consumer groups.
+    /// List consumer groups with their members and lag.
     #[command(alias = "ls")]
     List {
         /// Only the groups of this stream.
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "STREAM")]
         stream: Option<String>,
     },
     /// Show a group's members, checkpoints and lag.
@@ -29,131 +32,213 @@ pub enum GroupCmd {
         stream: String,
         /// Group name.
         group: String,
-        /// trim-horizon, latest, ts:RFC3339 or seq:SHARD_ID:N.
-        #[arg(long, value_name = "POSITION", value_parser = parse_reset)]
-        to: ResetTo,
+        /// trim-horizon, latest, -N (the last N of each shard), @TIME (@2026-11-28T10:00:00Z, @-5m) or seq:[SHARD:]N.
+        #[arg(long, value_name = "POSITION", allow_hyphen_values = true, value_parser = positions::parse_at)]
+        to: At,
+        /// Move only this shard: its number (2) or id (shardId-000000000002).
+        #[arg(long, value_name = "SHARD", value_parser = positions::shard_id)]
+        shard: Option<String>,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResetTo {
-    TrimHorizon,
-    Latest,
-    Ts(u64),
-    Seq { shard: String, seq: u64 },
-}
-
-fn parse_reset(s: &str) -> Result<ResetTo, String> {
-    match s {
-        "trim-horizon" => Ok(ResetTo::TrimHorizon),
-        "latest" => Ok(ResetTo::Latest),
-        _ => {
-            if let Some(rest) = s.strip_prefix("seq:") {
-                let (shard, n) = rest.rsplit_once(':').ok_or("expected seq:SHARD_ID:N")?;
-                let seq = n.parse().map_err(|_| format!("seq:SHARD_ID:N needs a sequence number, got {n:?}"))?;
-                if shard.is_empty() {
-                    return Err("expected seq:SHARD_ID:N".into());
-                }
-                Ok(ResetTo::Seq { shard: shard.into(), seq })
-            } else if let Some(t) = s.strip_prefix("ts:") {
-                parse_rfc3339(t).map(ResetTo::Ts)
-            } else {
-                Err("expected trim-horizon, latest, ts:RFC3339 or seq:SHARD_ID:N".into())
-            }
-        }
-    }
+    /// Delete a group and its checkpoints (only while it has no live member).
+    #[command(alias = "rm")]
+    Delete {
+        /// Stream name.
+        stream: String,
+        /// Group name.
+        group: String,
+    },
 }
 
 pub async fn run(g: &Global, cmd: GroupCmd) -> Result<(), CliError> {
     let admin = g.admin().await?;
     match cmd {
         GroupCmd::List { stream } => {
-            let groups = admin.list_groups(stream.as_deref()).await?;
+            let mut groups = Vec::new();
+            for x in admin.list_groups(stream.as_deref()).await? {
+                match admin.describe_group(&x.stream_name, &x.group_name).await {
+                    Ok(d) => groups.push(d),
+                    // Deleted since it was listed.
+                    Err(client::Error::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             if g.json {
-                let items = groups
+                let items: Vec<Value> = groups
                     .iter()
-                    .map(|x| obj(&[("stream_name", jstr(&x.stream_name)), ("group_name", jstr(&x.group_name))]));
-                return print(&format!("{}\n", obj(&[("groups", arr(items))])));
+                    .map(|d| {
+                        json!({
+                            "stream_name": d.stream_name,
+                            "group_name": d.group_name,
+                            "members": d.members.len(),
+                            "lag_records": lag_records(d),
+                            "lag_ms": lag_ms(d),
+                        })
+                    })
+                    .collect();
+                return print_json(&json!({ "groups": items }));
             }
             if groups.is_empty() {
                 note_empty("groups");
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = groups.into_iter().map(|x| vec![x.stream_name, x.group_name]).collect();
-            print(&table(&["STREAM", "GROUP"], &rows))
+            let rows: Vec<Vec<String>> = groups
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.stream_name.clone(),
+                        d.group_name.clone(),
+                        d.members.len().to_string(),
+                        lag_records(d).to_string(),
+                        lag_ms(d).to_string(),
+                    ]
+                })
+                .collect();
+            print(&table(&["STREAM", "GROUP", "MEMBERS", "LAG RECORDS", "LAG MS"], &rows))
         }
         GroupCmd::Describe { stream, group } => {
             let d = admin.describe_group(&stream, &group).await?;
             print_group(g, &d)
         }
-        GroupCmd::Reset { stream, group, to } => {
-            let mut req = pb::ResetGroupRequest { stream_name: stream, group_name: group, ..Default::default() };
-            match to {
-                ResetTo::TrimHorizon => req.position = pb::IteratorType::TrimHorizon as i32,
-                ResetTo::Latest => req.position = pb::IteratorType::Latest as i32,
-                ResetTo::Ts(ms) => {
-                    req.position = pb::IteratorType::AtTimestamp as i32;
-                    req.timestamp_ms = Some(ms);
-                }
-                ResetTo::Seq { shard, seq } => {
-                    req.position = pb::IteratorType::AtSequenceNumber as i32;
-                    req.sequence_number = Some(seq);
-                    req.shard_id = shard;
-                }
+        GroupCmd::Reset { stream, group, to, shard } => {
+            let mut last = None;
+            for req in reset_requests(&admin, &stream, &group, to, shard).await? {
+                last = Some(admin.reset_group(req).await?);
             }
-            let d = admin.reset_group(req).await?;
-            print_group(g, &d)
+            match last {
+                Some(d) => print_group(g, &d),
+                None => Err(CliError::failed(format!("stream {stream} has no shards to reset"))),
+            }
+        }
+        GroupCmd::Delete { stream, group } => {
+            admin.delete_group(&stream, &group).await?;
+            if g.json {
+                print_json(&json!({ "deleted": { "stream_name": stream, "group_name": group } }))
+            } else {
+                print(&format!("deleted group {group} of stream {stream}\n"))
+            }
         }
     }
 }
 
+/// The ResetGroup calls that move `group` to `to`: one for a position the
+/// broker resolves per shard itself, one per shard for `-N` and `--shard`.
+async fn reset_requests(
+    admin: &Admin,
+    stream: &str,
+    group: &str,
+    to: At,
+    shard: Option<String>,
+) -> Result<Vec<pb::ResetGroupRequest>, CliError> {
+    let base = pb::ResetGroupRequest { stream_name: stream.into(), group_name: group.into(), ..Default::default() };
+    let at_seq = |shard_id: &str, seq: u64| pb::ResetGroupRequest {
+        position: pb::IteratorType::AtSequenceNumber as i32,
+        sequence_number: Some(seq),
+        shard_id: shard_id.into(),
+        ..base.clone()
+    };
+    let one = match (&to, &shard) {
+        (At::Seq { shard: Some(a), .. }, Some(b)) if a != b => {
+            return Err(CliError::usage(format!("--shard {b} and --to seq:{a}:N name different shards")));
+        }
+        (At::Seq { shard: Some(a), seq }, _) | (At::Seq { shard: None, seq }, Some(a)) => {
+            return Ok(vec![at_seq(a, *seq)]);
+        }
+        (At::Seq { shard: None, .. }, None) => {
+            return Err(CliError::usage("--to seq:N moves one shard: name it, seq:SHARD:N, or add --shard"));
+        }
+        (At::Time(_), Some(_)) => {
+            return Err(CliError::usage("--to @TIME moves every shard; leave out --shard"));
+        }
+        (At::TrimHorizon, None) => {
+            Some(pb::ResetGroupRequest { position: pb::IteratorType::TrimHorizon as i32, ..base.clone() })
+        }
+        (At::Latest, None) => Some(pb::ResetGroupRequest { position: pb::IteratorType::Latest as i32, ..base.clone() }),
+        (At::Time(ms), None) => Some(pb::ResetGroupRequest {
+            position: pb::IteratorType::AtTimestamp as i32,
+            timestamp_ms: Some(*ms),
+            ..base.clone()
+        }),
+        _ => None,
+    };
+    if let Some(req) = one {
+        return Ok(vec![req]);
+    }
+    // Per shard: -N, or trim-horizon/latest of one shard.
+    let d = admin.describe_stream(stream).await?;
+    if let Some(s) = &shard {
+        check_shard(&d, s)?;
+    }
+    Ok(d.shards
+        .iter()
+        .filter(|s| shard.as_ref().is_none_or(|only| *only == s.shard_id))
+        .map(|s| {
+            let seq = match to {
+                At::Last(n) => s.next_sequence_number.saturating_sub(n).max(s.first_sequence_number),
+                At::Latest => s.next_sequence_number,
+                _ => s.first_sequence_number,
+            };
+            at_seq(&s.shard_id, seq)
+        })
+        .collect())
+}
+
+fn lag_records(d: &pb::GroupDescription) -> u64 {
+    d.shards.iter().map(|s| s.lag_records).sum()
+}
+
+fn lag_ms(d: &pb::GroupDescription) -> u64 {
+    d.shards.iter().map(|s| s.lag_ms).max().unwrap_or(0)
+}
+
 fn print_group(g: &Global, d: &pb::GroupDescription) -> Result<(), CliError> {
-    if g.json { print(&format!("{}\n", group_json(d))) } else { print(&group_text(d)) }
+    if g.json { print_json(&group_json(d)) } else { print(&group_text(d)) }
 }
 
 fn start_text(start: Option<&pb::GroupStart>) -> (String, Option<u64>) {
     start.map_or(("-".into(), None), |s| (iterator_name(s.position), s.timestamp_ms))
 }
 
-fn group_json(d: &pb::GroupDescription) -> String {
+pub fn group_json(d: &pb::GroupDescription) -> Value {
     let (position, ts) = start_text(d.start.as_ref());
-    let members = d.members.iter().map(|m| {
-        obj(&[
-            ("member_id", jstr(&m.member_id)),
-            ("client_id", jstr(&m.client_id)),
-            (
-                "leases",
-                arr(m.leases.iter().map(|l| {
-                    obj(&[
-                        ("shard_id", jstr(&l.shard_id)),
-                        ("lease_epoch", l.lease_epoch.to_string()),
-                        ("revoking", l.revoking.to_string()),
-                    ])
-                })),
-            ),
-            ("last_heartbeat_age_ms", m.last_heartbeat_age_ms.to_string()),
-        ])
-    });
-    let shards = d.shards.iter().map(|s| {
-        obj(&[
-            ("shard_id", jstr(&s.shard_id)),
-            ("owner_member_id", if s.owner_member_id.is_empty() { "null".into() } else { jstr(&s.owner_member_id) }),
-            ("lease_epoch", s.lease_epoch.to_string()),
-            ("revoking", s.revoking.to_string()),
-            ("checkpoint", if s.has_checkpoint { s.checkpoint.to_string() } else { "null".into() }),
-            ("lag_records", s.lag_records.to_string()),
-            ("lag_ms", s.lag_ms.to_string()),
-        ])
-    });
-    obj(&[
-        ("stream_name", jstr(&d.stream_name)),
-        ("group_name", jstr(&d.group_name)),
-        ("start", obj(&[("position", jstr(&position)), ("timestamp_ms", opt_num(ts))])),
-        ("generation", d.generation.to_string()),
-        ("session_timeout_ms", d.session_timeout_ms.to_string()),
-        ("members", arr(members)),
-        ("shards", arr(shards)),
-    ])
+    let members: Vec<Value> = d
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id,
+                "client_id": m.client_id,
+                "leases": m.leases.iter().map(|l| json!({
+                    "shard_id": l.shard_id, "lease_epoch": l.lease_epoch, "revoking": l.revoking,
+                })).collect::<Vec<_>>(),
+                "last_heartbeat_age_ms": m.last_heartbeat_age_ms,
+            })
+        })
+        .collect();
+    let shards: Vec<Value> = d
+        .shards
+        .iter()
+        .map(|s| {
+            json!({
+                "shard_id": s.shard_id,
+                "owner_member_id": (!s.owner_member_id.is_empty()).then_some(&s.owner_member_id),
+                "lease_epoch": s.lease_epoch,
+                "revoking": s.revoking,
+                "checkpoint": s.has_checkpoint.then_some(s.checkpoint),
+                "lag_records": s.lag_records,
+                "lag_ms": s.lag_ms,
+            })
+        })
+        .collect();
+    json!({
+        "stream_name": d.stream_name,
+        "group_name": d.group_name,
+        "start": { "position": position, "timestamp_ms": ts },
+        "generation": d.generation,
+        "session_timeout_ms": d.session_timeout_ms,
+        "lag_records": lag_records(d),
+        "members": members,
+        "shards": shards,
+    })
 }
 
 fn group_text(d: &pb::GroupDescription) -> String {
@@ -222,18 +307,4 @@ fn group_text(d: &pb::GroupDescription) -> String {
         out.push_str(&table(&["SHARD", "OWNER", "CHECKPOINT", "LAG RECORDS", "LAG MS"], &rows));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reset_positions_parse() {
-        assert_eq!(
-            parse_reset("seq:shardId-000000000001:42"),
-            Ok(ResetTo::Seq { shard: "shardId-000000000001".into(), seq: 42 })
-        );
-        assert!(parse_reset("seq:42").is_err());
-    }
 }

@@ -4,7 +4,9 @@
 use clap::Subcommand;
 use client::types as pb;
 
-use crate::output::{arr, jstr, note_empty, obj, print, table};
+use serde_json::json;
+
+use crate::output::{note_empty, print, print_json, table};
 use crate::time::format_rfc3339;
 use crate::{CliError, Global};
 
@@ -26,19 +28,19 @@ pub enum LostFoundCmd {
 pub async fn run(g: &Global, cmd: LostFoundCmd) -> Result<(), CliError> {
     let admin = g.admin().await?;
     let entry_json = |e: &pb::LostFoundEntry| {
-        obj(&[
-            ("name", jstr(&e.name)),
-            ("stream_id", e.stream_id.to_string()),
-            ("moved_at_ms", e.moved_at_ms.to_string()),
-            ("bytes", e.bytes.to_string()),
-            ("shard_ids", arr(e.shard_ids.iter().map(|s| jstr(s)))),
-        ])
+        json!({
+            "name": e.name,
+            "stream_id": e.stream_id,
+            "moved_at_ms": e.moved_at_ms,
+            "bytes": e.bytes,
+            "shard_ids": e.shard_ids,
+        })
     };
     match cmd {
         LostFoundCmd::List => {
             let entries = admin.list_lost_found().await?;
             if g.json {
-                return print(&format!("{}\n", obj(&[("entries", arr(entries.iter().map(entry_json)))])));
+                return print_json(&json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() }));
             }
             if entries.is_empty() {
                 note_empty("lost+found directories");
@@ -74,7 +76,7 @@ pub async fn run(g: &Global, cmd: LostFoundCmd) -> Result<(), CliError> {
             }
             let e = admin.purge_lost_found(&name).await?;
             if g.json {
-                print(&format!("{}\n", obj(&[("purged", entry_json(&e))])))
+                print_json(&json!({ "purged": entry_json(&e) }))
             } else {
                 print(&format!("deleted {} ({} bytes)\n", e.name, e.bytes))
             }

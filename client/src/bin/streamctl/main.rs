@@ -1,54 +1,78 @@
 //! `streamctl`: the stream-broker command line.
 //!
 //! ```text
+//! streamctl status
 //! streamctl stream create orders --shards 4
 //! printf 'k1:hello\nk2:world\n' | streamctl put orders -K :
-//! streamctl tail orders --format '{key}={value}@{seq}'
+//! streamctl tail orders --from -10 --format '{key}={value}@{seq}'
+//! streamctl tail orders --shard 2 --from @-5m -f
 //! streamctl group describe orders billing
-//! streamctl shard repair orders shardId-000000000001 --truncate-after-damage
-//! streamctl lost-found list
+//! streamctl stream copy orders-dlq orders --unwrap-dead-letters
+//! streamctl shard repair orders 1 --truncate-after-damage
+//! streamctl stack diff deploy/stack.toml
 //! ```
 //!
-//! Every command talks to `--broker` (env `STREAM_BROKER_ADDR`). Human output
-//! is aligned tables; `--json` prints JSON instead. Failures print one line
-//! on stderr, prefixed `streamctl: `, and exit with 2 for usage and invalid
-//! arguments (the broker's message names the field), 1 otherwise.
-
+//! Which broker: `--broker`, else `STREAMCTL_BROKER`, else the profile's
+//! (`--profile`, `STREAMCTL_PROFILE`, or the config file's default; see
+//! [`profile`]), else 127.0.0.1:7470. Calls fail after `--timeout` (10 s by
+//! default) except the waits that are the point: `tail -f` and group
+//! consumption, which keepalive watches instead.
+//!
+//! Human output is aligned tables; `--json` prints JSON with at least what
+//! the table shows. Failures print one line on stderr, prefixed
+//! `streamctl: `, and exit with 2 for usage and invalid arguments (and
+//! stack files), 1 otherwise; `stack diff` exits with 3 when the broker
+//! differs from the file.
 //!
 //! One module per command group: [`stream`], [`group`], [`shard`],
-//! [`lost_found`], [`put`], [`tail`]; [`output`] holds the table and JSON
-//! helpers, [`time`] the time parsing and printing they share.
+//! [`lost_found`], [`put`], [`tail`], [`status`], [`stack`]; [`positions`] parses
+//! `--from`/`--to` and shard ids for all of them, [`output`] holds the table
+//! and JSON helpers, [`time`] the time parsing and printing.
 
+mod copy;
 mod group;
 mod lost_found;
 mod output;
+mod positions;
+mod profile;
 mod put;
 mod shard;
+mod stack;
+mod status;
 mod stream;
 mod tail;
 mod time;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use client::{Admin, Connection};
+use client::{Admin, ConnectOptions, Connection};
 
 use group::GroupCmd;
 use lost_found::LostFoundCmd;
 use put::PutArgs;
 use shard::ShardCmd;
+use stack::StackCmd;
 use stream::StreamCmd;
 use tail::TailArgs;
 
-/// Command-line client for stream-broker.
+/// Command-line client for stream-broker: streams, records, consumer groups
+/// and repairs, from a terminal or a script.
 #[derive(Debug, Parser)]
 #[command(name = "streamctl", version, about, propagate_version = true)]
 struct Cli {
-    /// Broker address: host:port or http://host:port.
-    #[arg(long, global = true, env = "STREAM_BROKER_ADDR", default_value = client::DEFAULT_ADDR, value_name = "ADDR")]
-    broker: String,
-    /// Machine-readable JSON output.
+    /// Broker address, host:port or http://host:port [default: the profile's, else 127.0.0.1:7470].
+    #[arg(long, global = true, env = "STREAMCTL_BROKER", value_name = "ADDR")]
+    broker: Option<String>,
+    /// Use this profile of ~/.config/streamctl/config.toml (or $STREAMCTL_CONFIG).
+    #[arg(long, global = true, env = "STREAMCTL_PROFILE", value_name = "NAME")]
+    profile: Option<String>,
+    /// Deadline of each call, like 10s, 500ms or 1m [default: the profile's, else 10s].
+    #[arg(long, global = true, env = "STREAMCTL_TIMEOUT", value_name = "DURATION", value_parser = time::parse_duration)]
+    timeout: Option<Duration>,
+    /// Print JSON instead of tables (not with --format).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -57,10 +81,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create, list, describe and delete streams.
+    /// The broker at a glance: health, version, durability, streams, groups and their lag.
+    Status,
+    /// Create, list, describe, delete and copy streams.
     #[command(subcommand)]
     Stream(StreamCmd),
-    /// Inspect and reset consumer groups.
+    /// Inspect, reset and delete consumer groups.
     #[command(subcommand)]
     Group(GroupCmd),
     /// Repair failed or damaged shards.
@@ -69,7 +95,10 @@ enum Command {
     /// Stream directories the broker kept instead of deleting them.
     #[command(subcommand, name = "lost-found")]
     LostFound(LostFoundCmd),
-    /// Write records read from stdin, one per line.
+    /// Deploy, diff or remove a stack file's streams and groups.
+    #[command(subcommand)]
+    Stack(StackCmd),
+    /// Write records read from stdin (one per line) or a file.
     Put(PutArgs),
     /// Print a stream's records.
     Tail(TailArgs),
@@ -83,7 +112,8 @@ enum Command {
 /// A failed command: what to print and the exit status.
 #[derive(Debug)]
 pub struct CliError {
-    /// 2 for usage and invalid arguments, 1 otherwise.
+    /// 2 for usage and invalid arguments (and stack files), 3 for `stack
+    /// diff` finding differences, 1 otherwise.
     pub code: u8,
     pub message: String,
 }
@@ -100,9 +130,43 @@ impl CliError {
 
 impl From<client::Error> for CliError {
     fn from(e: client::Error) -> Self {
-        let code = if matches!(e, client::Error::InvalidArgument(_)) { 2 } else { 1 };
-        Self { code, message: e.to_string() }
+        use client::Error as E;
+        let code = if matches!(e, E::InvalidArgument(_) | E::InvalidStack { .. }) { 2 } else { 1 };
+        // The broker's messages say what happened ("stream \"x\" not found"),
+        // so the kind is not put in front of them again.
+        let message = match e {
+            E::InvalidArgument(m)
+            | E::NotFound(m)
+            | E::AlreadyExists(m)
+            | E::NotBroker(m)
+            | E::SequenceTrimmed(m)
+            | E::GroupBusy(m)
+            | E::Unavailable(m) => m,
+            E::Fenced(m) if m.starts_with("fenced") => m,
+            other => other.to_string(),
+        };
+        Self { code, message: flag_names(&message) }
     }
+}
+
+/// Request fields as the flags that set them, so a message points at what
+/// to change on the command line.
+fn flag_names(message: &str) -> String {
+    const FIELDS: [(&str, &str); 8] = [
+        ("shard_count", "--shards"),
+        ("retention_hours", "--retention-hours"),
+        ("max_record_bytes", "--max-record-bytes"),
+        ("explicit_hash_key", "--explicit-hash-key"),
+        ("starting_sequence_number", "the seq: position"),
+        ("timestamp_ms", "the @TIME position"),
+        ("stream_name", "stream name"),
+        ("partition_key", "partition key"),
+    ];
+    let mut out = message.to_string();
+    for (field, flag) in FIELDS {
+        out = out.replace(field, flag);
+    }
+    out
 }
 
 impl From<std::io::Error> for CliError {
@@ -160,37 +224,55 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let g = Global { broker: cli.broker, json: cli.json };
+    if let Command::Completions { shell } = cli.command {
+        let mut out = std::io::stdout().lock();
+        clap_complete::generate(shell, &mut Cli::command(), "streamctl", &mut out);
+        out.flush()?;
+        return Ok(());
+    }
+    let profile = profile::load(cli.profile.as_deref())?;
+    let g = Global {
+        broker: cli.broker.or(profile.broker).unwrap_or_else(|| client::DEFAULT_ADDR.to_string()),
+        timeout: cli.timeout.or(profile.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        json: cli.json,
+    };
     match cli.command {
+        Command::Status => status::run(&g).await,
         Command::Stream(cmd) => stream::run(&g, cmd).await,
         Command::Group(cmd) => group::run(&g, cmd).await,
         Command::Shard(cmd) => shard::run(&g, cmd).await,
         Command::LostFound(cmd) => lost_found::run(&g, cmd).await,
+        Command::Stack(cmd) => stack::run(&g, cmd).await,
         Command::Put(args) => put::run(&g, args).await,
         Command::Tail(args) => tail::run(&g, args).await,
-        Command::Completions { shell } => {
-            let mut out = std::io::stdout().lock();
-            clap_complete::generate(shell, &mut Cli::command(), "streamctl", &mut out);
-            out.flush()?;
-            Ok(())
-        }
+        Command::Completions { .. } => Ok(()),
     }
 }
+
+/// `--timeout` when neither the flag nor the profile sets it: well above a
+/// healthy broker's answer, well below "is it hanging?".
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options every command shares.
 #[derive(Debug)]
 pub struct Global {
     pub broker: String,
+    pub timeout: Duration,
     pub json: bool,
 }
 
 impl Global {
+    /// A connection with `--timeout` as the request deadline (and as the
+    /// connect deadline, when shorter than the default).
     pub async fn channel(&self) -> Result<Connection, CliError> {
+        let defaults = ConnectOptions::default();
+        let options = ConnectOptions {
+            connect_timeout: defaults.connect_timeout.min(self.timeout),
+            request_timeout: self.timeout,
+            ..defaults
+        };
         // The error names the address and the cause ("connection refused by 127.0.0.1:7470").
-        client::connect(&self.broker).await.map_err(|e| match e {
-            client::Error::Unavailable(m) => CliError::failed(format!("cannot reach the broker: {m}")),
-            e => CliError::from(e),
-        })
+        Ok(Connection::open(&self.broker, &options).await?)
     }
 
     pub async fn admin(&self) -> Result<Admin, CliError> {

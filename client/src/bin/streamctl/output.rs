@@ -2,9 +2,13 @@
 //! names without their proto prefixes, and the escapes of `--format` and
 //! `--key-sep`.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use client::types as pb;
+use serde::Serialize;
 
 use crate::CliError;
 
@@ -23,6 +27,7 @@ pub fn note_empty(what: &str) {
     }
 }
 
+/// `\n`, `\t` and `\\` escapes; anything else is kept as written.
 pub fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -74,20 +79,37 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A JSON string literal.
-pub fn jstr(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
+/// Prints one JSON document and a newline.
+pub fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    print(&format!("{value}\n"))
 }
 
-/// A JSON object whose fields keep this order; values are JSON text.
-pub fn obj(fields: &[(&str, String)]) -> String {
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", jstr(k))).collect();
-    format!("{{{}}}", body.join(","))
+/// A record's value for JSON: UTF-8 text as it is, anything else as base64
+/// with `value_encoding: "base64"`.
+pub fn value_json(data: &[u8]) -> (Cow<'_, str>, Option<&'static str>) {
+    match std::str::from_utf8(data) {
+        Ok(s) => (Cow::Borrowed(s), None),
+        Err(_) => (Cow::Owned(BASE64.encode(data)), Some("base64")),
+    }
 }
 
-/// A JSON array of JSON texts.
-pub fn arr(items: impl IntoIterator<Item = String>) -> String {
-    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(","))
+/// A record as `tail` prints it in JSON, fields in this order.
+#[derive(Debug, Serialize)]
+pub struct RecordJson<'a> {
+    shard: &'a str,
+    sequence_number: u64,
+    timestamp_ms: u64,
+    key: &'a str,
+    value: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_encoding: Option<&'static str>,
+}
+
+impl<'a> RecordJson<'a> {
+    pub fn new(shard: &'a str, sequence_number: u64, timestamp_ms: u64, key: &'a str, data: &'a [u8]) -> Self {
+        let (value, value_encoding) = value_json(data);
+        Self { shard, sequence_number, timestamp_ms, key, value, value_encoding }
+    }
 }
 
 pub fn status_name(status: i32) -> String {
@@ -103,10 +125,6 @@ pub fn durability_name(mode: i32) -> String {
 pub fn iterator_name(kind: i32) -> String {
     pb::IteratorType::try_from(kind)
         .map_or_else(|_| kind.to_string(), |k| k.as_str_name().trim_start_matches("ITERATOR_TYPE_").to_string())
-}
-
-pub fn opt_num(n: Option<u64>) -> String {
-    n.map_or_else(|| "null".into(), |n| n.to_string())
 }
 
 pub fn shard_status_name(status: i32) -> String {

@@ -4,7 +4,10 @@
 use clap::Subcommand;
 use client::types as pb;
 
-use crate::output::{arr, jstr, obj, print, repair_action_name, shard_status_name, table};
+use serde_json::{Value, json};
+
+use crate::output::{print, print_json, repair_action_name, shard_status_name, table};
+use crate::positions;
 use crate::{CliError, Global};
 
 #[derive(Debug, Subcommand)]
@@ -16,7 +19,8 @@ pub enum ShardCmd {
     Repair {
         /// Stream name.
         stream: String,
-        /// Shard id (shardId-NNNNNNNNNNNN).
+        /// Shard: its number (2) or id (shardId-000000000002).
+        #[arg(value_parser = positions::shard_id)]
         shard: String,
         /// Required: accept that records after the first damage are cut.
         #[arg(long, required = true)]
@@ -34,7 +38,7 @@ pub async fn run(g: &Global, cmd: ShardCmd) -> Result<(), CliError> {
             let r = admin.repair_shard(&stream, &shard, yes).await?;
             let plan = r.plan.clone().unwrap_or_default();
             if g.json {
-                print(&format!("{}\n", repair_json(&stream, &r)))?;
+                print_json(&repair_json(&stream, &r))?;
             } else {
                 print(&repair_text(&stream, &shard, &r))?;
             }
@@ -46,24 +50,24 @@ pub async fn run(g: &Global, cmd: ShardCmd) -> Result<(), CliError> {
     }
 }
 
-fn repair_json(stream: &str, r: &pb::RepairShardResponse) -> String {
+fn repair_json(stream: &str, r: &pb::RepairShardResponse) -> Value {
     let p = r.plan.clone().unwrap_or_default();
     let shard = r.shard.clone().unwrap_or_default();
-    obj(&[
-        ("stream_name", jstr(stream)),
-        ("shard_id", jstr(&shard.shard_id)),
-        ("applied", r.applied.to_string()),
-        ("action", jstr(&repair_action_name(p.action))),
-        ("reason", jstr(&p.reason)),
-        ("segment", jstr(&p.segment)),
-        ("cut_position", p.cut_position.to_string()),
-        ("first_lost_sequence_number", p.first_lost_sequence_number.to_string()),
-        ("records_lost", p.records_lost.to_string()),
-        ("bytes_removed", p.bytes_removed.to_string()),
-        ("segments_removed", arr(p.segments_removed.iter().map(|s| jstr(s)))),
-        ("shard_status", jstr(&shard_status_name(shard.shard_status))),
-        ("failure", jstr(&shard.failure)),
-    ])
+    json!({
+        "stream_name": stream,
+        "shard_id": shard.shard_id,
+        "applied": r.applied,
+        "action": repair_action_name(p.action),
+        "reason": p.reason,
+        "segment": p.segment,
+        "cut_position": p.cut_position,
+        "first_lost_sequence_number": p.first_lost_sequence_number,
+        "records_lost": p.records_lost,
+        "bytes_removed": p.bytes_removed,
+        "segments_removed": p.segments_removed,
+        "shard_status": shard_status_name(shard.shard_status),
+        "failure": shard.failure,
+    })
 }
 
 fn repair_text(stream: &str, shard: &str, r: &pb::RepairShardResponse) -> String {

@@ -1,12 +1,12 @@
-//! `streamctl stream`: create, list, describe, delete streams and change
-//! their retention.
+//! `streamctl stream`: create, list, describe, delete and copy streams
+//! and change their retention.
 
 use clap::Subcommand;
 use client::types as pb;
+use serde_json::{Value, json};
 
-use crate::output::{
-    arr, durability_name, jstr, note_empty, obj, opt_num, print, shard_status_name, status_name, table,
-};
+use crate::copy::CopyArgs;
+use crate::output::{durability_name, note_empty, print, print_json, shard_status_name, status_name, table};
 use crate::time::format_rfc3339;
 use crate::{CliError, Global};
 
@@ -19,14 +19,14 @@ pub enum StreamCmd {
         /// Number of shards.
         #[arg(long, value_name = "N")]
         shards: u32,
-        /// How long records are kept (24..=168; the broker's default when unset).
+        /// How long records are kept, in hours (24..=168; the broker's default when unset).
         #[arg(long, value_name = "H")]
         retention_hours: Option<u32>,
-        /// Largest record, partition key plus data (the broker's default when unset).
+        /// Largest record, partition key plus data, in bytes (the broker's default when unset).
         #[arg(long, value_name = "B")]
         max_record_bytes: Option<u32>,
     },
-    /// List streams.
+    /// List streams with their status, shards, records, bytes and retention.
     #[command(alias = "ls")]
     List,
     /// Show a stream's settings and shards.
@@ -47,9 +47,16 @@ pub enum StreamCmd {
         /// New retention in hours (24..=168).
         hours: u32,
     },
+    /// Copy records, or a sequence or time range of them, into another
+    /// stream (keys kept); replays dead letters with --unwrap-dead-letters.
+    #[command(alias = "replay")]
+    Copy(CopyArgs),
 }
 
 pub async fn run(g: &Global, cmd: StreamCmd) -> Result<(), CliError> {
+    if let StreamCmd::Copy(args) = cmd {
+        return crate::copy::run(g, args).await;
+    }
     let admin = g.admin().await?;
     match cmd {
         StreamCmd::Create { name, shards, retention_hours, max_record_bytes } => {
@@ -62,7 +69,7 @@ pub async fn run(g: &Global, cmd: StreamCmd) -> Result<(), CliError> {
             };
             let d = admin.create_stream(req).await?;
             if g.json {
-                print(&format!("{}\n", stream_json(&d)))
+                print_json(&stream_json(&d))
             } else {
                 print(&format!(
                     "created stream {} with {} shard{}, retention {} h\n",
@@ -74,107 +81,119 @@ pub async fn run(g: &Global, cmd: StreamCmd) -> Result<(), CliError> {
             }
         }
         StreamCmd::List => {
-            let names = admin.list_streams().await?;
-            if g.json {
-                return print(&format!("{}\n", obj(&[("streams", arr(names.iter().map(|n| jstr(n))))])));
-            }
-            let mut rows = Vec::new();
-            for name in names {
+            let mut streams = Vec::new();
+            for name in admin.list_streams().await? {
                 match admin.describe_stream(&name).await {
-                    Ok(d) => {
-                        let records: u64 = d.shards.iter().map(|s| s.records_stored).sum();
-                        let bytes: u64 = d.shards.iter().map(|s| s.bytes_stored).sum();
-                        rows.push(vec![
-                            name,
-                            status_name(d.status),
-                            d.shards.len().to_string(),
-                            records.to_string(),
-                            bytes.to_string(),
-                            format!("{} h", d.retention_hours),
-                        ]);
-                    }
+                    Ok(d) => streams.push(d),
                     // Deleted since it was listed.
                     Err(client::Error::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            if rows.is_empty() {
+            let totals = |d: &pb::StreamDescription| -> (u64, u64) {
+                d.shards.iter().fold((0, 0), |(r, b), s| (r + s.records_stored, b + s.bytes_stored))
+            };
+            if g.json {
+                let items: Vec<Value> = streams
+                    .iter()
+                    .map(|d| {
+                        let (records, bytes) = totals(d);
+                        json!({
+                            "name": d.stream_name,
+                            "status": status_name(d.status),
+                            "shards": d.shards.len(),
+                            "records": records,
+                            "bytes": bytes,
+                            "retention_hours": d.retention_hours,
+                            "failed_shards": d.shards.iter().filter(|s| !s.failure_kind.is_empty()).count(),
+                        })
+                    })
+                    .collect();
+                return print_json(&json!({ "streams": items }));
+            }
+            if streams.is_empty() {
                 note_empty("streams");
                 return Ok(());
             }
+            let rows: Vec<Vec<String>> = streams
+                .iter()
+                .map(|d| {
+                    let (records, bytes) = totals(d);
+                    vec![
+                        d.stream_name.clone(),
+                        status_name(d.status),
+                        d.shards.len().to_string(),
+                        records.to_string(),
+                        bytes.to_string(),
+                        format!("{} h", d.retention_hours),
+                    ]
+                })
+                .collect();
             print(&table(&["NAME", "STATUS", "SHARDS", "RECORDS", "BYTES", "RETENTION"], &rows))
         }
         StreamCmd::Describe { name } => {
             let d = admin.describe_stream(&name).await?;
-            if g.json { print(&format!("{}\n", stream_json(&d))) } else { print(&stream_text(&d)) }
+            if g.json { print_json(&stream_json(&d)) } else { print(&stream_text(&d)) }
         }
         StreamCmd::Delete { name } => {
             admin.delete_stream(&name).await?;
-            if g.json {
-                print(&format!("{}\n", obj(&[("deleted", jstr(&name))])))
-            } else {
-                print(&format!("deleted stream {name}\n"))
-            }
+            if g.json { print_json(&json!({ "deleted": name })) } else { print(&format!("deleted stream {name}\n")) }
         }
         StreamCmd::Retention { name, hours } => {
             let d = admin.update_retention(&name, hours).await?;
             if g.json {
-                print(&format!("{}\n", stream_json(&d)))
+                print_json(&stream_json(&d))
             } else {
                 print(&format!("stream {} now keeps records for {} h\n", d.stream_name, d.retention_hours))
             }
         }
+        StreamCmd::Copy(_) => Ok(()),
     }
 }
 
-fn stream_json(d: &pb::StreamDescription) -> String {
+/// A stream description as JSON: every field the broker gives.
+pub fn stream_json(d: &pb::StreamDescription) -> Value {
     let q = d.quotas.unwrap_or_default();
-    let shards = d.shards.iter().map(|s| {
-        obj(&[
-            ("shard_id", jstr(&s.shard_id)),
-            ("starting_hash_key", jstr(&s.starting_hash_key)),
-            ("ending_hash_key", jstr(&s.ending_hash_key)),
-            ("first_sequence_number", s.first_sequence_number.to_string()),
-            ("next_sequence_number", s.next_sequence_number.to_string()),
-            ("records_stored", s.records_stored.to_string()),
-            ("bytes_stored", s.bytes_stored.to_string()),
-            ("writable", s.writable.to_string()),
-            ("write_error", jstr(&s.write_error)),
-            ("shard_status", jstr(&shard_status_name(s.shard_status))),
-            ("failure_kind", jstr(&s.failure_kind)),
-            ("failure", jstr(&s.failure)),
-            (
-                "damage",
-                arr(s.damage.iter().map(|d| {
-                    obj(&[
-                        ("segment", jstr(&d.segment)),
-                        ("position", d.position.to_string()),
-                        ("reason", jstr(&d.reason)),
-                    ])
-                })),
-            ),
-        ])
-    });
-    obj(&[
-        ("stream_name", jstr(&d.stream_name)),
-        ("stream_id", d.stream_id.to_string()),
-        ("status", jstr(&status_name(d.status))),
-        ("retention_hours", d.retention_hours.to_string()),
-        ("max_record_bytes", d.max_record_bytes.to_string()),
-        ("durability", jstr(&durability_name(d.durability))),
-        ("durability_interval_ms", d.durability_interval_ms.to_string()),
-        ("created_at_ms", d.created_at_ms.to_string()),
-        (
-            "quotas",
-            obj(&[
-                ("write_records_per_sec", opt_num(q.write_records_per_sec)),
-                ("write_bytes_per_sec", opt_num(q.write_bytes_per_sec)),
-                ("read_calls_per_sec", opt_num(q.read_calls_per_sec)),
-                ("read_bytes_per_sec", opt_num(q.read_bytes_per_sec)),
-            ]),
-        ),
-        ("shards", arr(shards)),
-    ])
+    let shards: Vec<Value> = d
+        .shards
+        .iter()
+        .map(|s| {
+            json!({
+                "shard_id": s.shard_id,
+                "starting_hash_key": s.starting_hash_key,
+                "ending_hash_key": s.ending_hash_key,
+                "first_sequence_number": s.first_sequence_number,
+                "next_sequence_number": s.next_sequence_number,
+                "records_stored": s.records_stored,
+                "bytes_stored": s.bytes_stored,
+                "writable": s.writable,
+                "write_error": s.write_error,
+                "shard_status": shard_status_name(s.shard_status),
+                "failure_kind": s.failure_kind,
+                "failure": s.failure,
+                "damage": s.damage.iter().map(|d| json!({
+                    "segment": d.segment, "position": d.position, "reason": d.reason,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "stream_name": d.stream_name,
+        "stream_id": d.stream_id,
+        "status": status_name(d.status),
+        "retention_hours": d.retention_hours,
+        "max_record_bytes": d.max_record_bytes,
+        "durability": durability_name(d.durability),
+        "durability_interval_ms": d.durability_interval_ms,
+        "created_at_ms": d.created_at_ms,
+        "quotas": {
+            "write_records_per_sec": q.write_records_per_sec,
+            "write_bytes_per_sec": q.write_bytes_per_sec,
+            "read_calls_per_sec": q.read_calls_per_sec,
+            "read_bytes_per_sec": q.read_bytes_per_sec,
+        },
+        "shards": shards,
+    })
 }
 
 fn stream_text(d: &pb::StreamDescription) -> String {

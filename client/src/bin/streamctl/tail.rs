@@ -13,59 +13,32 @@ use client::{Admin, Connection, Consumer, ConsumerConfig, Position, ShardReader}
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::output::{jstr, obj, unescape};
-use crate::put::value_fields;
-use crate::time::parse_rfc3339;
+use crate::output::{RecordJson, unescape};
+use crate::positions::{self, At, ShardStart, check_shard, starts};
 use crate::{CliError, Global};
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
     /// Stream name.
     stream: String,
-    /// Read only this shard.
-    #[arg(long, value_name = "ID", conflicts_with = "group")]
+    /// Read only this shard: its number (2) or id (shardId-000000000002).
+    #[arg(long, value_name = "SHARD", conflicts_with = "group", value_parser = positions::shard_id)]
     shard: Option<String>,
-    /// Where to start: trim-horizon, latest, seq:N (per shard) or ts:RFC3339.
-    #[arg(long, value_name = "POSITION", default_value = "trim-horizon", value_parser = parse_from)]
-    from: StartAt,
+    /// Where to start: trim-horizon, latest, -N (the last N of each shard), @TIME (@2026-11-28T10:00:00Z, @-5m) or seq:[SHARD:]N.
+    #[arg(long, value_name = "POSITION", default_value = "trim-horizon", allow_hyphen_values = true, value_parser = positions::parse_at)]
+    from: At,
     /// Stop after COUNT records in total.
     #[arg(short = 'n', long = "count", value_name = "COUNT")]
     count: Option<u64>,
-    /// Keep waiting for new records (otherwise stop at the end of every shard).
+    /// Keep waiting for new records until interrupted (otherwise stop at the end of every shard).
     #[arg(short = 'f', long)]
     follow: bool,
     /// Consume as a member of this consumer group, committing after printing.
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
-    /// json, raw, or a template with {key} {value} {value:hex} {value:base64} {shard} {seq} {ts} and \n \t escapes.
-    #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = parse_format)]
-    format: Format,
-}
-
-/// A `--from` position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StartAt {
-    TrimHorizon,
-    Latest,
-    Seq(u64),
-    Ts(u64),
-}
-
-/// A `group reset --to` position.
-fn parse_from(s: &str) -> Result<StartAt, String> {
-    match s {
-        "trim-horizon" => Ok(StartAt::TrimHorizon),
-        "latest" => Ok(StartAt::Latest),
-        _ => {
-            if let Some(n) = s.strip_prefix("seq:") {
-                n.parse().map(StartAt::Seq).map_err(|_| format!("seq:N needs a sequence number, got {n:?}"))
-            } else if let Some(t) = s.strip_prefix("ts:") {
-                parse_rfc3339(t).map(StartAt::Ts)
-            } else {
-                Err("expected trim-horizon, latest, seq:N or ts:RFC3339".into())
-            }
-        }
-    }
+    /// json (the default), raw, or a template with {key} {value} {value:hex} {value:base64} {shard} {seq} {ts} and \n \t escapes.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    format: Option<Format>,
 }
 
 /// How records are printed.
@@ -152,14 +125,9 @@ struct Rec {
 fn render(format: &Format, r: &Rec, out: &mut Vec<u8>) {
     match format {
         Format::Json => {
-            let mut fields = vec![
-                ("shard", jstr(&r.shard)),
-                ("sequence_number", r.seq.to_string()),
-                ("timestamp_ms", r.ts.to_string()),
-                ("key", jstr(&r.key)),
-            ];
-            fields.extend(value_fields(&r.data));
-            out.extend_from_slice(obj(&fields).as_bytes());
+            let json = RecordJson::new(&r.shard, r.seq, r.ts, &r.key, &r.data);
+            // Serialising plain fields into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &json);
             out.push(b'\n');
         }
         Format::Raw => {
@@ -227,22 +195,19 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 const READ_SPACING: Duration = Duration::from_millis(200);
 
 pub async fn run(g: &Global, args: TailArgs) -> Result<(), CliError> {
+    if g.json && args.format.is_some() {
+        return Err(CliError::usage(
+            "--json and --format cannot be used together (--json prints each record as a JSON line)",
+        ));
+    }
     if args.count == Some(0) {
         return Ok(());
     }
-    let printer = Printer { format: args.format.clone(), limit: args.count, printed: 0, buf: Vec::new() };
+    let format = args.format.clone().unwrap_or(Format::Json);
+    let printer = Printer { format, limit: args.count, printed: 0, buf: Vec::new() };
     match args.group.clone() {
         Some(group) => tail_group(g, &args, group, printer).await,
         None => tail_shards(g, &args, printer).await,
-    }
-}
-
-fn position(from: StartAt) -> Position {
-    match from {
-        StartAt::TrimHorizon => Position::TrimHorizon,
-        StartAt::Latest => Position::Latest,
-        StartAt::Seq(n) => Position::AtSequence(n),
-        StartAt::Ts(ms) => Position::AtTimestamp(ms),
     }
 }
 
@@ -251,30 +216,24 @@ type ShardBatch = Result<Vec<Rec>, client::Error>;
 /// Reads every shard (or one) through iterators, each shard in its own task.
 async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Result<(), CliError> {
     let channel = g.channel().await?;
-    let start = position(args.from);
-    let shards: Vec<(String, Position)> = match &args.shard {
-        Some(id) => vec![(id.clone(), start)],
-        None => {
-            let d = Admin::from_channel(channel.clone()).describe_stream(&args.stream).await?;
-            d.shards
-                .iter()
-                .map(|s| {
-                    let at = match args.from {
-                        // seq:N past a shorter shard's end: that shard has nothing to show yet.
-                        StartAt::Seq(n) if n > s.next_sequence_number => Position::AtSequence(s.next_sequence_number),
-                        _ => start,
-                    };
-                    (s.shard_id.clone(), at)
-                })
-                .collect()
+    let d = Admin::from_channel(channel.clone()).describe_stream(&args.stream).await?;
+    let only = match (&args.from, &args.shard) {
+        (At::Seq { shard: Some(a), .. }, Some(b)) if a != b => {
+            return Err(CliError::usage(format!("--shard {b} and --from seq:{a}:N name different shards")));
         }
+        (At::Seq { shard: Some(a), .. }, _) => Some(a.clone()),
+        (_, b) => b.clone(),
     };
+    if let Some(s) = &only {
+        check_shard(&d, s)?;
+    }
+    let shards = starts(&d, only.as_deref(), &args.from, args.follow);
     let limit = args.count.map_or(BATCH, |n| n.min(u64::from(BATCH)) as u32);
     let (tx, mut rx) = mpsc::channel::<ShardBatch>(shards.len().max(1) * 2);
     // Dropping the set (on return) stops every reader.
     let mut readers = JoinSet::new();
-    for (shard, at) in shards {
-        readers.spawn(read_shard(channel.clone(), args.stream.clone(), shard, at, limit, args.follow, tx.clone()));
+    for start in shards {
+        readers.spawn(read_shard(channel.clone(), args.stream.clone(), start, limit, args.follow, tx.clone()));
     }
     drop(tx);
     let ctrl_c = tokio::signal::ctrl_c();
@@ -302,12 +261,12 @@ async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Resul
 async fn read_shard(
     channel: Connection,
     stream: String,
-    shard: String,
-    at: Position,
+    start: ShardStart,
     limit: u32,
     follow: bool,
     tx: mpsc::Sender<ShardBatch>,
 ) {
+    let ShardStart { shard, at, print_from } = start;
     let read = async {
         let mut reader = ShardReader::open(channel, &stream, &shard, at).await?;
         let mut spacing = tokio::time::interval(READ_SPACING);
@@ -318,8 +277,9 @@ async fn read_shard(
             let n = records.len();
             let at_end = n == 0 || (behind == 0 && n < limit as usize);
             if n > 0 {
-                let recs = records
+                let recs: Vec<Rec> = records
                     .into_iter()
+                    .filter(|r| r.sequence_number >= print_from)
                     .map(|r| Rec {
                         shard: shard.clone(),
                         seq: r.sequence_number,
@@ -328,7 +288,7 @@ async fn read_shard(
                         data: r.data,
                     })
                     .collect();
-                if tx.send(Ok(recs)).await.is_err() {
+                if !recs.is_empty() && tx.send(Ok(recs)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -348,12 +308,13 @@ async fn read_shard(
 /// Consumes as a member of a consumer group: print, then commit.
 async fn tail_group(g: &Global, args: &TailArgs, group: String, mut printer: Printer) -> Result<(), CliError> {
     let start = match args.from {
-        StartAt::TrimHorizon => Position::TrimHorizon,
-        StartAt::Latest => Position::Latest,
-        StartAt::Ts(ms) => Position::AtTimestamp(ms),
-        StartAt::Seq(_) => {
+        At::TrimHorizon => Position::TrimHorizon,
+        At::Latest => Position::Latest,
+        At::Time(ms) => Position::AtTimestamp(ms),
+        At::Seq { .. } | At::Last(_) => {
             return Err(CliError::usage(
-                "--from seq:N does not apply to --group; move the group with `group reset --to seq:SHARD_ID:N`",
+                "--from seq: and -N do not apply to --group (its checkpoints say where it reads); \
+                 move them with `streamctl group reset --to`",
             ));
         }
     };
@@ -439,13 +400,6 @@ async fn consume(consumer: &mut Consumer, printer: &mut Printer, follow: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_parse() {
-        assert_eq!(parse_from("seq:7"), Ok(StartAt::Seq(7)));
-        assert_eq!(parse_from("ts:1970-01-01T00:00:01Z"), Ok(StartAt::Ts(1000)));
-        assert!(parse_from("seq:x").is_err());
-    }
 
     #[test]
     fn templates_render_every_token() {

@@ -2,7 +2,9 @@
 //! RFC 3339 with milliseconds in UTC out, as ms since the Unix epoch (the
 //! broker's unit).
 
-use jiff::Timestamp;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
 
 /// Parses an RFC 3339 time with an offset (`2026-11-28T10:00:00Z`,
 /// `…+02:00`) to ms since the Unix epoch; fractions past milliseconds are
@@ -20,6 +22,18 @@ pub fn format_rfc3339(ms: u64) -> String {
         // Past the year 9999: no calendar date to show, so the number itself.
         None => format!("{ms} ms"),
     }
+}
+
+/// Parses a positive duration like `10s`, `500ms`, `1m30s` or `2h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: SignedDuration = s.parse().map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 5m or 1h30m"))?;
+    let d = Duration::try_from(d).map_err(|_| format!("{s:?} is negative"))?;
+    if d.is_zero() { Err(format!("{s:?} is zero")) } else { Ok(d) }
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -58,5 +72,16 @@ mod tests {
         }
         assert_eq!(format_rfc3339(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "10", "soon", "0s", "-5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
     }
 }
