@@ -54,8 +54,9 @@ pub async fn run(
     crate::telemetry::prometheus();
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
+    let console = Arc::new(crate::console::Console::new(&config));
     let admin = tokio::spawn({
-        let router = crate::http::router(readiness.clone());
+        let router = crate::http::router(readiness.clone(), console.clone());
         let token = shutdown.clone();
         async move { axum::serve(http, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
@@ -157,6 +158,7 @@ pub async fn run(
             }
         }
     });
+    console.attach(catalog.clone(), groups.clone(), shutdown.clone());
     let streams_token = CancellationToken::new();
     let service = GrpcService::new(catalog.clone(), groups.clone(), IteratorSigner::new(secret), streams_token.clone());
     let groups_service = GroupsService::new(groups, config.limits.request_timeout_ms);

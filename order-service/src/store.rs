@@ -205,6 +205,37 @@ impl Store {
         }
     }
 
+    /// Orders newest first (order ids are UUID v7, so key order is creation
+    /// order), only those in `status` if given, starting after the order
+    /// `before` (exclusive). Looks at no more than `scan_max` orders; the
+    /// second value is where the next page starts when more may follow.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+        before: Option<&str>,
+        scan_max: usize,
+    ) -> Result<(Vec<Order>, Option<String>), StoreError> {
+        let entries = match before {
+            Some(b) => self.orders.range(..b.as_bytes()),
+            None => self.orders.iter(),
+        };
+        let (mut out, mut scanned, mut last) = (Vec::new(), 0usize, None);
+        for entry in entries.rev() {
+            if out.len() >= limit || scanned >= scan_max {
+                return Ok((out, last));
+            }
+            let (_, bytes) = entry?;
+            let order: Order = serde_json::from_slice(&bytes).map_err(|e| StoreError::Db(format!("decode: {e}")))?;
+            scanned += 1;
+            last = Some(order.order_id.clone());
+            if status.is_none_or(|s| s == order.status) {
+                out.push(order);
+            }
+        }
+        Ok((out, None))
+    }
+
     /// Creates an order and its `order_placed` event. With an idempotency
     /// key already used for the same request, returns that order instead
     /// (`false`: nothing new was created).
@@ -415,6 +446,28 @@ mod tests {
     fn store(dir: &Path) -> Store {
         let streams = Streams { orders: "o".into(), delivery: "d".into(), customer_service: "c".into() };
         Store::open(dir, "ordersTable", streams).expect("open")
+    }
+
+    #[test]
+    fn list_pages_newest_first_and_filters_by_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(st.create(&req(), None).expect("create").0.order_id);
+        }
+        st.fulfill(&FulfillOrder { order_id: ids[1].clone(), fulfillment_id: "p".into() }).expect("fulfil");
+        let (page, next) = st.list(None, 2, None, 1000).expect("list");
+        assert_eq!(page.iter().map(|o| o.order_id.clone()).collect::<Vec<_>>(), vec![ids[4].clone(), ids[3].clone()]);
+        let (page, _) = st.list(None, 10, next.as_deref(), 1000).expect("next page");
+        assert_eq!(
+            page.iter().map(|o| o.order_id.clone()).collect::<Vec<_>>(),
+            vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]
+        );
+        let (fulfilled, next) = st.list(Some(Status::Fulfilled), 10, None, 1000).expect("by status");
+        assert_eq!((fulfilled.len(), fulfilled[0].order_id.clone(), next), (1, ids[1].clone(), None));
+        let (_, next) = st.list(Some(Status::Delivered), 10, None, 3).expect("bounded scan");
+        assert_eq!(next, Some(ids[2].clone()), "a scan that stops early says where to go on");
     }
 
     fn req() -> CreateOrder {
