@@ -14,7 +14,7 @@ function h(tag, attrs, ...children) {
     else if (k === "text") el.textContent = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -62,7 +62,7 @@ function fmtBytes(n) {
   return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
 }
 function fmtRate(n, unit) { return `${fmtNum(n)} ${unit}/s`; }
-function fmtMBs(bytesPerSec) { return `${(bytesPerSec / 1e6).toFixed(2)} MB/s`; }
+function fmtBps(bytesPerSec) { return `${fmtBytes(Math.round(bytesPerSec))}/s`; }
 function fmtTime(ms) {
   if (ms === null || ms === undefined) return "–";
   const d = new Date(ms);
@@ -216,9 +216,11 @@ async function route() {
     main.replaceChildren(h("p", { class: "note" }, "Loading…"));
     if (!page) throw new ApiError(404, { message: `no page ${section}` });
     await page();
-    if (gen === generation) {
+    // After a navigation (not the first load) focus moves to the new
+    // page's heading, so screen readers announce it and Tab starts there.
+    if (gen === generation && gen > 1) {
       const h1 = main.querySelector("h1");
-      if (h1) { h1.setAttribute("tabindex", "-1"); if (document.activeElement === document.body || !main.contains(document.activeElement)) h1.focus({ preventScroll: true }); }
+      if (h1 && !main.contains(document.activeElement)) { h1.setAttribute("tabindex", "-1"); h1.focus({ preventScroll: true }); }
     }
   } catch (e) {
     if (gen === generation) main.replaceChildren(h("h1", {}, "Error"), h("div", { class: "error-box", role: "alert" }, e.message));
@@ -230,7 +232,7 @@ async function route() {
 function update(el, nodes) {
   const active = document.activeElement;
   if (active && active !== el && el.contains(active)) return false;
-  el.replaceChildren(...[nodes].flat().filter((n) => n !== null && n !== undefined));
+  el.replaceChildren(...[nodes].flat(Infinity).filter((n) => n !== null && n !== undefined));
   return true;
 }
 
@@ -273,8 +275,8 @@ async function overviewPage(main) {
         h("span", {}, diskBar, `used ${fmtBytes(d.used_bytes)} of ${fmtBytes(d.total_bytes)} · watermark `, val("ov-watermark", d.watermark_bytes, fmtBytes(d.watermark_bytes)),
           ` · broker data ${fmtBytes(d.data_bytes)}`, d.full ? h("b", {}, " · FULL: writes refused") : "")),
       card("Streams", val("ov-streams", o.streams, fmtNum(o.streams)), h("span", {}, val("ov-shards", o.shards, fmtNum(o.shards)), " shards · ", val("ov-groups", o.groups, fmtNum(o.groups)), " groups")),
-      card("In", val("ov-records-in", tp.records_in_per_sec, fmtRate(tp.records_in_per_sec, "rec")), fmtMBs(tp.bytes_in_per_sec)),
-      card("Out", val("ov-records-out", tp.records_out_per_sec, fmtRate(tp.records_out_per_sec, "rec")), fmtMBs(tp.bytes_out_per_sec)),
+      card("In", val("ov-records-in", tp.records_in_per_sec, fmtRate(tp.records_in_per_sec, "rec")), fmtBps(tp.bytes_in_per_sec)),
+      card("Out", val("ov-records-out", tp.records_out_per_sec, fmtRate(tp.records_out_per_sec, "rec")), fmtBps(tp.bytes_out_per_sec)),
       card("Throttled", val("ov-throttled", tp.throttled_per_sec, fmtRate(tp.throttled_per_sec, "req")), `since start: ${fmtNum(o.totals.write_throttled)} writes, ${fmtNum(o.totals.read_throttled)} reads`),
       card("Failed shards", val("ov-failed", o.failed_shards.length, fmtNum(o.failed_shards.length)), o.failed_shards.length ? "see below" : "none"),
     );
@@ -284,10 +286,10 @@ async function overviewPage(main) {
         { name: "in", points: pts.map((p) => [p.t_ms, p.records_in_per_sec]) },
         { name: "out", points: pts.map((p) => [p.t_ms, p.records_out_per_sec]) },
       ], (v) => fmtNum(v)),
-      lineChart("chart-bytes", "MB per second", [
-        { name: "in", points: pts.map((p) => [p.t_ms, p.bytes_in_per_sec / 1e6]) },
-        { name: "out", points: pts.map((p) => [p.t_ms, p.bytes_out_per_sec / 1e6]) },
-      ], (v) => v.toFixed(2)),
+      lineChart("chart-bytes", "Bytes per second", [
+        { name: "in", points: pts.map((p) => [p.t_ms, p.bytes_in_per_sec]) },
+        { name: "out", points: pts.map((p) => [p.t_ms, p.bytes_out_per_sec]) },
+      ], (v) => fmtBps(v)),
     );
     update(failed, table("Failed shards", ["Stream", "Shard", "Kind", "Cause"], o.failed_shards.map((f) =>
       h("tr", {}, h("td", {}, h("a", { href: `#/streams/${enc(f.stream)}` }, f.stream)), h("td", {}, f.shard_id), h("td", {}, f.kind), h("td", { class: "wrap" }, f.cause))),
@@ -390,7 +392,7 @@ async function streamPage(main, name) {
       h("dt", {}, "Shards"), h("dd", {}, val("stream-shards", st.open_shards, fmtNum(st.open_shards))),
       h("dt", {}, "Records"), h("dd", {}, val("stream-records", st.records, fmtNum(st.records)), ` · ${fmtBytes(st.bytes)}`),
       h("dt", {}, "Retention"), h("dd", {}, val("stream-retention", st.retention_hours, `${st.retention_hours} hours`)),
-      h("dt", {}, "Rates"), h("dd", {}, `in ${fmtRate(st.rates.records_in_per_sec, "rec")} (${fmtMBs(st.rates.bytes_in_per_sec)}), out ${fmtRate(st.rates.records_out_per_sec, "rec")} (${fmtMBs(st.rates.bytes_out_per_sec)})`),
+      h("dt", {}, "Rates"), h("dd", {}, `in ${fmtRate(st.rates.records_in_per_sec, "rec")} (${fmtBps(st.rates.bytes_in_per_sec)}), out ${fmtRate(st.rates.records_out_per_sec, "rec")} (${fmtBps(st.rates.bytes_out_per_sec)})`),
       h("dt", {}, "Quota per shard"), h("dd", {}, `write ${fmtNum(st.quotas.write_records_per_sec)} rec/s and ${fmtBytes(st.quotas.write_bytes_per_sec)}/s; read ${fmtNum(st.quotas.read_calls_per_sec)} calls/s and ${fmtBytes(st.quotas.read_bytes_per_sec)}/s${st.quotas_enforced ? "" : " (not enforced)"}`),
       h("dt", {}, "Largest record"), h("dd", {}, fmtBytes(st.max_record_bytes)),
       h("dt", {}, "Durability"), h("dd", {}, st.durability),
