@@ -259,7 +259,7 @@ pub async fn create_stream(
         retention_hours: b.retention_hours,
         ..CreateStream::default()
     };
-    let stream = a.catalog.create(req).await?;
+    let stream = a.service.create_stream(req).await?;
     tracing::info!(stream = %stream.meta().name, "stream created from the console");
     Ok((StatusCode::CREATED, Json(stream_summary(&s.console, &stream))))
 }
@@ -281,7 +281,7 @@ pub async fn update_retention(
     let a = s.console.attached()?;
     crate::catalog::validate_stream_name(&name)?;
     let b: RetentionBody = parse_body(&body)?;
-    let stream = a.catalog.update_retention(&name, b.retention_hours).await?;
+    let stream = a.service.update_retention(&name, b.retention_hours).await?;
     tracing::info!(stream = %name, retention_hours = b.retention_hours, "retention changed from the console");
     Ok(Json(stream_summary(&s.console, &stream)))
 }

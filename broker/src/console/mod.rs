@@ -3,8 +3,9 @@
 //!
 //! Invariants:
 //! - **In-process, through the domain APIs.** Every answer comes from the
-//!   catalogue, the consumer-group manager and the shards' readers, never
-//!   from the gRPC handlers, so the console shows exactly what clients get.
+//!   service layer ([`crate::service::Service`]), the catalogue, the
+//!   consumer-group manager and the shards' readers, never from an edge's
+//!   handlers, so the console shows, and changes, exactly what clients do.
 //! - **Read-only unless configured.** Calls that change anything (create a
 //!   stream, change retention, reset a group, replay a dead letter) answer
 //!   403 unless `console.mutations` is true. They also need a JSON body
@@ -26,7 +27,6 @@ mod api;
 mod assets;
 pub mod error;
 mod orders;
-mod put;
 mod records;
 pub mod sampler;
 
@@ -41,6 +41,7 @@ use crate::catalog::Catalog;
 use crate::config::{BrokerConfig, ConsoleConfig};
 use crate::group::GroupManager;
 use crate::http::Readiness;
+use crate::service::Service;
 use error::ApiError;
 use sampler::Sampler;
 
@@ -64,6 +65,7 @@ struct BrokerView {
 
 #[derive(Debug)]
 struct Attached {
+    service: Service,
     catalog: Arc<Catalog>,
     groups: Arc<GroupManager>,
 }
@@ -82,10 +84,11 @@ impl Console {
         }
     }
 
-    /// Gives the console the open catalogue and groups, and starts the
-    /// sampler, which stops when `shutdown` fires.
-    pub fn attach(self: &Arc<Self>, catalog: Arc<Catalog>, groups: Arc<GroupManager>, shutdown: CancellationToken) {
-        if self.attached.set(Attached { catalog, groups }).is_err() {
+    /// Gives the console the broker's service (with its open catalogue and
+    /// groups), and starts the sampler, which stops when `shutdown` fires.
+    pub fn attach(self: &Arc<Self>, service: Service, shutdown: CancellationToken) {
+        let (catalog, groups) = (service.catalog().clone(), service.groups().clone());
+        if self.attached.set(Attached { service, catalog, groups }).is_err() {
             return;
         }
         let this = self.clone();

@@ -15,7 +15,9 @@
 //! A dead letter in the order service's format (a JSON object with
 //! `record`, `encoding`, `partitionKey`, `error`, `kind`, `attempts`, …)
 //! shows its error; a replay appends its original record (decoded) with its
-//! partition key to `<source>`; any other record is replayed as it is.
+//! partition key to `<source>` through the service's PutRecord (the same
+//! checks, quota and acknowledgement as any produce); any other record is
+//! replayed as it is.
 
 use std::time::Duration;
 
@@ -40,6 +42,7 @@ use super::records::RecordView;
 use crate::catalog::Catalog;
 use crate::error::BrokerError;
 use crate::routing::hash_key;
+use crate::service::{PutEntry, PutRecordResult};
 use crate::shard::parse_shard_id;
 
 /// The suffix of a dead-letter stream's name.
@@ -469,7 +472,9 @@ pub async fn replay(
     })
     .await?;
     let (key, data) = original(&record)?;
-    let (shard_id, sequence_number) = super::put::put_one(&a.catalog, &source, key, data).await?;
+    let entry = PutEntry { partition_key: key, data: data.into(), explicit_hash_key: None };
+    let put = crate::service::call("ConsoleReplay", a.service.request_timeout(), a.service.put_record(&source, entry));
+    let PutRecordResult { shard_id, sequence_number, .. } = put.await?;
     tracing::info!(dead_letters = %stream, %source, %shard_id, sequence_number, "dead letter replayed from the console");
     Ok(Json(json!({"stream": source, "shard_id": shard_id, "sequence_number": sequence_number})))
 }
