@@ -103,15 +103,23 @@ pub enum Claim {
     },
     /// Another delivery in this process owns it right now.
     Busy,
-    /// Handled (or dead-lettered) already.
+    /// Handled already.
     Done,
 }
 
 /// `processed` values: a claim names the process (its incarnation id); a
-/// finished event is marked done. Values written before claims existed were
-/// 8-byte timestamps of handled events, which never start with this tag.
+/// finished event is marked done; a dead-lettered one is marked dead, which
+/// a new delivery may claim again (a replay of the dead letter is meant to
+/// be handled). Values written before claims existed were 8-byte
+/// timestamps of handled events, which never start with these tags.
 const CLAIM_TAG: u8 = b'C';
 const DONE_TAG: u8 = b'D';
+const DEAD_TAG: u8 = b'X';
+
+/// Whether a `processed` value means the event needs no more handling.
+fn is_handled(v: &[u8]) -> bool {
+    v.first() != Some(&DEAD_TAG)
+}
 
 /// The order store.
 #[derive(Debug, Clone)]
@@ -341,7 +349,7 @@ impl Store {
         let key = processed_key(group, event_id);
         let stream = &self.streams.delivery;
         let done = (&self.orders, &self.outbox, &self.processed).transaction(|(orders, outbox, processed)| {
-            if processed.get(key.as_bytes())?.is_some() {
+            if processed.get(key.as_bytes())?.is_some_and(|v| is_handled(&v)) {
                 return Ok(false);
             }
             let mut order = read_order(orders, order_id)?;
@@ -373,6 +381,7 @@ impl Store {
                 None => false,
                 Some(v) if v.as_ref() == &*self.incarnation => return Ok(Claim::Busy),
                 Some(v) if v.first() == Some(&CLAIM_TAG) => true,
+                Some(v) if !is_handled(&v) => false,
                 Some(_) => return Ok(Claim::Done),
             };
             let swapped = self.processed.compare_and_swap(key.as_bytes(), current, Some(self.incarnation.as_ref()))?;
@@ -389,6 +398,16 @@ impl Store {
         let mut done = vec![DONE_TAG];
         done.extend_from_slice(&now_ms().to_be_bytes());
         self.processed.insert(processed_key(group, event_id).as_bytes(), done)?;
+        Ok(())
+    }
+
+    /// Marks an event dead-lettered: a later delivery of it (a replay of
+    /// the dead letter) is handled again. Durable after the next
+    /// [`Store::commit`].
+    pub fn dead_lettered(&self, group: &str, event_id: &str) -> Result<(), StoreError> {
+        let mut dead = vec![DEAD_TAG];
+        dead.extend_from_slice(&now_ms().to_be_bytes());
+        self.processed.insert(processed_key(group, event_id).as_bytes(), dead)?;
         Ok(())
     }
 
@@ -511,6 +530,12 @@ mod tests {
             assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
             s.release("g", "e2").expect("release leaves a done mark");
             assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
+            // A dead-lettered event may be claimed again (its replay).
+            s.claim("g", "e3").expect("claim");
+            s.dead_lettered("g", "e3").expect("dead-lettered");
+            assert_eq!(s.claim("g", "e3").expect("claim"), Claim::Won { after_crash: false });
+            s.finish("g", "e3").expect("finish");
+            assert_eq!(s.claim("g", "e3").expect("claim"), Claim::Done);
             // A mark from before claims existed is a done mark.
             s.processed.insert("g/old", &1u64.to_be_bytes()).expect("insert");
             s.commit_blocking().expect("commit");

@@ -41,6 +41,10 @@ struct System {
 }
 
 async fn start_system() -> System {
+    start_system_with(None).await
+}
+
+async fn start_system_with(delivery_webhook_url: Option<String>) -> System {
     let dir = tempfile::tempdir().expect("tempdir");
     let orders_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let orders_addr = orders_listener.local_addr().expect("addr");
@@ -54,6 +58,7 @@ async fn start_system() -> System {
     let broker = TestBroker::start_with(config, Arc::new(SystemClock)).await;
     let mut oc = test_config(&dir.path().join("orders"));
     oc.broker = Some(broker.endpoint());
+    oc.delivery_webhook_url = delivery_webhook_url;
     let data_dir = oc.data_dir.clone();
     let running = order_service::start(oc, orders_listener, CancellationToken::new()).await.expect("order service");
     let orders = common::Svc { addr: running.http_addr, running, data_dir };
@@ -126,6 +131,63 @@ async fn the_console_lists_orders_and_shows_one_orders_whole_flow() {
     sys.orders.running.stop().await.expect("stop the order service");
     let down = get(admin, "/api/v1/orders").await;
     assert_eq!((down.status, down.json()["error"].as_str()), (503, Some("OrderServiceUnavailable")));
+    sys.broker.stop().await.expect("stop");
+}
+
+/// A delivery company whose webhook answers with a settable status and
+/// remembers the event ids it was called with.
+#[derive(Clone, Default)]
+struct Webhook {
+    status: Arc<std::sync::atomic::AtomicU16>,
+    events: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn webhook(State(w): State<Webhook>, body: axum::body::Bytes) -> axum::http::StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    w.events.lock().expect("events").push(v["eventId"].as_str().unwrap_or_default().to_string());
+    axum::http::StatusCode::from_u16(w.status.load(std::sync::atomic::Ordering::SeqCst)).expect("a status")
+}
+
+#[tokio::test]
+async fn a_dead_letter_replayed_from_the_console_is_handled_again() {
+    let hook = Webhook::default();
+    hook.status.store(400, std::sync::atomic::Ordering::SeqCst);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind webhook");
+    let url = format!("http://{}/deliveries", listener.local_addr().expect("addr"));
+    let app = Router::new().route("/deliveries", post(webhook)).with_state(hook.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let sys = start_system_with(Some(url)).await;
+    let admin = sys.broker.http_addr;
+
+    // The delivery company refuses the order (400, permanent): it is dead-lettered.
+    let created = http_post(sys.orders.addr, "/order", common::SEED_ORDER).await;
+    let id = created.json()["orderId"].as_str().expect("orderId").to_string();
+    let fulfil = json!({"orderId": id, "fulfillmentId": "CakeProducer1"}).to_string();
+    assert_eq!(http_post(sys.orders.addr, "/order/fulfill", &fulfil).await.status, 200);
+    let letter = eventually(LIMIT, "the dead letter", || async {
+        let r = get(admin, "/api/v1/dead-letters/deliveryServiceQueue-dlq").await;
+        (r.status == 200).then(|| r.json()["dead_letters"][0].clone()).filter(|l| !l.is_null())
+    })
+    .await;
+    assert!(letter["error"].as_str().expect("error").contains("400"), "{letter}");
+    let first = hook.events.lock().expect("events").clone();
+    assert_eq!(first.len(), 1, "one refused call: {first:?}");
+
+    // The company is fixed; the operator replays the dead letter.
+    hook.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let body = json!({"shard_id": letter["shard_id"], "sequence_number": letter["sequence_number"]}).to_string();
+    let replayed =
+        common::request(admin, "POST", "/api/v1/dead-letters/deliveryServiceQueue-dlq/replay", &[], body.as_bytes())
+            .await;
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    let calls = eventually(LIMIT, "the replayed event at the webhook", || async {
+        let events = hook.events.lock().expect("events").clone();
+        (events.len() >= 2).then_some(events)
+    })
+    .await;
+    assert_eq!(calls[1], first[0], "the same event, handled again");
+    server.abort();
+    sys.orders.running.stop().await.expect("stop");
     sys.broker.stop().await.expect("stop");
 }
 

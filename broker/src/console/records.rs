@@ -279,7 +279,6 @@ pub async fn records(
     }
     let mut body = Vec::new();
     for r in &raw {
-        // Serialising a struct of strings and integers cannot fail.
         serde_json::to_writer(&mut body, &RecordView::of(r))
             .map_err(|e| ApiError::from(BrokerError::Internal(e.to_string())))?;
         body.push(b'\n');
