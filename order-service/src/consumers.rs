@@ -29,8 +29,8 @@
 //! `<stream>-dlq` at once and marked dead-lettered, so that replaying it
 //! from there (the broker console's replay) handles it again. So the
 //! handler fails towards the `client::Consumer` only when the service shuts
-//! down; the consumer's own
-//! retries (none) and on-failure hook are a last resort.
+//! down; the consumer's own retries (none) and on-failure hook are a last
+//! resort.
 //!
 //! **Acknowledgement.** The consumer commits its checkpoint past a batch
 //! when the handler returns; the handler returns only after the batch's
