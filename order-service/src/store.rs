@@ -381,7 +381,7 @@ impl Store {
                 None => false,
                 Some(v) if v.as_ref() == &*self.incarnation => return Ok(Claim::Busy),
                 Some(v) if v.first() == Some(&CLAIM_TAG) => true,
-                Some(v) if !is_handled(&v) => false,
+                Some(v) if !is_handled(v) => false,
                 Some(_) => return Ok(Claim::Done),
             };
             let swapped = self.processed.compare_and_swap(key.as_bytes(), current, Some(self.incarnation.as_ref()))?;
