@@ -51,6 +51,50 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// Consumer groups.
     pub groups: GroupsConfig,
+    /// The web console on the admin port.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the web console at `/ui` and its JSON API at `/api/v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console and its API on the admin port.
+    pub enabled: bool,
+    /// Allow the console's mutating calls (create a stream, change
+    /// retention, reset a group, replay a dead-lettered record); off, they
+    /// answer 403 and the console is read-only.
+    pub mutations: bool,
+    /// How often rates and consumer-group lag are sampled.
+    pub sample_interval_ms: u64,
+    /// Samples kept per series.
+    pub history_points: usize,
+    /// Consumer groups whose lag is sampled into a history.
+    pub lag_groups_max: usize,
+    /// Most records one message-browser read (or download) returns.
+    pub records_max: usize,
+    /// Most records one partition-key search scans.
+    pub scan_records_max: usize,
+    /// The order service's HTTP API; empty hides the order pages.
+    pub order_service_url: String,
+    /// The order system's streams, where an order's events are looked for.
+    pub order_streams: Vec<String>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mutations: false,
+            sample_interval_ms: 1000,
+            history_points: 300,
+            lag_groups_max: 64,
+            records_max: 1000,
+            scan_records_max: 100_000,
+            order_service_url: String::new(),
+            order_streams: vec!["order-events".into(), "deliveryServiceQueue".into(), "customerServiceQueue".into()],
+        }
+    }
 }
 
 /// `[groups]`
@@ -186,6 +230,7 @@ impl Default for BrokerConfig {
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -330,6 +375,24 @@ impl BrokerConfig {
         if !(1_000..=600_000).contains(&self.groups.session_timeout_ms) {
             return bad("groups.session_timeout_ms", "must be 1000..=600000");
         }
+        let c = &self.console;
+        if !(100..=60_000).contains(&c.sample_interval_ms) {
+            return bad("console.sample_interval_ms", "must be 100..=60000");
+        }
+        if !(10..=3600).contains(&c.history_points) {
+            return bad("console.history_points", "must be 10..=3600");
+        }
+        if !(1..=10_000).contains(&c.records_max) {
+            return bad("console.records_max", "must be 1..=10000");
+        }
+        if !(1000..=10_000_000).contains(&c.scan_records_max) {
+            return bad("console.scan_records_max", "must be 1000..=10000000");
+        }
+        if !(c.order_service_url.is_empty()
+            || c.order_service_url.starts_with("http://") && c.order_service_url.len() > "http://".len())
+        {
+            return bad("console.order_service_url", "must be empty or an http:// URL");
+        }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");
         }
@@ -451,6 +514,8 @@ mod tests {
             (vec![("STREAM_BROKER_STORAGE__SEGMENT_BYTES_MAX", "10")], "storage.segment_bytes_max"),
             (vec![("STREAM_BROKER_LIMITS__SHARD_QUEUE_DEPTH", "0")], "limits.shard_queue_depth"),
             (vec![("STREAM_BROKER_STORAGE__MIN_FREE_PERCENT", "95")], "storage.min_free_percent"),
+            (vec![("STREAM_BROKER_CONSOLE__SAMPLE_INTERVAL_MS", "5")], "console.sample_interval_ms"),
+            (vec![("STREAM_BROKER_CONSOLE__ORDER_SERVICE_URL", "ftp://x")], "console.order_service_url"),
             (
                 vec![("STREAM_BROKER_STORAGE__FREE_SPACE_CHECK_INTERVAL_MS", "0")],
                 "storage.free_space_check_interval_ms",

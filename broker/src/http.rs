@@ -1,5 +1,6 @@
 //! The HTTP admin port: `/metrics` (Prometheus text), `/healthz` (the
-//! process answers) and `/readyz`.
+//! process answers), `/readyz`, and the web console (`/ui`, `/api/v1`, see
+//! [`crate::console`]).
 //!
 //! `/readyz` answers 200 only while the broker serves everything it holds:
 //! it is started and not shutting down, no shard is failed, and the data
@@ -66,12 +67,13 @@ pub fn problems(catalog: &Catalog) -> Vec<String> {
 }
 
 /// The admin router; `readiness` is updated by the server as it starts and stops.
-pub fn router(readiness: Arc<Readiness>) -> Router {
+pub fn router(readiness: Arc<Readiness>, console: Arc<crate::console::Console>) -> Router {
     Router::new()
         .route("/metrics", get(|| async { crate::telemetry::prometheus().render() }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(readiness)
+        .with_state(readiness.clone())
+        .merge(crate::console::router(console, readiness))
 }
 
 async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {

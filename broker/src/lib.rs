@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod disk;
 pub mod durable;
 pub mod error;

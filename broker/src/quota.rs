@@ -14,8 +14,13 @@
 //! into debt, which then delays later reads (as Kinesis throttles calls
 //! after a large response). A SubscribeShard call has its own
 //! [`ReadBudget`] instead, like a Kinesis enhanced fan-out consumer.
+//!
+//! Every shard's quota also counts what it admitted and refused
+//! ([`ShardQuota::usage`]), enforced or not, so the console can show a
+//! shard's rates against its quota; the counters only ever grow.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-shard quota values (enforcement is switched as a whole by `quotas.enforce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -82,6 +87,45 @@ struct Buckets {
 pub struct ShardQuota {
     enforced: bool,
     buckets: Mutex<Buckets>,
+    counters: Counters,
+}
+
+/// Monotonic counters behind [`Usage`]; relaxed atomics, since each is read
+/// on its own and only for rates.
+#[derive(Debug, Default)]
+struct Counters {
+    write_records: AtomicU64,
+    write_bytes: AtomicU64,
+    write_throttled: AtomicU64,
+    read_calls: AtomicU64,
+    read_throttled: AtomicU64,
+    read_records: AtomicU64,
+    read_bytes: AtomicU64,
+    pushed_records: AtomicU64,
+    pushed_bytes: AtomicU64,
+}
+
+/// What a shard's quota admitted and refused since the shard opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Records admitted for writing.
+    pub write_records: u64,
+    /// Key + data bytes admitted for writing.
+    pub write_bytes: u64,
+    /// Records refused for writing (throttled).
+    pub write_throttled: u64,
+    /// Read calls (GetRecords, group polls) admitted.
+    pub read_calls: u64,
+    /// Read calls refused (throttled).
+    pub read_throttled: u64,
+    /// Records returned by admitted read calls.
+    pub read_records: u64,
+    /// Key + data bytes returned by admitted read calls.
+    pub read_bytes: u64,
+    /// Records pushed to SubscribeShard calls (metered by their own budgets).
+    pub pushed_records: u64,
+    /// Key + data bytes pushed to SubscribeShard calls.
+    pub pushed_bytes: u64,
 }
 
 impl ShardQuota {
@@ -96,6 +140,7 @@ impl ShardQuota {
                 read_calls: Bucket::new(values.read_calls_per_sec, 0, now_ms),
                 read_bytes: Bucket::new(values.read_bytes_per_sec, 0, now_ms),
             }),
+            counters: Counters::default(),
         }
     }
 
@@ -120,6 +165,31 @@ impl ShardQuota {
         }
     }
 
+
+    /// What this quota admitted and refused so far.
+    pub fn usage(&self) -> Usage {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Usage {
+            write_records: get(&c.write_records),
+            write_bytes: get(&c.write_bytes),
+            write_throttled: get(&c.write_throttled),
+            read_calls: get(&c.read_calls),
+            read_throttled: get(&c.read_throttled),
+            read_records: get(&c.read_records),
+            read_bytes: get(&c.read_bytes),
+            pushed_records: get(&c.pushed_records),
+            pushed_bytes: get(&c.pushed_bytes),
+        }
+    }
+
+    /// Counts records a SubscribeShard call pushed (its bytes are charged to
+    /// its own [`ReadBudget`], not to this quota).
+    pub fn count_pushed(&self, records: u64, bytes: u64) {
+        self.counters.pushed_records.fetch_add(records, Ordering::Relaxed);
+        self.counters.pushed_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
         // Buckets are plain numbers; a panic elsewhere cannot leave them inconsistent.
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
@@ -127,40 +197,48 @@ impl ShardQuota {
 
     /// Admits one record of `bytes`, or says how long to wait.
     pub fn try_write(&self, bytes: u64, now_ms: u64) -> Result<(), u64> {
-        if !self.enforced {
-            return Ok(());
+        let c = &self.counters;
+        if self.enforced {
+            let mut b = self.lock();
+            b.write_records.refill(now_ms);
+            b.write_bytes.refill(now_ms);
+            let wait = b.write_records.wait_ms(1.0).max(b.write_bytes.wait_ms(bytes as f64));
+            if wait > 0 {
+                c.write_throttled.fetch_add(1, Ordering::Relaxed);
+                return Err(wait);
+            }
+            b.write_records.tokens -= 1.0;
+            b.write_bytes.tokens -= bytes as f64;
         }
-        let mut b = self.lock();
-        b.write_records.refill(now_ms);
-        b.write_bytes.refill(now_ms);
-        let wait = b.write_records.wait_ms(1.0).max(b.write_bytes.wait_ms(bytes as f64));
-        if wait > 0 {
-            return Err(wait);
-        }
-        b.write_records.tokens -= 1.0;
-        b.write_bytes.tokens -= bytes as f64;
+        c.write_records.fetch_add(1, Ordering::Relaxed);
+        c.write_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
     /// Admits one read call (GetRecords or a group Poll), or says how long
     /// to wait; charge the bytes it returned with [`ShardQuota::charge_read`].
     pub fn try_read_call(&self, now_ms: u64) -> Result<(), u64> {
-        if !self.enforced {
-            return Ok(());
+        let c = &self.counters;
+        if self.enforced {
+            let mut b = self.lock();
+            b.read_calls.refill(now_ms);
+            b.read_bytes.refill(now_ms);
+            let wait = b.read_calls.wait_ms(1.0).max(b.read_bytes.wait_ms(f64::MIN_POSITIVE));
+            if wait > 0 {
+                c.read_throttled.fetch_add(1, Ordering::Relaxed);
+                return Err(wait);
+            }
+            b.read_calls.tokens -= 1.0;
         }
-        let mut b = self.lock();
-        b.read_calls.refill(now_ms);
-        b.read_bytes.refill(now_ms);
-        let wait = b.read_calls.wait_ms(1.0).max(b.read_bytes.wait_ms(f64::MIN_POSITIVE));
-        if wait > 0 {
-            return Err(wait);
-        }
-        b.read_calls.tokens -= 1.0;
+        c.read_calls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Charges the bytes a read returned.
-    pub fn charge_read(&self, bytes: u64, now_ms: u64) {
+    /// Charges what an admitted read returned: `records` of `bytes` key +
+    /// data bytes in all.
+    pub fn charge_read(&self, records: u64, bytes: u64, now_ms: u64) {
+        self.counters.read_records.fetch_add(records, Ordering::Relaxed);
+        self.counters.read_bytes.fetch_add(bytes, Ordering::Relaxed);
         if self.enforced {
             let mut b = self.lock();
             b.read_bytes.refill(now_ms);
@@ -234,7 +312,7 @@ mod tests {
     fn read_bytes_debt_delays_later_calls() {
         let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
         q.try_read_call(0).expect("first call");
-        q.charge_read(10 * 1024 * 1024, 0);
+        q.charge_read(1, 10 * 1024 * 1024, 0);
         let wait = q.try_read_call(0).expect_err("in debt");
         assert!((4000..=4100).contains(&wait), "8 MiB of debt at 2 MiB/s: {wait}");
         assert!(q.try_read_call(4100).is_ok());
@@ -247,6 +325,29 @@ mod tests {
             q.try_read_call(0).expect("burst of five");
         }
         assert_eq!(q.try_read_call(0), Err(200));
+    }
+
+    #[test]
+    fn usage_counts_what_was_admitted_and_refused_enforced_or_not() {
+        let q = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, true, 0);
+        q.try_write(1024 * 1024, 0).expect("the burst");
+        q.try_write(10, 0).expect_err("the byte bucket is empty");
+        for _ in 0..6 {
+            let _ = q.try_read_call(0);
+        }
+        q.charge_read(3, 300, 0);
+        q.count_pushed(2, 20);
+        let u = q.usage();
+        assert_eq!((u.write_records, u.write_bytes, u.write_throttled), (1, 1024 * 1024, 1));
+        assert_eq!((u.read_calls, u.read_throttled, u.read_records, u.read_bytes), (5, 1, 3, 300));
+        assert_eq!((u.pushed_records, u.pushed_bytes), (2, 20));
+
+        let free = ShardQuota::new(QuotaValues::KINESIS, 1 << 20, false, 0);
+        free.try_write(7, 0).expect("not enforced");
+        free.try_read_call(0).expect("not enforced");
+        free.charge_read(1, 7, 0);
+        let u = free.usage();
+        assert_eq!((u.write_records, u.write_bytes, u.read_calls, u.read_records, u.read_bytes), (1, 7, 1, 1, 7));
     }
 
     #[test]

@@ -55,8 +55,9 @@ pub async fn run(
     crate::telemetry::prometheus();
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
+    let console = Arc::new(crate::console::Console::new(&config));
     let admin = tokio::spawn({
-        let router = crate::http::router(readiness.clone());
+        let router = crate::http::router(readiness.clone(), console.clone());
         let token = shutdown.clone();
         async move { axum::serve(http, router).with_graceful_shutdown(token.cancelled_owned()).await }
     });
@@ -160,6 +161,7 @@ pub async fn run(
     });
     let streams_token = CancellationToken::new();
     let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone());
+    console.attach(service.clone(), shutdown.clone());
     let groups_service = GroupsService::new(service.clone());
     let service = GrpcService::new(service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::model::{CreateOrder, DeliverOrder, FulfillOrder, Invalid, Order};
+use crate::model::{CreateOrder, DeliverOrder, FulfillOrder, Invalid, Order, Status};
 use crate::store::{Store, StoreError};
 
 /// Counters shown on `/metrics`.
@@ -97,6 +98,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/order/fulfill", post(fulfill))
         .route("/order/delivered", post(delivered))
         .route("/order/{order_id}", get(get_order))
+        .route("/orders", get(list_orders))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -248,6 +250,69 @@ async fn get_order(State(s): State<AppState>, Path(id): Path<String>) -> Result<
         Some(o) => Ok(Json(o)),
         None => Err(StoreError::NotFound(id).into()),
     }
+}
+
+/// Most orders one `GET /orders` returns.
+pub const LIST_LIMIT_MAX: usize = 500;
+/// Most orders one `GET /orders` looks at (a page filtered by a rare status
+/// may come back short, with a cursor to go on).
+pub const LIST_SCAN_MAX: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// A page of `GET /orders`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderPage {
+    orders: Vec<Order>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+fn field_error(status: StatusCode, field: &str, message: String) -> ApiError {
+    ApiError { fields: vec![field.into()], ..ApiError::new(status, "invalid_query", message) }
+}
+
+/// `GET /orders?status=&limit=&cursor=`: orders newest first.
+async fn list_orders(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some("placed") => Some(Status::Placed),
+        Some("fulfilled") => Some(Status::Fulfilled),
+        Some("delivered") => Some(Status::Delivered),
+        Some(other) => {
+            return Err(field_error(
+                StatusCode::BAD_REQUEST,
+                "status",
+                format!("status {other:?} is not one of placed, fulfilled, delivered"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(field_error(
+            StatusCode::BAD_REQUEST,
+            "limit",
+            format!("limit must be 1..={LIST_LIMIT_MAX}, got {limit}"),
+        ));
+    }
+    let store = s.store.clone();
+    let (orders, next_cursor) =
+        tokio::task::spawn_blocking(move || store.list(status, limit, q.cursor.as_deref(), LIST_SCAN_MAX))
+            .await
+            .map_err(|e| ApiError::internal("list task", e))??;
+    Ok(Json(OrderPage { orders, next_cursor }))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -26,9 +26,11 @@
 //! to `consumerRetryBudgetMs`; meanwhile no later record of the shard is
 //! handled (order is kept) and `/metrics` shows `consumer_blocked{group} 1`.
 //! A permanent one, or a transient one past its budget, is written to
-//! `<stream>-dlq` at once and marked done. So the handler fails towards the
-//! `client::Consumer` only when the service shuts down; the consumer's own
-//! retries (none) and on-failure hook are a last resort.
+//! `<stream>-dlq` at once and marked dead-lettered, so that replaying it
+//! from there (the broker console's replay) handles it again. So the
+//! handler fails towards the `client::Consumer` only when the service shuts
+//! down; the consumer's own retries (none) and on-failure hook are a last
+//! resort.
 //!
 //! **Acknowledgement.** The consumer commits its checkpoint past a batch
 //! when the handler returns; the handler returns only after the batch's
@@ -308,7 +310,9 @@ async fn handle_record(
 }
 
 /// Dead-letters a record (retrying the dead-letter write until it is
-/// stored) and marks its event done, so a redelivery does not repeat it.
+/// stored) and marks its event dead-lettered: a later delivery of it (a
+/// replay from the dead-letter stream, or a redelivery after a crash before
+/// the checkpoint) is handled again rather than skipped.
 async fn give_up(
     ctx: &Ctx,
     group: &'static str,
@@ -332,8 +336,8 @@ async fn give_up(
         }
     }
     if let Some(env) = env {
-        while let Err(e) = ctx.store.finish(group, &env.event_id) {
-            tracing::error!(error = %e, "marking a dead-lettered event done failed; retrying");
+        while let Err(e) = ctx.store.dead_lettered(group, &env.event_id) {
+            tracing::error!(error = %e, "marking an event dead-lettered failed; retrying");
             if blocked_wait(ctx, group, kind::LOCAL, backoff.next_delay(), shutdown).await {
                 return Err(Stopped);
             }

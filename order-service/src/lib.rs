@@ -155,10 +155,23 @@ pub async fn start_with_stack(
                 .await
                 .map_err(io(format!("bind broker admin {}", config.broker_admin_addr)))?;
             let addr = grpc.local_addr().map_err(io("broker address"))?;
+            // The embedded broker's console shows this service's orders.
+            let console = broker::config::ConsoleConfig {
+                order_service_url: format!("http://{}", reachable(http_addr)),
+                order_streams: [
+                    &config.order_stream_name,
+                    &config.delivery_queue_name,
+                    &config.customer_service_queue_name,
+                ]
+                .map(String::clone)
+                .to_vec(),
+                ..Default::default()
+            };
             let broker_config = broker::config::BrokerConfig {
                 data_dir: config.data_dir.join("broker"),
                 grpc_addr: addr,
                 http_addr: admin.local_addr().map_err(io("broker admin address"))?,
+                console,
                 ..Default::default()
             };
             let token = CancellationToken::new();
@@ -189,14 +202,13 @@ pub async fn start_with_stack(
         None => tasks.spawn(ensure_streams(broker_addr.clone(), stream_names(&config), shutdown.clone())),
     };
     tasks.spawn(relay::run(store.clone(), broker_addr.clone(), metrics.clone(), shutdown.clone()));
-    let self_ip = if http_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { http_addr.ip() };
     let ctx = Arc::new(consumers::Ctx {
         store: store.clone(),
         mailer,
         config: config.clone(),
         metrics: metrics.clone(),
         broker: broker_addr.clone(),
-        self_url: format!("http://{}", SocketAddr::new(self_ip, http_addr.port())),
+        self_url: format!("http://{}", reachable(http_addr)),
         http: http_client::HttpClient::default(),
     });
     consumers::spawn_all(ctx, &shutdown, &mut tasks);
@@ -207,6 +219,12 @@ pub async fn start_with_stack(
     );
     tracing::info!(%http_addr, broker = %broker_addr, "order service started");
     Ok(Running { http_addr, broker_addr, shutdown, tasks, server, broker: broker_task })
+}
+
+/// The address to call a listener on: a wildcard listen address is called on 127.0.0.1.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    let ip = if addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { addr.ip() };
+    SocketAddr::new(ip, addr.port())
 }
 
 /// Every stream the service uses, dead-letter streams included.

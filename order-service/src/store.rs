@@ -103,15 +103,23 @@ pub enum Claim {
     },
     /// Another delivery in this process owns it right now.
     Busy,
-    /// Handled (or dead-lettered) already.
+    /// Handled already.
     Done,
 }
 
 /// `processed` values: a claim names the process (its incarnation id); a
-/// finished event is marked done. Values written before claims existed were
-/// 8-byte timestamps of handled events, which never start with this tag.
+/// finished event is marked done; a dead-lettered one is marked dead, which
+/// a new delivery may claim again (a replay of the dead letter is meant to
+/// be handled). Values written before claims existed were 8-byte
+/// timestamps of handled events, which never start with these tags.
 const CLAIM_TAG: u8 = b'C';
 const DONE_TAG: u8 = b'D';
+const DEAD_TAG: u8 = b'X';
+
+/// Whether a `processed` value means the event needs no more handling.
+fn is_handled(v: &[u8]) -> bool {
+    v.first() != Some(&DEAD_TAG)
+}
 
 /// The order store.
 #[derive(Debug, Clone)]
@@ -203,6 +211,37 @@ impl Store {
             Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| StoreError::Db(format!("decode: {e}")))?)),
             None => Ok(None),
         }
+    }
+
+    /// Orders newest first (order ids are UUID v7, so key order is creation
+    /// order), only those in `status` if given, starting after the order
+    /// `before` (exclusive). Looks at no more than `scan_max` orders; the
+    /// second value is where the next page starts when more may follow.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+        before: Option<&str>,
+        scan_max: usize,
+    ) -> Result<(Vec<Order>, Option<String>), StoreError> {
+        let entries = match before {
+            Some(b) => self.orders.range(..b.as_bytes()),
+            None => self.orders.iter(),
+        };
+        let (mut out, mut scanned, mut last) = (Vec::new(), 0usize, None);
+        for entry in entries.rev() {
+            if out.len() >= limit || scanned >= scan_max {
+                return Ok((out, last));
+            }
+            let (_, bytes) = entry?;
+            let order: Order = serde_json::from_slice(&bytes).map_err(|e| StoreError::Db(format!("decode: {e}")))?;
+            scanned += 1;
+            last = Some(order.order_id.clone());
+            if status.is_none_or(|s| s == order.status) {
+                out.push(order);
+            }
+        }
+        Ok((out, None))
     }
 
     /// Creates an order and its `order_placed` event. With an idempotency
@@ -310,7 +349,7 @@ impl Store {
         let key = processed_key(group, event_id);
         let stream = &self.streams.delivery;
         let done = (&self.orders, &self.outbox, &self.processed).transaction(|(orders, outbox, processed)| {
-            if processed.get(key.as_bytes())?.is_some() {
+            if processed.get(key.as_bytes())?.is_some_and(|v| is_handled(&v)) {
                 return Ok(false);
             }
             let mut order = read_order(orders, order_id)?;
@@ -342,6 +381,7 @@ impl Store {
                 None => false,
                 Some(v) if v.as_ref() == &*self.incarnation => return Ok(Claim::Busy),
                 Some(v) if v.first() == Some(&CLAIM_TAG) => true,
+                Some(v) if !is_handled(v) => false,
                 Some(_) => return Ok(Claim::Done),
             };
             let swapped = self.processed.compare_and_swap(key.as_bytes(), current, Some(self.incarnation.as_ref()))?;
@@ -358,6 +398,16 @@ impl Store {
         let mut done = vec![DONE_TAG];
         done.extend_from_slice(&now_ms().to_be_bytes());
         self.processed.insert(processed_key(group, event_id).as_bytes(), done)?;
+        Ok(())
+    }
+
+    /// Marks an event dead-lettered: a later delivery of it (a replay of
+    /// the dead letter) is handled again. Durable after the next
+    /// [`Store::commit`].
+    pub fn dead_lettered(&self, group: &str, event_id: &str) -> Result<(), StoreError> {
+        let mut dead = vec![DEAD_TAG];
+        dead.extend_from_slice(&now_ms().to_be_bytes());
+        self.processed.insert(processed_key(group, event_id).as_bytes(), dead)?;
         Ok(())
     }
 
@@ -417,6 +467,28 @@ mod tests {
         Store::open(dir, "ordersTable", streams).expect("open")
     }
 
+    #[test]
+    fn list_pages_newest_first_and_filters_by_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(st.create(&req(), None).expect("create").0.order_id);
+        }
+        st.fulfill(&FulfillOrder { order_id: ids[1].clone(), fulfillment_id: "p".into() }).expect("fulfil");
+        let (page, next) = st.list(None, 2, None, 1000).expect("list");
+        assert_eq!(page.iter().map(|o| o.order_id.clone()).collect::<Vec<_>>(), vec![ids[4].clone(), ids[3].clone()]);
+        let (page, _) = st.list(None, 10, next.as_deref(), 1000).expect("next page");
+        assert_eq!(
+            page.iter().map(|o| o.order_id.clone()).collect::<Vec<_>>(),
+            vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]
+        );
+        let (fulfilled, next) = st.list(Some(Status::Fulfilled), 10, None, 1000).expect("by status");
+        assert_eq!((fulfilled.len(), fulfilled[0].order_id.clone(), next), (1, ids[1].clone(), None));
+        let (_, next) = st.list(Some(Status::Delivered), 10, None, 3).expect("bounded scan");
+        assert_eq!(next, Some(ids[2].clone()), "a scan that stops early says where to go on");
+    }
+
     fn req() -> CreateOrder {
         CreateOrder { name: "n".into(), address: "a".into(), product_id: "p".into(), quantity: 2 }
     }
@@ -458,6 +530,12 @@ mod tests {
             assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
             s.release("g", "e2").expect("release leaves a done mark");
             assert_eq!(s.claim("g", "e2").expect("claim"), Claim::Done);
+            // A dead-lettered event may be claimed again (its replay).
+            s.claim("g", "e3").expect("claim");
+            s.dead_lettered("g", "e3").expect("dead-lettered");
+            assert_eq!(s.claim("g", "e3").expect("claim"), Claim::Won { after_crash: false });
+            s.finish("g", "e3").expect("finish");
+            assert_eq!(s.claim("g", "e3").expect("claim"), Claim::Done);
             // A mark from before claims existed is a done mark.
             s.processed.insert("g/old", &1u64.to_be_bytes()).expect("insert");
             s.commit_blocking().expect("commit");

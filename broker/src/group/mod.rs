@@ -1006,7 +1006,7 @@ async fn read_fairly(
                 }
             };
             let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
-            shard.quota.charge_read(bytes, now_ms);
+            shard.quota.charge_read(batch.records.len() as u64, bytes, now_ms);
             let behind = if batch.next_seq >= reader.next_seq() {
                 0
             } else {

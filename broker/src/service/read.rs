@@ -92,7 +92,7 @@ impl Service {
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?
             .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
         let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
-        shard.quota.charge_read(bytes, now);
+        shard.quota.charge_read(batch.records.len() as u64, bytes, now);
         let behind = if batch.next_seq >= end {
             0
         } else {

@@ -254,6 +254,7 @@ impl Running {
         let now = self.clock.now_ms();
         let bytes: u64 = records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
         self.budget.charge(bytes, now);
+        self.shard.quota.count_pushed(records.len() as u64, bytes);
         let behind = if next_seq >= available {
             0
         } else {
