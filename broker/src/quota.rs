@@ -165,7 +165,6 @@ impl ShardQuota {
         }
     }
 
-
     /// What this quota admitted and refused so far.
     pub fn usage(&self) -> Usage {
         let c = &self.counters;
