@@ -1,19 +1,32 @@
 //! `stream-bench`: load generator for a real broker through real gRPC.
 //!
-//! By default it starts an in-process broker on 127.0.0.1:0 over a temporary
-//! directory (durability `always`: every acknowledgement is fdatasync'ed)
-//! and prints its figures next to the disk's own `dd ... conv=fdatasync`
-//! bandwidth measured in the same run. `--broker URL` targets an external
-//! broker instead (the dd reference then measures the local disk only).
+//! By default it starts an in-process broker on 127.0.0.1:0 (durability
+//! `always`: every acknowledgement is fdatasync'ed) over a directory on a
+//! real disk: `--dir`, or `stream-bench-data/` in cargo's target directory.
+//! A tmpfs or ramfs directory is refused unless `--allow-tmpfs` (an fsync
+//! there costs nothing, so the figures would mean nothing). `--broker URL`
+//! targets an external broker instead; its durability mode is read from
+//! DescribeStream and printed with every result.
+//!
+//! **In-flight windows are real.** Every load generator holds a fixed
+//! number of requests outstanding (`--window`): a request is sent only when
+//! an earlier one was answered, so the broker's own read-ahead (pending and
+//! outgoing slots of a Produce stream) never holds more. Latency runs from
+//! the moment a request is handed to the gRPC client (after any wait for a
+//! window slot, so client-side queueing is not counted) to the moment its
+//! answer is read.
 //!
 //! ```text
-//! stream-bench produce   durable produce matrix: 100 B / 1 KiB, 1 / 8 shards, 1 / 8 producers
+//! stream-bench produce   durable produce matrix: 100 B / 1 KiB, 1 / 8 shards, unary and batched
 //! stream-bench scale     shards at full Kinesis quota with p99 ack < 50 ms and no throttling
 //! stream-bench e2e       produce-to-subscriber latency at a given rate
 //! stream-bench groups    consumer-group drain throughput and rebalance pauses
 //! stream-bench overload  in-quota shards' ack latency next to shards offered 3x their quota
 //! stream-bench all       all of them; e2e at half the best 1 KiB produce rate
+//! stream-bench suite     every benchmark with fixed parameters, next to the disk: Markdown + JSON
 //! ```
+
+mod suite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,16 +46,20 @@ use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for stream-broker")]
-struct Args {
+pub(crate) struct Args {
     /// Use this broker instead of an in-process one.
     #[arg(long, env = "STREAM_BROKER_ADDR")]
     broker: Option<String>,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Directory for the in-process broker's data and the dd reference (default: the system temp dir).
+    /// Directory for the in-process broker's data and the disk reference
+    /// (default: `stream-bench-data/` in cargo's target directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Accept a tmpfs or ramfs data directory (fsync is free there).
+    #[arg(long)]
+    allow_tmpfs: bool,
     #[command(subcommand)]
     what: What,
 }
@@ -77,6 +94,23 @@ enum What {
     },
     /// Everything, with e2e at half the best 1 KiB produce rate.
     All,
+    /// The whole suite with fixed parameters: a Markdown table and a JSON file.
+    Suite(suite::SuiteArgs),
+    /// Runs a broker in this process, configured as `stream-broker` is
+    /// (`STREAM_BROKER_*` variables and these flags) (the suite's fallback when no
+    /// `stream-broker` binary sits next to this one).
+    #[command(hide = true)]
+    Serve {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// gRPC listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        grpc_addr: std::net::SocketAddr,
+        /// HTTP admin listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http_addr: std::net::SocketAddr,
+    },
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -85,7 +119,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(run(args))
 }
 
-struct Target {
+/// Cargo's target directory: the nearest ancestor of this executable that
+/// holds cargo's `CACHEDIR.TAG`.
+fn target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
+}
+
+/// The directory benchmarks write to, created if needed; refuses tmpfs and
+/// ramfs unless `--allow-tmpfs`.
+pub(crate) fn bench_dir(args: &Args) -> PathBuf {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        target_dir().map(|t| t.join("stream-bench-data")).unwrap_or_else(|| PathBuf::from("stream-bench-data"))
+    });
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let fs = rustix::fs::statfs(&dir).unwrap_or_else(|e| panic!("statfs {}: {e}", dir.display()));
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets
+    let kind = fs.f_type as u64;
+    if (kind == TMPFS_MAGIC || kind == RAMFS_MAGIC) && !args.allow_tmpfs {
+        eprintln!(
+            "stream-bench: {} is on tmpfs/ramfs, where fsync costs nothing; use --dir on a real disk or pass --allow-tmpfs",
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+    dir
+}
+
+pub(crate) struct Target {
     endpoint: String,
     broker: Option<TestBroker>,
     _dir: Option<tempfile::TempDir>,
@@ -104,8 +167,7 @@ async fn target(args: &Args, enforce_quotas: bool) -> Target {
     if let Some(url) = &args.broker {
         return Target { endpoint: url.clone(), broker: None, _dir: None };
     }
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::tempdir_in(base).expect("bench data dir");
+    let dir = tempfile::tempdir_in(bench_dir(args)).expect("bench data dir");
     let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     config.quotas.enforce = enforce_quotas;
     config.limits.max_shards_per_stream = 1024;
@@ -113,19 +175,35 @@ async fn target(args: &Args, enforce_quotas: bool) -> Target {
     Target { endpoint: broker.endpoint(), broker: Some(broker), _dir: Some(dir) }
 }
 
-async fn client(endpoint: &str) -> StreamBrokerClient<Channel> {
+pub(crate) async fn client(endpoint: &str) -> StreamBrokerClient<Channel> {
     let channel = Channel::from_shared(endpoint.to_string()).expect("endpoint").connect().await.expect("connect");
     StreamBrokerClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
 }
 
-async fn create(c: &mut StreamBrokerClient<Channel>, name: &str, shards: u32) {
-    c.create_stream(pb::CreateStreamRequest { stream_name: name.into(), shard_count: shards, ..Default::default() })
+/// Creates a stream and returns the broker's durability mode as it
+/// describes it (`always`, `interval 50 ms`, `never`).
+pub(crate) async fn create(c: &mut StreamBrokerClient<Channel>, name: &str, shards: u32) -> String {
+    let d = c
+        .create_stream(pb::CreateStreamRequest { stream_name: name.into(), shard_count: shards, ..Default::default() })
         .await
-        .expect("create stream");
+        .expect("create stream")
+        .into_inner()
+        .stream
+        .expect("stream description");
+    durability_name(&d)
+}
+
+fn durability_name(d: &pb::StreamDescription) -> String {
+    match pb::DurabilityMode::try_from(d.durability) {
+        Ok(pb::DurabilityMode::Always) => "always (fdatasync before ack)".into(),
+        Ok(pb::DurabilityMode::Interval) => format!("interval {} ms (ack before fdatasync)", d.durability_interval_ms),
+        Ok(pb::DurabilityMode::Never) => "never (ack before fdatasync)".into(),
+        _ => format!("unknown ({})", d.durability),
+    }
 }
 
 /// MB/s of `dd if=/dev/zero bs=1M count=N conv=fdatasync` into `dir`.
-fn dd_fdatasync(dir: &Path, mib: u64) -> f64 {
+pub(crate) fn dd_fdatasync(dir: &Path, mib: u64) -> f64 {
     let file = dir.join("stream-bench-dd.tmp");
     let started = Instant::now();
     let status = std::process::Command::new("dd")
@@ -139,85 +217,73 @@ fn dd_fdatasync(dir: &Path, mib: u64) -> f64 {
     (mib * 1024 * 1024) as f64 / secs / 1e6
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+pub(crate) fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// An explicit hash key inside shard `s` of `n`, so each producer can aim at a shard.
-fn key_for(s: u32, n: u32) -> String {
+pub(crate) fn key_for(s: u32, n: u32) -> String {
     let (lo, hi) = broker::routing::HashRanges::new(n).range(s);
     (lo + (hi - lo) / 2).to_string()
 }
 
-struct ProduceResult {
-    records_per_sec: f64,
-    mb_per_sec: f64,
-    latency: Histogram<u64>,
+pub(crate) struct ProduceResult {
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub latency: Histogram<u64>,
 }
 
-/// `producers` Produce streams, each with 8 batches in flight, batches of
-/// `batch` records of `size` bytes spread over all shards, for `secs`.
-async fn produce(
-    endpoint: &str,
-    stream: &str,
-    shards: u32,
-    producers: u32,
-    size: usize,
-    batch: usize,
-    secs: u64,
-) -> ProduceResult {
+/// What one produce run does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    /// Bytes of data per record (the partition key is a few bytes more).
+    pub size: usize,
+    /// Records per request; 1 with `unary` is a PutRecord call.
+    pub batch: usize,
+    /// Requests outstanding per connection, exactly.
+    pub window: usize,
+    /// Connections, each with its own window.
+    pub connections: u32,
+    /// Unary calls (PutRecord, or PutRecords for batches) instead of one Produce stream per connection.
+    pub unary: bool,
+}
+
+impl Load {
+    /// Where the load's timestamps are taken, for the report.
+    pub fn describe(&self) -> String {
+        let call = match (self.unary, self.batch) {
+            (true, 1) => "unary PutRecord".to_string(),
+            (true, b) => format!("unary PutRecords of {b}"),
+            (false, b) => format!("Produce stream, batches of {b}"),
+        };
+        format!(
+            "{call}; {} connection(s) x {} in flight = {} requests outstanding, exactly",
+            self.connections,
+            self.window,
+            self.connections as usize * self.window
+        )
+    }
+}
+
+/// Runs `load` against `stream` (records spread over its `shards`) for `secs`.
+pub(crate) async fn produce(endpoint: &str, stream: &str, shards: u32, load: Load, secs: u64) -> ProduceResult {
     let deadline = Instant::now() + Duration::from_secs(secs);
+    let keys: Arc<Vec<String>> = Arc::new((0..shards).map(|s| key_for(s, shards)).collect());
+    let data = Bytes::from(vec![b'x'; load.size]);
     let mut tasks = Vec::new();
-    for p in 0..producers {
-        let (endpoint, stream) = (endpoint.to_string(), stream.to_string());
+    for p in 0..load.connections {
+        let (endpoint, stream, keys, data) = (endpoint.to_string(), stream.to_string(), keys.clone(), data.clone());
+        let c = client(&endpoint).await;
         tasks.push(tokio::spawn(async move {
-            let mut c = client(&endpoint).await;
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            let mut acks =
-                c.produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("produce").into_inner();
-            let data = Bytes::from(vec![b'x'; size]);
-            let keys: Vec<String> = (0..shards).map(|s| key_for(s, shards)).collect();
-            let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
-            let sender = {
-                let sent_at = sent_at.clone();
-                tokio::spawn(async move {
-                    let mut id = 0u64;
-                    while Instant::now() < deadline {
-                        let records = (0..batch)
-                            .map(|i| pb::PutRecordsEntry {
-                                partition_key: format!("p{p}"),
-                                data: data.clone(),
-                                explicit_hash_key: Some(keys[(i + id as usize) % keys.len()].clone()),
-                            })
-                            .collect();
-                        sent_at.lock().expect("lock").push_back(Instant::now());
-                        let req = pb::ProduceRequest {
-                            batch_id: id,
-                            batch: Some(pb::PutRecordsRequest { stream_name: stream.clone(), records }),
-                        };
-                        if tx.send(req).await.is_err() {
-                            break;
-                        }
-                        id += 1;
-                    }
-                })
-            };
-            let mut h = hist();
-            let mut records = 0u64;
-            while let Some(ack) = acks.next().await {
-                let ack = ack.expect("ack");
-                let sent = sent_at.lock().expect("lock").pop_front().expect("a batch was sent");
-                let result = ack.result.expect("batch result");
-                assert_eq!(result.failed_record_count, 0, "quotas are lifted for this benchmark");
-                records += result.records.len() as u64;
-                h.record(sent.elapsed().as_micros().max(1) as u64).expect("record latency");
+            if load.unary {
+                unary_load(c, stream, keys, data, p, load, deadline).await
+            } else {
+                stream_load(c, stream, keys, data, p, load, deadline).await
             }
-            sender.await.expect("sender");
-            (records, h)
         }));
     }
     let started = Instant::now();
@@ -231,56 +297,185 @@ async fn produce(
     let secs = started.elapsed().as_secs_f64();
     ProduceResult {
         records_per_sec: records as f64 / secs,
-        mb_per_sec: records as f64 * (size + 2) as f64 / secs / 1e6,
+        mb_per_sec: records as f64 * (load.size + 2) as f64 / secs / 1e6,
         latency,
     }
 }
 
+fn entries(keys: &[String], data: &Bytes, p: u32, batch: usize, id: u64) -> Vec<pb::PutRecordsEntry> {
+    (0..batch)
+        .map(|i| pb::PutRecordsEntry {
+            partition_key: format!("p{p}"),
+            data: data.clone(),
+            explicit_hash_key: Some(keys[(i + id as usize) % keys.len()].clone()),
+        })
+        .collect()
+}
+
+/// `load.window` tasks on one connection, each calling and waiting in a loop.
+async fn unary_load(
+    c: StreamBrokerClient<Channel>,
+    stream: String,
+    keys: Arc<Vec<String>>,
+    data: Bytes,
+    p: u32,
+    load: Load,
+    deadline: Instant,
+) -> (u64, Histogram<u64>) {
+    let mut callers = tokio::task::JoinSet::new();
+    for w in 0..load.window {
+        let (mut c, stream, keys, data) = (c.clone(), stream.clone(), keys.clone(), data.clone());
+        callers.spawn(async move {
+            let mut h = hist();
+            let mut records = 0u64;
+            let mut id = w as u64;
+            while Instant::now() < deadline {
+                let mut batch = entries(&keys, &data, p, load.batch, id);
+                id += load.window as u64;
+                let sent = Instant::now();
+                if load.batch == 1 {
+                    let e = batch.pop().expect("one record");
+                    let req = pb::PutRecordRequest {
+                        stream_name: stream.clone(),
+                        partition_key: e.partition_key,
+                        data: e.data,
+                        explicit_hash_key: e.explicit_hash_key,
+                    };
+                    c.put_record(req).await.expect("put record");
+                    records += 1;
+                } else {
+                    let req = pb::PutRecordsRequest { stream_name: stream.clone(), records: batch };
+                    let r = c.put_records(req).await.expect("put records").into_inner();
+                    assert_eq!(r.failed_record_count, 0, "quotas are lifted for this benchmark");
+                    records += r.records.len() as u64;
+                }
+                h.record(sent.elapsed().as_micros().max(1) as u64).expect("record latency");
+            }
+            (records, h)
+        });
+    }
+    let (mut records, mut h) = (0, hist());
+    while let Some(r) = callers.join_next().await {
+        let (n, part) = r.expect("caller");
+        records += n;
+        h.add(part).expect("merge");
+    }
+    (records, h)
+}
+
+/// One Produce stream with exactly `load.window` batches unacknowledged.
+async fn stream_load(
+    mut c: StreamBrokerClient<Channel>,
+    stream: String,
+    keys: Arc<Vec<String>>,
+    data: Bytes,
+    p: u32,
+    load: Load,
+    deadline: Instant,
+) -> (u64, Histogram<u64>) {
+    // Room for the whole window, so a send never waits here: the send
+    // time is when the request enters the gRPC stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(load.window);
+    let mut acks = c.produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("produce").into_inner();
+    let window = Arc::new(tokio::sync::Semaphore::new(load.window));
+    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let sender = {
+        let (sent_at, window) = (sent_at.clone(), window.clone());
+        tokio::spawn(async move {
+            let mut id = 0u64;
+            while Instant::now() < deadline {
+                let permit = window.acquire().await.expect("window semaphore");
+                permit.forget(); // given back when the batch is acknowledged
+                let req = pb::ProduceRequest {
+                    batch_id: id,
+                    batch: Some(pb::PutRecordsRequest {
+                        stream_name: stream.clone(),
+                        records: entries(&keys, &data, p, load.batch, id),
+                    }),
+                };
+                sent_at.lock().expect("lock").push_back(Instant::now());
+                if tx.send(req).await.is_err() {
+                    break;
+                }
+                id += 1;
+            }
+        })
+    };
+    let mut h = hist();
+    let mut records = 0u64;
+    while let Some(ack) = acks.next().await {
+        let ack = ack.expect("ack");
+        let sent = sent_at.lock().expect("lock").pop_front().expect("a batch was sent");
+        h.record(sent.elapsed().as_micros().max(1) as u64).expect("record latency");
+        window.add_permits(1);
+        let result = ack.result.expect("batch result");
+        assert_eq!(result.failed_record_count, 0, "quotas are lifted for this benchmark");
+        records += result.records.len() as u64;
+    }
+    sender.await.expect("sender");
+    (records, h)
+}
+
+/// The durable produce matrix: 100 B / 1 KiB, 1 / 8 shards, unary (one
+/// record per PutRecord, 64 in flight) and batched (Produce stream, 500
+/// records per batch, 8 in flight).
+pub(crate) fn produce_loads() -> Vec<(usize, u32, Load)> {
+    let mut v = Vec::new();
+    for size in [100usize, 1024] {
+        for shards in [1u32, 8] {
+            v.push((size, shards, Load { size, batch: 1, window: 64, connections: 1, unary: true }));
+            v.push((size, shards, Load { size, batch: 500, window: 8, connections: 1, unary: false }));
+        }
+    }
+    v
+}
+
 async fn produce_matrix(args: &Args) -> f64 {
     let t = target(args, false).await;
-    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dd = dd_fdatasync(&dir, 1024);
-    println!("# durable produce (acknowledged = fdatasync'ed, group commit), {} s each", args.seconds);
+    let dd = dd_fdatasync(&bench_dir(args), 1024);
+    let mut c = client(&t.endpoint).await;
+    println!(
+        "# durable produce (group commit), {} s each; latency from hand-off to the gRPC client to the answer",
+        args.seconds
+    );
     println!("disk reference: dd bs=1M count=1024 conv=fdatasync = {dd:.0} MB/s");
     println!(
-        "{:>6} {:>6} {:>9} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "size", "shards", "producers", "batch", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms"
+        "{:>6} {:>6} {:>44} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "size", "shards", "load", "records/s", "MB/s", "p50 ms", "p99 ms", "p999 ms"
     );
     let mut best_1k: f64 = 0.0;
     let mut best_100: f64 = 0.0;
-    let mut c = client(&t.endpoint).await;
-    let mut n = 0;
-    for size in [100usize, 1024] {
-        for shards in [1u32, 8] {
-            for producers in [1u32, 8] {
-                n += 1;
-                let stream = format!("bench-produce-{n}");
-                create(&mut c, &stream, shards).await;
-                let batch = 500;
-                let r = produce(&t.endpoint, &stream, shards, producers, size, batch, args.seconds).await;
-                println!(
-                    "{:>6} {:>6} {:>9} {:>6} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
-                    size,
-                    shards,
-                    producers,
-                    batch,
-                    r.records_per_sec,
-                    r.mb_per_sec,
-                    ms(&r.latency, 0.5),
-                    ms(&r.latency, 0.99),
-                    ms(&r.latency, 0.999)
-                );
-                if size == 1024 {
-                    best_1k = best_1k.max(r.mb_per_sec);
-                } else {
-                    best_100 = best_100.max(r.records_per_sec);
-                }
-                c.delete_stream(pb::DeleteStreamRequest { stream_name: stream }).await.expect("delete");
-            }
+    let mut mode = String::new();
+    for (n, (size, shards, load)) in produce_loads().into_iter().enumerate() {
+        let stream = format!("bench-produce-{n}");
+        mode = create(&mut c, &stream, shards).await;
+        let r = produce(&t.endpoint, &stream, shards, load, args.seconds).await;
+        let what = if load.unary {
+            format!("unary x{}", load.window)
+        } else {
+            format!("stream {}x{}", load.batch, load.window)
+        };
+        println!(
+            "{:>6} {:>6} {:>44} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+            size,
+            shards,
+            what,
+            r.records_per_sec,
+            r.mb_per_sec,
+            ms(&r.latency, 0.5),
+            ms(&r.latency, 0.99),
+            ms(&r.latency, 0.999)
+        );
+        if size == 1024 {
+            best_1k = best_1k.max(r.mb_per_sec);
+        } else {
+            best_100 = best_100.max(r.records_per_sec);
         }
+        c.delete_stream(pb::DeleteStreamRequest { stream_name: stream }).await.expect("delete");
     }
     drop(c);
     t.stop().await;
+    println!("broker durability: {mode}");
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
     println!(
         "target: durable 1 KiB produce >= 60% of dd fdatasync: best {best_1k:.1} MB/s = {:.0}% of {dd:.0} MB/s -> {}",
@@ -309,81 +504,103 @@ async fn scale(args: &Args, counts: &[u32]) {
     let mut best = 0;
     for &shards in counts {
         let t = target(args, true).await;
-        let mut c = client(&t.endpoint).await;
-        create(&mut c, "scale", shards).await;
-        let channels: Vec<_> = clients(&t.endpoint, 4).await;
-        let deadline = Instant::now() + Duration::from_secs(args.seconds);
-        let throttled = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for s in 0..shards {
-            let mut c = channels[s as usize % channels.len()].clone();
-            let key = key_for(s, shards);
-            let throttled = throttled.clone();
-            tasks.push(tokio::spawn(async move {
-                let data = Bytes::from(vec![b'q'; 1024 - 8]);
-                // Independent producers are not in phase: spread their ticks over the 100 ms period.
-                let phase = Duration::from_micros(100_000 * u64::from(s) / u64::from(shards));
-                let mut tick =
-                    tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_millis(100));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut h = hist();
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    tick.tick().await;
-                    let records = (0..100)
-                        .map(|_| pb::PutRecordsEntry {
-                            partition_key: "pk-shard".into(),
-                            data: data.clone(),
-                            explicit_hash_key: Some(key.clone()),
-                        })
-                        .collect();
-                    let sent = Instant::now();
-                    let r = c
-                        .put_records(pb::PutRecordsRequest { stream_name: "scale".into(), records })
-                        .await
-                        .expect("put")
-                        .into_inner();
-                    h.record(sent.elapsed().as_micros().max(1) as u64).expect("latency");
-                    throttled.fetch_add(u64::from(r.failed_record_count), Ordering::Relaxed);
-                    n += 100 - u64::from(r.failed_record_count);
-                }
-                (n, h)
-            }));
-        }
-        let started = Instant::now();
-        let mut h = hist();
-        let mut n = 0;
-        for t in tasks {
-            let (k, th) = t.await.expect("shard producer");
-            n += k;
-            h.add(th).expect("merge");
-        }
-        let rate = n as f64 / started.elapsed().as_secs_f64();
-        let throttled = throttled.load(Ordering::Relaxed);
-        let ok = ms(&h, 0.99) < 50.0 && throttled == 0 && rate >= 0.95 * 1000.0 * f64::from(shards);
+        let r = scale_step(&t.endpoint, shards, args.seconds).await;
+        t.stop().await;
         println!(
             "{:>7} {:>12.0} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>8}",
             shards,
-            rate,
-            throttled,
-            ms(&h, 0.5),
-            ms(&h, 0.99),
-            h.max() as f64 / 1000.0,
-            if ok { "yes" } else { "no" }
+            r.records_per_sec,
+            r.throttled,
+            ms(&r.latency, 0.5),
+            ms(&r.latency, 0.99),
+            r.latency.max() as f64 / 1000.0,
+            if r.ok() { "yes" } else { "no" }
         );
-        if ok {
+        if r.ok() {
             best = best.max(shards);
         }
-        drop((c, channels));
-        t.stop().await;
     }
     println!(
-        "target: >= 100 shards at full quota with p99 < 50 ms and no throttling: {best} shards -> {}",
-        if best >= 100 { "MET" } else { "MISSED" }
+        "target: >= 200 shards at full quota with p99 < 50 ms and no throttling: {best} shards -> {}",
+        if best >= 200 { "MET" } else { "MISSED" }
     );
 }
 
-async fn clients(endpoint: &str, n: usize) -> Vec<StreamBrokerClient<Channel>> {
+/// One step of the full-quota scale benchmark.
+pub(crate) struct ScaleStep {
+    pub shards: u32,
+    pub records_per_sec: f64,
+    pub throttled: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl ScaleStep {
+    /// p99 < 50 ms, nothing throttled, and 95% of the offered rate accepted.
+    pub fn ok(&self) -> bool {
+        ms(&self.latency, 0.99) < 50.0 && self.throttled == 0 && self.records_per_sec >= 950.0 * f64::from(self.shards)
+    }
+}
+
+/// Every shard of a new stream `scale` gets 1000 records/s of 1 KiB (its
+/// full Kinesis write quota) as a 100-record PutRecords every 100 ms, one
+/// call outstanding per shard at most, the shards' ticks spread over the
+/// period, over 4 connections. Latency runs from just before each call to
+/// its answer.
+pub(crate) async fn scale_step(endpoint: &str, shards: u32, secs: u64) -> ScaleStep {
+    let mut c = client(endpoint).await;
+    create(&mut c, "scale", shards).await;
+    let channels: Vec<_> = clients(endpoint, 4).await;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let throttled = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for s in 0..shards {
+        let mut c = channels[s as usize % channels.len()].clone();
+        let key = key_for(s, shards);
+        let throttled = throttled.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = Bytes::from(vec![b'q'; 1024 - 8]);
+            // Independent producers are not in phase: spread their ticks over the 100 ms period.
+            let phase = Duration::from_micros(100_000 * u64::from(s) / u64::from(shards));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut h = hist();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let records = (0..100)
+                    .map(|_| pb::PutRecordsEntry {
+                        partition_key: "pk-shard".into(),
+                        data: data.clone(),
+                        explicit_hash_key: Some(key.clone()),
+                    })
+                    .collect();
+                let sent = Instant::now();
+                let r = c
+                    .put_records(pb::PutRecordsRequest { stream_name: "scale".into(), records })
+                    .await
+                    .expect("put")
+                    .into_inner();
+                h.record(sent.elapsed().as_micros().max(1) as u64).expect("latency");
+                throttled.fetch_add(u64::from(r.failed_record_count), Ordering::Relaxed);
+                n += 100 - u64::from(r.failed_record_count);
+            }
+            (n, h)
+        }));
+    }
+    let started = Instant::now();
+    let mut latency = hist();
+    let mut n = 0;
+    for t in tasks {
+        let (k, th) = t.await.expect("shard producer");
+        n += k;
+        latency.add(th).expect("merge");
+    }
+    let records_per_sec = n as f64 / started.elapsed().as_secs_f64();
+    c.delete_stream(pb::DeleteStreamRequest { stream_name: "scale".into() }).await.expect("delete");
+    ScaleStep { shards, records_per_sec, throttled: throttled.load(Ordering::Relaxed), latency }
+}
+
+pub(crate) async fn clients(endpoint: &str, n: usize) -> Vec<StreamBrokerClient<Channel>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(client(endpoint).await);
@@ -391,21 +608,32 @@ async fn clients(endpoint: &str, n: usize) -> Vec<StreamBrokerClient<Channel>> {
     v
 }
 
-/// Produces `rate` records/s of 1 KiB over 8 shards, each stamped with its
-/// send time, and measures when a SubscribeShard subscriber receives it.
-async fn e2e(args: &Args, rate: u64) {
-    let t = target(args, false).await;
-    let mut c = client(&t.endpoint).await;
+/// What a produce-to-subscriber run saw.
+pub(crate) struct E2e {
+    pub sent: u64,
+    pub latency: Histogram<u64>,
+}
+
+/// Produces `rate` records/s of 1 KiB over 8 shards of a new stream
+/// `name`, open loop (a PutRecords of at most 500 records every 10 ms,
+/// spread over 4 connections, not waiting for earlier answers), and
+/// measures when SubscribeShard subscribers receive each record. The send
+/// time is written into each record's first 8 bytes immediately before the
+/// PutRecords call; the receive time is taken when the subscriber's task
+/// gets the event.
+pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, secs: u64) -> E2e {
+    let mut c = client(endpoint).await;
     let shards = 8u32;
-    create(&mut c, "e2e", shards).await;
+    create(&mut c, name, shards).await;
     let origin = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let arrived = Arc::new(tokio::sync::Notify::new());
     let mut subscribers = Vec::new();
     for s in 0..shards {
-        let mut c = client(&t.endpoint).await;
+        let mut c = client(endpoint).await;
+        let stream = name.to_string();
         let request = move |position: pb::IteratorType, seq: Option<u64>| pb::SubscribeShardRequest {
-            stream_name: "e2e".into(),
+            stream_name: stream.clone(),
             shard_id: format!("shardId-{s:012}"),
             starting_position: position as i32,
             starting_sequence_number: seq,
@@ -437,31 +665,39 @@ async fn e2e(args: &Args, rate: u64) {
             h
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let per_tick = (rate / 100).max(1) as usize; // every 10 ms
-    let keys: Vec<String> = (0..shards).map(|s| key_for(s, shards)).collect();
+    let keys: Arc<Vec<String>> = Arc::new((0..shards).map(|s| key_for(s, shards)).collect());
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut sent = 0u64;
-    let mut producers = clients(&t.endpoint, 4).await;
+    let mut producers = clients(endpoint, 4).await;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut i = 0usize;
     while Instant::now() < deadline {
         tick.tick().await;
-        let stamp = (origin.elapsed().as_micros() as u64).to_le_bytes();
-        let mut data = vec![b'e'; 1024];
-        data[..8].copy_from_slice(&stamp);
-        let data = Bytes::from(data);
-        let records: Vec<_> = (0..per_tick)
-            .map(|j| pb::PutRecordsEntry {
-                partition_key: "e".into(),
-                data: data.clone(),
-                explicit_hash_key: Some(keys[(i + j) % keys.len()].clone()),
-            })
-            .collect();
-        for chunk in records.chunks(500) {
-            let mut c = producers[i % producers.len()].clone();
-            let req = pb::PutRecordsRequest { stream_name: "e2e".into(), records: chunk.to_vec() };
-            in_flight.spawn(async move { c.put_records(req).await.expect("put").into_inner().failed_record_count });
+        let mut left = per_tick;
+        while left > 0 {
+            let n = left.min(500);
+            left -= n;
+            let (mut c, keys, stream, first) =
+                (producers[i % producers.len()].clone(), keys.clone(), name.to_string(), i);
+            in_flight.spawn(async move {
+                let mut data = vec![b'e'; 1024];
+                let template: Vec<String> = (0..n).map(|j| keys[(first + j) % keys.len()].clone()).collect();
+                let stamp = (origin.elapsed().as_micros() as u64).to_le_bytes();
+                data[..8].copy_from_slice(&stamp);
+                let data = Bytes::from(data);
+                let records = template
+                    .into_iter()
+                    .map(|k| pb::PutRecordsEntry {
+                        partition_key: "e".into(),
+                        data: data.clone(),
+                        explicit_hash_key: Some(k),
+                    })
+                    .collect();
+                let req = pb::PutRecordsRequest { stream_name: stream, records };
+                c.put_records(req).await.expect("put").into_inner().failed_record_count
+            });
             i += 1;
         }
         sent += per_tick as u64;
@@ -471,36 +707,46 @@ async fn e2e(args: &Args, rate: u64) {
     }
     producers.clear();
     // Wait (bounded) until the subscribers have every record, then end them by deleting the stream.
-    let give_up = Instant::now() + Duration::from_secs(10);
+    let give_up = Instant::now() + Duration::from_secs(30);
     while received.load(Ordering::SeqCst) < sent && Instant::now() < give_up {
         let _ = tokio::time::timeout(Duration::from_secs(1), arrived.notified()).await;
     }
-    c.delete_stream(pb::DeleteStreamRequest { stream_name: "e2e".into() }).await.expect("delete");
-    let mut h = hist();
+    c.delete_stream(pb::DeleteStreamRequest { stream_name: name.into() }).await.expect("delete");
+    let mut latency = hist();
     for s in subscribers {
-        h.add(s.await.expect("subscriber")).expect("merge");
+        latency.add(s.await.expect("subscriber")).expect("merge");
     }
+    E2e { sent, latency }
+}
+
+async fn e2e(args: &Args, rate: u64) {
+    let t = target(args, false).await;
+    let r = e2e_run(&t.endpoint, "e2e", rate, args.seconds).await;
+    let h = &r.latency;
     println!(
-        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over 8 shards ({} s, {sent} sent, {} received)",
+        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over 8 shards ({} s, {} sent, {} received)",
         args.seconds,
+        r.sent,
         h.len()
     );
     println!(
         "p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
-        ms(&h, 0.5),
-        ms(&h, 0.99),
-        ms(&h, 0.999),
+        ms(h, 0.5),
+        ms(h, 0.99),
+        ms(h, 0.999),
         h.max() as f64 / 1000.0
     );
     println!(
         "target: p99 < 10 ms at half the maximum throughput -> {}",
-        if ms(&h, 0.99) < 10.0 { "MET" } else { "MISSED" }
+        if ms(h, 0.99) < 10.0 { "MET" } else { "MISSED" }
     );
-    drop(c);
     t.stop().await;
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let What::Serve { data_dir, grpc_addr, http_addr } = &args.what {
+        return suite::serve(data_dir, *grpc_addr, *http_addr).await;
+    }
     println!(
         "stream-bench on {} cores; hot page cache; broker {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -514,6 +760,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         What::E2e { rate } => e2e(&args, *rate).await,
         What::Groups { rounds } => groups(&args, *rounds).await,
         What::Overload { shards } => overload(&args, *shards).await,
+        What::Suite(suite) => suite::run(&args, suite).await,
+        What::Serve { .. } => unreachable!("served above"),
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
@@ -534,75 +782,97 @@ async fn groups(args: &Args, rounds: u32) {
     let shards = 8u32;
     let per_shard = 25_000u64;
     create(&mut c, "groups", shards).await;
-    let data = Bytes::from(vec![b'g'; 1024]);
+    fill(&mut c, "groups", shards, per_shard, 1024).await;
+    let total = per_shard * u64::from(shards);
+    println!("# consumer groups: drain {total} records of 1 KiB on {shards} shards with Consumer::run (batch 1000)");
+    println!("{:>8} {:>12} {:>9} {:>13}", "members", "records/s", "MB/s", "redelivered");
+    for members in [1u32, 2, 4] {
+        let d = drain(&t.endpoint, "groups", &format!("g{members}"), members, total).await;
+        println!(
+            "{:>8} {:>12.0} {:>9.1} {:>13}",
+            members,
+            d.records_per_sec,
+            d.records_per_sec * 1025.0 / 1e6,
+            d.redelivered
+        );
+    }
+    drop(c);
+    t.stop().await;
+    rebalance_pause(args, rounds).await;
+}
+
+/// Puts `per_shard` records of `size` bytes into each of the `shards`
+/// shards of `stream`, 500 per PutRecords.
+pub(crate) async fn fill(c: &mut StreamBrokerClient<Channel>, stream: &str, shards: u32, per_shard: u64, size: usize) {
+    let data = Bytes::from(vec![b'g'; size]);
     for s in 0..shards {
         let key = key_for(s, shards);
-        for _ in 0..per_shard / 500 {
-            let records = (0..500)
+        let mut left = per_shard;
+        while left > 0 {
+            let n = left.min(500);
+            left -= n;
+            let records = (0..n)
                 .map(|_| pb::PutRecordsEntry {
                     partition_key: "g".into(),
                     data: data.clone(),
                     explicit_hash_key: Some(key.clone()),
                 })
                 .collect();
-            c.put_records(pb::PutRecordsRequest { stream_name: "groups".into(), records }).await.expect("fill");
+            c.put_records(pb::PutRecordsRequest { stream_name: stream.into(), records }).await.expect("fill");
         }
     }
-    let total = per_shard * u64::from(shards);
-    println!("# consumer groups: drain {total} records of 1 KiB on {shards} shards with Consumer::run (batch 1000)");
-    println!("{:>8} {:>12} {:>9} {:>13}", "members", "records/s", "MB/s", "redelivered");
-    for members in [1u32, 2, 4] {
-        let group = format!("g{members}");
-        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<(String, u64)>::new()));
-        let (first, again) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for m in 0..members {
-            let config = client::ConsumerConfig {
-                batch_size: 1000,
-                poll_wait: Duration::from_millis(200),
-                client_id: format!("bench-{m}"),
-                ..client::ConsumerConfig::new(group.clone())
-            };
-            let consumer = client::Consumer::join(&t.endpoint, "groups", config).await.expect("join");
-            let (seen, first, again) = (seen.clone(), first.clone(), again.clone());
-            tasks.push(tokio::spawn(consumer.run(
-                move |records: Vec<client::Record>| {
-                    let mut s = seen.lock().expect("seen");
-                    for r in records {
-                        if s.insert((r.shard_id, r.sequence_number)) {
-                            first.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            again.fetch_add(1, Ordering::Relaxed);
-                        }
+}
+
+/// What a group drain measured.
+pub(crate) struct Drain {
+    pub records_per_sec: f64,
+    pub redelivered: u64,
+}
+
+/// `members` consumers of a new group drain the `total` records of
+/// `stream` through `Consumer::run` (poll 1000, handle, commit); only first
+/// deliveries count, from the first join to the last first delivery.
+pub(crate) async fn drain(endpoint: &str, stream: &str, group: &str, members: u32, total: u64) -> Drain {
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<(String, u64)>::new()));
+    let (first, again) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for m in 0..members {
+        let config = client::ConsumerConfig {
+            batch_size: 1000,
+            poll_wait: Duration::from_millis(200),
+            client_id: format!("bench-{m}"),
+            ..client::ConsumerConfig::new(group.to_string())
+        };
+        let consumer = client::Consumer::join(endpoint, stream, config).await.expect("join");
+        let (seen, first, again) = (seen.clone(), first.clone(), again.clone());
+        tasks.push(tokio::spawn(consumer.run(
+            move |records: Vec<client::Record>| {
+                let mut s = seen.lock().expect("seen");
+                for r in records {
+                    if s.insert((r.shard_id, r.sequence_number)) {
+                        first.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        again.fetch_add(1, Ordering::Relaxed);
                     }
-                    std::future::ready(Ok(()))
-                },
-                |_, _| std::future::ready(Ok(())),
-                stop.clone(),
-            )));
-        }
-        while first.load(Ordering::Relaxed) < total {
-            assert!(started.elapsed() < Duration::from_secs(300), "the group did not drain the stream");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        stop.cancel();
-        for task in tasks {
-            task.await.expect("member").expect("member ran without error");
-        }
-        println!(
-            "{:>8} {:>12.0} {:>9.1} {:>13}",
-            members,
-            total as f64 / secs,
-            total as f64 * 1025.0 / secs / 1e6,
-            again.load(Ordering::Relaxed)
-        );
+                }
+                std::future::ready(Ok(()))
+            },
+            |_, _| std::future::ready(Ok(())),
+            stop.clone(),
+        )));
     }
-    drop(c);
-    t.stop().await;
-    rebalance_pause(args, rounds).await;
+    while first.load(Ordering::Relaxed) < total {
+        assert!(started.elapsed() < Duration::from_secs(300), "the group did not drain the stream");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for task in tasks {
+        task.await.expect("member").expect("member ran without error");
+    }
+    Drain { records_per_sec: total as f64 / secs, redelivered: again.load(Ordering::Relaxed) }
 }
 
 /// Who handled which shard when.
@@ -615,8 +885,7 @@ type Deliveries = Arc<std::sync::Mutex<Vec<(Instant, usize, String)>>>;
 /// deliveries of the shards that did not move, next to the longest gap in
 /// the second before the event.
 async fn rebalance_pause(args: &Args, rounds: u32) {
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::tempdir_in(base).expect("dir");
+    let dir = tempfile::tempdir_in(bench_dir(args)).expect("dir");
     let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     config.groups.session_timeout_ms = 1_000;
     config.quotas.enforce = false;
