@@ -218,7 +218,6 @@ pub(crate) fn create_segment(io: &dyn Io, dir: &Path, base_seq: u64) -> Result<A
     file.write_all_at(&format::encode_file_header(FileKind::Log, base_seq), 0)
         .map_err(io_err("write segment header", &path))?;
     file.sync_data().map_err(io_err("sync segment header", &path))?;
-    crate::failpoint!("shardlog::roll::before_dir_fsync", &path);
     io.sync_dir(dir).map_err(io_err("sync dir", dir))?;
     Ok(file)
 }

@@ -116,7 +116,7 @@ impl Shared {
                     }
                 }
             };
-            let synced = job.sync_data();
+            let synced = guarded(&job, || job.sync_data());
             {
                 let mut s = self.lock();
                 match synced {
@@ -131,13 +131,26 @@ impl Shared {
             if self.lock().broken {
                 continue;
             }
-            if let Err(e) = job.write_indexes() {
+            if let Err(e) = guarded(&job, || job.write_indexes()) {
                 let mut s = self.lock();
                 s.failed = Some(e);
                 s.broken = true;
             }
         }
     }
+}
+
+/// Runs a job step; a panic (a bug, or a test's failpoint) becomes a
+/// failure that poisons the log instead of leaving its writer waiting for a
+/// seal that will never finish.
+fn guarded(job: &SealJob, step: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).unwrap_or_else(|_| {
+        Err(Error::Io {
+            op: "seal segment",
+            path: job.segment.path.clone(),
+            source: std::io::Error::other("the seal thread panicked"),
+        })
+    })
 }
 
 /// The seal queue of one log.
