@@ -266,7 +266,7 @@ fn append_run(
         let t0 = Instant::now();
         log.append(BENCH_TIMESTAMP_MS, &batches[i % batches.len()])?;
         let t1 = Instant::now();
-        let now = log.reader().stats().segments;
+        let now = log.segments();
         if now != segments {
             segments = now;
             run.rolls += 1;

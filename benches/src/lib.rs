@@ -160,7 +160,7 @@ impl TornShard {
         while sealed_bytes < sealed_min_bytes {
             log.append(BENCH_TIMESTAMP_MS, &batches[i % batches.len()])?;
             i += 1;
-            let now = log.reader().stats().segments;
+            let now = log.segments();
             if now != segments {
                 segments = now;
                 let sizes = segment_sizes(&shard_dir)?;
@@ -182,7 +182,7 @@ impl TornShard {
         log.append(BENCH_TIMESTAMP_MS, &batches[i % batches.len()])?;
         log.publish()?;
         let written = fs::metadata(&active)?.len();
-        if log.reader().stats().segments != segments || written <= synced {
+        if log.segments() != segments || written <= synced {
             return Err("the last batch must land in the same active segment".into());
         }
         let records = log.durable_next_seq();

@@ -156,6 +156,8 @@ pub struct Catalog {
     id_floor: AtomicU64,
     streams: RwLock<Streams>,
     control: tokio::sync::Mutex<()>,
+    /// The threads every shard writer runs on.
+    writers: crate::writer_pool::WriterPool,
 }
 
 /// Checks a stream name: `[a-zA-Z0-9_.-]{1,128}`. (`.` and `..` are valid
@@ -255,6 +257,7 @@ impl Catalog {
             sync_dir(parent)?;
         }
         let lost_found_dir = config.data_dir.join(LOST_FOUND_DIR);
+        let writers = crate::writer_pool::WriterPool::new(config.storage.writer_threads)?;
         let catalog = Self {
             config,
             store,
@@ -266,6 +269,7 @@ impl Catalog {
             id_floor: AtomicU64::new(0),
             streams: RwLock::new(Streams::default()),
             control: tokio::sync::Mutex::new(()),
+            writers,
         };
         let mut live = Vec::new();
         for meta in catalog.store.streams()? {
@@ -364,6 +368,7 @@ impl Catalog {
                 interval_ms: c.durability.interval_ms,
                 queue_depth: c.limits.shard_queue_depth,
                 group_max: c.limits.group_commit_max_requests,
+                writers: self.writers.clone(),
             };
             let quota = ShardQuota::new(meta.quotas, meta.max_record_bytes, c.quotas.enforce, self.clock.now_ms());
             let shard_dir = dir.join(shard_id(index));
@@ -471,6 +476,14 @@ impl Catalog {
             return Err(BrokerError::LimitExceeded(format!(
                 "the broker holds limits.max_streams = {} streams",
                 self.config.limits.max_streams
+            )));
+        }
+        let open_shards: u64 = self.all().iter().map(|s| s.shards.len() as u64).sum();
+        let cap = self.config.limits.max_shards_total;
+        if open_shards + u64::from(req.shard_count) > u64::from(cap) {
+            return Err(BrokerError::LimitExceeded(format!(
+                "the broker holds {open_shards} shards and {} more would pass limits.max_shards_total = {cap}",
+                req.shard_count
             )));
         }
         let mut meta = StreamMeta {

@@ -164,6 +164,9 @@ pub struct StorageConfig {
     /// How often free space is measured; writes resume at most this long
     /// after space is freed.
     pub free_space_check_interval_ms: u64,
+    /// Threads that run every shard's writer (group commit, `fdatasync`):
+    /// at most this many shards commit at once, however many shards there are.
+    pub writer_threads: usize,
 }
 
 /// `[retention]`
@@ -214,6 +217,10 @@ pub struct LimitsConfig {
     pub max_streams: usize,
     /// Shards in one stream.
     pub max_shards_per_stream: u32,
+    /// Shards open in the whole broker, over all streams: a create that
+    /// would pass it is refused with `LimitExceeded`. Each shard holds an
+    /// open segment file, its queue and buffers, so this bounds them.
+    pub max_shards_total: u32,
     /// Time in-flight calls get to finish at shutdown.
     pub shutdown_grace_ms: u64,
 }
@@ -265,6 +272,7 @@ impl Default for StorageConfig {
             min_free_percent: 0,
             reserve_bytes: 64 * 1024 * 1024,
             free_space_check_interval_ms: 250,
+            writer_threads: 32,
         }
     }
 }
@@ -293,6 +301,7 @@ impl Default for LimitsConfig {
             produce_stream_in_flight: 64,
             max_streams: 1000,
             max_shards_per_stream: 1024,
+            max_shards_total: 4096,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -420,6 +429,8 @@ impl BrokerConfig {
             ("limits.produce_stream_in_flight", l.produce_stream_in_flight as u64),
             ("limits.max_streams", l.max_streams as u64),
             ("limits.max_shards_per_stream", u64::from(l.max_shards_per_stream)),
+            ("limits.max_shards_total", u64::from(l.max_shards_total)),
+            ("storage.writer_threads", self.storage.writer_threads as u64),
         ] {
             if v == 0 {
                 return bad(key, "must be positive");

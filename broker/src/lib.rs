@@ -6,8 +6,9 @@
 //! Map of the data path: an edge ([`grpc`]) decodes a request into a
 //! [`service`] call, where a produce is validated and routed (MD5 hash
 //! ranges, [`routing`]), admitted by the shard's token buckets
-//! ([`quota`]), queued to the shard's single writer ([`shard`]) which
-//! appends and group-commits with one fdatasync, then acknowledged. Readers
+//! ([`quota`]), queued to the shard's single writer ([`shard`], run on the
+//! [`writer_pool`]) which appends and group-commits with one fdatasync,
+//! then acknowledged. Readers
 //! read committed records through the log's sparse index and are woken by a
 //! watch channel. Streams and their lifecycle live in [`catalog`], their
 //! definitions in sled behind [`metadata`].
@@ -31,5 +32,6 @@ pub mod service;
 pub mod shard;
 pub mod telemetry;
 pub mod testing;
+pub mod writer_pool;
 
 pub use error::{BrokerError, Result};

@@ -167,7 +167,16 @@ pub async fn run(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
     let max = config.limits.grpc_max_message_bytes;
+    // What one connection may make the broker buffer: HTTP/2 flow control
+    // lets a client send at most the connection window before the broker
+    // reads, and each call at most its stream window (hyper's defaults,
+    // named here so /metrics can report them).
+    metrics::gauge!("stream_broker_connection_receive_window_bytes").set(f64::from(CONNECTION_WINDOW_BYTES));
+    metrics::gauge!("stream_broker_stream_receive_window_bytes").set(f64::from(STREAM_WINDOW_BYTES));
+    metrics::gauge!("stream_broker_connections_max").set(config.limits.max_connections as f64);
     let grpc_server = tonic::transport::Server::builder()
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .add_service(health_service)
         .add_service(MessageLimitHint::new(
@@ -210,6 +219,11 @@ pub async fn run(
     Ok(())
 }
 
+/// HTTP/2 receive window of a connection: unread bytes a client may send.
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+/// HTTP/2 receive window of one call.
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+
 /// Accepts connections while fewer than `max` are open; further ones are
 /// closed at once (and counted) until one ends.
 fn limited_incoming(
@@ -244,6 +258,7 @@ fn limited_incoming(
                 drop(stream);
                 continue;
             };
+            metrics::gauge!("stream_broker_connections").increment(1.0);
             if tx.send(Ok(LimitedConn { stream, _permit: permit })).await.is_err() {
                 return;
             }
@@ -257,6 +272,12 @@ fn limited_incoming(
 pub struct LimitedConn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for LimitedConn {
+    fn drop(&mut self) {
+        metrics::gauge!("stream_broker_connections").decrement(1.0);
+    }
 }
 
 impl Connected for LimitedConn {

@@ -1,10 +1,12 @@
 //! One shard: the single writer of its log, its read side, and its health.
 //!
-//! **Group commit.** Each shard has one writer thread (a plain OS thread:
-//! `fdatasync` never runs on a tokio worker) fed by a bounded queue. The
-//! writer takes the first queued request, drains whatever else is queued (up
-//! to `limits.group_commit_max_requests`), appends each as its own atomic
-//! batch, then commits once: in `always` mode one `fdatasync` covers them
+//! **Group commit.** Each shard has one writer fed by a bounded queue; the
+//! writers run on the broker's [`WriterPool`] (plain OS threads, so
+//! `fdatasync` never runs on a tokio worker, and a fixed number of them
+//! however many shards there are). Whenever something is queued the writer
+//! is scheduled; a pool thread drains what is queued (up to
+//! `limits.group_commit_max_requests`), appends each request as its own
+//! atomic batch, then commits once: in `always` mode one `fdatasync` covers them
 //! all. Only after the commit returns are the requests acknowledged and the
 //! new end published to readers. While one fsync runs, the next group
 //! queues up; the slower the disk, the larger the groups.
@@ -74,6 +76,7 @@ use crate::config::DurabilityMode;
 use crate::disk::{DiskMonitor, is_out_of_space};
 use crate::error::{BrokerError, Result};
 use crate::quota::ShardQuota;
+use crate::writer_pool::{Task, WriterPool};
 
 /// Kinesis-style shard id for shard `index`.
 pub fn shard_id(index: u32) -> String {
@@ -245,6 +248,8 @@ pub struct ShardSpec {
     pub queue_depth: usize,
     /// Most requests per group commit.
     pub group_max: usize,
+    /// The threads the shard's writer runs on.
+    pub writers: WriterPool,
 }
 
 /// State shared by a shard's handle and its writer thread.
@@ -374,10 +379,95 @@ pub struct Shard {
     pub quota: ShardQuota,
     core: Arc<Core>,
     disk: Arc<DiskMonitor>,
-    queue: mpsc::Sender<WriteOp>,
+    queue: Queue,
     visible: watch::Receiver<u64>,
     subscribers: AtomicUsize,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by the first `close` (or the drop), which sends the writer its `Close`.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+/// The writer's queue: sending schedules the writer on the pool.
+#[derive(Debug, Clone)]
+struct Queue {
+    tx: mpsc::Sender<WriteOp>,
+    slot: Arc<Slot>,
+}
+
+impl Queue {
+    async fn send(&self, op: WriteOp) -> std::result::Result<(), mpsc::error::SendError<WriteOp>> {
+        self.tx.send(op).await?;
+        self.slot.schedule();
+        Ok(())
+    }
+
+    fn blocking_send(&self, op: WriteOp) -> std::result::Result<(), mpsc::error::SendError<WriteOp>> {
+        self.tx.blocking_send(op)?;
+        self.slot.schedule();
+        Ok(())
+    }
+
+    fn try_send(&self, op: WriteOp) -> std::result::Result<(), mpsc::error::TrySendError<WriteOp>> {
+        self.tx.try_send(op)?;
+        self.slot.schedule();
+        Ok(())
+    }
+}
+
+/// A shard's writer as the pool sees it: scheduled at most once at a time,
+/// and run by one pool thread at a time (the mutex), so requests are
+/// committed in queue order.
+struct Slot {
+    /// Queued on the pool (or about to be); cleared just before a run
+    /// drains the queue, so a request queued during the run schedules again.
+    scheduled: std::sync::atomic::AtomicBool,
+    writer: Mutex<Option<Writer>>,
+    /// Set once the writer has stopped (and synced).
+    finished: Mutex<bool>,
+    finished_changed: std::sync::Condvar,
+    pool: WriterPool,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("scheduled", &self.scheduled).finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    fn schedule(self: &Arc<Self>) {
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.pool.schedule(self.clone());
+        }
+    }
+
+    /// Blocks until the writer has stopped.
+    fn wait_finished(&self) {
+        let mut done = lock(&self.finished);
+        while !*done {
+            done = self.finished_changed.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Task for Slot {
+    fn run(self: Arc<Self>) {
+        let mut guard = lock(&self.writer);
+        let Some(writer) = guard.as_mut() else { return };
+        self.scheduled.store(false, Ordering::SeqCst);
+        if writer.step() {
+            writer.finish();
+            *guard = None;
+            drop(guard);
+            *lock(&self.finished) = true;
+            self.finished_changed.notify_all();
+            return;
+        }
+        let more = !writer.rx.is_empty();
+        drop(guard);
+        if more {
+            self.schedule();
+        }
+    }
 }
 
 /// How the writer (re)opens its log.
@@ -446,7 +536,7 @@ impl Shard {
             }
             None => open_log(&opener, &core),
         };
-        let (queue, rx) = mpsc::channel(spec.queue_depth);
+        let (tx, rx) = mpsc::channel(spec.queue_depth);
         let clock_now = clock.now_ms();
         let writer = Writer {
             core: core.clone(),
@@ -460,12 +550,17 @@ impl Shard {
             synced_at_ms: clock_now,
             unsynced: false,
             group_max: spec.group_max,
+            group: Vec::new(),
             disk_full_need: 0,
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("shard-writer-{}", spec.index))
-            .spawn(move || writer.run())
-            .map_err(|e| BrokerError::Io { context: "spawn shard writer".into(), source: e })?;
+        let slot = Arc::new(Slot {
+            scheduled: std::sync::atomic::AtomicBool::new(false),
+            writer: Mutex::new(Some(writer)),
+            finished: Mutex::new(false),
+            finished_changed: std::sync::Condvar::new(),
+            pool: spec.writers.clone(),
+        });
+        let queue = Queue { tx, slot };
         if spec.durability == DurabilityMode::Interval {
             spawn_ticker(queue.clone(), spec.interval_ms);
         }
@@ -479,7 +574,7 @@ impl Shard {
             queue,
             visible,
             subscribers: AtomicUsize::new(0),
-            writer: Mutex::new(Some(handle)),
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -573,14 +668,12 @@ impl Shard {
     /// Stops the writer after it has committed everything queued before,
     /// and syncs the log; ends every watcher. Blocking.
     pub fn close(&self) {
-        let handle = lock(&self.writer).take();
-        if let Some(handle) = handle {
+        if !self.closing.swap(true, Ordering::SeqCst) {
             // If the queue is full this waits for room: every queued request is served first.
+            // An error means the writer stopped already.
             let _ = self.queue.blocking_send(WriteOp::Close);
-            if handle.join().is_err() {
-                tracing::error!(shard = %self.id, "shard writer panicked");
-            }
         }
+        self.queue.slot.wait_finished();
         lock(&self.core.visible).take();
     }
 
@@ -588,6 +681,17 @@ impl Shard {
         match self.write_refusal() {
             Some(e) => e,
             None => BrokerError::Unavailable(format!("shard {} is closed", self.id)),
+        }
+    }
+}
+
+impl Drop for Shard {
+    /// A shard dropped without `close` still stops its writer (after what
+    /// is queued), so the writer's log is synced and dropped; if the queue
+    /// is full the writer stops once every sender is gone.
+    fn drop(&mut self) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            let _ = self.queue.try_send(WriteOp::Close);
         }
     }
 }
@@ -604,7 +708,7 @@ impl Drop for SubscriberSlot {
 
 /// In `interval` mode, wakes the writer every `interval_ms` until it stops,
 /// so that records acknowledged just before the shard went idle are synced.
-fn spawn_ticker(queue: mpsc::Sender<WriteOp>, interval_ms: u64) {
+fn spawn_ticker(queue: Queue, interval_ms: u64) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -691,39 +795,56 @@ struct Writer {
     /// Whether records were published since the last `fdatasync`.
     unsynced: bool,
     group_max: usize,
+    /// The group being committed (kept to reuse its allocation).
+    group: Vec<WriteOp>,
     /// Bytes of the group whose write met ENOSPC: free space needed before a reopen.
     disk_full_need: u64,
 }
 
 impl Writer {
-    fn run(mut self) {
-        let mut group = Vec::with_capacity(self.group_max);
-        while let Some(first) = self.rx.blocking_recv() {
-            group.push(first);
-            while group.len() < self.group_max {
-                match self.rx.try_recv() {
-                    Ok(op) => group.push(op),
-                    Err(_) => break,
-                }
-            }
-            // A panic drops the replies it holds (their callers see an
-            // error, never an acknowledgement); the log's in-memory state
-            // is not trusted after it.
-            match catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group))) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    self.log = None;
-                    group.clear();
-                    self.core.fail(FailureKind::Panicked, format!("the shard writer panicked: {what}"));
+    /// Drains what is queued (up to `group_max` requests) and commits it as
+    /// one group; true once the writer must stop (a `Close`, or every
+    /// sender gone).
+    fn step(&mut self) -> bool {
+        let mut group = std::mem::take(&mut self.group);
+        let mut gone = false;
+        while group.len() < self.group_max {
+            match self.rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    gone = true;
+                    break;
                 }
             }
         }
+        if group.is_empty() {
+            self.group = group;
+            return gone;
+        }
+        // A panic drops the replies it holds (their callers see an error,
+        // never an acknowledgement); the log's in-memory state is not
+        // trusted after it.
+        let close = match catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group))) {
+            Ok(close) => close,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                self.log = None;
+                group.clear();
+                self.core.fail(FailureKind::Panicked, format!("the shard writer panicked: {what}"));
+                false
+            }
+        };
+        self.group = group;
+        close
+    }
+
+    /// The last sync when the writer stops.
+    fn finish(&mut self) {
         if let Some(log) = self.log.as_mut().filter(|_| self.core.failure().is_none()) {
             if let Err(e) = log.sync() {
                 tracing::error!(shard = %self.core.id, error = %e, "final sync of shard log failed");

@@ -32,11 +32,17 @@ use proto::v1 as pb;
 use proto::v1::consumer_groups_client::ConsumerGroupsClient;
 
 /// The record-path failpoints, and after how many evaluations each fires
-/// (rolls are rarer than appends).
+/// (rolls are rarer than appends). A roll creates the next segment on the
+/// append path (`roll::after_create`: file created, header not written);
+/// the sealed segment's fdatasync and directory fsync
+/// (`seal::before_fsync`) and its index files (`seal::before_indexes`) run
+/// on the log's seal thread.
 const RECORD_PATH: &[(&str, u32)] = &[
     ("shardlog::append::before", 20),
     ("shardlog::sync::after_write_before_fsync", 20),
-    ("shardlog::roll::before_dir_fsync", 2),
+    ("shardlog::roll::after_create", 2),
+    ("shardlog::seal::before_fsync", 2),
+    ("shardlog::seal::before_indexes", 2),
     ("broker::shard::after_fsync_before_ack", 20),
 ];
 

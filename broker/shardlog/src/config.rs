@@ -30,6 +30,13 @@ pub struct Config {
     /// Appended batches are gathered in memory up to this many bytes before
     /// a write call; `sync` and `publish` always write them first. Default 256 KiB.
     pub write_buffer_bytes: usize,
+    /// A rolled segment is synced (`fdatasync`) and gets its index files on
+    /// a short-lived background thread of the log, so the append that
+    /// rolled does not wait for a whole segment's write-back. Off: that
+    /// work waits for the next `sync`, `close`, retention pass or
+    /// truncation (or a roll, once 4 segments wait), on the caller's thread;
+    /// deterministic, for tests. Default on.
+    pub background_seal: bool,
 }
 
 impl Default for Config {
@@ -42,6 +49,7 @@ impl Default for Config {
             batch_records_max: 10_000,
             batch_bytes_max: 16 * 1024 * 1024,
             write_buffer_bytes: 256 * 1024,
+            background_seal: true,
         }
     }
 }

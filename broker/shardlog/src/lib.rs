@@ -56,6 +56,7 @@ pub mod format;
 pub mod io;
 mod log;
 pub mod recovery;
+mod seal;
 mod segment;
 
 pub use config::{Config, RECORD_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX_LIMIT};

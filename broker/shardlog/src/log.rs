@@ -17,15 +17,17 @@
 //!   modes, `publish`) moves the visible end; readers never read past it, so
 //!   they never see a batch that a crash could take back (when the owner uses
 //!   `sync`), nor a half-written one.
-//! - **Sealed segments are whole and durable.** Before a new segment is
-//!   created, the current one is synced (`fdatasync`); then the new file's
-//!   header is synced and the directory `fsync`ed; only then are the sealed
-//!   segment's index files written and synced. So only the newest segment can
-//!   have a torn tail, and only a sealed segment has index files.
+//! - **A roll does not stall appends.** It creates the next segment file
+//!   (header written, nothing synced) and queues the sealed segment's
+//!   `fdatasync` and index files as a seal job ([`crate::seal`]), run off
+//!   the append path. `sync` counts anything durable only once every older
+//!   segment is synced, so the durable point moves in log order, and only
+//!   a sealed segment has index files.
 //! - **Every batch says how far its segment was durable** when it was
-//!   appended (the length the last successful `fdatasync` covered), so
-//!   recovery can tell bytes that were never synced from damaged synced bytes
-//!   (see [`crate::recovery`]).
+//!   appended (the length the last successful `sync` covered, `0` before
+//!   the first `sync` of a rolled segment), so recovery can tell bytes that
+//!   were never synced from damaged synced bytes, in this segment and older
+//!   ones (see [`crate::recovery`]).
 //! - **Damage is reported, not fatal.** Reads stop at damaged bytes with
 //!   [`Error::Corrupt`] naming file and byte, and serve everything else; a
 //!   log whose active segment is damaged in its synced part is read-only
@@ -46,6 +48,7 @@ use crate::error::{Error, Result, io_err};
 use crate::format::{self, FILE_HEADER_LEN, FileKind};
 use crate::io::{Io, StdIo};
 use crate::recovery::{self, Damage, Found, FoundActive, RecoveryReport, path_of};
+use crate::seal::{SealJob, Sealer};
 use crate::segment::{Chunk, IndexBuilder, ScanEnd, Segment, SegmentIndex, scan_frames};
 
 /// A record to append: the partition key (UTF-8, 1–256 characters) and the data.
@@ -231,6 +234,12 @@ pub struct ShardLog {
     /// Damage in the synced part of the active segment: no writes until repaired.
     damaged: Option<Damage>,
     report: RecoveryReport,
+    /// Rolled segments waiting for their `fdatasync` and index files.
+    sealer: Sealer,
+    /// Final states of segments rolled since the last publish, oldest first:
+    /// readers see them (and the active segment after them) at the next
+    /// `publish` or `sync`.
+    sealed_unpublished: Vec<Visible>,
 }
 
 impl ShardLog {
@@ -259,16 +268,58 @@ impl ShardLog {
         if listing.indexed.contains(&active_base) {
             recovery::check_not_sealed(io.as_ref(), &dir, active_base, &config)?;
         }
+        // Index files are written only after their segment (and every older
+        // one) was synced: the newest sealed segment whose indexes load is
+        // the last proven durable point. Segments after it were rolled
+        // without a sync on the append path and may be torn.
+        let mut indexed = Vec::with_capacity(sealed.len());
+        for &base in sealed {
+            indexed.push(recovery::open_indexed(io.as_ref(), &dir, base)?);
+        }
+        let tail_start = indexed.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        let mut scanned = Vec::new();
+        if tail_start < sealed.len() {
+            for &base in &bases[tail_start..] {
+                scanned.push(Some(recovery::scan_segment(io.as_ref(), &dir, base, &config)?));
+            }
+        }
+        // A frame claiming a durable length vouches for every older segment.
+        let vouched = scanned.iter().rposition(|s| s.as_ref().is_some_and(|s| s.claim_max > 0)).map(|j| tail_start + j);
         let mut visible = Vec::with_capacity(bases.len());
         let mut expected = sealed.first().copied();
+        let mut cut_active = None;
         for (i, &base) in sealed.iter().enumerate() {
             let successor = bases[i + 1];
-            let found = recovery::open_sealed(io.as_ref(), &dir, base, successor, &config, &mut report)?;
+            let proven = i < tail_start || vouched.is_some_and(|j| i < j);
+            if !proven {
+                let s = scanned[i - tail_start].take().expect("each tail segment is scanned once");
+                if let Some(cut) = s.torn(Some(successor)) {
+                    let found = recovery::cut_torn(io.as_ref(), &dir, s, cut, &bases[i + 1..], &config, &mut report)?;
+                    cut_active = Some(found);
+                    break;
+                }
+            }
+            let found = match indexed[i].take() {
+                Some(found) => found,
+                None => recovery::open_sealed(io.as_ref(), &dir, base, successor, &config, &mut report)?,
+            };
             check_continuity(&found, expected)?;
             expected = Some(found.next_seq);
             visible.push(visible_of(&found));
         }
-        let active = recovery::open_active(io.as_ref(), &dir, active_base, &config, &mut report)?;
+        let active = match cut_active {
+            Some(active) => active,
+            None => {
+                let last = scanned.last_mut().and_then(Option::take);
+                match last.and_then(|s| s.torn(None).map(|cut| (s, cut))) {
+                    // Nothing older vouches for the active segment's invalid bytes: cut them.
+                    Some((s, cut)) if vouched.is_none_or(|j| j < bases.len() - 1) => {
+                        recovery::cut_torn(io.as_ref(), &dir, s, cut, &[], &config, &mut report)?
+                    }
+                    _ => recovery::open_active(io.as_ref(), &dir, active_base, &config, &mut report)?,
+                }
+            }
+        };
         check_continuity(&active.found, expected)?;
         visible.push(visible_of(&active.found));
         report.segments = visible.len();
@@ -276,6 +327,7 @@ impl ShardLog {
         let last_ts = visible.iter().filter_map(|v| v.max_ts).max().unwrap_or(0);
         let damaged = active.damage.clone();
         let shared = Shared { segments: RwLock::new(visible), damage: Mutex::new(report.damage.clone()) };
+        let config_background = config.background_seal;
         Ok(Self {
             dir,
             config,
@@ -289,6 +341,8 @@ impl ShardLog {
             poisoned: None,
             damaged,
             report,
+            sealer: Sealer::new(config_background),
+            sealed_unpublished: Vec::new(),
         })
     }
 
@@ -315,6 +369,15 @@ impl ShardLog {
     /// One past the last record known to be durable.
     pub fn durable_next_seq(&self) -> u64 {
         self.durable_next_seq
+    }
+
+    /// Segment files the writer has, the active one included (readers may
+    /// not see the newest ones before the next `publish` or `sync`).
+    pub fn segments(&self) -> usize {
+        let visible = self.shared.read();
+        let last = visible.last().map(|v| v.segment.base_seq);
+        let newer = self.sealed_unpublished.iter().map(|v| v.segment.base_seq).chain([self.active.segment.base_seq]);
+        visible.len() + newer.filter(|&b| Some(b) > last).count()
     }
 
     /// The oldest stored sequence number (the trim horizon).
@@ -388,25 +451,33 @@ impl ShardLog {
     /// Writes buffered batches, makes everything appended so far durable
     /// (`fdatasync`) and visible to readers. One call covers every batch
     /// appended since the last: this is the group commit.
+    ///
+    /// Segments rolled since the last `sync` are synced by their seal jobs
+    /// (see [`crate::seal`]); the active segment's `fdatasync` runs while
+    /// they finish, and only when both are done does anything count as
+    /// durable, so the durable point moves in log order.
     pub fn sync(&mut self) -> Result<()> {
         self.check_poisoned()?;
         self.flush_pending()?;
-        if self.durable_next_seq != self.next_seq {
+        if self.durable_next_seq != self.next_seq || self.active.durable_len != self.active.len {
             let r = self.sync_active();
             self.fail_on_err(r, "sync segment")?;
+            let sealed = self.sealer.wait_synced();
+            self.fail_on_err(sealed, "sync sealed segment")?;
+            self.active.durable_len = self.active.len;
             self.durable_next_seq = self.next_seq;
         }
         self.publish_written();
         Ok(())
     }
 
-    /// `fdatasync`s the active segment; on success its whole written length is durable.
+    /// `fdatasync`s the active segment. Its bytes count as durable only
+    /// once every older segment is synced too (see [`sync`](Self::sync)).
     fn sync_active(&mut self) -> Result<()> {
         crate::failpoint!("shardlog::sync::after_write_before_fsync", &self.active.segment.path);
         let path = &self.active.segment.path;
         self.active.segment.file.sync_data().map_err(io_err("sync segment", path))?;
         crate::failpoint!("shardlog::sync::after_fsync", path);
-        self.active.durable_len = self.active.len;
         Ok(())
     }
 
@@ -419,9 +490,17 @@ impl ShardLog {
         Ok(())
     }
 
-    /// Syncs and closes the log.
+    /// Syncs and closes the log, once every rolled segment's index files are written.
     pub fn close(mut self) -> Result<()> {
-        self.sync()
+        self.sync()?;
+        let sealed = self.sealer.wait_done();
+        self.fail_on_err(sealed, "seal segment")
+    }
+
+    /// Blocks until every rolled segment is synced and has its index files.
+    pub fn wait_sealed(&mut self) -> Result<()> {
+        let sealed = self.sealer.wait_done();
+        self.fail_on_err(sealed, "seal segment")
     }
 
     /// Reads up to `max_records` records (and about `max_bytes` of keys and
@@ -450,11 +529,17 @@ impl ShardLog {
             self.check_poisoned()?;
             self.roll()?;
         }
-        let expired: Vec<Visible> = {
-            let segments = self.shared.read();
-            let sealed = segments.len() - 1;
-            segments[..sealed].iter().take_while(|v| v.max_ts.is_none_or(|t| t < cutoff_ms)).cloned().collect()
+        let expired_in = |visible: &[Visible]| {
+            let sealed = visible.len() - 1;
+            visible[..sealed].iter().take_while(|v| v.max_ts.is_none_or(|t| t < cutoff_ms)).cloned().collect::<Vec<_>>()
         };
+        if !active_expired && expired_in(&self.shared.read()).is_empty() {
+            return Ok(Trimmed { segments: 0, bytes: 0, first_seq: self.first_seq() });
+        }
+        // Removals take segments whose seal jobs may still run: they finish first.
+        self.wait_sealed()?;
+        self.publish_sealed();
+        let expired = expired_in(&self.shared.read());
         if expired.is_empty() {
             return Ok(Trimmed { segments: 0, bytes: 0, first_seq: self.first_seq() });
         }
@@ -491,7 +576,8 @@ impl ShardLog {
         if new_next == self.next_seq {
             return Ok(());
         }
-        self.flush_pending()?;
+        self.sync()?;
+        self.wait_sealed()?;
         let result = self.cut(new_next);
         self.fail_on_err(result, "truncate")
     }
@@ -634,6 +720,7 @@ impl ShardLog {
         }
         if self.damaged.is_none() {
             self.sync()?;
+            self.wait_sealed()?;
         }
         let segments: Vec<Visible> = self.shared.read().clone();
         let target = segments.iter().position(|v| v.segment.path == plan.cut_path).expect("the plan names a segment");
@@ -692,41 +779,38 @@ impl ShardLog {
             || records_after > u64::from(u32::MAX)
     }
 
-    /// Seals the active segment and starts a new one. Order matters; see the module docs.
+    /// Seals the active segment and starts a new one. Only the new file is
+    /// created here (its header written, nothing synced); the sealed
+    /// segment's `fdatasync` and index files are a seal job (see
+    /// [`crate::seal`]), so an append that rolls does not wait for the disk.
+    /// Readers see the roll at the next `publish` or `sync`.
     fn roll(&mut self) -> Result<()> {
         self.flush_pending()?;
-        let synced = self.sync_active();
-        self.fail_on_err(synced, "sync segment")?;
-        self.durable_next_seq = self.next_seq;
-        let created = recovery::create_segment(self.io.as_ref(), &self.dir, self.next_seq);
+        let created = recovery::create_segment_unsynced(self.io.as_ref(), &self.dir, self.next_seq);
         let file = self.fail_on_err(created, "create segment")?;
-        // Index files only once the successor is durable: a last segment
-        // with index files then always means a lost successor.
-        let index = self.active.segment.index().clone();
-        let written = recovery::write_indexes(self.io.as_ref(), &self.dir, self.active.segment.base_seq, &index);
-        self.fail_on_err(written, "write index")?;
         let path = path_of(&self.dir, self.next_seq, FileKind::Log);
         let segment = Arc::new(Segment::new(self.next_seq, path, file, SegmentIndex::default()));
         let fresh = Active {
             segment,
             len: FILE_HEADER_LEN,
-            durable_len: FILE_HEADER_LEN,
+            // Nothing of the new segment is synced, and older segments may not be either.
+            durable_len: 0,
             version: format::VERSION,
             first_ts: None,
             max_ts: None,
             indexer: IndexBuilder::new(self.config.index_interval_bytes),
         };
         let old = std::mem::replace(&mut self.active, fresh);
-        let mut visible = self.shared.write();
-        let last = visible.last_mut().expect("the log always has a segment");
-        *last = Visible { segment: old.segment, len: old.len, next_seq: self.next_seq, max_ts: old.max_ts };
-        visible.push(Visible {
-            segment: self.active.segment.clone(),
-            len: FILE_HEADER_LEN,
+        let index = old.segment.index().clone();
+        self.sealed_unpublished.push(Visible {
+            segment: old.segment.clone(),
+            len: old.len,
             next_seq: self.next_seq,
-            max_ts: None,
+            max_ts: old.max_ts,
         });
-        Ok(())
+        let job = SealJob { io: self.io.clone(), dir: self.dir.clone(), segment: old.segment, index };
+        let queued = self.sealer.push(job);
+        self.fail_on_err(queued, "seal segment")
     }
 
     fn flush_pending(&mut self) -> Result<()> {
@@ -742,21 +826,59 @@ impl ShardLog {
 
     fn publish_written(&mut self) {
         debug_assert!(self.pending.is_empty(), "publish only what is written");
+        let active = Visible {
+            segment: self.active.segment.clone(),
+            len: self.active.len,
+            next_seq: self.next_seq,
+            max_ts: self.active.max_ts,
+        };
         let mut visible = self.shared.write();
-        let last = visible.last_mut().expect("the log always has a segment");
-        last.len = self.active.len;
-        last.next_seq = self.next_seq;
-        last.max_ts = self.active.max_ts;
+        for v in self.sealed_unpublished.drain(..).chain([active]) {
+            let last = visible.last_mut().expect("the log always has a segment");
+            if last.segment.base_seq == v.segment.base_seq {
+                *last = v;
+            } else {
+                visible.push(v);
+            }
+        }
     }
 
-    fn check_poisoned(&self) -> Result<()> {
+    /// Makes rolled (and now synced) segments visible, without publishing
+    /// anything of the active segment that readers do not see yet.
+    fn publish_sealed(&mut self) {
+        let mut visible = self.shared.write();
+        for v in self.sealed_unpublished.drain(..) {
+            let last = visible.last_mut().expect("the log always has a segment");
+            if last.segment.base_seq == v.segment.base_seq {
+                *last = v;
+            } else {
+                visible.push(v);
+            }
+        }
+        let base = self.active.segment.base_seq;
+        if visible.last().is_some_and(|v| v.segment.base_seq != base) {
+            visible.push(Visible {
+                segment: self.active.segment.clone(),
+                len: FILE_HEADER_LEN,
+                next_seq: base,
+                max_ts: None,
+            });
+        }
+    }
+
+    /// Fails if the log is poisoned, or a seal job failed since the last check (which poisons it).
+    fn check_poisoned(&mut self) -> Result<()> {
+        if self.poisoned.is_none() {
+            let sealed = self.sealer.take_failure();
+            self.fail_on_err(sealed, "seal segment")?;
+        }
         match &self.poisoned {
             Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
             None => Ok(()),
         }
     }
 
-    fn check_writable(&self) -> Result<()> {
+    fn check_writable(&mut self) -> Result<()> {
         self.check_poisoned()?;
         match &self.damaged {
             Some(d) => Err(Error::Damaged { path: d.path.clone(), position: d.position, reason: d.reason.clone() }),

@@ -29,9 +29,19 @@
 //! - **Version-1 active segments** carry no durable lengths; for them any
 //!   valid batch later in the sequence after the first invalid byte makes
 //!   the damage real (read-only), as before version 2.
-//! - **Sealed segments** were synced in full before their successor was
-//!   created (`fdatasync`, then the successor's header `fdatasync` and the
-//!   directory `fsync`), so they are never cut. Their index files carry a
+//! - **Rolled segments may be torn too.** A roll does not sync on the
+//!   append path (see [`crate::seal`]): a sealed segment is proven synced
+//!   once its index files are written (a seal writes them only after the
+//!   segment's `fdatasync`, and seals run in roll order), or once any newer
+//!   segment holds a batch claiming a durable length above 0 (`sync` counts
+//!   a segment durable only after every older one is synced). Every segment
+//!   after the last proven point is treated as the active segment's tail
+//!   is: at its first byte that nothing vouches for (an invalid header, an
+//!   invalid batch no later batch of it vouches past, or an end short of
+//!   its successor's base) it is cut, every newer segment is removed, and it
+//!   becomes the active segment. Kept segments there are `fdatasync`ed (and
+//!   get index files) before the log opens, so appends may vouch for them.
+//! - **Proven sealed segments** are never cut. Their index files carry a
 //!   CRC and are checked structurally, and the batches after the last index
 //!   entry are CRC-checked to reach the file's end exactly; any mismatch
 //!   rebuilds both indexes from the log. Damage found while rebuilding (in
@@ -42,15 +52,18 @@
 //!   deeper inside a segment whose indexes load cleanly is reported by the
 //!   read that reaches it (every read checks the CRC of what it returns)
 //!   and by [`ShardLog::verify`](crate::ShardLog::verify).
-//! - **A segment file shorter than its header** can only be the newest
-//!   segment, created by a roll that crashed before its header was synced;
-//!   it holds no records and its header is rewritten.
+//! - **A segment file whose header is short or invalid** while no batch of
+//!   it claims a durable length was created by a roll that never synced it:
+//!   it holds nothing acknowledged, its header is rewritten and newer
+//!   segments are removed. With a vouching batch, an invalid header is
+//!   damage (read-only, as above).
 //! - **Index files whose log is gone** are leftovers of a retention delete
 //!   that crashed half-way, and are removed.
 //! - **A last segment with index files** was sealed, so its successor
 //!   existed and is gone: opening refuses with [`Error::Corrupt`] naming the
-//!   missing file rather than reuse its sequence numbers. (A roll writes the
-//!   sealed segment's index files only after the successor is durable, and
+//!   missing file rather than reuse its sequence numbers. (A seal writes the
+//!   sealed segment's index files only after a directory `fsync` made the
+//!   successor's entry durable, and
 //!   every removal takes index files away before segment files, so no crash
 //!   leaves this state. Version-1 index files are let through: the version-1
 //!   writer wrote them before creating the successor.)
@@ -105,6 +118,9 @@ pub struct RecoveryReport {
     pub repaired_headers: Vec<PathBuf>,
     /// Index files without a log that were removed.
     pub removed_orphans: Vec<PathBuf>,
+    /// Segments after a torn one, removed: they followed bytes that were
+    /// never synced, so nothing in them was acknowledged as durable.
+    pub removed_segments: Vec<PathBuf>,
     /// Files in the directory that this crate does not own, left untouched.
     pub ignored_files: Vec<String>,
 }
@@ -117,6 +133,7 @@ impl RecoveryReport {
             && self.rebuilt_indexes.is_empty()
             && self.repaired_headers.is_empty()
             && self.removed_orphans.is_empty()
+            && self.removed_segments.is_empty()
     }
 }
 
@@ -201,8 +218,21 @@ pub(crate) fn create_segment(io: &dyn Io, dir: &Path, base_seq: u64) -> Result<A
     file.write_all_at(&format::encode_file_header(FileKind::Log, base_seq), 0)
         .map_err(io_err("write segment header", &path))?;
     file.sync_data().map_err(io_err("sync segment header", &path))?;
-    crate::failpoint!("shardlog::roll::before_dir_fsync", &path);
     io.sync_dir(dir).map_err(io_err("sync dir", dir))?;
+    Ok(file)
+}
+
+/// Creates a segment file with its header written but nothing synced:
+/// the roll's half that stays on the append path. The seal job of the
+/// segment before it makes the directory entry durable; the header becomes
+/// durable with the first `sync` of the new segment (until then recovery
+/// treats a torn header as never written, see the module docs).
+pub(crate) fn create_segment_unsynced(io: &dyn Io, dir: &Path, base_seq: u64) -> Result<Arc<dyn IoFile>> {
+    let path = path_of(dir, base_seq, FileKind::Log);
+    let file = io.open(&path, OpenMode::CreateNew).map_err(io_err("create segment", &path))?;
+    crate::failpoint!("shardlog::roll::after_create", &path);
+    file.write_all_at(&format::encode_file_header(FileKind::Log, base_seq), 0)
+        .map_err(io_err("write segment header", &path))?;
     Ok(file)
 }
 
@@ -231,6 +261,8 @@ struct FullScan {
     next_seq: u64,
     first_ts: Option<u64>,
     max_ts: Option<u64>,
+    /// The largest durable length a valid frame claims.
+    claim_max: u64,
 }
 
 impl FullScan {
@@ -242,6 +274,7 @@ impl FullScan {
             next_seq: base_seq,
             first_ts: None,
             max_ts: None,
+            claim_max: 0,
         }
     }
 
@@ -254,6 +287,7 @@ impl FullScan {
         self.next_seq = h.next_seq();
         self.first_ts.get_or_insert(h.timestamp_ms);
         self.max_ts = Some(h.timestamp_ms);
+        self.claim_max = self.claim_max.max(u64::from(h.durable_len));
     }
 }
 
@@ -371,6 +405,41 @@ pub(crate) fn open_sealed(
             return Ok(found);
         }
     }
+    sealed_scanned(io, dir, base_seq, successor_base, config, report, path, file, len, header_damage)
+}
+
+/// Opens a sealed segment whose index files were proven to be written
+/// (they load and check out): `None` if they do not.
+pub(crate) fn open_indexed(io: &dyn Io, dir: &Path, base_seq: u64) -> Result<Option<Found>> {
+    let path = path_of(dir, base_seq, FileKind::Log);
+    let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
+    let len = file.size().map_err(io_err("stat segment", &path))?;
+    let header = read_header(file.as_ref(), &path, len)?;
+    if format::check_file_header(&header, FileKind::Log, base_seq).is_err() || len <= FILE_HEADER_LEN {
+        return Ok(None);
+    }
+    load_indexes(io, dir, base_seq, &path, &file, len)
+}
+
+/// The rest of [`open_sealed`] after its index files did not load: a full
+/// scan, damage reported (nothing cut), indexes rebuilt when there is none.
+#[allow(clippy::too_many_arguments)]
+fn sealed_scanned(
+    io: &dyn Io,
+    dir: &Path,
+    base_seq: u64,
+    successor_base: u64,
+    config: &Config,
+    report: &mut RecoveryReport,
+    path: PathBuf,
+    file: Arc<dyn IoFile>,
+    len: u64,
+    header_damage: Option<String>,
+) -> Result<Found> {
+    if header_damage.is_none() && len == FILE_HEADER_LEN {
+        let segment = Arc::new(Segment::new(base_seq, path, file, SegmentIndex::default()));
+        return Ok(Found { segment, len, next_seq: base_seq, first_ts: None, max_ts: None });
+    }
     let (mut scan, bad) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
     let mut damages = Vec::new();
     if let Some(reason) = header_damage {
@@ -383,6 +452,8 @@ pub(crate) fn open_sealed(
         );
     }
     if damages.is_empty() {
+        // Index files vouch that their segment is synced (see `seal`): make it so first.
+        file.sync_data().map_err(io_err("sync segment", &path))?;
         write_indexes(io, dir, base_seq, &scan.index)?;
         report.rebuilt_indexes.push(path.clone());
         let segment = Arc::new(Segment::new(base_seq, path, file, scan.index));
@@ -544,14 +615,25 @@ pub(crate) fn open_active(
             return Ok(empty_active(base_seq, path, file, config));
         }
         Err(reason) => {
-            // The header was synced when the segment was created: damage.
-            let d = damage(&path, 0, format!("active segment file header: {reason}"));
             let (mut scan, bad) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
-            report.damage.push(d.clone());
-            if let Some(bad) = bad {
-                let after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, &bad)?;
-                report.damage.extend(after.damage.into_iter().map(|(pos, r)| damage(&path, pos, r)));
+            let mut after = AfterDamage::default();
+            if let Some(bad) = &bad {
+                after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut scan, bad)?;
             }
+            if scan.claim_max.max(after.claim_max) == 0 {
+                // No frame vouches that anything of the segment was ever
+                // synced (a roll writes the header without syncing it): a
+                // torn new segment. Nothing in it was acknowledged as durable.
+                rewrite_header(file.as_ref(), &path, base_seq)?;
+                report.truncated_bytes += len - FILE_HEADER_LEN;
+                report.truncated_at = Some((path.clone(), 0, format!("file header: {reason}")));
+                report.repaired_headers.push(path.clone());
+                return Ok(empty_active(base_seq, path, file, config));
+            }
+            // A frame vouches for synced bytes, the header included: damage.
+            let d = damage(&path, 0, format!("active segment file header: {reason}"));
+            report.damage.push(d.clone());
+            report.damage.extend(after.damage.into_iter().map(|(pos, r)| damage(&path, pos, r)));
             report.read_only = Some(d.clone());
             return Ok(active_of(base_seq, path, file, scan, format::VERSION_MIN, Some(d)));
         }
@@ -622,4 +704,130 @@ fn active_of(
 
 fn empty_active(base_seq: u64, path: PathBuf, file: Arc<dyn IoFile>, config: &Config) -> FoundActive {
     active_of(base_seq, path, file, FullScan::new(base_seq, config), format::VERSION, None)
+}
+
+/// A segment after the last proven durable point, read in full, to decide
+/// whether its invalid bytes (or its missing end) can only be unsynced.
+#[derive(Debug)]
+pub(crate) struct Scanned {
+    path: PathBuf,
+    file: Arc<dyn IoFile>,
+    base_seq: u64,
+    len: u64,
+    /// The file header's format version, or why it is invalid.
+    header: std::result::Result<u16, String>,
+    /// Valid frames before the first invalid byte.
+    scan: FullScan,
+    bad: Option<Bad>,
+    after: AfterDamage,
+    /// The largest durable length any valid frame of the segment claims.
+    /// A claim above zero vouches that every older segment was synced
+    /// (`ShardLog::sync` counts a segment durable only after every older one is).
+    pub claim_max: u64,
+}
+
+/// Where and why a torn segment is cut.
+#[derive(Debug, Clone)]
+pub(crate) struct TornCut {
+    /// The byte the segment is cut at; `0` rewrites its header (it is left empty).
+    pub position: u64,
+    pub reason: String,
+}
+
+/// Reads a segment in full (and what follows its first invalid bytes).
+pub(crate) fn scan_segment(io: &dyn Io, dir: &Path, base_seq: u64, config: &Config) -> Result<Scanned> {
+    let path = path_of(dir, base_seq, FileKind::Log);
+    let file = io.open(&path, OpenMode::Existing).map_err(io_err("open segment", &path))?;
+    let len = file.size().map_err(io_err("stat segment", &path))?;
+    let header_bytes = read_header(file.as_ref(), &path, len)?;
+    let header = format::check_file_header(&header_bytes, FileKind::Log, base_seq);
+    let (scan, bad) = full_scan(file.as_ref(), &path, base_seq, len, config)?;
+    let mut claim_max = scan.claim_max;
+    let mut after = AfterDamage::default();
+    if let Some(b) = &bad {
+        let mut more = scan.clone();
+        after = scan_after_damage(file.as_ref(), &path, base_seq, len, &mut more, b)?;
+        claim_max = claim_max.max(after.claim_max);
+    }
+    Ok(Scanned { path, file, base_seq, len, header, scan, bad, after, claim_max })
+}
+
+impl Scanned {
+    /// Where this segment must be cut if nothing older vouches for it:
+    /// bytes that no valid frame of the segment claims were synced. `None`
+    /// if it is whole (and continues into `successor_base`, if it has a
+    /// successor) or its damage covers synced bytes.
+    pub fn torn(&self, successor_base: Option<u64>) -> Option<TornCut> {
+        let version = match &self.header {
+            Err(reason) if self.len <= FILE_HEADER_LEN || self.claim_max == 0 => {
+                return Some(TornCut { position: 0, reason: format!("file header: {reason}") });
+            }
+            Err(_) => return None,
+            Ok(v) => *v,
+        };
+        if let Some(bad) = &self.bad {
+            let unsynced = !self.after.exhausted
+                && if version >= 2 { self.after.claim_max <= bad.pos } else { self.after.frames == 0 };
+            return unsynced.then(|| TornCut { position: bad.pos, reason: bad.reason.clone() });
+        }
+        match successor_base {
+            Some(next) if self.scan.next_seq < next => Some(TornCut {
+                position: self.len,
+                reason: format!(
+                    "the segment ends at sequence {}, its successor starts at {next}: the rest was never synced",
+                    self.scan.next_seq
+                ),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Cuts a torn segment after the last durable point and removes every
+/// newer segment (`later`, oldest first), so the log ends at the cut and
+/// the cut segment becomes the active one. Index files go first (then a
+/// directory `fsync`), newer segment files newest first (a directory
+/// `fsync` after each), then the cut (`ftruncate` or a rewritten header,
+/// `fdatasync`): a crash at any step leaves a state the next open cuts the
+/// same way.
+pub(crate) fn cut_torn(
+    io: &dyn Io,
+    dir: &Path,
+    s: Scanned,
+    cut: TornCut,
+    later: &[u64],
+    config: &Config,
+    report: &mut RecoveryReport,
+) -> Result<FoundActive> {
+    for &base in std::iter::once(&s.base_seq).chain(later) {
+        for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+            let p = path_of(dir, base, kind);
+            match io.remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err("remove index", &p)(e)),
+                _ => {}
+            }
+        }
+    }
+    io.sync_dir(dir).map_err(io_err("sync dir", dir))?;
+    for &base in later.iter().rev() {
+        let p = path_of(dir, base, FileKind::Log);
+        let bytes = io.open(&p, OpenMode::Existing).and_then(|f| f.size()).unwrap_or(0);
+        io.remove_file(&p).map_err(io_err("remove segment", &p))?;
+        io.sync_dir(dir).map_err(io_err("sync dir", dir))?;
+        report.truncated_bytes += bytes;
+        report.removed_segments.push(p);
+    }
+    report.truncated_bytes += s.len.saturating_sub(cut.position.max(FILE_HEADER_LEN));
+    report.truncated_at = Some((s.path.clone(), cut.position, cut.reason));
+    if cut.position == 0 {
+        rewrite_header(s.file.as_ref(), &s.path, s.base_seq)?;
+        report.repaired_headers.push(s.path.clone());
+        return Ok(empty_active(s.base_seq, s.path, s.file, config));
+    }
+    if cut.position < s.len {
+        s.file.set_len(cut.position).map_err(io_err("truncate torn segment", &s.path))?;
+    }
+    s.file.sync_data().map_err(io_err("sync segment", &s.path))?;
+    let version = s.header.unwrap_or(format::VERSION);
+    Ok(active_of(s.base_seq, s.path, s.file, s.scan, version, None))
 }

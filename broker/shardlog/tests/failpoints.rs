@@ -21,7 +21,7 @@ const FAILPOINTS: [&str; 6] = [
     "shardlog::append::before",
     "shardlog::sync::after_write_before_fsync",
     "shardlog::sync::after_fsync",
-    "shardlog::roll::before_dir_fsync",
+    "shardlog::seal::before_fsync",
     "shardlog::retention::after_unlink",
     "shardlog::append::before",
 ];

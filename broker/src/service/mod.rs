@@ -27,6 +27,7 @@ mod put;
 mod read;
 mod subscribe;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,6 +155,8 @@ pub struct Service {
     signer: IteratorSigner,
     shutdown: CancellationToken,
     buffers: BufferBudget,
+    /// Per-stream facts and metric handles the put path needs on every call.
+    puts: Arc<put::PutStreams>,
 }
 
 impl Service {
@@ -171,7 +174,7 @@ impl Service {
             limits.subscription_buffer_bytes,
             limits.subscription_reads_concurrent,
         );
-        Self { catalog, groups, signer, shutdown, buffers }
+        Self { catalog, groups, signer, shutdown, buffers, puts: Arc::default() }
     }
 
     /// The stream catalogue.
@@ -220,12 +223,26 @@ pub async fn call<T>(name: &'static str, deadline: Duration, f: impl Future<Outp
         Ok(r) => r,
         Err(_) => Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis()))),
     };
-    metrics::histogram!("stream_broker_request_duration_seconds", "method" => name)
-        .record(started.elapsed().as_secs_f64());
+    duration_histogram(name).record(started.elapsed().as_secs_f64());
     if result.is_err() {
         metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
     }
     result
+}
+
+/// The request-duration histogram of a method. Handles are looked up in the
+/// recorder once per method, not on every call (a registry lookup per call
+/// showed in the per-call profile).
+fn duration_histogram(name: &'static str) -> metrics::Histogram {
+    static HANDLES: std::sync::OnceLock<std::sync::RwLock<HashMap<&'static str, metrics::Histogram>>> =
+        std::sync::OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    if let Some(h) = handles.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        return h.clone();
+    }
+    let h = metrics::histogram!("stream_broker_request_duration_seconds", "method" => name);
+    handles.write().unwrap_or_else(|e| e.into_inner()).insert(name, h.clone());
+    h
 }
 
 /// Checks a partition key's length in characters.

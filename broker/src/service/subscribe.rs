@@ -79,14 +79,19 @@ impl BufferBudget {
     /// `total` bytes shared by subscriptions of `per_subscription` bytes
     /// each, and `reads` concurrent reads.
     pub fn new(total: usize, per_subscription: usize, reads: usize) -> Self {
+        metrics::gauge!("stream_broker_subscription_buffer_bytes_limit").set(per_subscription as f64);
+        metrics::gauge!("stream_broker_subscription_buffer_bytes_total_limit").set(total as f64);
         Self { free: Arc::new(Semaphore::new(total)), per_subscription, total, reads: Arc::new(Semaphore::new(reads)) }
     }
 
     /// Reserves one subscription's buffer, or refuses with a retry hint.
-    pub fn reserve(&self) -> Result<OwnedSemaphorePermit> {
+    /// `/metrics` reports the bytes reserved
+    /// (`stream_broker_subscription_buffer_bytes_reserved`) next to the
+    /// per-subscription and broker-wide limits.
+    pub fn reserve(&self) -> Result<BufferReservation> {
         // The configuration bounds a subscription's buffer to 16 MiB, far below u32::MAX.
         let n = u32::try_from(self.per_subscription).unwrap_or(u32::MAX);
-        self.free.clone().try_acquire_many_owned(n).map_err(|_| {
+        let permit = self.free.clone().try_acquire_many_owned(n).map_err(|_| {
             metrics::counter!("stream_broker_subscriptions_refused_total").increment(1);
             BrokerError::Throttled {
                 what: format!(
@@ -96,7 +101,23 @@ impl BufferBudget {
                 ),
                 retry_after_ms: 1_000,
             }
-        })
+        })?;
+        metrics::gauge!("stream_broker_subscription_buffer_bytes_reserved").increment(self.per_subscription as f64);
+        Ok(BufferReservation { _permit: permit, bytes: self.per_subscription })
+    }
+}
+
+/// One subscription's share of the broker-wide buffer budget; dropping it
+/// gives the bytes back.
+#[derive(Debug)]
+pub struct BufferReservation {
+    _permit: OwnedSemaphorePermit,
+    bytes: usize,
+}
+
+impl Drop for BufferReservation {
+    fn drop(&mut self) {
+        metrics::gauge!("stream_broker_subscription_buffer_bytes_reserved").decrement(self.bytes as f64);
     }
 }
 
@@ -158,7 +179,7 @@ struct Running {
     /// Held for the life of the call; dropping it frees the shard's slot.
     _slot: SubscriberSlot,
     /// Held for the life of the call; dropping it returns the reservation.
-    _buffer: OwnedSemaphorePermit,
+    _buffer: BufferReservation,
 }
 
 impl Running {
