@@ -51,6 +51,25 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// Consumer groups.
     pub groups: GroupsConfig,
+    /// Split, merge and UpdateShardCount.
+    pub reshard: ReshardConfig,
+}
+
+/// `[reshard]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReshardConfig {
+    /// UpdateShardCount calls accepted per stream within any
+    /// `scalings_window_ms` (AWS: 10 per rolling 24 hours).
+    pub scalings_max: u32,
+    /// The rolling window of `scalings_max`.
+    pub scalings_window_ms: u64,
+}
+
+impl Default for ReshardConfig {
+    fn default() -> Self {
+        Self { scalings_max: 10, scalings_window_ms: 24 * 3_600_000 }
+    }
 }
 
 /// `[groups]`
@@ -168,7 +187,7 @@ pub struct LimitsConfig {
     pub produce_stream_in_flight: usize,
     /// Streams in the broker.
     pub max_streams: usize,
-    /// Shards in one stream.
+    /// Open shards in one stream.
     pub max_shards_per_stream: u32,
     /// Time in-flight calls get to finish at shutdown.
     pub shutdown_grace_ms: u64,
@@ -186,6 +205,7 @@ impl Default for BrokerConfig {
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            reshard: ReshardConfig::default(),
         }
     }
 }
@@ -329,6 +349,12 @@ impl BrokerConfig {
         }
         if !(1_000..=600_000).contains(&self.groups.session_timeout_ms) {
             return bad("groups.session_timeout_ms", "must be 1000..=600000");
+        }
+        if self.reshard.scalings_max == 0 {
+            return bad("reshard.scalings_max", "must be positive");
+        }
+        if !(1_000..=30 * 86_400_000).contains(&self.reshard.scalings_window_ms) {
+            return bad("reshard.scalings_window_ms", "must be 1000..=2592000000");
         }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");

@@ -21,13 +21,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::{Catalog, CreateStream, Stream as BrokerStream, validate_stream_name};
+use crate::catalog::{Catalog, CreateStream, Layout, Stream as BrokerStream, validate_stream_name};
 use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
 use crate::iterator::{IteratorSigner, Position};
+use crate::metadata::{ShardMeta, ShardState, StreamStatus};
 use crate::quota::ReadBudget;
 use crate::routing::{hash_key, parse_explicit_hash_key};
-use crate::shard::{FailureKind, NewRecord, RepairAction, Shard, parse_shard_id};
+use crate::shard::{FailureKind, NewRecord, RepairAction, Shard, shard_id};
 use status::to_status;
 
 /// Most records in one PutRecords request.
@@ -75,14 +76,7 @@ impl GrpcService {
     }
 
     fn shard_of(stream: &BrokerStream, shard_id: &str) -> Result<Arc<Shard>> {
-        let index = parse_shard_id(shard_id).ok_or_else(|| {
-            BrokerError::invalid("shard_id", format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
-        })?;
-        stream
-            .shards
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.meta().name, shard_id: shard_id.to_string() })
+        stream.shard_by_id("shard_id", shard_id)
     }
 
     /// The first sequence number a reader starting at this position gets.
@@ -132,7 +126,9 @@ impl GrpcService {
     /// later records in the same batch are throttled too, which keeps each
     /// shard's accepted records in request order. Records routed to a failed
     /// shard fail alone with its error; a disk below the free-space
-    /// watermark refuses the whole call.
+    /// watermark refuses the whole call. The whole batch routes with one
+    /// layout; a shard that a reshard sealed after that refuses the records
+    /// queued to it with the retryable `ShardClosed`.
     async fn submit_put(&self, stream_name: &str, entries: Vec<pb::PutRecordsEntry>) -> Result<PendingPut> {
         validate_stream_name(stream_name)?;
         let stream = self.catalog.get(stream_name)?;
@@ -145,6 +141,7 @@ impl GrpcService {
             return Err(BrokerError::invalid("records", format!("{total} bytes of keys and data, more than 5 MiB")));
         }
         let meta = stream.meta();
+        let layout = stream.layout();
         let mut routed = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             validate_partition_key(&e.partition_key)
@@ -161,7 +158,7 @@ impl GrpcService {
                     .map_err(|r| BrokerError::invalid(format!("records[{i}].explicit_hash_key"), r))?,
                 None => hash_key(&e.partition_key),
             };
-            routed.push((stream.ranges.shard_for(hash), size));
+            routed.push((layout.route(hash).index, size));
         }
         let now = self.now();
         let mut outcome: Vec<Outcome> = Vec::with_capacity(entries.len());
@@ -170,12 +167,13 @@ impl GrpcService {
         let mut refusals: HashMap<u32, BrokerError> = HashMap::new();
         let (mut bytes_in, mut throttled) = (0u64, 0u64);
         for (e, (shard, size)) in entries.into_iter().zip(routed) {
-            if let Some(refusal) = stream.shards[shard as usize].write_refusal() {
+            let target = layout.shard(shard).ok_or_else(|| BrokerError::Internal("a route to no shard".into()))?;
+            if let Some(refusal) = target.write_refusal() {
                 refusals.entry(shard).or_insert(refusal);
                 outcome.push(Outcome::Refused { shard });
                 continue;
             }
-            let quota = &stream.shards[shard as usize].quota;
+            let quota = &target.quota;
             let admitted = match throttled_shards.get(&shard) {
                 Some(&wait) => Err(wait),
                 None => quota.try_write(size as u64, now),
@@ -196,7 +194,8 @@ impl GrpcService {
         }
         let mut acks = HashMap::with_capacity(groups.len());
         for (shard, records) in groups {
-            acks.insert(shard, stream.shards[shard as usize].submit(records).await?);
+            let target = layout.shard(shard).ok_or_else(|| BrokerError::Internal("a route to no shard".into()))?;
+            acks.insert(shard, target.submit(records).await?);
         }
         let labels = [("stream", meta.name.clone())];
         metrics::counter!("stream_broker_bytes_in_total", &labels).increment(bytes_in);
@@ -258,7 +257,7 @@ struct PendingPut {
 /// The per-record error code of a shard's failure.
 fn record_error_code(e: &BrokerError) -> &'static str {
     match e {
-        BrokerError::DiskFull { .. } | BrokerError::ShardFailed { .. } => e.kind(),
+        BrokerError::DiskFull { .. } | BrokerError::ShardFailed { .. } | BrokerError::ShardClosed { .. } => e.kind(),
         _ => "ShardUnavailable",
     }
 }
@@ -271,13 +270,10 @@ impl PendingPut {
             Some(Outcome::Queued { shard, offset }) => {
                 let ack = self.acks.remove(&shard).ok_or_else(|| BrokerError::Internal("no ack".into()))?;
                 let a = ack.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("shard writer stopped".into())))?;
-                Ok(pb::PutRecordResponse {
-                    shard_id: self.stream.shards[shard as usize].id.clone(),
-                    sequence_number: a.first_seq + offset,
-                })
+                Ok(pb::PutRecordResponse { shard_id: shard_id(shard), sequence_number: a.first_seq + offset })
             }
             Some(Outcome::Throttled { shard, retry_after_ms }) => Err(BrokerError::Throttled {
-                what: format!("write quota of {} exceeded", self.stream.shards[shard as usize].id),
+                what: format!("write quota of {} exceeded", shard_id(shard)),
                 retry_after_ms,
             }),
             Some(Outcome::Refused { shard }) => Err(self
@@ -304,7 +300,7 @@ impl PendingPut {
                     Ok(a) => {
                         records_in += 1;
                         pb::PutRecordsResultEntry {
-                            shard_id: self.stream.shards[shard as usize].id.clone(),
+                            shard_id: shard_id(shard),
                             sequence_number: a.first_seq + offset,
                             ..Default::default()
                         }
@@ -327,7 +323,7 @@ impl PendingPut {
                     error_code: "ProvisionedThroughputExceeded".into(),
                     error_message: format!(
                         "write quota of {} exceeded; retry after {retry_after_ms} ms",
-                        self.stream.shards[shard as usize].id
+                        shard_id(shard)
                     ),
                     retry_after_ms,
                     ..Default::default()
@@ -361,10 +357,15 @@ fn shard_status(s: &Shard) -> pb::ShardStatus {
     }
 }
 
-/// The description of one shard as the API shows it.
-pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
+/// The description of one shard as the API shows it; `info` is its place
+/// in the stream's shard tree.
+pub fn describe_shard(s: &Shard, info: Option<&ShardMeta>) -> pb::ShardDescription {
     let stats = s.stats().unwrap_or_default();
     let failure = s.failure();
+    let ending = info.and_then(|i| match i.state {
+        ShardState::Closed { ending_seq, .. } => Some(ending_seq),
+        _ => None,
+    });
     pb::ShardDescription {
         shard_id: s.id.clone(),
         starting_hash_key: s.hash_range.0.to_string(),
@@ -373,7 +374,7 @@ pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
         next_sequence_number: stats.next_seq,
         bytes_stored: stats.bytes,
         records_stored: stats.next_seq - stats.first_seq,
-        writable: failure.is_none(),
+        writable: failure.is_none() && ending.is_none(),
         write_error: failure.as_ref().map(|f| format!("{}: {}", f.kind.as_str(), f.cause)).unwrap_or_default(),
         shard_status: shard_status(s) as i32,
         failure_kind: failure.as_ref().map(|f| f.kind.as_str().to_string()).unwrap_or_default(),
@@ -383,18 +384,48 @@ pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
             .into_iter()
             .map(|d| pb::DamagedRange { segment: d.segment, position: d.position, reason: d.reason })
             .collect(),
+        parent_shard_id: info.and_then(|i| i.parent).map(shard_id).unwrap_or_default(),
+        adjacent_parent_shard_id: info.and_then(|i| i.adjacent_parent).map(shard_id).unwrap_or_default(),
+        closed: ending.is_some(),
+        ending_sequence_number: ending,
+        created_at_ms: info.map_or(0, |i| i.created_at_ms),
     }
+}
+
+/// The shards made from `index`, as GetRecords and SubscribeShard name them at a closed shard's end.
+pub fn child_shards(layout: &Layout, index: u32) -> Vec<pb::ChildShard> {
+    layout
+        .children(index)
+        .into_iter()
+        .map(|c| pb::ChildShard {
+            shard_id: shard_id(c.index),
+            parent_shard_ids: c.parents().map(shard_id).collect(),
+            starting_hash_key: c.starting_hash_key.to_string(),
+            ending_hash_key: c.ending_hash_key.to_string(),
+        })
+        .collect()
 }
 
 /// The description of a stream as the API shows it.
 pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> pb::StreamDescription {
     let meta = stream.meta();
-    let shards = stream.shards.iter().map(|s| describe_shard(s)).collect();
+    let layout = stream.layout();
+    let shards = layout.shards().map(|s| describe_shard(s, layout.info(s.index))).collect();
     let q = meta.quotas;
+    let status = match meta.status {
+        StreamStatus::Creating => pb::StreamStatus::Creating,
+        StreamStatus::Active => pb::StreamStatus::Active,
+        StreamStatus::Deleting => pb::StreamStatus::Deleting,
+        StreamStatus::Updating => pb::StreamStatus::Updating,
+    };
+    let target_shard_count = match meta.reshard.map(|r| r.target) {
+        Some(crate::metadata::ReshardTarget::Scale { target, .. }) => target,
+        _ => 0,
+    };
     pb::StreamDescription {
         stream_name: meta.name,
         stream_id: meta.id,
-        status: pb::StreamStatus::Active as i32,
+        status: status as i32,
         retention_hours: meta.retention_hours,
         quotas: Some(pb::Quotas {
             write_records_per_sec: Some(q.write_records_per_sec),
@@ -407,6 +438,8 @@ pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> 
         durability_interval_ms: config.durability.interval_ms,
         created_at_ms: meta.created_at_ms,
         shards,
+        open_shard_count: layout.open_count() as u32,
+        target_shard_count,
     }
 }
 
@@ -504,6 +537,50 @@ impl StreamBroker for GrpcService {
             validate_stream_name(&r.stream_name)?;
             let stream = self.catalog.update_retention(&r.stream_name, r.retention_hours).await?;
             Ok(pb::UpdateRetentionResponse { stream: Some(describe(&stream, self.catalog.config())) })
+        })
+        .await
+    }
+
+    async fn split_shard(
+        &self,
+        req: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::SplitShardResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("SplitShard", async {
+            let stream = self.catalog.split_shard(&r.stream_name, &r.shard_id, &r.new_starting_hash_key).await?;
+            Ok(pb::SplitShardResponse { stream: Some(describe(&stream, self.catalog.config())) })
+        })
+        .await
+    }
+
+    async fn merge_shards(
+        &self,
+        req: Request<pb::MergeShardsRequest>,
+    ) -> Result<Response<pb::MergeShardsResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("MergeShards", async {
+            let stream = self.catalog.merge_shards(&r.stream_name, &r.shard_id, &r.adjacent_shard_id).await?;
+            Ok(pb::MergeShardsResponse { stream: Some(describe(&stream, self.catalog.config())) })
+        })
+        .await
+    }
+
+    async fn update_shard_count(
+        &self,
+        req: Request<pb::UpdateShardCountRequest>,
+    ) -> Result<Response<pb::UpdateShardCountResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("UpdateShardCount", async {
+            match pb::ScalingType::try_from(r.scaling_type) {
+                Ok(pb::ScalingType::UniformScaling | pb::ScalingType::Unspecified) => {}
+                _ => return Err(BrokerError::invalid("scaling_type", "must be UNIFORM_SCALING")),
+            }
+            let scaled = self.catalog.update_shard_count(&r.stream_name, r.target_shard_count).await?;
+            Ok(pb::UpdateShardCountResponse {
+                current_shard_count: scaled.from,
+                target_shard_count: scaled.target,
+                stream: Some(describe(&scaled.stream, self.catalog.config())),
+            })
         })
         .await
     }
@@ -624,11 +701,14 @@ impl StreamBroker for GrpcService {
             let stream = self.catalog.get_by_id(pos.stream_id).ok_or_else(|| BrokerError::StreamNotFound {
                 name: format!("(the iterator's stream, id {}, was deleted)", pos.stream_id),
             })?;
-            let shard = stream
-                .shards
-                .get(pos.shard as usize)
-                .cloned()
-                .ok_or_else(|| BrokerError::invalid("shard_iterator", "names no shard"))?;
+            // A shard removed by retention after the iterator was issued.
+            let shard = stream.shard(pos.shard).ok_or_else(|| BrokerError::ShardNotFound {
+                stream: stream.meta().name,
+                shard_id: shard_id(pos.shard),
+            })?;
+            // Before the reader: a shard listed closed was sealed first, so its end is final.
+            let layout = stream.layout();
+            let closed = layout.is_closed(pos.shard);
             shard.quota.try_read_call(now).map_err(|wait| BrokerError::Throttled {
                 what: format!("read quota of {} exceeded", shard.id),
                 retry_after_ms: wait,
@@ -652,10 +732,17 @@ impl StreamBroker for GrpcService {
                 .increment(batch.records.len() as u64);
             metrics::counter!("stream_broker_bytes_out_total", "stream" => name).increment(bytes);
             let next = Position { seq: batch.next_seq, ..pos };
+            // At a closed shard's end there is no next iterator; the children are where its keys continue.
+            let (next_shard_iterator, child_shards) = if closed && batch.next_seq >= end {
+                (String::new(), child_shards(&layout, pos.shard))
+            } else {
+                (self.signer.issue(next, now), Vec::new())
+            };
             Ok(pb::GetRecordsResponse {
                 records: batch.records.into_iter().map(to_record).collect(),
-                next_shard_iterator: self.signer.issue(next, now),
+                next_shard_iterator,
                 millis_behind_latest: behind,
+                child_shards,
             })
         })
         .await
@@ -680,14 +767,17 @@ impl StreamBroker for GrpcService {
                 BrokerError::LimitExceeded(format!("{} has limits.subscribers_per_shard = {max} subscribers", shard.id))
             })?;
             let buffer = self.buffers.reserve()?;
-            Ok((stream.meta(), shard, start, slot, buffer))
+            Ok((stream, shard, start, slot, buffer))
         };
-        let (meta, shard, pos, slot, buffer) = setup.await.map_err(to_status)?;
+        let (source, shard, pos, slot, buffer) = setup.await.map_err(to_status)?;
+        let meta = source.meta();
         // One event queued: with the one being sent, the reservation covers them.
         let (tx, rx) = mpsc::channel(1);
         let now = self.now();
         let subscription = subscribe::Subscription {
             shard,
+            layout: source.watch_layout(),
+            source,
             stream: meta.name,
             pos,
             budget: ReadBudget::new(meta.quotas.read_bytes_per_sec, self.catalog.config().quotas.enforce, now),
@@ -732,7 +822,7 @@ impl StreamBroker for GrpcService {
                     segments_removed: cut.segments_removed,
                 }),
                 applied: outcome.applied,
-                shard: Some(describe_shard(&shard)),
+                shard: Some(describe_shard(&shard, stream.layout().info(shard.index))),
             })
         })
         .await

@@ -24,6 +24,13 @@
 //! **Order.** One task per subscription reads and sends in sequence order;
 //! `continuation_sequence_number` is always the sequence number after the
 //! last record sent.
+//!
+//! **Shard end.** A subscription to a shard that a split or merge closed
+//! ends, once it sent the shard's last record, with an event that has
+//! `shard_ended` and names the children; it wakes on the stream's layout
+//! swap as well as on new records, so a shard closed while subscribed ends
+//! the subscription too. (A shard is listed closed only after it was
+//! sealed, so its end is final by then.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::catalog::Stream;
 use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::quota::ReadBudget;
@@ -84,6 +92,10 @@ impl BufferBudget {
 /// goes away, the broker shuts down, the shard closes or the lifetime ends.
 pub(crate) struct Subscription {
     pub shard: Arc<Shard>,
+    /// The shard's stream, for its layout (is the shard closed, its children).
+    pub source: Arc<Stream>,
+    /// Changes when the stream's layout is swapped.
+    pub layout: tokio::sync::watch::Receiver<u64>,
     pub stream: String,
     /// The next sequence number to send.
     pub pos: u64,
@@ -147,6 +159,19 @@ impl Subscription {
                 }
             } else {
                 behind_ms = 0;
+                let layout = self.source.layout();
+                let closed_end =
+                    layout.is_closed(self.shard.index).then(|| self.shard.reader().map_or(available, |r| r.next_seq()));
+                if closed_end.is_some_and(|end| self.pos >= end) {
+                    let last = pb::SubscribeShardEvent {
+                        continuation_sequence_number: self.pos,
+                        shard_ended: true,
+                        child_shards: super::child_shards(&layout, self.shard.index),
+                        ..Default::default()
+                    };
+                    let _ = self.tx.send(Ok(last)).await;
+                    return;
+                }
             }
             let beat_at = last_sent + self.heartbeat;
             let lifetime_left = Duration::from_millis(self.ends_at_ms.saturating_sub(now));
@@ -168,6 +193,10 @@ impl Subscription {
                         return;
                     }
                     last_sent = Instant::now();
+                },
+                changed = self.layout.changed() => if changed.is_err() {
+                    // The stream is gone; its shards close and end the call above.
+                    return;
                 },
                 _ = self.tx.closed() => return,
                 _ = self.shutdown.cancelled() => return,
@@ -208,6 +237,7 @@ impl Subscription {
             millis_behind_latest: behind,
             heartbeat: false,
             resubscribe: false,
+            ..Default::default()
         })
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! streamctl stream create orders --shards 4
+//! streamctl stream split orders shardId-000000000001
+//! streamctl stream scale orders 8
 //! printf 'k1:hello\nk2:world\n' | streamctl put orders -K :
 //! streamctl tail orders --format '{key}={value}@{seq}'
 //! streamctl group describe orders billing
@@ -106,6 +108,32 @@ enum StreamCmd {
         name: String,
         /// New retention in hours (24..=168).
         hours: u32,
+    },
+    /// Split an open shard in two; the parent closes and stays readable.
+    Split {
+        /// Stream name.
+        name: String,
+        /// The shard to split (shardId-NNNNNNNNNNNN).
+        shard: String,
+        /// The second child's first hash key (decimal); default: the middle of the shard's range.
+        #[arg(long, value_name = "HASH_KEY")]
+        at: Option<u128>,
+    },
+    /// Merge two open shards whose hash ranges adjoin; both close.
+    Merge {
+        /// Stream name.
+        name: String,
+        /// The first shard (the child's parent).
+        shard: String,
+        /// The adjacent shard (the child's adjacent parent).
+        adjacent: String,
+    },
+    /// Rescale to COUNT shards of equal hash ranges (at most double or half per call).
+    Scale {
+        /// Stream name.
+        name: String,
+        /// The open shard count wanted.
+        count: u32,
     },
 }
 
@@ -473,7 +501,7 @@ async fn stream_cmd(g: &Global, cmd: StreamCmd) -> Result<(), CliError> {
                         rows.push(vec![
                             name,
                             status_name(d.status),
-                            d.shards.len().to_string(),
+                            d.open_shard_count.to_string(),
                             records.to_string(),
                             bytes.to_string(),
                             format!("{} h", d.retention_hours),
@@ -510,7 +538,51 @@ async fn stream_cmd(g: &Global, cmd: StreamCmd) -> Result<(), CliError> {
                 print(&format!("stream {} now keeps records for {} h\n", d.stream_name, d.retention_hours))
             }
         }
+        StreamCmd::Split { name, shard, at } => {
+            let at = match at {
+                Some(at) => at,
+                None => {
+                    let d = admin.describe_stream(&name).await?;
+                    let s = d
+                        .shards
+                        .iter()
+                        .find(|s| s.shard_id == shard)
+                        .ok_or_else(|| CliError::failed(format!("stream {name} has no shard {shard}")))?;
+                    let range = hash_range(s)?;
+                    if range.0 == range.1 {
+                        return Err(CliError::usage(format!("{shard} owns a single hash key and cannot be split")));
+                    }
+                    range.0 + (range.1 - range.0) / 2 + 1
+                }
+            };
+            let d = admin.split_shard(&name, &shard, at).await?;
+            reshaped(g, &d, &format!("split {shard} at hash key {at}"))
+        }
+        StreamCmd::Merge { name, shard, adjacent } => {
+            let d = admin.merge_shards(&name, &shard, &adjacent).await?;
+            reshaped(g, &d, &format!("merged {shard} and {adjacent}"))
+        }
+        StreamCmd::Scale { name, count } => {
+            let r = admin.update_shard_count(&name, count).await?;
+            let d = r.stream.unwrap_or_default();
+            reshaped(g, &d, &format!("rescaled from {} to {} shards", r.current_shard_count, r.target_shard_count))
+        }
     }
+}
+
+fn hash_range(s: &pb::ShardDescription) -> Result<(u128, u128), CliError> {
+    let parse =
+        |k: &str| k.parse::<u128>().map_err(|_| CliError::failed(format!("bad hash key {k:?} from the broker")));
+    Ok((parse(&s.starting_hash_key)?, parse(&s.ending_hash_key)?))
+}
+
+/// After a split, merge or scale: the stream, or a line and its open shards.
+fn reshaped(g: &Global, d: &pb::StreamDescription, what: &str) -> Result<(), CliError> {
+    if g.json {
+        return print(&format!("{}\n", stream_json(d)));
+    }
+    let open: Vec<&str> = d.shards.iter().filter(|s| !s.closed).map(|s| s.shard_id.as_str()).collect();
+    print(&format!("{}: {what}; open shards: {}\n", d.stream_name, open.join(", ")))
 }
 
 fn status_name(status: i32) -> String {
@@ -532,6 +604,11 @@ fn opt_num(n: Option<u64>) -> String {
     n.map_or_else(|| "null".into(), |n| n.to_string())
 }
 
+/// A JSON string, or null when empty.
+fn opt_str(s: &str) -> String {
+    if s.is_empty() { "null".into() } else { jstr(s) }
+}
+
 fn stream_json(d: &pb::StreamDescription) -> String {
     let q = d.quotas.unwrap_or_default();
     let shards = d.shards.iter().map(|s| {
@@ -548,6 +625,11 @@ fn stream_json(d: &pb::StreamDescription) -> String {
             ("shard_status", jstr(&shard_status_name(s.shard_status))),
             ("failure_kind", jstr(&s.failure_kind)),
             ("failure", jstr(&s.failure)),
+            ("parent_shard_id", opt_str(&s.parent_shard_id)),
+            ("adjacent_parent_shard_id", opt_str(&s.adjacent_parent_shard_id)),
+            ("closed", s.closed.to_string()),
+            ("ending_sequence_number", opt_num(s.ending_sequence_number)),
+            ("created_at_ms", s.created_at_ms.to_string()),
             (
                 "damage",
                 arr(s.damage.iter().map(|d| {
@@ -569,6 +651,8 @@ fn stream_json(d: &pb::StreamDescription) -> String {
         ("durability", jstr(&durability_name(d.durability))),
         ("durability_interval_ms", d.durability_interval_ms.to_string()),
         ("created_at_ms", d.created_at_ms.to_string()),
+        ("open_shard_count", d.open_shard_count.to_string()),
+        ("target_shard_count", d.target_shard_count.to_string()),
         (
             "quotas",
             obj(&[
@@ -606,31 +690,46 @@ fn stream_text(d: &pb::StreamDescription) -> String {
                 "read quota".into(),
                 format!("{} calls/s, {} bytes/s per shard", n(q.read_calls_per_sec), n(q.read_bytes_per_sec)),
             ],
-            vec!["shards".into(), d.shards.len().to_string()],
+            vec!["shards".into(), shard_counts(d)],
         ],
     );
-    let rows: Vec<Vec<String>> = d
-        .shards
-        .iter()
-        .map(|s| {
+    let rows: Vec<Vec<String>> = shard_tree(&d.shards)
+        .into_iter()
+        .map(|(depth, s)| {
+            let state = if s.closed { "CLOSED".to_string() } else { "OPEN".to_string() };
+            let status = if s.failure_kind.is_empty() {
+                shard_status_name(s.shard_status)
+            } else {
+                format!("{} ({}: {})", shard_status_name(s.shard_status), s.failure_kind, s.failure)
+            };
+            let parents = match (s.parent_shard_id.as_str(), s.adjacent_parent_shard_id.as_str()) {
+                ("", _) => "-".to_string(),
+                (p, "") => p.to_string(),
+                (p, a) => format!("{p} + {a}"),
+            };
             vec![
-                s.shard_id.clone(),
+                format!(
+                    "{}{}",
+                    if depth == 0 { String::new() } else { format!("{}└ ", "  ".repeat(depth - 1)) },
+                    s.shard_id
+                ),
+                state,
+                parents,
                 format!("{}..={}", s.starting_hash_key, s.ending_hash_key),
                 s.first_sequence_number.to_string(),
-                s.next_sequence_number.to_string(),
+                s.ending_sequence_number.unwrap_or(s.next_sequence_number).to_string(),
                 s.records_stored.to_string(),
                 s.bytes_stored.to_string(),
-                if s.failure_kind.is_empty() {
-                    shard_status_name(s.shard_status)
-                } else {
-                    format!("{} ({}: {})", shard_status_name(s.shard_status), s.failure_kind, s.failure)
-                },
+                status,
             ]
         })
         .collect();
     if !rows.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["SHARD", "HASH RANGE", "FIRST SEQ", "NEXT SEQ", "RECORDS", "BYTES", "STATUS"], &rows));
+        out.push_str(&table(
+            &["SHARD", "STATE", "PARENTS", "HASH RANGE", "FIRST SEQ", "NEXT/END SEQ", "RECORDS", "BYTES", "STATUS"],
+            &rows,
+        ));
     }
     for s in &d.shards {
         for damage in &s.damage {
@@ -639,6 +738,33 @@ fn stream_text(d: &pb::StreamDescription) -> String {
                 s.shard_id, damage.segment, damage.position, damage.reason
             ));
         }
+    }
+    out
+}
+
+/// "4 open" or "4 open, 3 closed", with the target while UpdateShardCount runs.
+fn shard_counts(d: &pb::StreamDescription) -> String {
+    let closed = d.shards.iter().filter(|s| s.closed).count();
+    let mut text = format!("{} open", d.shards.len() - closed);
+    if closed > 0 {
+        text.push_str(&format!(", {closed} closed"));
+    }
+    if d.target_shard_count > 0 {
+        text.push_str(&format!(" (rescaling to {})", d.target_shard_count));
+    }
+    text
+}
+
+/// The shards as a tree, depth first: each shard after its parent (a merge
+/// child after its first parent), roots being shards whose parent is not listed.
+fn shard_tree(shards: &[pb::ShardDescription]) -> Vec<(usize, &pb::ShardDescription)> {
+    let listed = |id: &str| shards.iter().any(|s| s.shard_id == id);
+    let mut out = Vec::with_capacity(shards.len());
+    let mut stack: Vec<(usize, &pb::ShardDescription)> =
+        shards.iter().filter(|s| !listed(&s.parent_shard_id)).rev().map(|s| (0, s)).collect();
+    while let Some((depth, s)) = stack.pop() {
+        out.push((depth, s));
+        stack.extend(shards.iter().filter(|c| c.parent_shard_id == s.shard_id).rev().map(|c| (depth + 1, c)));
     }
     out
 }
@@ -1284,16 +1410,38 @@ fn position(from: StartAt) -> Position {
     }
 }
 
-type ShardBatch = Result<Vec<Rec>, client::Error>;
+/// What a shard reader reports.
+enum ShardEvent {
+    Records(Vec<Rec>),
+    /// The reader stopped: at the end of a closed shard (with its children),
+    /// or, without --follow, at the end of an open one (no children).
+    Ended {
+        shard: String,
+        children: Vec<pb::ChildShard>,
+    },
+    Failed(client::Error),
+}
 
-/// Reads every shard (or one) through iterators, each shard in its own task.
+/// A shard waiting to be read: where, and the listed parents it waits for.
+struct Waiting {
+    shard: String,
+    at: Position,
+    parents: Vec<String>,
+}
+
+/// Reads every shard (or one) through iterators, each shard in its own
+/// task. A key's records stay in order across a split or merge: a shard
+/// whose parent is being read starts only once the parent's reader reached
+/// the parent's end, and children of a shard that closes while it is read
+/// are read from their first record (with --shard, only that shard is read).
 async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Result<(), CliError> {
     let channel = g.channel().await?;
     let start = position(args.from);
-    let shards: Vec<(String, Position)> = match &args.shard {
-        Some(id) => vec![(id.clone(), start)],
+    let mut pending: Vec<Waiting> = match &args.shard {
+        Some(id) => vec![Waiting { shard: id.clone(), at: start, parents: Vec::new() }],
         None => {
             let d = Admin::from_channel(channel.clone()).describe_stream(&args.stream).await?;
+            let listed = |id: &str| d.shards.iter().any(|s| s.shard_id == id);
             d.shards
                 .iter()
                 .map(|s| {
@@ -1302,41 +1450,78 @@ async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Resul
                         StartAt::Seq(n) if n > s.next_sequence_number => Position::AtSequence(s.next_sequence_number),
                         _ => start,
                     };
-                    (s.shard_id.clone(), at)
+                    let parents = [&s.parent_shard_id, &s.adjacent_parent_shard_id]
+                        .into_iter()
+                        .filter(|p| listed(p))
+                        .cloned()
+                        .collect();
+                    Waiting { shard: s.shard_id.clone(), at, parents }
                 })
                 .collect()
         }
     };
+    let follow_children = args.shard.is_none();
     let limit = args.count.map_or(BATCH, |n| n.min(u64::from(BATCH)) as u32);
-    let (tx, mut rx) = mpsc::channel::<ShardBatch>(shards.len().max(1) * 2);
+    let (tx, mut rx) = mpsc::channel::<ShardEvent>(pending.len().max(1) * 2);
     // Dropping the set (on return) stops every reader.
     let mut readers = JoinSet::new();
-    for (shard, at) in shards {
-        readers.spawn(read_shard(channel.clone(), args.stream.clone(), shard, at, limit, args.follow, tx.clone()));
-    }
-    drop(tx);
+    let mut known: Vec<String> = pending.iter().map(|p| p.shard.clone()).collect();
+    let mut ended: Vec<String> = Vec::new();
+    let mut running = 0usize;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let batch = tokio::select! {
-            b = rx.recv() => b,
+        let (ready, waiting): (Vec<Waiting>, Vec<Waiting>) =
+            pending.into_iter().partition(|p| p.parents.iter().all(|parent| ended.contains(parent)));
+        pending = waiting;
+        for p in ready {
+            running += 1;
+            readers.spawn(read_shard(
+                channel.clone(),
+                args.stream.clone(),
+                p.shard,
+                p.at,
+                limit,
+                args.follow,
+                tx.clone(),
+            ));
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        let event = tokio::select! {
+            e = rx.recv() => e,
             _ = &mut ctrl_c => return Ok(()),
         };
-        match batch {
+        match event {
             None => return Ok(()),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(records)) => {
+            Some(ShardEvent::Failed(e)) => return Err(e.into()),
+            Some(ShardEvent::Records(records)) => {
                 printer.print(&records)?;
                 if printer.done() {
                     return Ok(());
+                }
+            }
+            Some(ShardEvent::Ended { shard, children }) => {
+                running -= 1;
+                ended.push(shard);
+                for c in children.into_iter().filter(|_| follow_children) {
+                    if known.contains(&c.shard_id) {
+                        continue;
+                    }
+                    known.push(c.shard_id.clone());
+                    // Parents not read here (past retention, or not listed) are not waited for.
+                    let parents = c.parent_shard_ids.into_iter().filter(|p| known.contains(p)).collect();
+                    pending.push(Waiting { shard: c.shard_id, at: Position::TrimHorizon, parents });
                 }
             }
         }
     }
 }
 
-/// Reads one shard in order, sending each non-empty batch; ends at the
-/// shard's end unless following, or when the receiver is gone.
+/// Reads one shard in order, sending each non-empty batch; ends at the end
+/// of a closed shard, or at the shard's end unless following, or when the
+/// receiver is gone.
 async fn read_shard(
     channel: Connection,
     stream: String,
@@ -1344,7 +1529,7 @@ async fn read_shard(
     at: Position,
     limit: u32,
     follow: bool,
-    tx: mpsc::Sender<ShardBatch>,
+    tx: mpsc::Sender<ShardEvent>,
 ) {
     let read = async {
         let mut reader = ShardReader::open(channel, &stream, &shard, at).await?;
@@ -1366,21 +1551,27 @@ async fn read_shard(
                         data: r.data,
                     })
                     .collect();
-                if tx.send(Ok(recs)).await.is_err() {
-                    return Ok(());
+                if tx.send(ShardEvent::Records(recs)).await.is_err() {
+                    return Ok(None);
                 }
+            }
+            if let Some(children) = reader.children() {
+                return Ok(Some(children.to_vec()));
             }
             if at_end {
                 if !follow {
-                    return Ok(());
+                    return Ok(Some(Vec::new()));
                 }
                 tokio::time::sleep(IDLE_WAIT).await;
             }
         }
     };
-    if let Err(e) = read.await {
-        let _ = tx.send(Err(e)).await;
-    }
+    let event = match read.await {
+        Ok(Some(children)) => ShardEvent::Ended { shard, children },
+        Ok(None) => return,
+        Err(e) => ShardEvent::Failed(e),
+    };
+    let _ = tx.send(event).await;
 }
 
 /// Consumes as a member of a consumer group: print, then commit.

@@ -163,6 +163,21 @@ impl StreamBroker for Fake {
     ) -> Result<Response<pb::UpdateRetentionResponse>, Status> {
         unimplemented()
     }
+    async fn split_shard(&self, _: Request<pb::SplitShardRequest>) -> Result<Response<pb::SplitShardResponse>, Status> {
+        unimplemented()
+    }
+    async fn merge_shards(
+        &self,
+        _: Request<pb::MergeShardsRequest>,
+    ) -> Result<Response<pb::MergeShardsResponse>, Status> {
+        unimplemented()
+    }
+    async fn update_shard_count(
+        &self,
+        _: Request<pb::UpdateShardCountRequest>,
+    ) -> Result<Response<pb::UpdateShardCountResponse>, Status> {
+        unimplemented()
+    }
     async fn put_record(&self, _: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
         unimplemented()
     }
