@@ -1,5 +1,7 @@
-//! The broker's one error type. The gRPC edge maps it to `tonic::Status` in
-//! `grpc::status`; nothing else decides status codes.
+//! The broker's one error type, returned by the service layer
+//! (`service`) to every edge. It carries no transport meaning: the gRPC edge
+//! maps it to `tonic::Status` in `grpc::status`; nothing else decides status
+//! codes.
 
 /// Everything a broker operation can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,7 @@ use crate::grpc::message_limit::MessageLimitHint;
 use crate::http::Readiness;
 use crate::iterator::IteratorSigner;
 use crate::metadata::{MetadataStore, SledStore};
+use crate::service::Service;
 
 /// Runs a broker until `shutdown` fires, on listeners the caller bound.
 pub async fn run(
@@ -158,8 +159,9 @@ pub async fn run(
         }
     });
     let streams_token = CancellationToken::new();
-    let service = GrpcService::new(catalog.clone(), groups.clone(), IteratorSigner::new(secret), streams_token.clone());
-    let groups_service = GroupsService::new(groups, config.limits.request_timeout_ms);
+    let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone());
+    let groups_service = GroupsService::new(service.clone());
+    let service = GrpcService::new(service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
     let max = config.limits.grpc_max_message_bytes;

@@ -1,4 +1,5 @@
-//! SubscribeShard: pushes a shard's records to one subscriber.
+//! SubscribeShard: pushes a shard's records to one subscriber, as
+//! [`SubscribeEvent`]s on a bounded channel that an edge encodes.
 //!
 //! **Limits.** A subscription holds a slot of its shard
 //! (`limits.subscribers_per_shard`) and a reservation of
@@ -10,9 +11,9 @@
 //! continuation.
 //!
 //! **Memory.** A subscriber that stops reading holds at most: one event in
-//! the channel (capacity 1), one in the task's pending send, and what tonic
-//! and HTTP/2 buffer of the event being written (at most one encoded event,
-//! since hyper polls the body only when the stream has window). An event
+//! the channel (capacity 1), one in the task's pending send, and what the
+//! edge and HTTP/2 buffer of the event being written (at most one encoded
+//! event, since hyper polls the body only when the stream has window). An event
 //! carries at most a quarter of the reservation, so the reservation covers
 //! them; a single record larger than that travels alone. Records are copied
 //! out of the log's read buffer into one allocation per event, so a queued
@@ -36,19 +37,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
-use crate::catalog::Stream;
+use super::{ChildShard, Record, Service, StartingPosition, child_shards};
+use crate::catalog::{Stream, validate_stream_name};
 use crate::clock::Clock;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Result};
 use crate::quota::ReadBudget;
 use crate::shard::{Shard, SubscriberSlot};
 
-use super::status::to_status;
+/// One event of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeEvent {
+    /// Records in sequence order; empty for a heartbeat or the last event.
+    pub records: Vec<Record>,
+    /// Where a new subscription continues: the sequence number after the
+    /// last record sent.
+    pub continuation_sequence_number: u64,
+    /// How far the last record is behind the shard's newest, 0 at the end.
+    pub millis_behind_latest: u64,
+    /// Nothing arrived for `limits.subscribe_heartbeat_ms`.
+    pub heartbeat: bool,
+    /// The subscription's lifetime is over: the last event; subscribe
+    /// again from `continuation_sequence_number`.
+    pub resubscribe: bool,
+    /// The shard is closed and every record was sent: the last event;
+    /// `child_shards` says where its keys continue.
+    pub shard_ended: bool,
+    /// With `shard_ended`: the shard's children.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// A running subscription's events; the channel ends when the
+/// subscription does. An `Err` is the last item.
+pub type Subscription = mpsc::Receiver<Result<SubscribeEvent>>;
 
 /// Memory accounted per record of an event beyond its key and data (the
 /// `Record` struct, the key's `String`); bounds the records of an event.
@@ -71,7 +95,7 @@ impl BufferBudget {
     }
 
     /// Reserves one subscription's buffer, or refuses with a retry hint.
-    pub fn reserve(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
+    pub fn reserve(&self) -> Result<OwnedSemaphorePermit> {
         // The configuration bounds a subscription's buffer to 16 MiB, far below u32::MAX.
         let n = u32::try_from(self.per_subscription).unwrap_or(u32::MAX);
         self.free.clone().try_acquire_many_owned(n).map_err(|_| {
@@ -88,33 +112,75 @@ impl BufferBudget {
     }
 }
 
-/// One running subscription; [`Subscription::run`] ends when the client
-/// goes away, the broker shuts down, the shard closes or the lifetime ends.
-pub(crate) struct Subscription {
-    pub shard: Arc<Shard>,
-    /// The shard's stream, for its layout (is the shard closed, its children).
-    pub source: Arc<Stream>,
-    /// Changes when the stream's layout is swapped.
-    pub layout: tokio::sync::watch::Receiver<u64>,
-    pub stream: String,
-    /// The next sequence number to send.
-    pub pos: u64,
-    pub budget: ReadBudget,
-    pub clock: Arc<dyn Clock>,
-    pub ends_at_ms: u64,
-    pub heartbeat: Duration,
-    pub event_bytes_max: usize,
-    pub budget_shared: BufferBudget,
-    pub tx: mpsc::Sender<Result<pb::SubscribeShardEvent, Status>>,
-    pub shutdown: CancellationToken,
-    /// Held for the life of the call; dropping it frees the shard's slot.
-    pub _slot: SubscriberSlot,
-    /// Held for the life of the call; dropping it returns the reservation.
-    pub _buffer: OwnedSemaphorePermit,
+impl Service {
+    /// SubscribeShard: takes a subscriber slot of the shard and a buffer
+    /// reservation, then pushes events from `start` until the subscriber
+    /// goes away, the broker shuts down, the shard closes or
+    /// `limits.subscription_lifetime_ms` passes.
+    pub async fn subscribe(&self, stream_name: &str, shard_id: &str, start: StartingPosition) -> Result<Subscription> {
+        let limits = &self.catalog.config().limits;
+        validate_stream_name(stream_name)?;
+        let stream = self.catalog.get(stream_name)?;
+        let shard = Self::shard_of(&stream, shard_id)?;
+        let pos = self.resolve_start(&shard, start).await?;
+        let max = limits.subscribers_per_shard;
+        let slot = shard.try_add_subscriber(max).ok_or_else(|| {
+            BrokerError::LimitExceeded(format!("{} has limits.subscribers_per_shard = {max} subscribers", shard.id))
+        })?;
+        let buffer = self.buffers.reserve()?;
+        let meta = stream.meta();
+        // One event queued: with the one being sent, the reservation covers them.
+        let (tx, rx) = mpsc::channel(1);
+        let now = self.now();
+        let running = Running {
+            shard,
+            layout: stream.watch_layout(),
+            source: stream.clone(),
+            stream: meta.name,
+            pos,
+            budget: ReadBudget::new(meta.quotas.read_bytes_per_sec, self.catalog.config().quotas.enforce, now),
+            clock: self.catalog.clock().clone(),
+            ends_at_ms: now.saturating_add(limits.subscription_lifetime_ms),
+            heartbeat: Duration::from_millis(limits.subscribe_heartbeat_ms),
+            event_bytes_max: limits.subscription_buffer_bytes / 4,
+            budget_shared: self.buffers.clone(),
+            tx,
+            shutdown: self.shutdown.clone(),
+            _slot: slot,
+            _buffer: buffer,
+        };
+        tokio::spawn(running.run());
+        Ok(rx)
+    }
 }
 
-impl Subscription {
-    pub async fn run(mut self) {
+/// One running subscription; [`Running::run`] ends when the client
+/// goes away, the broker shuts down, the shard closes or the lifetime ends.
+struct Running {
+    shard: Arc<Shard>,
+    /// The shard's stream, for its layout (is the shard closed, its children).
+    source: Arc<Stream>,
+    /// Changes when the stream's layout is swapped.
+    layout: tokio::sync::watch::Receiver<u64>,
+    stream: String,
+    /// The next sequence number to send.
+    pos: u64,
+    budget: ReadBudget,
+    clock: Arc<dyn Clock>,
+    ends_at_ms: u64,
+    heartbeat: Duration,
+    event_bytes_max: usize,
+    budget_shared: BufferBudget,
+    tx: mpsc::Sender<Result<SubscribeEvent>>,
+    shutdown: CancellationToken,
+    /// Held for the life of the call; dropping it frees the shard's slot.
+    _slot: SubscriberSlot,
+    /// Held for the life of the call; dropping it returns the reservation.
+    _buffer: OwnedSemaphorePermit,
+}
+
+impl Running {
+    async fn run(mut self) {
         let active = metrics::gauge!("stream_broker_subscriptions");
         active.increment(1.0);
         self.serve().await;
@@ -129,11 +195,14 @@ impl Subscription {
         loop {
             let now = self.clock.now_ms();
             if now >= self.ends_at_ms {
-                let last = pb::SubscribeShardEvent {
+                let last = SubscribeEvent {
+                    records: Vec::new(),
                     continuation_sequence_number: self.pos,
                     millis_behind_latest: behind_ms,
+                    heartbeat: false,
                     resubscribe: true,
-                    ..Default::default()
+                    shard_ended: false,
+                    child_shards: Vec::new(),
                 };
                 let _ = self.tx.send(Ok(last)).await;
                 return;
@@ -163,11 +232,14 @@ impl Subscription {
                 let closed_end =
                     layout.is_closed(self.shard.index).then(|| self.shard.reader().map_or(available, |r| r.next_seq()));
                 if closed_end.is_some_and(|end| self.pos >= end) {
-                    let last = pb::SubscribeShardEvent {
+                    let last = SubscribeEvent {
+                        records: Vec::new(),
                         continuation_sequence_number: self.pos,
+                        millis_behind_latest: 0,
+                        heartbeat: false,
+                        resubscribe: false,
                         shard_ended: true,
-                        child_shards: super::child_shards(&layout, self.shard.index),
-                        ..Default::default()
+                        child_shards: child_shards(&layout, self.shard.index),
                     };
                     let _ = self.tx.send(Ok(last)).await;
                     return;
@@ -179,15 +251,18 @@ impl Subscription {
             tokio::select! {
                 changed = end.changed(), if throttled.is_none() => if changed.is_err() {
                     let closed = BrokerError::Unavailable(format!("{} closed", self.shard.id));
-                    let _ = self.tx.send(Err(to_status(closed))).await;
+                    let _ = self.tx.send(Err(closed)).await;
                     return;
                 },
                 _ = tokio::time::sleep_until(sleep_until) => if Instant::now() >= beat_at {
-                    let beat = pb::SubscribeShardEvent {
+                    let beat = SubscribeEvent {
+                        records: Vec::new(),
                         continuation_sequence_number: self.pos,
                         millis_behind_latest: behind_ms,
                         heartbeat: true,
-                        ..Default::default()
+                        resubscribe: false,
+                        shard_ended: false,
+                        child_shards: Vec::new(),
                     };
                     if self.tx.send(Ok(beat)).await.is_err() {
                         return;
@@ -205,20 +280,19 @@ impl Subscription {
     }
 
     /// Reads the next event from `pos` and charges it to the budget.
-    async fn read(&mut self, available: u64) -> Result<pb::SubscribeShardEvent, Status> {
+    async fn read(&mut self, available: u64) -> Result<SubscribeEvent> {
         // Never closed: the semaphore lives as long as the budget.
-        let _reading =
-            self.budget_shared.reads.acquire().await.map_err(|e| to_status(BrokerError::Unavailable(e.to_string())))?;
-        let reader = self.shard.reader().map_err(to_status)?;
+        let _reading = self.budget_shared.reads.acquire().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let reader = self.shard.reader()?;
         let (pos, max_bytes) = (self.pos, self.event_bytes_max);
         let max_records = (max_bytes / RECORD_OVERHEAD_BYTES).max(1);
         let read = tokio::task::spawn_blocking(move || {
             reader.read(pos, max_records, max_bytes).map(|batch| (compact(&batch.records), batch.next_seq))
         })
         .await
-        .map_err(|e| to_status(BrokerError::Unavailable(e.to_string())))?;
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let (records, next_seq) =
-            read.map_err(|e| to_status(BrokerError::from_read(e, &self.shard.id, "starting_sequence_number")))?;
+            read.map_err(|e| BrokerError::from_read(e, &self.shard.id, "starting_sequence_number"))?;
         let now = self.clock.now_ms();
         let bytes: u64 = records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
         self.budget.charge(bytes, now);
@@ -231,20 +305,21 @@ impl Subscription {
             .increment(records.len() as u64);
         metrics::counter!("stream_broker_bytes_out_total", "stream" => self.stream.clone()).increment(bytes);
         self.pos = next_seq;
-        Ok(pb::SubscribeShardEvent {
+        Ok(SubscribeEvent {
             records,
             continuation_sequence_number: next_seq,
             millis_behind_latest: behind,
             heartbeat: false,
             resubscribe: false,
-            ..Default::default()
+            shard_ended: false,
+            child_shards: Vec::new(),
         })
     }
 }
 
 /// The records as API records whose data share one buffer of exactly their
 /// size, instead of slices that keep the log's read buffer alive.
-fn compact(records: &[shardlog::Record]) -> Vec<pb::Record> {
+fn compact(records: &[shardlog::Record]) -> Vec<Record> {
     let mut buf = BytesMut::with_capacity(records.iter().map(|r| r.data.len()).sum());
     for r in records {
         buf.extend_from_slice(&r.data);
@@ -252,7 +327,7 @@ fn compact(records: &[shardlog::Record]) -> Vec<pb::Record> {
     let mut buf = buf.freeze();
     records
         .iter()
-        .map(|r| pb::Record {
+        .map(|r| Record {
             sequence_number: r.seq,
             arrival_timestamp_ms: r.timestamp_ms,
             // Keys were checked as UTF-8 on the way in and are CRC-protected on disk.
