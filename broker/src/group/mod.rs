@@ -45,9 +45,9 @@
 //!   balanced like any shard. A child created after the group started is
 //!   read from its first record whatever the group's start position (every
 //!   record in it arrived after the group started). A closed shard whose
-//!   start position is already its end (an empty one, or a `Latest` start)
-//!   is checkpointed at its end when first polled, which finishes it. Lag
-//!   counts the records of unfinished closed shards.
+//!   lease's delivery starts at its end (an empty one, or a `Latest` start)
+//!   has nothing for the group: it is checkpointed at its end when polled,
+//!   which finishes it. Lag counts the records of unfinished closed shards.
 //!
 //! Sessions expire `groups.session_timeout_ms` after the last heartbeat or
 //! poll; expiry is checked on every group call and by a sweeper, on the
@@ -553,13 +553,10 @@ impl GroupManager {
     }
 
     /// Where a shard's delivery starts when it has no lease history: its
-    /// checkpoint, else the group's start position; a child shard created
-    /// after the group starts at its first record (all its records arrived
-    /// after the group started). A `Latest` start is stored as a checkpoint
-    /// the first time it is resolved, so records that arrive after that are
-    /// never skipped, even if the lease moves or the broker restarts before
-    /// a member commits. So is any start at the end of a closed shard,
-    /// which finishes it for the group.
+    /// checkpoint, else its start ([`start_for`]). A `Latest` start is
+    /// stored as a checkpoint the first time it is resolved, so records that
+    /// arrive after that are never skipped, even if the lease moves or the
+    /// broker restarts before a member commits.
     async fn base(&self, g: &mut Group, s: u32) -> Result<u64> {
         if let Some(&cp) = g.checkpoints.get(&s) {
             return Ok(cp);
@@ -569,9 +566,8 @@ impl GroupManager {
             return Err(BrokerError::ShardNotFound { stream: g.stream.meta().name, shard_id: shard_id(s) });
         };
         let start = start_for(&g.meta, info);
-        let closed = !info.is_open();
-        let (seq, end) = blocking(move || Ok((resolve(&shard, start)?, shard.reader()?.next_seq()))).await?;
-        if start == StartPosition::Latest || (closed && seq >= end) {
+        let seq = blocking(move || resolve(&shard, start)).await?;
+        if start == StartPosition::Latest {
             let (store, stream_id, name) = (self.store.clone(), g.meta.stream_id, g.meta.name.clone());
             blocking(move || store.put_checkpoints(stream_id, &name, &[(s, seq)])).await?;
             g.checkpoints.insert(s, seq);
@@ -689,8 +685,10 @@ impl GroupManager {
                     requested.push((i, s, p));
                 }
                 g.release_unpolled(m, &listed, now);
+                let layout = g.stream.layout();
                 let mut plan = Vec::new();
                 let mut asked = BTreeSet::new();
+                let mut nothing_left = Vec::new();
                 for (i, s, p) in requested {
                     let (revoking, delivered) = match g.lease_of(m, s, p.epoch) {
                         Ok(l) => (l.revoking_since_ms.is_some(), l.delivered),
@@ -723,11 +721,22 @@ impl GroupManager {
                     if let Some(l) = g.leases.get_mut(&s) {
                         l.delivered = Some((start, delivered));
                     }
-                    if let Some(shard) = g.stream.shard(s) {
-                        plan.push(Planned { shard, index: s, epoch: p.epoch, from });
+                    let Some(shard) = layout.shard(s).cloned() else { continue };
+                    // A closed shard whose delivery starts at its end has nothing
+                    // for the group: checkpointed there, it is finished.
+                    let end = layout.is_closed(s).then(|| shard.reader().map(|r| r.next_seq()).ok()).flatten();
+                    if let Some(end) = end.filter(|&e| start >= e && g.checkpoints.get(&s).is_none_or(|&c| c < e)) {
+                        nothing_left.push((s, end));
                     }
+                    plan.push(Planned { shard, index: s, epoch: p.epoch, from });
                 }
-                // A closed shard checkpointed at its end above is finished: its lease ends.
+                if !nothing_left.is_empty() {
+                    let (store, stream_id, name, ups) =
+                        (self.store.clone(), g.meta.stream_id, g.meta.name.clone(), nothing_left.clone());
+                    blocking(move || store.put_checkpoints(stream_id, &name, &ups)).await?;
+                    g.checkpoints.extend(nothing_left);
+                }
+                // A finished shard's lease ends here, and its children are granted.
                 g.settle(now);
                 // Return at once when the member should poll a different set of
                 // leases (a new grant, a revocation, an ended lease).
