@@ -80,6 +80,10 @@ pub struct Stream {
     layout: RwLock<Arc<Layout>>,
     /// Counts layout swaps; readers of closed shards and group long polls wait on it.
     layout_changed: tokio::sync::watch::Sender<u64>,
+    /// A reshard of this stream was accepted and has not ended; set before
+    /// it waits for the control lock, so a second one is refused at once
+    /// rather than queued behind it.
+    resharding: std::sync::atomic::AtomicBool,
 }
 
 impl Stream {
@@ -89,6 +93,7 @@ impl Stream {
             meta: RwLock::new(meta),
             layout: RwLock::new(Arc::new(layout)),
             layout_changed: tokio::sync::watch::Sender::new(0),
+            resharding: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

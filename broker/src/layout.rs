@@ -352,9 +352,11 @@ pub trait Effects {
     fn seal(&mut self, parent: u32) -> Result<u64>;
     /// Routes with the layout of `meta` from now on.
     fn swap(&mut self, meta: &StreamMeta);
-    /// Undoes a step that failed before its swap: unseals `sealed` parents
-    /// and removes the children's logs (nothing was written to them).
-    fn roll_back(&mut self, sealed: &[u32], children: &[ShardMeta]);
+    /// Undoes a step that failed before its swap: unseals the `parents`
+    /// (any of them may have been sealed, even one whose seal reported an
+    /// error; unsealing an unsealed shard changes nothing) and removes the
+    /// children's logs (nothing was written to them).
+    fn roll_back(&mut self, parents: &[u32], children: &[ShardMeta]);
 }
 
 /// Carries out the recorded reshard of `meta` (see the module docs): one
@@ -394,8 +396,7 @@ pub fn drive(meta: &mut StreamMeta, fx: &mut dyn Effects, now_ms: u64) -> Result
             Ok(())
         });
         if let Err(e) = prepared {
-            let sealed: Vec<u32> = ends.keys().copied().collect();
-            fx.roll_back(&sealed, &step.children);
+            fx.roll_back(&step.parents, &step.children);
             let mut undone = meta.clone();
             if let Some(r) = undone.reshard.as_mut() {
                 r.step = None;
@@ -498,7 +499,7 @@ mod tests {
             self.swapped = Some(meta.clone());
         }
 
-        fn roll_back(&mut self, _sealed: &[u32], _children: &[ShardMeta]) {}
+        fn roll_back(&mut self, _parents: &[u32], _children: &[ShardMeta]) {}
     }
 
     #[derive(Debug, Clone)]
@@ -692,8 +693,8 @@ mod tests {
             fn swap(&mut self, _meta: &StreamMeta) {
                 panic!("no swap after a failed seal");
             }
-            fn roll_back(&mut self, sealed: &[u32], _children: &[ShardMeta]) {
-                self.1 = sealed.to_vec();
+            fn roll_back(&mut self, parents: &[u32], _children: &[ShardMeta]) {
+                self.1 = parents.to_vec();
             }
         }
         let mut meta = stream(2);
@@ -701,7 +702,7 @@ mod tests {
         begin(&mut meta, ReshardTarget::Merge { shard: 0, adjacent: 1 });
         let mut fx = FailingSeal(Model::new(meta.clone(), None), Vec::new());
         assert!(drive(&mut meta, &mut fx, 0).is_err());
-        assert_eq!(fx.1, [0], "the parent sealed before the failure is unsealed");
+        assert_eq!(fx.1, [0, 1], "every parent is unsealed, the one whose seal failed too");
         assert_eq!(without_times(&meta), without_times(&before));
         assert_eq!(meta.status, StreamStatus::Active);
         assert_eq!(fx.0.durable, meta, "the rollback is durable");

@@ -11,10 +11,11 @@
 //!   ([`Shard::seal_blocking`]);
 //! - `swap` replaces the stream's [`Layout`] whole.
 //!
-//! A reshard holds the control mutex from validation to the end, so a
-//! second one (and every other control call) waits for it and then finds
-//! the stream as it left it; while it runs the stream is `Updating` and the
-//! data plane keeps serving. The work runs in a task of its own, so a
+//! A reshard holds the control mutex from validation to the end, so every
+//! other control call waits for it and then finds the stream as it left
+//! it; a second reshard of the same stream is refused at once with
+//! `ResourceInUse` (the stream is marked before the mutex is awaited, and
+//! `Updating` from the intent on). The data plane keeps serving meanwhile. The work runs in a task of its own, so a
 //! caller that gives up (a deadline) does not cut it short.
 //!
 //! Failpoints (feature `failpoints`): `broker::reshard::before_persist`,
@@ -97,22 +98,33 @@ impl Catalog {
 
     async fn reshard(self: &Arc<Self>, name: &str, ask: Ask) -> Result<(Arc<Stream>, Option<u32>)> {
         validate_stream_name(name)?;
-        let (this, name) = (self.clone(), name.to_string());
+        let stream = self.get(name)?;
+        let busy = || BrokerError::ResourceInUse {
+            what: match stream.meta().reshard {
+                Some(r) => format!(
+                    "stream {name:?} is UPDATING: {} is running; retry when it is ACTIVE",
+                    describe_target(&r.target)
+                ),
+                None => format!("stream {name:?} is UPDATING: another reshard is starting; retry when it is ACTIVE"),
+            },
+        };
+        if stream.meta().reshard.is_some() || stream.resharding.swap(true, Ordering::SeqCst) {
+            return Err(busy());
+        }
+        let accepted = Accepted(stream.clone());
+        let (this, name, held) = (self.clone(), name.to_string(), stream);
         // Its own task: a caller that stops waiting does not stop a reshard halfway.
         let task = tokio::spawn(async move {
+            let _accepted = accepted;
             let _control = this.control.lock().await;
             let stream = this.get(&name)?;
+            if !Arc::ptr_eq(&stream, &held) {
+                // Deleted and created again while this call waited.
+                return Err(BrokerError::StreamNotFound { name });
+            }
             this.disk.admit()?;
             let now = this.clock.now_ms();
             let mut meta = stream.meta();
-            if let Some(r) = &meta.reshard {
-                return Err(BrokerError::ResourceInUse {
-                    what: format!(
-                        "stream {name:?} is UPDATING: {} is running; retry when it is ACTIVE",
-                        describe_target(&r.target)
-                    ),
-                });
-            }
             let open = layout::open_shards(&meta).len() as u32;
             let max = this.config.limits.max_shards_per_stream;
             let (target, from) = match ask {
@@ -253,6 +265,15 @@ impl Catalog {
     }
 }
 
+/// A stream's accepted reshard, until its task ends (however it ends).
+struct Accepted(Arc<Stream>);
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.0.resharding.store(false, Ordering::SeqCst);
+    }
+}
+
 /// The side effects of a reshard on the catalogue's shards.
 struct Steps<'a> {
     catalog: &'a Catalog,
@@ -306,8 +327,8 @@ impl Effects for Steps<'_> {
         let _ = failpoint("broker::reshard::after_swap");
     }
 
-    fn roll_back(&mut self, sealed: &[u32], children: &[ShardMeta]) {
-        for &p in sealed {
+    fn roll_back(&mut self, parents: &[u32], children: &[ShardMeta]) {
+        for &p in parents {
             if let Some(Err(e)) = self.stream.shard(p).map(|s| s.unseal_blocking()) {
                 tracing::error!(shard = %shard_id(p), error = %e, "cannot unseal a parent of a rolled-back reshard");
             }
