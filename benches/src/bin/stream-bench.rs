@@ -12,8 +12,13 @@
 //! stream-bench e2e       produce-to-subscriber latency at a given rate
 //! stream-bench groups    consumer-group drain throughput and rebalance pauses
 //! stream-bench overload  in-quota shards' ack latency next to shards offered 3x their quota
+//! stream-bench reshard   time to split a shard at full quota, produce p99 during the split vs before
 //! stream-bench all       all of them; e2e at half the best 1 KiB produce rate
 //! ```
+
+// Its own file, so the subcommand and the rest of the bench change apart.
+#[path = "stream-bench/reshard.rs"]
+mod reshard;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +79,12 @@ enum What {
         /// Shards; half get producers at their quota, half at 3x.
         #[arg(long, default_value_t = 8)]
         shards: u32,
+    },
+    /// Time to split a shard at full write quota, and produce latency during the split vs before.
+    Reshard {
+        /// Splits to time, each on a fresh one-shard stream.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
     /// Everything, with e2e at half the best 1 KiB produce rate.
     All,
@@ -514,6 +525,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         What::E2e { rate } => e2e(&args, *rate).await,
         What::Groups { rounds } => groups(&args, *rounds).await,
         What::Overload { shards } => overload(&args, *shards).await,
+        What::Reshard { rounds } => reshard::run(&args, *rounds).await,
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
