@@ -26,8 +26,10 @@
 //!   from live owners is the least any balanced assignment allows. Shards of
 //!   departed members (no current owner) always move.
 //!
-//! The function is pure; the group applies its result cooperatively (a shard
+//! The functions are pure; the group applies their result cooperatively (a shard
 //! taken from a live owner is revoked first, see `group`).
+
+use std::collections::BTreeSet;
 
 /// A shard as [`leasable`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +44,13 @@ pub struct Node {
 
 /// The finished shards: done, with every parent finished. Nodes are in index
 /// order, and a parent's index is below its child's.
-pub fn finished(nodes: &[Node]) -> std::collections::BTreeSet<u32> {
-    let mut out = std::collections::BTreeSet::new();
+pub fn finished(nodes: &[Node]) -> BTreeSet<u32> {
+    let present: BTreeSet<u32> = nodes.iter().map(|n| n.index).collect();
+    let mut out = BTreeSet::new();
     for n in nodes {
         // Parents come first, so their fate is known; a parent missing from
         // the tree was removed by retention.
-        let parents_finished = n.parents.iter().all(|p| out.contains(p) || !nodes.iter().any(|m| m.index == *p));
-        if n.done && parents_finished {
+        if n.done && n.parents.iter().all(|p| out.contains(p) || !present.contains(p)) {
             out.insert(n.index);
         }
     }
@@ -59,10 +61,10 @@ pub fn finished(nodes: &[Node]) -> std::collections::BTreeSet<u32> {
 /// parent finished.
 pub fn leasable(nodes: &[Node]) -> Vec<u32> {
     let done = finished(nodes);
-    let present = |p: &u32| nodes.iter().any(|m| m.index == *p);
+    let present: BTreeSet<u32> = nodes.iter().map(|n| n.index).collect();
     nodes
         .iter()
-        .filter(|n| !done.contains(&n.index) && n.parents.iter().all(|p| done.contains(p) || !present(p)))
+        .filter(|n| !done.contains(&n.index) && n.parents.iter().all(|p| done.contains(p) || !present.contains(p)))
         .map(|n| n.index)
         .collect()
 }

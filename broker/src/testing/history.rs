@@ -221,7 +221,10 @@ impl History {
     }
 
     /// Records one acknowledged produce. Call it for a key in the order its
-    /// records were sent, so producer reordering shows.
+    /// records were sent, so producer reordering shows; a key's records are
+    /// sent one after another (as one producer sends them), since their
+    /// order across shards (a parent, then its children) is taken from
+    /// these calls.
     pub fn produced(&self, key: &str, shard_id: &str, seq: u64, data: &[u8]) {
         let digest = digest(data);
         let mut g = self.lock();
@@ -608,10 +611,12 @@ mod tests {
             .map(|t| {
                 let h = h.clone();
                 std::thread::spawn(move || {
-                    let shard = format!("shardId-{t:012}");
+                    // One key per thread: a key's records are produced one
+                    // after another (see `History::produced`).
+                    let (shard, key) = (format!("shardId-{t:012}"), format!("k{t}"));
                     for seq in 0..1000 {
-                        h.produced("k", &shard, seq, &payload(&shard, seq));
-                        h.handled("m", 0, &shard, seq, "k", &payload(&shard, seq));
+                        h.produced(&key, &shard, seq, &payload(&shard, seq));
+                        h.handled("m", 0, &shard, seq, &key, &payload(&shard, seq));
                     }
                 })
             })
