@@ -28,8 +28,21 @@
 //! kept as a failed shard (see `shard`); every other shard and stream is
 //! served.
 //!
-//! Control-plane calls are serialised by one async mutex; the data plane
-//! never takes it.
+//! **Resharding** (split, merge, UpdateShardCount) is in `reshard`: the
+//! stream's [`Layout`] (its shards and their routes) is swapped whole, so a
+//! request routes with one layout or the next, never a mix; the crash-safe
+//! protocol and the shard tree's invariants are in [`crate::layout`]. A
+//! stream directory holds the directories of its kept shards (open and
+//! closed); an expired shard's directory is removed after its expiry is
+//! durable, and at start one left behind is removed. A shard directory the
+//! definition does not name at all is moved to
+//! `lost+found/<id>-<ms>/<shard dir>`, like an orphaned stream.
+//!
+//! Control-plane calls (including a whole reshard and retention's expiry of
+//! closed shards) are serialised by one async mutex; the data plane never
+//! takes it.
+
+mod reshard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,10 +55,11 @@ use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::disk::DiskMonitor;
 use crate::error::{BrokerError, Result};
-use crate::metadata::{MetadataStore, StreamMeta, StreamStatus};
+use crate::metadata::{MetadataStore, ShardMeta, ShardState, StreamMeta, StreamStatus};
 use crate::quota::{QuotaValues, ShardQuota};
-use crate::routing::HashRanges;
 use crate::shard::{RepairOutcome, Shard, ShardFailure, ShardSpec, parse_shard_id, shard_id};
+
+pub use reshard::Scaling;
 
 /// Retention bounds in hours.
 pub const RETENTION_HOURS: std::ops::RangeInclusive<u32> = 24..=168;
@@ -63,17 +77,164 @@ pub const LOST_FOUND_DIR: &str = "lost+found";
 #[derive(Debug)]
 pub struct Stream {
     meta: RwLock<StreamMeta>,
-    /// Shards in index order.
-    pub shards: Vec<Arc<Shard>>,
-    /// Hash key ranges of the shards.
-    pub ranges: HashRanges,
+    layout: RwLock<Arc<Layout>>,
+    /// Counts layout swaps; readers of closed shards and group long polls wait on it.
+    layout_changed: tokio::sync::watch::Sender<u64>,
+    /// A reshard of this stream was accepted and has not ended; set before
+    /// it waits for the control lock, so a second one is refused at once
+    /// rather than queued behind it.
+    resharding: std::sync::atomic::AtomicBool,
 }
 
 impl Stream {
+    fn new(meta: StreamMeta, shards: BTreeMap<u32, Arc<Shard>>) -> Self {
+        let layout = Layout::new(0, meta.shards.clone(), shards);
+        Self {
+            meta: RwLock::new(meta),
+            layout: RwLock::new(Arc::new(layout)),
+            layout_changed: tokio::sync::watch::Sender::new(0),
+            resharding: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// A copy of the stream's definition.
     pub fn meta(&self) -> StreamMeta {
         self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    fn set_meta(&self, meta: StreamMeta) {
+        *self.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+    }
+
+    /// The current layout: the shards and how hash keys route to them.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A kept (open or closed) shard by index.
+    pub fn shard(&self, index: u32) -> Option<Arc<Shard>> {
+        self.layout().shard(index).cloned()
+    }
+
+    /// The kept shards, in index order.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.layout().shards().cloned().collect()
+    }
+
+    /// The kept shard named `shard_id`, or an error naming the field.
+    pub fn shard_by_id(&self, field: &str, shard_id: &str) -> Result<Arc<Shard>> {
+        let index = parse_shard_id(shard_id).ok_or_else(|| {
+            BrokerError::invalid(field, format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
+        })?;
+        self.shard(index)
+            .ok_or_else(|| BrokerError::ShardNotFound { stream: self.meta().name, shard_id: shard_id.to_string() })
+    }
+
+    /// Changes whenever the layout is swapped.
+    pub fn watch_layout(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.layout_changed.subscribe()
+    }
+
+    /// Swaps in the layout of `tree`: shards in `added` join, shards no
+    /// longer kept leave; the rest keep their handles.
+    fn swap_layout(&self, tree: Vec<ShardMeta>, added: &BTreeMap<u32, Arc<Shard>>) {
+        let mut current = self.layout.write().unwrap_or_else(|e| e.into_inner());
+        let mut handles = BTreeMap::new();
+        for s in tree.iter().filter(|s| s.is_kept()) {
+            if let Some(h) = added.get(&s.index).or_else(|| current.shards.get(&s.index)) {
+                handles.insert(s.index, h.clone());
+            }
+        }
+        let version = current.version + 1;
+        *current = Arc::new(Layout::new(version, tree, handles));
+        drop(current);
+        self.layout_changed.send_replace(version);
+    }
+}
+
+/// A stream's shards at one moment: the tree, a handle per kept shard, and
+/// the routes of the open shards. Immutable; a reshard swaps in a new one.
+#[derive(Debug)]
+pub struct Layout {
+    version: u64,
+    tree: Vec<ShardMeta>,
+    shards: BTreeMap<u32, Arc<Shard>>,
+    /// The open shards by first hash key; they cover the hash space exactly once.
+    routes: Vec<(u128, Arc<Shard>)>,
+}
+
+impl Layout {
+    fn new(version: u64, tree: Vec<ShardMeta>, shards: BTreeMap<u32, Arc<Shard>>) -> Self {
+        let mut routes: Vec<(u128, Arc<Shard>)> = tree
+            .iter()
+            .filter(|s| s.is_open())
+            .filter_map(|s| Some((s.starting_hash_key, shards.get(&s.index)?.clone())))
+            .collect();
+        routes.sort_by_key(|(start, _)| *start);
+        Self { version, tree, shards, routes }
+    }
+
+    /// Counts the swaps of the stream's layout.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The open shard that owns `hash`.
+    pub fn route(&self, hash: u128) -> &Arc<Shard> {
+        // The open ranges start at 0 and cover the hash space (see `layout::check`),
+        // so the shard starting at or before `hash` exists and is the last such.
+        let i = self.routes.partition_point(|(start, _)| *start <= hash);
+        &self.routes[i.max(1) - 1].1
+    }
+
+    /// A kept shard by index.
+    pub fn shard(&self, index: u32) -> Option<&Arc<Shard>> {
+        self.shards.get(&index)
+    }
+
+    /// The kept shards, in index order.
+    pub fn shards(&self) -> impl Iterator<Item = &Arc<Shard>> {
+        self.shards.values()
+    }
+
+    /// The shard tree: kept shards and expired ones still named as parents, in index order.
+    pub fn tree(&self) -> &[ShardMeta] {
+        &self.tree
+    }
+
+    /// A shard's place in the tree.
+    pub fn info(&self, index: u32) -> Option<&ShardMeta> {
+        self.tree.binary_search_by_key(&index, |s| s.index).ok().map(|i| &self.tree[i])
+    }
+
+    /// Whether the shard was closed by a reshard.
+    pub fn is_closed(&self, index: u32) -> bool {
+        self.info(index).is_some_and(|s| !s.is_open())
+    }
+
+    /// The shards made from `index` by a split or merge.
+    pub fn children(&self, index: u32) -> Vec<&ShardMeta> {
+        self.tree.iter().filter(|s| s.parents().any(|p| p == index)).collect()
+    }
+
+    /// How many shards take writes.
+    pub fn open_count(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+/// How [`Catalog::open_shard`] treats a shard's directory and failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenShard {
+    /// A new shard (create, or a reshard's child at run time): created, and a failure fails the call.
+    Create,
+    /// At start: a missing directory or a log that cannot be opened gives a failed shard.
+    Start,
+    /// At start, in a stream whose whole directory is missing: failed.
+    Missing,
+    /// A child of a reshard finished at start: created if missing, opened as
+    /// found otherwise (it may hold acknowledged records); a failure gives a failed shard.
+    Recover,
 }
 
 /// What a create request asks for; `None` fields take defaults.
@@ -274,7 +435,7 @@ impl Catalog {
         let mut live = Vec::new();
         for meta in catalog.store.streams()? {
             match meta.status {
-                StreamStatus::Active => live.push(meta),
+                StreamStatus::Active | StreamStatus::Updating => live.push(meta),
                 StreamStatus::Creating => {
                     tracing::warn!(stream = %meta.name, id = meta.id, "an interrupted create: keeping its files in lost+found");
                     catalog.to_lost_found(meta.id)?;
@@ -303,7 +464,10 @@ impl Catalog {
         catalog.id_floor.store(seen.map_or(0, |id| id + 1), Ordering::SeqCst);
         for meta in live {
             let stream = catalog.open_stream(meta, true)?;
-            catalog.insert(stream);
+            catalog.insert(stream.clone());
+            if stream.meta().reshard.is_some() {
+                catalog.finish_reshard(&stream)?;
+            }
         }
         Ok(catalog)
     }
@@ -346,61 +510,156 @@ impl Catalog {
         Ok(())
     }
 
-    /// Opens the shards of a stream. At start (`at_start`) a missing
-    /// directory or a shard that cannot be opened gives a failed shard; on
-    /// create any failure fails the call. Blocking.
+    /// Opens the kept shards of a stream. At start (`at_start`) a missing
+    /// directory or a shard that cannot be opened gives a failed shard, the
+    /// directories of expired shards are removed and those the definition
+    /// does not name go to lost+found; on create any failure fails the
+    /// call. Blocking.
     fn open_stream(&self, meta: StreamMeta, at_start: bool) -> Result<Arc<Stream>> {
         let dir = self.stream_dir(meta.id);
         let missing = at_start && !dir.exists();
         if !missing {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        }
-        let ranges = HashRanges::new(meta.shard_count);
-        let c = &self.config;
-        let mut shards: Vec<Arc<Shard>> = Vec::with_capacity(meta.shard_count as usize);
-        for index in 0..meta.shard_count {
-            let spec = ShardSpec {
-                stream: meta.name.clone(),
-                index,
-                hash_range: ranges.range(index),
-                log_config: c.shardlog_config(meta.max_record_bytes),
-                durability: c.durability.mode,
-                interval_ms: c.durability.interval_ms,
-                queue_depth: c.limits.shard_queue_depth,
-                group_max: c.limits.group_commit_max_requests,
-                writers: self.writers.clone(),
-            };
-            let quota = ShardQuota::new(meta.quotas, meta.max_record_bytes, c.quotas.enforce, self.clock.now_ms());
-            let shard_dir = dir.join(shard_id(index));
-            let (clock, io, disk) = (self.clock.clone(), self.io.clone(), self.disk.clone());
-            let shard = if missing || (at_start && !shard_dir.exists()) {
-                let cause = "the shard's directory is missing (the metadata may be newer than the data; \
-                             see `streamctl lost-found list`)"
-                    .to_string();
-                Shard::failed(&shard_dir, spec, quota, clock, io, disk, cause)?
-            } else {
-                Shard::open(&shard_dir, spec, quota, clock, io, disk)?
-            };
-            if let Some(f) = shard.failure() {
-                if !at_start {
-                    let refusal = shard.write_refusal();
-                    shard.close();
-                    for s in &shards {
-                        s.close();
-                    }
-                    return Err(
-                        refusal.unwrap_or_else(|| BrokerError::Internal("a failed shard without a failure".into()))
-                    );
-                }
-                tracing::warn!(stream = %meta.name, shard = %shard.id, kind = f.kind.as_str(), "the broker starts with this shard failed and serves everything else");
+            if at_start {
+                self.tidy_shard_dirs(&meta)?;
             }
-            shards.push(Arc::new(shard));
+        }
+        let how = match (at_start, missing) {
+            (false, _) => OpenShard::Create,
+            (true, false) => OpenShard::Start,
+            (true, true) => OpenShard::Missing,
+        };
+        let mut shards = BTreeMap::new();
+        for s in meta.shards.iter().filter(|s| s.is_kept()) {
+            match self.open_shard(&meta, s, how) {
+                Ok(shard) => {
+                    shards.insert(s.index, shard);
+                }
+                Err(e) => {
+                    for opened in shards.values() {
+                        opened.close();
+                    }
+                    return Err(e);
+                }
+            }
         }
         if !missing {
             sync_dir(&dir)?;
             sync_dir(&self.streams_dir)?;
         }
-        Ok(Arc::new(Stream { meta: RwLock::new(meta), shards, ranges }))
+        Ok(Arc::new(Stream::new(meta, shards)))
+    }
+
+    /// Opens one shard of `meta`; see [`OpenShard`]. Blocking.
+    /// Refuses `more` shards if the broker would then hold more than
+    /// `limits.max_shards_total` (open and closed-but-retained shards alike:
+    /// each holds an open segment file, a queue and buffers).
+    pub(crate) fn admit_shards(&self, more: u64) -> Result<()> {
+        let held: u64 = self.all().iter().map(|s| s.shards().len() as u64).sum();
+        let cap = self.config.limits.max_shards_total;
+        if held + more > u64::from(cap) {
+            return Err(BrokerError::LimitExceeded(format!(
+                "the broker holds {held} shards and {more} more would pass limits.max_shards_total = {cap}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn open_shard(&self, meta: &StreamMeta, s: &ShardMeta, how: OpenShard) -> Result<Arc<Shard>> {
+        let c = &self.config;
+        let spec = ShardSpec {
+            stream: meta.name.clone(),
+            index: s.index,
+            hash_range: (s.starting_hash_key, s.ending_hash_key),
+            log_config: c.shardlog_config(meta.max_record_bytes),
+            durability: c.durability.mode,
+            interval_ms: c.durability.interval_ms,
+            queue_depth: c.limits.shard_queue_depth,
+            group_max: c.limits.group_commit_max_requests,
+            writers: self.writers.clone(),
+            closed: !s.is_open(),
+        };
+        let quota = ShardQuota::new(meta.quotas, meta.max_record_bytes, c.quotas.enforce, self.clock.now_ms());
+        let shard_dir = self.stream_dir(meta.id).join(shard_id(s.index));
+        let (clock, io, disk) = (self.clock.clone(), self.io.clone(), self.disk.clone());
+        let dir_missing = match how {
+            OpenShard::Missing => true,
+            OpenShard::Start => !shard_dir.exists(),
+            OpenShard::Create | OpenShard::Recover => false,
+        };
+        let shard = if dir_missing {
+            let cause = "the shard's directory is missing (the metadata may be newer than the data; \
+                         see `streamctl lost-found list`)"
+                .to_string();
+            Shard::failed(&shard_dir, spec, quota, clock, io, disk, cause)?
+        } else {
+            Shard::open(&shard_dir, spec, quota, clock, io, disk)?
+        };
+        if let Some(f) = shard.failure() {
+            if how == OpenShard::Create {
+                let refusal = shard.write_refusal();
+                shard.close();
+                return Err(refusal.unwrap_or_else(|| BrokerError::Internal("a failed shard without a failure".into())));
+            }
+            tracing::warn!(stream = %meta.name, shard = %shard.id, kind = f.kind.as_str(), "the broker starts with this shard failed and serves everything else");
+        }
+        Ok(Arc::new(shard))
+    }
+
+    /// At start: removes the directories of expired shards (an expiry that
+    /// a crash interrupted) and moves the shard directories the definition
+    /// does not name to lost+found. A pending reshard's children are left
+    /// for the reshard to finish. Blocking.
+    fn tidy_shard_dirs(&self, meta: &StreamMeta) -> Result<()> {
+        let dir = self.stream_dir(meta.id);
+        let pending: Vec<u32> = meta
+            .reshard
+            .iter()
+            .flat_map(|r| r.step.iter())
+            .flat_map(|step| step.children.iter().map(|c| c.index))
+            .collect();
+        for name in list_names(&dir)? {
+            let Some(index) = parse_shard_id(&name) else { continue };
+            match crate::layout::find(meta, index) {
+                Some(s) if s.is_kept() => {}
+                Some(_) => {
+                    tracing::info!(stream = %meta.name, shard = %name, "finishing the removal of an expired shard");
+                    let path = dir.join(&name);
+                    std::fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))?;
+                    sync_dir(&dir)?;
+                }
+                None if pending.contains(&index) => {}
+                None => {
+                    tracing::warn!(stream = %meta.name, shard = %name, "a shard directory has no definition: keeping it in lost+found");
+                    self.shard_to_lost_found(meta.id, &name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one shard directory of stream `id` to `lost+found/<id>-<ms>/<name>`,
+    /// durably (`rename`, then `fsync` of every directory involved).
+    fn shard_to_lost_found(&self, id: u64, name: &str) -> Result<()> {
+        if !self.lost_found_dir.exists() {
+            std::fs::create_dir_all(&self.lost_found_dir)
+                .map_err(io_err(format!("create {}", self.lost_found_dir.display())))?;
+            sync_dir(&self.config.data_dir)?;
+        }
+        let mut ms = self.clock.now_ms();
+        let mut holder = self.lost_found_dir.join(format!("{id}-{ms}"));
+        while holder.exists() {
+            ms += 1;
+            holder = self.lost_found_dir.join(format!("{id}-{ms}"));
+        }
+        std::fs::create_dir(&holder).map_err(io_err(format!("create {}", holder.display())))?;
+        sync_dir(&self.lost_found_dir)?;
+        let (from, to) = (self.stream_dir(id).join(name), holder.join(name));
+        std::fs::rename(&from, &to).map_err(io_err(format!("move {} to {}", from.display(), to.display())))?;
+        sync_dir(&holder)?;
+        sync_dir(&self.stream_dir(id))?;
+        tracing::warn!(from = %from.display(), to = %to.display(), "moved a shard directory to lost+found; list it with `streamctl lost-found list`");
+        Ok(())
     }
 
     fn insert(&self, stream: Arc<Stream>) {
@@ -478,23 +737,20 @@ impl Catalog {
                 self.config.limits.max_streams
             )));
         }
-        let open_shards: u64 = self.all().iter().map(|s| s.shards.len() as u64).sum();
-        let cap = self.config.limits.max_shards_total;
-        if open_shards + u64::from(req.shard_count) > u64::from(cap) {
-            return Err(BrokerError::LimitExceeded(format!(
-                "the broker holds {open_shards} shards and {} more would pass limits.max_shards_total = {cap}",
-                req.shard_count
-            )));
-        }
+        self.admit_shards(u64::from(req.shard_count))?;
+        let now = self.clock.now_ms();
         let mut meta = StreamMeta {
             id: self.store.next_id(self.id_floor.load(Ordering::SeqCst))?,
             name: req.name,
-            shard_count: req.shard_count,
+            shards: crate::layout::initial(req.shard_count, now),
+            next_shard_index: req.shard_count,
+            reshard: None,
+            scalings_ms: Vec::new(),
             retention_hours,
             quotas,
             max_record_bytes,
             status: StreamStatus::Creating,
-            created_at_ms: self.clock.now_ms(),
+            created_at_ms: now,
         };
         self.store.put_stream(&meta)?;
         let opened = self.blocking({
@@ -513,7 +769,7 @@ impl Catalog {
         };
         meta.status = StreamStatus::Active;
         self.store.put_stream(&meta)?;
-        *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+        stream.set_meta(meta);
         self.insert(stream.clone());
         Ok(stream)
     }
@@ -532,7 +788,7 @@ impl Catalog {
         }
         let id = meta.id;
         self.blocking(move |c| {
-            for shard in &stream.shards {
+            for shard in stream.shards() {
                 shard.close();
             }
             c.remove_stream_dir(id)
@@ -549,7 +805,7 @@ impl Catalog {
         let mut meta = stream.meta();
         meta.retention_hours = retention_hours;
         self.store.put_stream(&meta)?;
-        *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+        stream.set_meta(meta);
         Ok(stream)
     }
 
@@ -583,7 +839,7 @@ impl Catalog {
         }
         self.store.put_stream(&meta)?;
         let now = self.clock.now_ms();
-        for shard in &stream.shards {
+        for shard in &stream.shards() {
             shard.quota.set_values(meta.quotas, meta.max_record_bytes, now);
         }
         *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
@@ -602,14 +858,16 @@ impl Catalog {
     }
 
     /// One retention pass: every shard drops sealed segments older than its
-    /// stream's retention.
-    pub async fn enforce_retention(&self) {
+    /// stream's retention, and a closed shard that closed before the cutoff
+    /// and has no record left expires (it leaves listings; its children stay).
+    pub async fn enforce_retention(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         for stream in self.all() {
             let meta = stream.meta();
             let cutoff = now.saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
+            let layout = stream.layout();
             // A shard without an open log has nothing to trim.
-            for shard in stream.shards.iter().filter(|s| s.stats().is_some()) {
+            for shard in layout.shards().filter(|s| s.stats().is_some()) {
                 match shard.trim(cutoff).await {
                     Ok(t) if t.segments > 0 => {
                         tracing::info!(stream = %meta.name, shard = %shard.id, segments = t.segments, bytes = t.bytes, first_seq = t.first_seq, "retention removed segments");
@@ -620,6 +878,21 @@ impl Catalog {
                     }
                 }
             }
+            let expired: Vec<u32> = layout
+                .tree()
+                .iter()
+                .filter(|s| matches!(s.state, ShardState::Closed { closed_at_ms, .. } if closed_at_ms < cutoff))
+                .filter(|s| {
+                    let stats = layout.shard(s.index).and_then(|h| h.stats());
+                    stats.is_some_and(|st| st.first_seq == st.next_seq)
+                })
+                .map(|s| s.index)
+                .collect();
+            if !expired.is_empty() {
+                if let Err(e) = self.expire_shards(&stream, &expired).await {
+                    tracing::warn!(stream = %meta.name, error = %e, "removing expired closed shards failed");
+                }
+            }
         }
     }
 
@@ -628,7 +901,7 @@ impl Catalog {
     pub async fn close(self: &Arc<Self>) -> Result<()> {
         self.blocking(|c| {
             for stream in c.all() {
-                for shard in &stream.shards {
+                for shard in stream.shards() {
                     shard.close();
                 }
             }
@@ -643,7 +916,7 @@ impl Catalog {
         let mut out = Vec::new();
         for stream in self.all() {
             let name = stream.meta().name;
-            for shard in &stream.shards {
+            for shard in stream.shards() {
                 if let Some(failure) = shard.failure() {
                     out.push(FailedShard { stream: name.clone(), shard_id: shard.id.clone(), failure });
                 }
@@ -658,7 +931,7 @@ impl Catalog {
     pub async fn heal_disk_full(&self, free_bytes: u64) -> usize {
         let mut healed = 0;
         for stream in self.all() {
-            for shard in &stream.shards {
+            for shard in stream.shards() {
                 let disk_full = shard.failure().is_some_and(|f| f.kind == crate::shard::FailureKind::DiskFull);
                 if disk_full && shard.heal(free_bytes).await {
                     tracing::info!(stream = %stream.meta().name, shard = %shard.id, "space is back: the shard reopened and serves writes again");
@@ -673,14 +946,7 @@ impl Catalog {
     pub async fn repair(&self, stream: &str, shard_id: &str, confirm: bool) -> Result<(Arc<Stream>, RepairOutcome)> {
         let _control = self.control.lock().await;
         let s = self.get(stream)?;
-        let index = parse_shard_id(shard_id).ok_or_else(|| {
-            BrokerError::invalid("shard_id", format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
-        })?;
-        let shard = s
-            .shards
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.to_string(), shard_id: shard_id.to_string() })?;
+        let shard = s.shard_by_id("shard_id", shard_id)?;
         if confirm && shard.stats().is_none() {
             // The log is opened into this directory; a stream whose
             // directory is gone gets an empty one back, as the plan says.

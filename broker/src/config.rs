@@ -53,6 +53,8 @@ pub struct BrokerConfig {
     pub groups: GroupsConfig,
     /// The web console on the admin port.
     pub console: ConsoleConfig,
+    /// Split, merge and UpdateShardCount.
+    pub reshard: ReshardConfig,
 }
 
 /// `[console]`: the web console at `/ui` and its JSON API at `/api/v1`.
@@ -94,6 +96,23 @@ impl Default for ConsoleConfig {
             order_service_url: String::new(),
             order_streams: vec!["order-events".into(), "deliveryServiceQueue".into(), "customerServiceQueue".into()],
         }
+    }
+}
+
+/// `[reshard]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReshardConfig {
+    /// UpdateShardCount calls accepted per stream within any
+    /// `scalings_window_ms` (AWS: 10 per rolling 24 hours).
+    pub scalings_max: u32,
+    /// The rolling window of `scalings_max`.
+    pub scalings_window_ms: u64,
+}
+
+impl Default for ReshardConfig {
+    fn default() -> Self {
+        Self { scalings_max: 10, scalings_window_ms: 24 * 3_600_000 }
     }
 }
 
@@ -215,7 +234,7 @@ pub struct LimitsConfig {
     pub produce_stream_in_flight: usize,
     /// Streams in the broker.
     pub max_streams: usize,
-    /// Shards in one stream.
+    /// Open shards in one stream.
     pub max_shards_per_stream: u32,
     /// Shards open in the whole broker, over all streams: a create that
     /// would pass it is refused with `LimitExceeded`. Each shard holds an
@@ -238,6 +257,7 @@ impl Default for BrokerConfig {
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
             console: ConsoleConfig::default(),
+            reshard: ReshardConfig::default(),
         }
     }
 }
@@ -401,6 +421,12 @@ impl BrokerConfig {
             || c.order_service_url.starts_with("http://") && c.order_service_url.len() > "http://".len())
         {
             return bad("console.order_service_url", "must be empty or an http:// URL");
+        }
+        if self.reshard.scalings_max == 0 {
+            return bad("reshard.scalings_max", "must be positive");
+        }
+        if !(1_000..=30 * 86_400_000).contains(&self.reshard.scalings_window_ms) {
+            return bad("reshard.scalings_window_ms", "must be 1000..=2592000000");
         }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");

@@ -74,6 +74,22 @@ pub enum BrokerError {
         /// Live members.
         members: usize,
     },
+    /// The shard was split or merged: it takes no more writes. Retryable:
+    /// route the record again with the current shard map.
+    #[error("shard {shard_id} of stream {stream:?} is closed (split or merged); refresh the shard map and retry")]
+    ShardClosed {
+        /// The stream's name.
+        stream: String,
+        /// The closed shard.
+        shard_id: String,
+    },
+    /// The stream or shard is not in a state that allows the operation: a
+    /// reshard is running, or the shard is closed.
+    #[error("resource in use: {what}")]
+    ResourceInUse {
+        /// What is in the way.
+        what: String,
+    },
     /// A broker-wide limit (streams, shards, connections) is reached.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
@@ -213,6 +229,8 @@ impl BrokerError {
             Self::SequenceTrimmed { .. } => "SequenceTrimmed",
             Self::SequenceBeyondEnd { .. } => "SequenceBeyondEnd",
             Self::ShardFailed { .. } => "ShardFailed",
+            Self::ShardClosed { .. } => "ShardClosed",
+            Self::ResourceInUse { .. } => "ResourceInUse",
             Self::DiskFull { .. } => "DiskFull",
             Self::Corrupt { .. } => "Corrupt",
             Self::StorageIo { .. } => "StorageIo",

@@ -11,7 +11,8 @@
 //! then acknowledged. Readers
 //! read committed records through the log's sparse index and are woken by a
 //! watch channel. Streams and their lifecycle live in [`catalog`], their
-//! definitions in sled behind [`metadata`].
+//! definitions in sled behind [`metadata`]; a stream's shard tree and the
+//! crash-safe protocol of splits and merges in [`layout`].
 
 pub mod catalog;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;
+pub mod layout;
 pub mod metadata;
 pub mod quota;
 pub mod routing;

@@ -1,9 +1,17 @@
-//! Broker metadata (stream definitions, the iterator-signing secret) behind
-//! a small trait. Record data never goes here.
+//! Broker metadata (stream definitions with their shard trees, the
+//! iterator-signing secret, consumer groups) behind a small trait. Record
+//! data never goes here.
 //!
 //! Invariant: a method that changes metadata returns only after the change
 //! is durable (sled flushed, then its files and directory fsynced by
-//! [`DurableSled::commit`]), so the broker can acknowledge it.
+//! [`DurableSled::commit`]), so the broker can acknowledge it. A stream's
+//! definition, shard tree and reshard intent are one value written in one
+//! `put_stream`, so a crash leaves either the value before a change or the
+//! value after it (see `layout` for the reshard protocol built on that).
+//!
+//! Definitions written before resharding existed carry `shard_count`
+//! instead of a shard list; [`decode_stream`] turns them into the uniform
+//! tree `HashRanges` describes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +27,9 @@ use crate::quota::QuotaValues;
 /// exist and `Deleting` from the moment a delete starts; after a crash the
 /// broker moves a `Creating` stream's directory to `lost+found/` (it was
 /// never acknowledged, but after a metadata rollback its records may be all
-/// that is left) and finishes a `Deleting` one.
+/// that is left) and finishes a `Deleting` one. It is `Updating` while a
+/// reshard runs (exactly while [`StreamMeta::reshard`] is set); after a
+/// crash the broker finishes the reshard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamStatus {
     /// Shard logs are being created.
@@ -28,6 +38,134 @@ pub enum StreamStatus {
     Active,
     /// Being removed.
     Deleting,
+    /// Serving while a split, merge or shard-count change runs.
+    Updating,
+}
+
+/// Where a shard is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardState {
+    /// Takes writes for its hash range.
+    Open,
+    /// Split or merged: takes no writes, readable until retention removes
+    /// its last record.
+    Closed {
+        /// The sequence number after its last record: no record ever gets it.
+        ending_seq: u64,
+        /// When it closed, ms since the Unix epoch.
+        closed_at_ms: u64,
+    },
+    /// Closed, and retention removed its records and its files. Kept only
+    /// while a kept shard names it as a parent, so every parent link resolves.
+    Expired {
+        /// When it closed.
+        closed_at_ms: u64,
+    },
+}
+
+/// One shard of a stream's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    /// Its index: names it (`shardId-NNNNNNNNNNNN`) and its directory; never reused in the stream.
+    pub index: u32,
+    /// First hash key it owns (inclusive).
+    #[serde(with = "hash_key_text")]
+    pub starting_hash_key: u128,
+    /// Last hash key it owns (inclusive).
+    #[serde(with = "hash_key_text")]
+    pub ending_hash_key: u128,
+    /// The shard it was split from, or the first of the two it was merged from.
+    pub parent: Option<u32>,
+    /// The second shard of a merge.
+    pub adjacent_parent: Option<u32>,
+    /// When it was created, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Open, closed or expired.
+    pub state: ShardState,
+}
+
+impl ShardMeta {
+    /// Whether its log is kept (open or closed, not expired).
+    pub fn is_kept(&self) -> bool {
+        !matches!(self.state, ShardState::Expired { .. })
+    }
+
+    /// Whether it takes writes.
+    pub fn is_open(&self) -> bool {
+        self.state == ShardState::Open
+    }
+
+    /// Its parents, first the parent, then the adjacent parent.
+    pub fn parents(&self) -> impl Iterator<Item = u32> {
+        self.parent.into_iter().chain(self.adjacent_parent)
+    }
+
+    /// Whether it owns `hash`.
+    pub fn covers(&self, hash: u128) -> bool {
+        self.starting_hash_key <= hash && hash <= self.ending_hash_key
+    }
+}
+
+/// Hash keys are stored as decimal text, as the APIs show them.
+mod hash_key_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| serde::de::Error::custom(format!("hash key {text:?} is not a u128")))
+    }
+}
+
+/// What a reshard was asked to reach; kept until it is reached, so a
+/// restart finishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReshardTarget {
+    /// SplitShard: one split.
+    Split {
+        /// The shard split.
+        shard: u32,
+        /// The second child's first hash key.
+        #[serde(with = "hash_key_text")]
+        at: u128,
+    },
+    /// MergeShards: one merge.
+    Merge {
+        /// The first shard.
+        shard: u32,
+        /// The adjacent shard.
+        adjacent: u32,
+    },
+    /// UpdateShardCount with UNIFORM_SCALING: splits and merges until the
+    /// open shards are the uniform ranges of `target` shards.
+    Scale {
+        /// The open shard count wanted.
+        target: u32,
+        /// The open shard count when the call was accepted.
+        from: u32,
+    },
+}
+
+/// One split or merge in progress: decided and durable before anything
+/// else happens, so a restart can finish it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshardStep {
+    /// The shards that close (one for a split, two for a merge, in hash order).
+    pub parents: Vec<u32>,
+    /// The shards that open, with their indexes and ranges, state `Open`.
+    pub children: Vec<ShardMeta>,
+}
+
+/// A reshard in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reshard {
+    /// What was asked.
+    pub target: ReshardTarget,
+    /// The step under way, if one is.
+    pub step: Option<ReshardStep>,
 }
 
 /// A stream's definition.
@@ -39,8 +177,19 @@ pub struct StreamMeta {
     pub id: u64,
     /// The user's name.
     pub name: String,
-    /// Number of shards.
-    pub shard_count: u32,
+    /// The shard tree, in index order: open shards (whose ranges cover the
+    /// hash space exactly once), closed ones, and expired ones still named
+    /// as a parent.
+    pub shards: Vec<ShardMeta>,
+    /// The index the next new shard gets (above every index ever used).
+    pub next_shard_index: u32,
+    /// The reshard in progress; set exactly while `status` is `Updating`.
+    #[serde(default)]
+    pub reshard: Option<Reshard>,
+    /// When UpdateShardCount calls were accepted within the rate-limit
+    /// window, ms since the Unix epoch, oldest first.
+    #[serde(default)]
+    pub scalings_ms: Vec<u64>,
     /// Retention, 24..=168 hours.
     pub retention_hours: u32,
     /// Per-shard quotas.
@@ -138,13 +287,28 @@ impl SledStore {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<StreamMeta> {
-    serde_json::from_slice(bytes).map_err(|e| BrokerError::Metadata(format!("undecodable stream record: {e}")))
+/// Decodes a stored stream definition, including one written before
+/// resharding existed (`shard_count` and no shard list): its shards are the
+/// uniform ranges it was created with, all open.
+pub fn decode_stream(bytes: &[u8]) -> Result<StreamMeta> {
+    let bad = |e: serde_json::Error| BrokerError::Metadata(format!("undecodable stream record: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(bad)?;
+    if let Some(fields) = value.as_object_mut().filter(|f| !f.contains_key("shards")) {
+        let count = fields.remove("shard_count").and_then(|n| n.as_u64()).and_then(|n| u32::try_from(n).ok());
+        let count = count.filter(|n| *n >= 1).ok_or_else(|| {
+            BrokerError::Metadata("undecodable stream record: neither shards nor a shard_count".into())
+        })?;
+        let created = fields.get("created_at_ms").and_then(|t| t.as_u64()).unwrap_or(0);
+        let shards = crate::layout::initial(count, created);
+        fields.insert("shards".into(), serde_json::to_value(shards).map_err(bad)?);
+        fields.insert("next_shard_index".into(), count.into());
+    }
+    serde_json::from_value(value).map_err(bad)
 }
 
 impl MetadataStore for SledStore {
     fn streams(&self) -> Result<Vec<StreamMeta>> {
-        self.streams.iter().values().map(|v| decode(&v?)).collect()
+        self.streams.iter().values().map(|v| decode_stream(&v?)).collect()
     }
 
     fn put_stream(&self, meta: &StreamMeta) -> Result<()> {
@@ -251,13 +415,13 @@ impl MetadataStore for SledStore {
 /// A named failpoint (feature `failpoints`): configured to `return`, the
 /// call fails as a metadata error; `panic` and `sleep` act as configured.
 #[cfg(feature = "failpoints")]
-fn failpoint(name: &str) -> Result<()> {
+pub(crate) fn failpoint(name: &str) -> Result<()> {
     fail::fail_point!(name, |_| Err(BrokerError::Metadata(format!("injected by failpoint {name}"))));
     Ok(())
 }
 
 #[cfg(not(feature = "failpoints"))]
-fn failpoint(_name: &str) -> Result<()> {
+pub(crate) fn failpoint(_name: &str) -> Result<()> {
     Ok(())
 }
 
@@ -348,7 +512,10 @@ mod tests {
         StreamMeta {
             id,
             name: name.into(),
-            shard_count: 2,
+            shards: crate::layout::initial(2, 1),
+            next_shard_index: 2,
+            reshard: None,
+            scalings_ms: Vec::new(),
             retention_hours: 24,
             quotas: QuotaValues::KINESIS,
             max_record_bytes: 1 << 20,
@@ -375,6 +542,21 @@ mod tests {
         assert_eq!(s.next_id(next + 50).expect("id"), next + 50, "ids start at the floor the catalogue found");
         assert_eq!(s.next_id(0).expect("id"), next + 51, "and stay above it afterwards");
         assert_eq!(s.iterator_secret().expect("secret"), secret);
+    }
+
+    #[test]
+    fn definitions_from_before_resharding_decode_as_uniform_open_shards() {
+        let old = br#"{"id":7,"name":"orders","shard_count":4,"retention_hours":24,
+            "quotas":{"write_records_per_sec":1000,"write_bytes_per_sec":1048576,"read_calls_per_sec":5,
+            "read_bytes_per_sec":2097152},"max_record_bytes":1048576,"status":"Active","created_at_ms":5}"#;
+        let m = decode_stream(old).expect("an old definition decodes");
+        assert_eq!(m.shards, crate::layout::initial(4, 5));
+        assert_eq!(m.next_shard_index, 4);
+        assert_eq!(m.reshard, None);
+        crate::layout::check(&m).expect("a consistent tree");
+        let again = decode_stream(&serde_json::to_vec(&m).expect("encode")).expect("round trip");
+        assert_eq!(again, m);
+        assert!(decode_stream(br#"{"id":1,"name":"x"}"#).is_err(), "neither shards nor a count");
     }
 
     #[test]

@@ -60,6 +60,15 @@
 //! **Order.** Requests are appended in queue order, so two requests from one
 //! producer to one shard keep their order when the second is submitted after
 //! the first was queued.
+//!
+//! **Sealing** ([`Shard::seal_blocking`], for a split or merge). The seal
+//! travels through the queue like an append: appends queued before it are
+//! committed, the commit that covers it always fsyncs (whatever the
+//! durability mode), and it answers with the log's end only after that
+//! fsync. Every append queued after it is refused with the retryable
+//! `ShardClosed`, so a record lands in the sealed shard only if it was
+//! queued before the seal. A shard opened closed (`ShardSpec::closed`)
+//! refuses appends from the start; retention and repair still run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -213,6 +222,11 @@ enum WriteOp {
         confirm: bool,
         reply: oneshot::Sender<Result<RepairOutcome>>,
     },
+    /// Seals (`closed`) or unseals the shard; a seal answers with the end.
+    Seal {
+        closed: bool,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     Close,
 }
 
@@ -224,6 +238,7 @@ impl std::fmt::Debug for WriteOp {
             WriteOp::Trim { .. } => "Trim",
             WriteOp::Heal { .. } => "Heal",
             WriteOp::Repair { .. } => "Repair",
+            WriteOp::Seal { .. } => "Seal",
             WriteOp::Close => "Close",
         })
     }
@@ -250,6 +265,8 @@ pub struct ShardSpec {
     pub group_max: usize,
     /// The threads the shard's writer runs on.
     pub writers: WriterPool,
+    /// Closed by a reshard: appends are refused with `ShardClosed`.
+    pub closed: bool,
 }
 
 /// State shared by a shard's handle and its writer thread.
@@ -552,6 +569,7 @@ impl Shard {
             group_max: spec.group_max,
             group: Vec::new(),
             disk_full_need: 0,
+            closed: spec.closed,
         };
         let slot = Arc::new(Slot {
             scheduled: std::sync::atomic::AtomicBool::new(false),
@@ -663,6 +681,26 @@ impl Shard {
         let (reply, rx) = oneshot::channel();
         self.queue.send(WriteOp::Repair { confirm, reply }).await.map_err(|_| self.gone())?;
         rx.await.map_err(|_| self.gone())?
+    }
+
+    /// Seals the shard for a split or merge: appends queued before are
+    /// committed and fsynced, later ones refused with `ShardClosed`; returns
+    /// the end (the sequence number after the last record). A failed shard
+    /// is not sealed and answers with its failure. Blocking: call from a
+    /// blocking context.
+    pub fn seal_blocking(&self) -> Result<u64> {
+        self.send_seal(true)
+    }
+
+    /// Takes back a seal whose reshard was rolled back: appends are taken again. Blocking.
+    pub fn unseal_blocking(&self) -> Result<()> {
+        self.send_seal(false).map(|_| ())
+    }
+
+    fn send_seal(&self, closed: bool) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.queue.blocking_send(WriteOp::Seal { closed, reply }).map_err(|_| self.gone())?;
+        rx.blocking_recv().map_err(|_| self.gone())?
     }
 
     /// Stops the writer after it has committed everything queued before,
@@ -799,6 +837,8 @@ struct Writer {
     group: Vec<WriteOp>,
     /// Bytes of the group whose write met ENOSPC: free space needed before a reopen.
     disk_full_need: u64,
+    /// Sealed by a reshard: appends are refused.
+    closed: bool,
 }
 
 impl Writer {
@@ -862,10 +902,17 @@ impl Writer {
         let now = self.clock.now_ms();
         let mut acks = Vec::new();
         let mut trims = Vec::new();
+        let mut seals = Vec::new();
         let mut close = false;
         let mut group_bytes = 0u64;
         for op in group.drain(..) {
             match op {
+                WriteOp::Append { reply, .. } if self.closed => {
+                    let _ = reply.send(Err(BrokerError::ShardClosed {
+                        stream: self.core.stream.clone(),
+                        shard_id: self.core.id.clone(),
+                    }));
+                }
                 WriteOp::Append { records, reply } => {
                     if let Some(refused) = self.refusal() {
                         let _ = reply.send(Err(refused));
@@ -901,14 +948,30 @@ impl Writer {
                 WriteOp::Repair { confirm, reply } => {
                     let _ = reply.send(self.repair(confirm));
                 }
+                WriteOp::Seal { closed: false, reply } => {
+                    self.closed = false;
+                    let _ = reply.send(Ok(0));
+                }
+                WriteOp::Seal { closed: true, reply } => match (self.refusal(), self.log.is_some()) {
+                    (None, true) => {
+                        self.closed = true;
+                        seals.push(reply);
+                    }
+                    (refused, _) => {
+                        let refused = refused.unwrap_or_else(|| BrokerError::Unavailable("log not open".into()));
+                        let _ = reply.send(Err(refused));
+                    }
+                },
                 WriteOp::Close => close = true,
             }
         }
-        let sync = match self.mode {
-            DurabilityMode::Always => true,
-            DurabilityMode::Interval => (self.unsynced || !acks.is_empty()) && self.interval_elapsed(),
-            DurabilityMode::Never => false,
-        };
+        // A seal's end must be durable before a reshard records it, in every mode.
+        let sync = !seals.is_empty()
+            || match self.mode {
+                DurabilityMode::Always => true,
+                DurabilityMode::Interval => (self.unsynced || !acks.is_empty()) && self.interval_elapsed(),
+                DurabilityMode::Never => false,
+            };
         if let Some(log) = self.log.as_mut().filter(|_| !acks.is_empty() || sync) {
             let started = Instant::now();
             let committed = if sync { log.sync() } else { log.publish() };
@@ -924,9 +987,13 @@ impl Writer {
                     self.unsynced = !sync;
                     self.core.metrics.group_requests.record(acks.len() as f64);
                     // Before the acks, so that whoever sees an ack also sees the new end.
-                    self.core.publish(log.reader().next_seq());
+                    let end = log.reader().next_seq();
+                    self.core.publish(end);
                     for (reply, a) in acks {
                         let _ = reply.send(Ok(a));
+                    }
+                    for reply in seals.drain(..) {
+                        let _ = reply.send(Ok(end));
                     }
                 }
                 Err(e) => {
@@ -936,6 +1003,14 @@ impl Writer {
                         let _ = reply.send(Err(refused));
                     }
                 }
+            }
+        }
+        // Unanswered seals met a failed commit: the seal does not hold.
+        if !seals.is_empty() {
+            self.closed = false;
+            for reply in seals {
+                let refused = self.refusal().unwrap_or_else(|| BrokerError::Unavailable("shard failed".into()));
+                let _ = reply.send(Err(refused));
             }
         }
         for (cutoff_ms, reply) in trims {

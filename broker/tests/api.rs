@@ -343,7 +343,7 @@ async fn expired_iterators_and_trimmed_positions_are_distinct_errors() {
     );
     catalog.enforce_retention().await;
     assert_eq!(
-        catalog.get("s").expect("s").shards[0].reader().expect("open").first_seq(),
+        catalog.get("s").expect("s").shards()[0].reader().expect("open").first_seq(),
         1,
         "the day-old segment is gone"
     );

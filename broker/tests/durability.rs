@@ -113,7 +113,7 @@ async fn interval_mode_fsyncs_every_interval_while_the_shard_queue_is_full() {
     let catalog = open(&config, clock.clone(), &io);
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 1, ..Default::default() }).await.expect("create");
-    let shard = stream.shards[0].clone();
+    let shard = stream.shards()[0].clone();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let mut producers = Vec::new();
@@ -159,7 +159,7 @@ async fn interval_mode_fsyncs_an_idle_shard_within_an_interval() {
     let catalog = open(&config, clock.clone(), &io);
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 1, ..Default::default() }).await.expect("create");
-    let shard = stream.shards[0].clone();
+    let shard = stream.shards()[0].clone();
     let syncs = io.syncs();
     shard.append(vec![("k".into(), "unsynced".into())]).await.expect("append");
     // Nothing else is written; the acknowledged record is fsynced once an interval passes.
@@ -178,7 +178,7 @@ async fn never_mode_acknowledges_without_fsync_and_syncs_at_close() {
     let catalog = open(&config, clock.clone(), &io);
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 1, ..Default::default() }).await.expect("create");
-    let shard = stream.shards[0].clone();
+    let shard = stream.shards()[0].clone();
     let syncs = io.syncs();
     for i in 0..200u64 {
         shard.append(vec![("k".into(), Bytes::from(format!("r{i}")))]).await.expect("append");
@@ -204,7 +204,7 @@ async fn interval_and_never_modes_keep_every_acknowledged_record_across_a_clean_
             .expect("create");
         let mut acked = Vec::new();
         for i in 0..300u64 {
-            let shard = &stream.shards[(i % 2) as usize];
+            let shard = &stream.shards()[(i % 2) as usize];
             let a = shard.append(vec![("k".into(), Bytes::from(format!("r{i}")))]).await.expect("append");
             acked.push((i % 2, a.first_seq, format!("r{i}")));
         }
@@ -216,7 +216,7 @@ async fn interval_and_never_modes_keep_every_acknowledged_record_across_a_clean_
         let stream = catalog.get("s").expect("s");
         for (shard, seq, data) in &acked {
             let batch =
-                stream.shards[*shard as usize].reader().expect("open shard").read(*seq, 1, 1 << 20).expect("read");
+                stream.shards()[*shard as usize].reader().expect("open shard").read(*seq, 1, 1 << 20).expect("read");
             assert_eq!(
                 batch.records.first().map(|r| (r.seq, &r.data[..])),
                 Some((*seq, data.as_bytes())),

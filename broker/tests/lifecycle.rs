@@ -17,7 +17,10 @@ fn meta(name: &str, id: u64, status: StreamStatus) -> StreamMeta {
     StreamMeta {
         id,
         name: name.into(),
-        shard_count: 2,
+        shards: broker::layout::initial(2, 0),
+        next_shard_index: 2,
+        reshard: None,
+        scalings_ms: Vec::new(),
         retention_hours: 24,
         quotas: QuotaValues::KINESIS,
         max_record_bytes: 1 << 20,
@@ -62,7 +65,7 @@ async fn interrupted_creates_go_to_lost_found_and_interrupted_deletes_finish() {
         .create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() })
         .await
         .expect("create");
-    kept.shards[0].append(vec![("k".into(), "v".into())]).await.expect("append");
+    kept.shards()[0].append(vec![("k".into(), "v".into())]).await.expect("append");
     let (kept_id, doomed_id) = (kept.meta().id, doomed.meta().id);
     drop((kept, doomed));
     catalog.close().await.expect("close");
@@ -99,7 +102,7 @@ async fn interrupted_creates_go_to_lost_found_and_interrupted_deletes_finish() {
     let defs: Vec<String> = catalog.store().streams().expect("defs").into_iter().map(|m| m.name).collect();
     assert_eq!(defs, vec!["kept".to_string()], "no half-made definitions remain");
     let kept = catalog.get("kept").expect("kept");
-    assert_eq!(kept.shards[0].reader().expect("open").next_seq(), 1, "the surviving stream kept its record");
+    assert_eq!(kept.shards()[0].reader().expect("open").next_seq(), 1, "the surviving stream kept its record");
     let again = catalog
         .create(CreateStream { name: "doomed".into(), shard_count: 1, ..Default::default() })
         .await

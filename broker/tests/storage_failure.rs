@@ -33,7 +33,7 @@ async fn a_failed_fsync_fails_only_that_shard_until_it_is_repaired() {
     );
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
-    let (a, b) = (stream.shards[0].clone(), stream.shards[1].clone());
+    let (a, b) = (stream.shards()[0].clone(), stream.shards()[1].clone());
     a.append(vec![("k".into(), "acked".into())]).await.expect("healthy append");
     // The next data sync anywhere fails; shard a syncs first.
     faulty.fail_after(FaultKind::Sync, 0, false);
@@ -88,7 +88,7 @@ async fn a_failed_fsync_fails_only_that_shard_until_it_is_repaired() {
     drop(catalog);
 
     let catalog = Arc::new(Catalog::open(config, store, Arc::new(SystemClock)).expect("reopen on a healthy disk"));
-    let a = catalog.get("s").expect("s").shards[0].clone();
+    let a = catalog.get("s").expect("s").shards()[0].clone();
     let batch = a.reader().expect("open").read(0, 10, 1 << 20).expect("read");
     assert_eq!(batch.records.first().map(|r| &r.data[..]), Some(&b"acked"[..]), "the acknowledged record survived");
     a.append(vec![("k".into(), "after restart".into())]).await.expect("writable after reopen");
@@ -155,7 +155,7 @@ async fn a_panicking_writer_fails_its_shard_visibly_and_a_repair_brings_it_back(
         Arc::new(Catalog::open_with_io(config.clone(), store, Arc::new(SystemClock), Arc::new(io)).expect("open"));
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
-    let (a, b) = (stream.shards[0].clone(), stream.shards[1].clone());
+    let (a, b) = (stream.shards()[0].clone(), stream.shards()[1].clone());
     a.append(vec![("k".into(), "acked".into())]).await.expect("healthy append");
     armed.store(true, Ordering::SeqCst);
     a.append(vec![("k".into(), "boom".into())]).await.expect_err("the writer panicked");

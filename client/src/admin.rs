@@ -91,6 +91,49 @@ impl Admin {
         Ok(self.streams.clone().update_quotas(req).await?.into_inner().stream.unwrap_or_default())
     }
 
+    /// Splits an open shard: the children own `[start, new_starting_hash_key - 1]`
+    /// and `[new_starting_hash_key, end]`. Returns once they serve.
+    pub async fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        new_starting_hash_key: u128,
+    ) -> Result<pb::StreamDescription> {
+        let req = pb::SplitShardRequest {
+            stream_name: stream.into(),
+            shard_id: shard_id.into(),
+            new_starting_hash_key: new_starting_hash_key.to_string(),
+        };
+        Ok(self.streams.clone().split_shard(req).await?.into_inner().stream.unwrap_or_default())
+    }
+
+    /// Merges two open shards with adjoining hash ranges. Returns once the child serves.
+    pub async fn merge_shards(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        adjacent_shard_id: &str,
+    ) -> Result<pb::StreamDescription> {
+        let req = pb::MergeShardsRequest {
+            stream_name: stream.into(),
+            shard_id: shard_id.into(),
+            adjacent_shard_id: adjacent_shard_id.into(),
+        };
+        Ok(self.streams.clone().merge_shards(req).await?.into_inner().stream.unwrap_or_default())
+    }
+
+    /// Rescales to `target` uniform shards (at most double or half the open
+    /// shards per call, a limited number of calls per day). Returns once the
+    /// new shards serve.
+    pub async fn update_shard_count(&self, stream: &str, target: u32) -> Result<pb::UpdateShardCountResponse> {
+        let req = pb::UpdateShardCountRequest {
+            stream_name: stream.into(),
+            target_shard_count: target,
+            scaling_type: pb::ScalingType::UniformScaling as i32,
+        };
+        Ok(self.streams.clone().update_shard_count(req).await?.into_inner())
+    }
+
     /// A shard's repair: with `confirm` false only the plan (nothing
     /// changes); with `confirm` true the plan is applied and the response
     /// says exactly what was cut.

@@ -34,6 +34,11 @@
 //!   error, and leaves the group either way, so the member's shards move at
 //!   once instead of after the session timeout.
 //!
+//! - **Resharding.** Nothing to do here: the broker grants a split's or
+//!   merge's children only after the parents' last records were committed
+//!   (which `run` does like any commit), and then the parent's lease simply
+//!   disappears from the assignment.
+//!
 //! Delivery is at-least-once: records handled but not committed before a
 //! crash, a lost lease or a failed commit are delivered again.
 

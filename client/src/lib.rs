@@ -51,12 +51,10 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7470";
 /// Largest gRPC message the client sends or accepts.
 pub(crate) const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Kinesis routing: MD5 of the key as a big-endian u128 (unless an
-/// explicit hash key is given), and the shard whose inclusive hash range
-/// holds it.
-pub(crate) fn shard_for(key: &str, explicit_hash_key: Option<u128>, ranges: &[(u128, u128)]) -> usize {
-    let hash = explicit_hash_key.unwrap_or_else(|| u128::from_be_bytes(Md5::digest(key.as_bytes()).into()));
-    ranges.iter().position(|&(lo, hi)| lo <= hash && hash <= hi).unwrap_or(0)
+/// Kinesis routing: MD5 of the key as a big-endian u128 (the record goes to
+/// the open shard whose inclusive hash range holds it).
+pub(crate) fn hash_key(key: &str) -> u128 {
+    u128::from_be_bytes(Md5::digest(key.as_bytes()).into())
 }
 
 /// Checks a partition key as the broker will: 1..=256 characters.

@@ -15,12 +15,22 @@
 //!   bytes, memory is a few hundred bytes per buffered record (its future,
 //!   its queue slot, its key) and one encoded request per shard in flight
 //!   (at most `max_batch_bytes` each); `benches`' `producer-memory` measures it.
-//! - **Order per partition key.** A key always routes to one shard; each
-//!   shard has at most one PutRecords in flight, and records that must be
-//!   retried go back to the *front* of their shard's queue, in order. The
-//!   broker throttles every record after the first throttled one in a shard
-//!   batch, and fails a shard's whole batch together, so a retried suffix
-//!   never overtakes a stored record.
+//! - **Order per partition key.** Records queue per shard of the
+//!   producer's shard map, and a key routes to one queue; each queue has at
+//!   most one PutRecords in flight, and records that must be retried go
+//!   back to the *front* of their queue, in order. The broker throttles
+//!   every record after the first throttled one in a shard batch, and fails
+//!   a shard's whole batch together, so a retried suffix never overtakes a
+//!   stored record.
+//! - **Resharding.** The broker routes every record itself, so a stale map
+//!   only batches less well; a record that raced a split or merge fails with
+//!   the retryable `ShardClosed`. Either that, or an acknowledgement from a
+//!   shard the map does not know, makes the producer fetch the shard map
+//!   again (DescribeStream). The queues of shards that closed are retired:
+//!   their records move, in order, to the *front* of the queues of the
+//!   shards that now own their keys, and those queues send nothing until
+//!   every retired queue whose range they overlap has no request in flight
+//!   and nothing queued, so a key's records still reach the broker in order.
 //! - **Retry only what may succeed.** A record the broker throttled
 //!   (`ProvisionedThroughputExceeded`) is retried no sooner than the
 //!   broker's `retry_after_ms` (plus up to `backoff_base` of jitter); one
@@ -38,7 +48,7 @@
 //! record twice, as with Kinesis: delivery is at-least-once across
 //! connection failures, exactly-once otherwise.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,7 +63,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::{Connection, Error, MESSAGE_BYTES_MAX, Result, backoff, check_key, connect, jitter, shard_for};
+use crate::{Connection, Error, MESSAGE_BYTES_MAX, Result, backoff, check_key, connect, hash_key, jitter};
 
 /// What `send` does when a record does not fit the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,9 +224,16 @@ struct Item {
     _room: Room,
 }
 
+impl Item {
+    /// Where the record routes: its explicit hash key, else the MD5 of its key.
+    fn hash(&self) -> u128 {
+        self.explicit_hash_key.unwrap_or_else(|| hash_key(&self.key))
+    }
+}
+
 #[derive(Debug)]
 enum Msg {
-    Record { shard: usize, item: Item },
+    Record { hash: u128, item: Item },
     Flush(oneshot::Sender<()>),
 }
 
@@ -224,7 +241,6 @@ enum Msg {
 #[derive(Debug)]
 pub struct Producer {
     tx: mpsc::Sender<Msg>,
-    ranges: Arc<Vec<(u128, u128)>>,
     max_record_bytes: usize,
     buffer_bytes_max: usize,
     when_full: FullBufferPolicy,
@@ -248,17 +264,8 @@ impl Producer {
         let mut client = StreamBrokerClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let d = client
-            .describe_stream(pb::DescribeStreamRequest { stream_name: stream.into() })
-            .await?
-            .into_inner()
-            .stream
-            .ok_or_else(|| Error::NotFound(stream.into()))?;
-        let ranges = d
-            .shards
-            .iter()
-            .map(|s| Ok((parse_key(&s.starting_hash_key)?, parse_key(&s.ending_hash_key)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let d = describe(&mut client, stream).await?;
+        let routes = routes_of(&d)?;
         let budget = Arc::new(Budget {
             records: Arc::new(Semaphore::new(config.buffer_records_max)),
             bytes: Arc::new(Semaphore::new(config.buffer_bytes_max)),
@@ -270,20 +277,24 @@ impl Producer {
         let (tx, rx) = mpsc::channel(config.buffer_records_max + FLUSH_SLOTS);
         let (buffer_bytes_max, when_full) = (config.buffer_bytes_max, config.when_full);
         let throttled = Arc::new(AtomicU64::new(0));
-        let dispatcher = Dispatcher {
+        let mut dispatcher = Dispatcher {
             throttled: throttled.clone(),
             client,
             stream: stream.to_string(),
-            shards: (0..ranges.len()).map(|_| ShardQueue::default()).collect(),
+            queues: BTreeMap::new(),
+            routes: Vec::new(),
+            stale: false,
+            refresh_not_before: None,
+            refreshing: JoinSet::new(),
             config,
             outstanding: 0,
             waiters: Vec::new(),
             in_flight: JoinSet::new(),
         };
+        dispatcher.install(routes);
         let task = tokio::spawn(dispatcher.run(rx));
         Ok(Self {
             tx,
-            ranges: Arc::new(ranges),
             max_record_bytes: d.max_record_bytes as usize,
             buffer_bytes_max,
             when_full,
@@ -336,10 +347,10 @@ impl Producer {
             )));
         }
         let room = self.budget.reserve(size, self.when_full).await?;
-        let shard = shard_for(&key, explicit_hash_key, &self.ranges);
+        let hash = explicit_hash_key.unwrap_or_else(|| hash_key(&key));
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Record { shard, item: Item { key, explicit_hash_key, data, ack, attempts: 0, _room: room } })
+            .send(Msg::Record { hash, item: Item { key, explicit_hash_key, data, ack, attempts: 0, _room: room } })
             .await
             .map_err(|_| Error::Closed)?;
         Ok(AckFuture(rx))
@@ -367,8 +378,46 @@ impl Producer {
     }
 }
 
+async fn describe(client: &mut StreamBrokerClient<Connection>, stream: &str) -> Result<pb::StreamDescription> {
+    client
+        .describe_stream(pb::DescribeStreamRequest { stream_name: stream.into() })
+        .await?
+        .into_inner()
+        .stream
+        .ok_or_else(|| Error::NotFound(stream.into()))
+}
+
+/// The open shards' routes, by first hash key.
+fn routes_of(d: &pb::StreamDescription) -> Result<Vec<Route>> {
+    let mut routes = d
+        .shards
+        .iter()
+        .filter(|s| !s.closed)
+        .map(|s| {
+            Ok(Route {
+                start: parse_key(&s.starting_hash_key)?,
+                end: parse_key(&s.ending_hash_key)?,
+                shard: s.shard_id.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    routes.sort_by_key(|r| r.start);
+    if routes.is_empty() {
+        return Err(Error::Rejected { kind: "BadDescription".into(), message: "a stream without open shards".into() });
+    }
+    Ok(routes)
+}
+
 fn parse_key(s: &str) -> Result<u128> {
     s.parse().map_err(|_| Error::Rejected { kind: "BadDescription".into(), message: format!("hash key {s:?}") })
+}
+
+/// An open shard of the producer's map.
+#[derive(Debug, Clone)]
+struct Route {
+    start: u128,
+    end: u128,
+    shard: String,
 }
 
 #[derive(Debug, Default)]
@@ -378,15 +427,37 @@ struct ShardQueue {
     oldest: Option<Instant>,
     busy: bool,
     not_before: Option<Instant>,
+    /// The hash range its shard owns (or owned).
+    range: (u128, u128),
+    /// Its shard closed: it takes no new records and goes once drained.
+    retired: bool,
+    /// Retired queues whose ranges overlap this one: it sends nothing until they are gone.
+    after: BTreeSet<String>,
 }
 
-type Sent = (usize, Vec<Item>, std::result::Result<pb::PutRecordsResponse, tonic::Status>);
+impl ShardQueue {
+    fn push_front(&mut self, item: Item) {
+        self.bytes += item.key.len() + item.data.len();
+        self.oldest.get_or_insert(Instant::now());
+        self.queue.push_front(item);
+    }
+}
+
+type Sent = (String, Vec<Item>, std::result::Result<pb::PutRecordsResponse, tonic::Status>);
 
 struct Dispatcher {
     throttled: Arc<AtomicU64>,
     client: StreamBrokerClient<Connection>,
     stream: String,
-    shards: Vec<ShardQueue>,
+    /// Queues by shard id: those of the map's open shards and retired ones still draining.
+    queues: BTreeMap<String, ShardQueue>,
+    /// The map's open shards by first hash key; they cover the hash space.
+    routes: Vec<Route>,
+    /// The map needs fetching again.
+    stale: bool,
+    /// After a failed fetch, when to try again.
+    refresh_not_before: Option<Instant>,
+    refreshing: JoinSet<Result<pb::StreamDescription>>,
     config: ProducerConfig,
     outstanding: usize,
     waiters: Vec<oneshot::Sender<()>>,
@@ -399,10 +470,10 @@ impl Dispatcher {
         loop {
             let flushing = !self.waiters.is_empty() || !open;
             let now = Instant::now();
-            for s in 0..self.shards.len() {
-                if self.ready(s, now, flushing) {
-                    self.send_batch(s);
-                }
+            self.start_refresh(now);
+            let ready: Vec<String> = self.queues.keys().filter(|s| self.ready(s, now, flushing)).cloned().collect();
+            for s in ready {
+                self.send_batch(&s);
             }
             if self.outstanding == 0 {
                 for w in self.waiters.drain(..) {
@@ -415,8 +486,9 @@ impl Dispatcher {
             let wake = self.next_wake(flushing);
             tokio::select! {
                 msg = rx.recv(), if open => match msg {
-                    Some(Msg::Record { shard, item }) => {
-                        let q = &mut self.shards[shard];
+                    Some(Msg::Record { hash, item }) => {
+                        let shard = self.route(hash);
+                        let q = self.queues.entry(shard).or_default();
                         q.bytes += item.key.len() + item.data.len();
                         q.oldest.get_or_insert(Instant::now());
                         q.queue.push_back(item);
@@ -431,14 +503,105 @@ impl Dispatcher {
                         Err(e) => tracing::error!(error = %e, "producer request task failed"),
                     }
                 }
+                Some(fetched) = self.refreshing.join_next(), if !self.refreshing.is_empty() => {
+                    match fetched.map_err(|e| Error::Unavailable(e.to_string())).and_then(|d| d).and_then(|d| routes_of(&d)) {
+                        Ok(routes) => self.install(routes),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refreshing the shard map failed; retrying");
+                            self.stale = true;
+                            self.refresh_not_before = Some(Instant::now() + backoff(1, self.config.backoff_base, self.config.backoff_max));
+                        }
+                    }
+                }
                 _ = sleep_until(wake), if wake.is_some() => {}
             }
         }
     }
 
-    fn ready(&self, s: usize, now: Instant, flushing: bool) -> bool {
-        let q = &self.shards[s];
-        if q.busy || q.queue.is_empty() || q.not_before.is_some_and(|t| t > now) {
+    /// The queue of the open shard that owns `hash`.
+    fn route(&self, hash: u128) -> String {
+        // The routes start at 0 and cover the hash space, so one starts at or before `hash`.
+        let i = self.routes.partition_point(|r| r.start <= hash);
+        self.routes[i.max(1) - 1].shard.clone()
+    }
+
+    /// Fetches the shard map if it is stale and no fetch runs.
+    fn start_refresh(&mut self, now: Instant) {
+        if !self.stale || !self.refreshing.is_empty() || self.refresh_not_before.is_some_and(|t| t > now) {
+            return;
+        }
+        self.stale = false;
+        let (mut client, stream) = (self.client.clone(), self.stream.clone());
+        self.refreshing.spawn(async move { describe(&mut client, &stream).await });
+    }
+
+    /// Takes a new shard map: queues of shards that left it retire, their
+    /// queued records move to the front of the queues that own their keys
+    /// now, and those queues wait for the retired ones (see the module docs).
+    fn install(&mut self, routes: Vec<Route>) {
+        self.refresh_not_before = None;
+        for r in &routes {
+            let q = self.queues.entry(r.shard.clone()).or_default();
+            q.range = (r.start, r.end);
+        }
+        let open: BTreeSet<&str> = routes.iter().map(|r| r.shard.as_str()).collect();
+        let retiring: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(s, q)| !q.retired && !open.contains(s.as_str()))
+            .map(|(s, _)| s.clone())
+            .collect();
+        self.routes = routes;
+        let mut moved = Vec::new();
+        for s in retiring {
+            if let Some(q) = self.queues.get_mut(&s) {
+                q.retired = true;
+                q.bytes = 0;
+                q.oldest = None;
+                moved.extend(q.queue.drain(..));
+            }
+        }
+        // Every open queue waits for every retired one that owned part of its
+        // range (also one retired by an earlier map and still draining).
+        let retired: Vec<(String, (u128, u128))> =
+            self.queues.iter().filter(|(_, q)| q.retired).map(|(s, q)| (s.clone(), q.range)).collect();
+        for q in self.queues.values_mut().filter(|q| !q.retired) {
+            let overlapping = retired.iter().filter(|(_, r)| q.range.0 <= r.1 && r.0 <= q.range.1);
+            q.after = overlapping.map(|(s, _)| s.clone()).collect();
+        }
+        // The moved records keep their order per key: each retired queue holds
+        // its own keys, and they go ahead of anything routed with the new map.
+        self.requeue_front(moved);
+        self.drop_drained();
+    }
+
+    /// Puts records, oldest first, at the front of the queues their keys route to now.
+    fn requeue_front(&mut self, items: Vec<Item>) {
+        for item in items.into_iter().rev() {
+            let shard = self.route(item.hash());
+            self.queues.entry(shard).or_default().push_front(item);
+        }
+    }
+
+    /// Removes retired queues with nothing queued or in flight, and releases the queues waiting for them.
+    fn drop_drained(&mut self) {
+        let gone: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.retired && !q.busy && q.queue.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in gone {
+            self.queues.remove(&s);
+            for q in self.queues.values_mut() {
+                q.after.remove(&s);
+            }
+        }
+    }
+
+    fn ready(&self, s: &str, now: Instant, flushing: bool) -> bool {
+        let Some(q) = self.queues.get(s) else { return false };
+        if q.busy || q.queue.is_empty() || !q.after.is_empty() || q.not_before.is_some_and(|t| t > now) {
             return false;
         }
         flushing
@@ -448,18 +611,17 @@ impl Dispatcher {
     }
 
     fn next_wake(&self, flushing: bool) -> Option<Instant> {
-        self.shards
-            .iter()
-            .filter(|q| !q.busy && !q.queue.is_empty())
-            .filter_map(|q| {
+        let sends =
+            self.queues.values().filter(|q| !q.busy && !q.queue.is_empty() && q.after.is_empty()).filter_map(|q| {
                 let due = if flushing { Instant::now() } else { q.oldest? + self.config.linger };
                 Some(q.not_before.map_or(due, |t| t.max(due)))
-            })
-            .min()
+            });
+        let refresh = self.refresh_not_before.filter(|_| self.stale && self.refreshing.is_empty());
+        sends.chain(refresh).min()
     }
 
-    fn send_batch(&mut self, s: usize) {
-        let q = &mut self.shards[s];
+    fn send_batch(&mut self, s: &str) {
+        let Some(q) = self.queues.get_mut(s) else { return };
         let mut items = Vec::new();
         let mut bytes = 0;
         while let Some(front) = q.queue.front() {
@@ -485,22 +647,32 @@ impl Dispatcher {
             .collect();
         let req = pb::PutRecordsRequest { stream_name: self.stream.clone(), records };
         let mut client = self.client.clone();
+        let shard = s.to_string();
         self.in_flight.spawn(async move {
             let r = client.put_records(req).await.map(|r| r.into_inner());
-            (s, items, r)
+            (shard, items, r)
         });
     }
 
     fn complete(&mut self, (s, items, result): Sent) {
-        self.shards[s].busy = false;
+        if let Some(q) = self.queues.get_mut(&s) {
+            q.busy = false;
+        }
         let mut retry = Vec::new();
         let mut hint = Duration::ZERO;
         match result {
             Ok(resp) if resp.records.len() == items.len() => {
                 for (item, r) in items.into_iter().zip(resp.records) {
                     if r.error_code.is_empty() {
+                        // An acknowledgement from a shard the map does not know: the stream was resharded.
+                        if !self.routes.iter().any(|route| route.shard == r.shard_id) {
+                            self.stale = true;
+                        }
                         self.finish(item, Ok(RecordAck { shard_id: r.shard_id, sequence_number: r.sequence_number }));
                         continue;
+                    }
+                    if r.error_code == "ShardClosed" {
+                        self.stale = true;
                     }
                     match record_error(r) {
                         (e, true) => {
@@ -532,11 +704,18 @@ impl Dispatcher {
                 }
             }
         }
-        if retry.is_empty() {
-            return;
+        if !retry.is_empty() {
+            let throttled = retry.iter().filter(|(_, e)| matches!(e, Error::Throttled { .. })).count();
+            self.throttled.fetch_add(throttled as u64, Ordering::Relaxed);
+            self.retry(&s, retry, hint);
         }
-        let throttled = retry.iter().filter(|(_, e)| matches!(e, Error::Throttled { .. })).count();
-        self.throttled.fetch_add(throttled as u64, Ordering::Relaxed);
+        self.drop_drained();
+    }
+
+    /// Puts failed records back, oldest first, ahead of everything queued
+    /// after them: in their own queue, or, if it retired meanwhile, in the
+    /// queues their keys route to now.
+    fn retry(&mut self, s: &str, retry: Vec<(Item, Error)>, hint: Duration) {
         let attempt = retry[0].0.attempts + 1;
         // A hint says when the quota admits the record: sooner is wasted.
         let wait = if hint.is_zero() {
@@ -544,17 +723,30 @@ impl Dispatcher {
         } else {
             hint + jitter(self.config.backoff_base)
         };
-        let q = &mut self.shards[s];
-        q.not_before = Some(Instant::now() + wait);
-        q.oldest.get_or_insert(Instant::now());
+        let not_before = Some(Instant::now() + wait);
+        let mut again = Vec::new();
         let mut failed = Vec::new();
-        for (mut item, e) in retry.into_iter().rev() {
+        for (mut item, e) in retry {
             item.attempts += 1;
             if item.attempts > self.config.max_retries {
                 failed.push((item, e));
             } else {
-                q.bytes += item.key.len() + item.data.len();
-                q.queue.push_front(item);
+                again.push(item);
+            }
+        }
+        let retired = self.queues.get(s).is_none_or(|q| q.retired);
+        if retired {
+            let targets: BTreeSet<String> = again.iter().map(|i| self.route(i.hash())).collect();
+            self.requeue_front(again);
+            for t in targets {
+                if let Some(q) = self.queues.get_mut(&t) {
+                    q.not_before = q.not_before.max(not_before);
+                }
+            }
+        } else if let Some(q) = self.queues.get_mut(s) {
+            q.not_before = not_before;
+            for item in again.into_iter().rev() {
+                q.push_front(item);
             }
         }
         for (item, e) in failed {
@@ -573,9 +765,10 @@ impl Dispatcher {
 }
 
 /// Per-record codes that can succeed on a later attempt; `InternalFailure`
-/// is Kinesis's retryable code. (`ShardFailed` is not: the shard needs an
-/// operator's repair.)
-const RETRYABLE_CODES: [&str; 3] = ["ShardUnavailable", "Unavailable", "InternalFailure"];
+/// is Kinesis's retryable code, `ShardClosed` a split or merge that the
+/// record raced (it routes to a child next time). (`ShardFailed` is not:
+/// the shard needs an operator's repair.)
+const RETRYABLE_CODES: [&str; 4] = ["ShardUnavailable", "Unavailable", "InternalFailure", "ShardClosed"];
 
 /// The error a failed record's result stands for, and whether to retry it.
 fn record_error(r: pb::PutRecordsResultEntry) -> (Error, bool) {

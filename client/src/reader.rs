@@ -1,4 +1,7 @@
-//! A low-level reader of one shard through shard iterators.
+//! A low-level reader of one shard through shard iterators. At the end of a
+//! shard that a split or merge closed, the broker returns no next iterator
+//! and names the children: [`ShardReader::children`] has them, and further
+//! reads return nothing.
 
 use crate::{Connection, Error, MESSAGE_BYTES_MAX, Result};
 use proto::v1 as pb;
@@ -29,6 +32,8 @@ pub struct ShardReader {
     start: Position,
     iterator: String,
     next_seq: Option<u64>,
+    /// Set once a read reached the end of the closed shard.
+    children: Option<Vec<pb::ChildShard>>,
 }
 
 /// Throttled reads are retried this many times before the error is returned.
@@ -47,6 +52,7 @@ impl ShardReader {
             start,
             iterator: String::new(),
             next_seq: None,
+            children: None,
         };
         r.iterator = r.issue(start).await?;
         Ok(r)
@@ -73,14 +79,21 @@ impl ShardReader {
         Ok(r.into_inner().shard_iterator)
     }
 
-    /// The next records (up to `limit`), and how far behind the shard's end they are in ms.
+    /// The next records (up to `limit`), and how far behind the shard's end
+    /// they are in ms; nothing once the end of a closed shard was reached.
     pub async fn read(&mut self, limit: u32) -> Result<(Vec<pb::Record>, u64)> {
+        if self.children.is_some() {
+            return Ok((Vec::new(), 0));
+        }
         let mut throttled = 0;
         loop {
             let req = pb::GetRecordsRequest { shard_iterator: self.iterator.clone(), limit };
             match self.client.get_records(req).await.map_err(Error::from) {
                 Ok(r) => {
                     let r = r.into_inner();
+                    if r.next_shard_iterator.is_empty() {
+                        self.children = Some(r.child_shards);
+                    }
                     self.iterator = r.next_shard_iterator;
                     if let Some(last) = r.records.last() {
                         self.next_seq = Some(last.sequence_number + 1);
@@ -103,5 +116,11 @@ impl ShardReader {
     /// The sequence number after the last record returned, once any was.
     pub fn next_seq(&self) -> Option<u64> {
         self.next_seq
+    }
+
+    /// Once a read reached the end of a closed shard: the shards its hash
+    /// range continues in (read them after this one to keep each key's order).
+    pub fn children(&self) -> Option<&[pb::ChildShard]> {
+        self.children.as_deref()
     }
 }

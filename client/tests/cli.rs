@@ -784,3 +784,53 @@ async fn tail_follow_prints_new_records_until_interrupted() {
     };
     assert_eq!(status.code(), Some(0), "an interrupt is a normal end");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_merge_and_scale_show_in_the_shard_tree_and_tail_follows_the_children() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let round = |r: u32| (0..12).map(|i| format!("k{i}:r{r}-{i}")).collect::<Vec<_>>();
+    create_and_put(&addr, "s", 1, &round(1)).await;
+    let split = streamctl(&addr, &["stream", "split", "s", "shardId-000000000000"], b"").await.ok().out();
+    assert!(split.contains(&format!("at hash key {}", 1u128 << 127)), "the middle by default: {split}");
+    assert!(split.contains("open shards: shardId-000000000001, shardId-000000000002"), "{split}");
+    let input: String = round(2).iter().map(|l| format!("{l}\n")).collect();
+    streamctl(&addr, &["put", "s", "-K", ":"], input.as_bytes()).await.ok();
+
+    let d = streamctl(&addr, &["stream", "describe", "s", "--json"], b"").await.ok().json();
+    let shards = d["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3);
+    assert_eq!((shards[0]["closed"].as_bool(), as_u64(&shards[0]["ending_sequence_number"])), (Some(true), 12));
+    assert_eq!(shards[1]["parent_shard_id"], "shardId-000000000000");
+    assert_eq!(shards[1]["adjacent_parent_shard_id"], Value::Null);
+    assert_eq!(as_u64(&d["open_shard_count"]), 2);
+    let text = streamctl(&addr, &["stream", "describe", "s"], b"").await.ok().out();
+    assert!(text.contains("2 open, 1 closed"), "{text}");
+    let parent = text.lines().find(|l| l.starts_with("shardId-000000000000")).expect("parent row");
+    assert!(parent.contains("CLOSED"), "{parent}");
+    let child = text.lines().find(|l| l.contains("└ shardId-000000000001")).expect("an indented child row");
+    assert!(child.contains("OPEN") && child.contains("shardId-000000000000"), "{child}");
+
+    // Without --follow, tail reads the parent to its end before its children:
+    // each key's first-round value comes out before its second.
+    let records = streamctl(&addr, &["tail", "s", "--format", "json"], b"").await.ok().json_lines();
+    assert_eq!(records.len(), 24);
+    for i in 0..12 {
+        let at = |v: &str| records.iter().position(|r| as_str(&r["value"]) == v).expect("printed");
+        assert!(at(&format!("r1-{i}")) < at(&format!("r2-{i}")), "k{i} out of order");
+    }
+
+    let merged = streamctl(&addr, &["stream", "merge", "s", "shardId-000000000001", "shardId-000000000002"], b"")
+        .await
+        .ok()
+        .out();
+    assert!(merged.contains("open shards: shardId-000000000003"), "{merged}");
+    let text = streamctl(&addr, &["stream", "describe", "s"], b"").await.ok().out();
+    assert!(text.contains("shardId-000000000001 + shardId-000000000002"), "the merge child names both: {text}");
+    let scaled = streamctl(&addr, &["stream", "scale", "s", "2"], b"").await.ok().out();
+    assert!(scaled.contains("rescaled from 1 to 2 shards"), "{scaled}");
+
+    let refused = streamctl(&addr, &["stream", "split", "s", "shardId-000000000000", "--at", "5"], b"").await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("closed"), "{}", refused.stderr);
+}

@@ -14,7 +14,7 @@ use broker::config::BrokerConfig;
 use broker::testing::TestBroker;
 use client::types as pb;
 use client::{Admin, Error, FullBufferPolicy, Producer, ProducerConfig};
-use common::{Fake, HANG, failed, rebind, run_broker, stored, throttled_records};
+use common::{Fake, HANG, failed, fake_shard, rebind, run_broker, stored, throttled_records};
 
 /// A stream with one or more shards and optional quota overrides.
 async fn stream(admin: &Admin, name: &str, shards: u32, quotas: Option<pb::Quotas>) {
@@ -311,4 +311,52 @@ async fn a_whole_request_rejection_fails_its_records_with_its_kind() {
     }
     assert_eq!(producer.buffered(), (0, 0));
     producer.close().await.expect("close");
+}
+
+/// A batch that raced a split fails with the retryable `ShardClosed`: the
+/// producer fetches the shard map again, and the records go out again on
+/// the queues of the children that own their keys now, each request
+/// holding one child's keys only.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_that_race_a_split_are_retried_on_the_refreshed_shard_map() {
+    const HALF: u128 = 1 << 127;
+    let (fake, addr) = Fake::start(Box::new(|_, attempt| match attempt {
+        0 => failed("ShardClosed", "shardId-000000000000 is closed (split or merged)", 0),
+        n => stored(n as u64),
+    }))
+    .await;
+    let config = ProducerConfig {
+        linger: Duration::from_millis(50),
+        backoff_base: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&addr, "s", config).await.expect("producer");
+    assert_eq!(fake.describes.load(Ordering::SeqCst), 1);
+    // The split happens after the producer read the map.
+    fake.set_shards(vec![
+        fake_shard("shardId-000000000000", 0, u128::MAX, true),
+        fake_shard("shardId-000000000001", 0, HALF - 1, false),
+        fake_shard("shardId-000000000002", HALF, u128::MAX, false),
+    ]);
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let mut acks = Vec::new();
+    for k in &keys {
+        acks.push(producer.send(k.clone(), "v").await.expect("queued"));
+    }
+    for ack in acks {
+        tokio::time::timeout(HANG, ack).await.expect("resolves").expect("ShardClosed is retried until stored");
+    }
+    producer.close().await.expect("close");
+    assert!(fake.describes.load(Ordering::SeqCst) >= 2, "the producer fetched the shard map again");
+    let log = fake.attempts.lock().expect("lock");
+    assert_eq!(log[0].1.len(), keys.len(), "before the refresh every key went out in one request");
+    let low = |k: &str| broker::routing::hash_key(k) < HALF;
+    for (_, sent) in log.iter().skip(1) {
+        assert!(
+            sent.iter().all(|k| low(k)) || sent.iter().all(|k| !low(k)),
+            "after the refresh a request holds one child's keys: {sent:?}"
+        );
+    }
+    assert!(keys.iter().any(|k| low(k)) && keys.iter().any(|k| !low(k)), "the keys cover both children");
 }

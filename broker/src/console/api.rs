@@ -83,8 +83,9 @@ pub async fn overview(State(s): State<AppState>) -> ApiResult {
     let mut shards = 0usize;
     let mut data_bytes = 0u64;
     for stream in &streams {
-        shards += stream.shards.len();
-        data_bytes += stream.shards.iter().filter_map(|s| s.stats()).map(|st| st.bytes).sum::<u64>();
+        let held = stream.shards();
+        shards += held.len();
+        data_bytes += held.iter().filter_map(|s| s.stats()).map(|st| st.bytes).sum::<u64>();
     }
     let failed: Vec<Value> = a
         .catalog
@@ -133,7 +134,7 @@ fn stream_summary(c: &Console, stream: &Stream) -> Value {
     let meta = stream.meta();
     let (mut records, mut bytes, mut failed) = (0u64, 0u64, 0usize);
     let (mut rin, mut bin, mut rout, mut bout) = (0.0, 0.0, 0.0, 0.0);
-    for shard in &stream.shards {
+    for shard in &stream.shards() {
         if let Some(st) = shard.stats() {
             records += st.next_seq - st.first_seq;
             bytes += st.bytes;
@@ -150,8 +151,8 @@ fn stream_summary(c: &Console, stream: &Stream) -> Value {
     json!({
         "name": meta.name,
         "id": meta.id,
-        "shard_count": meta.shard_count,
-        "open_shards": stream.shards.len(),
+        "shard_count": stream.shards().len(),
+        "open_shards": stream.layout().open_count(),
         "failed_shards": failed,
         "retention_hours": meta.retention_hours,
         "records": records,
@@ -177,7 +178,13 @@ fn fraction(rate: f64, quota: u64) -> f64 {
     if quota == 0 { 0.0 } else { rate / quota as f64 }
 }
 
-fn shard_view(c: &Console, stream_id: u64, quotas: &crate::quota::QuotaValues, shard: &Shard) -> Value {
+fn shard_view(
+    c: &Console,
+    stream_id: u64,
+    quotas: &crate::quota::QuotaValues,
+    shard: &Shard,
+    info: Option<&crate::metadata::ShardMeta>,
+) -> Value {
     let stats = shard.stats();
     let failure = shard.failure();
     let r = c.sampler.shard_rates(stream_id, shard.index);
@@ -188,11 +195,13 @@ fn shard_view(c: &Console, stream_id: u64, quotas: &crate::quota::QuotaValues, s
     json!({
         "shard_id": shard.id,
         "index": shard.index,
-        // Every shard is open until resharding can close one; a shard made
-        // by a split or merge will name its parents here.
-        "state": "open",
-        "parent_shard_id": null,
-        "adjacent_parent_shard_id": null,
+        "state": if info.is_some_and(|m| !m.is_open()) { "closed" } else { "open" },
+        "parent_shard_id": info.and_then(|m| m.parent).map(crate::shard::shard_id),
+        "adjacent_parent_shard_id": info.and_then(|m| m.adjacent_parent).map(crate::shard::shard_id),
+        "ending_sequence_number": info.and_then(|m| match m.state {
+            crate::metadata::ShardState::Closed { ending_seq, .. } => Some(ending_seq),
+            _ => None,
+        }),
         "status": shard_status(shard),
         "failure": failure.map(|f| json!({"kind": f.kind.as_str(), "cause": f.cause})),
         "damage": shard.damage().into_iter().map(|d| json!({"segment": d.segment, "position": d.position, "reason": d.reason})).collect::<Vec<_>>(),
@@ -217,7 +226,9 @@ pub async fn stream(State(s): State<AppState>, Path(name): Path<String>) -> ApiR
     crate::catalog::validate_stream_name(&name)?;
     let stream = a.catalog.get(&name)?;
     let meta = stream.meta();
-    let shards: Vec<Value> = stream.shards.iter().map(|sh| shard_view(c, meta.id, &meta.quotas, sh)).collect();
+    let layout = stream.layout();
+    let shards: Vec<Value> =
+        layout.shards().map(|sh| shard_view(c, meta.id, &meta.quotas, sh, layout.info(sh.index))).collect();
     let groups: Vec<String> = a.groups.list(Some(&name))?.into_iter().map(|(_, g)| g).collect();
     let mut out = stream_summary(c, &stream);
     let extra = json!({
@@ -336,8 +347,7 @@ pub async fn group(State(s): State<AppState>, Path((stream, group)): Path<(Strin
     let c = &s.console;
     let a = c.attached()?;
     let info = a.groups.describe(&stream, &group).await?;
-    let ids: Vec<String> = a.catalog.get(&stream)?.shards.iter().map(|s| s.id.clone()).collect();
-    let shard_name = |i: u32| ids.get(i as usize).cloned().unwrap_or_default();
+    let shard_name = crate::shard::shard_id;
     let members: Vec<Value> = info
         .members
         .iter()

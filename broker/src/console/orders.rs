@@ -155,8 +155,10 @@ impl Found {
     }
 }
 
-/// The records with partition key `key` in `stream`'s shard for that key,
-/// from `from_ms` on, scanning at most `scan_max`; none if the stream does not exist.
+/// The records with partition key `key` in `stream`, from `from_ms` on,
+/// scanning at most `scan_max` per shard; none if the stream does not exist.
+/// Every kept shard whose hash range holds the key is read, parents before
+/// children (a key's records move to a child at a split or merge).
 async fn find_by_key(
     catalog: &Catalog,
     stream: &str,
@@ -165,32 +167,40 @@ async fn find_by_key(
     scan_max: usize,
 ) -> Result<Vec<(String, Record)>, ApiError> {
     let Ok(st) = catalog.get(stream) else { return Ok(Vec::new()) };
-    let shard = st.shards[st.ranges.shard_for(hash_key(key)) as usize].clone();
-    let Ok(reader) = shard.reader() else { return Ok(Vec::new()) };
-    let (id, key) = (shard.id.clone(), key.as_bytes().to_vec());
-    blocking(move || {
-        let storage = |e| ApiError::from(BrokerError::storage(&id, e));
-        let mut at = reader.seq_at_or_after_timestamp(from_ms).map_err(storage)?.max(reader.first_seq());
-        let end = reader.next_seq();
-        let (mut scanned, mut out) = (0usize, Vec::new());
-        while at < end && scanned < scan_max {
-            let batch = reader.read(at, (scan_max - scanned).min(1000), 4 * 1024 * 1024).map_err(storage)?;
-            if batch.records.is_empty() {
-                break;
+    let layout = st.layout();
+    let hash = hash_key(key);
+    let shards: Vec<_> =
+        layout.shards().filter(|sh| layout.info(sh.index).is_some_and(|m| m.covers(hash))).cloned().collect();
+    let mut out = Vec::new();
+    for shard in shards {
+        let Ok(reader) = shard.reader() else { continue };
+        let (id, key) = (shard.id.clone(), key.as_bytes().to_vec());
+        let found = blocking(move || {
+            let storage = |e| ApiError::from(BrokerError::storage(&id, e));
+            let mut at = reader.seq_at_or_after_timestamp(from_ms).map_err(storage)?.max(reader.first_seq());
+            let end = reader.next_seq();
+            let (mut scanned, mut out) = (0usize, Vec::new());
+            while at < end && scanned < scan_max {
+                let batch = reader.read(at, (scan_max - scanned).min(1000), 4 * 1024 * 1024).map_err(storage)?;
+                if batch.records.is_empty() {
+                    break;
+                }
+                scanned += batch.records.len();
+                at = batch.next_seq;
+                out.extend(
+                    batch
+                        .records
+                        .into_iter()
+                        .filter(|r| r.partition_key.as_ref() == key.as_slice())
+                        .map(|r| (id.clone(), r)),
+                );
             }
-            scanned += batch.records.len();
-            at = batch.next_seq;
-            out.extend(
-                batch
-                    .records
-                    .into_iter()
-                    .filter(|r| r.partition_key.as_ref() == key.as_slice())
-                    .map(|r| (id.clone(), r)),
-            );
-        }
-        Ok(out)
-    })
-    .await
+            Ok(out)
+        })
+        .await?;
+        out.extend(found);
+    }
+    Ok(out)
 }
 
 /// `GET /api/v1/orders/{order_id}`: the order, its flow, its events and dead letters.
@@ -352,7 +362,7 @@ pub async fn dead_letter_streams(State(s): State<AppState>) -> ApiResult {
     for st in a.catalog.all() {
         let name = st.meta().name;
         let Some(source) = name.strip_suffix(DEAD_LETTER_SUFFIX) else { continue };
-        let stats: Vec<_> = st.shards.iter().filter_map(|sh| sh.stats()).collect();
+        let stats: Vec<_> = st.shards().iter().filter_map(|sh| sh.stats()).collect();
         out.push(json!({
             "stream": name,
             "source": source,
@@ -395,7 +405,7 @@ pub async fn dead_letters(
     };
     let st = a.catalog.get(&stream)?;
     let mut all: Vec<Value> = Vec::new();
-    for sh in &st.shards {
+    for sh in &st.shards() {
         let Ok(reader) = sh.reader() else { continue };
         let (id, name) = (sh.id.clone(), stream.clone());
         let views = blocking(move || {
@@ -454,9 +464,7 @@ pub async fn replay(
         ApiError::invalid("shard_id", format!("{:?} is not of the form shardId-NNNNNNNNNNNN", b.shard_id))
     })?;
     let sh = st
-        .shards
-        .get(index as usize)
-        .cloned()
+        .shard(index)
         .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.clone(), shard_id: b.shard_id.clone() })?;
     let reader = sh.reader()?;
     let (id, seq) = (sh.id.clone(), b.sequence_number);

@@ -265,9 +265,7 @@ pub async fn records(
     let index = parse_shard_id(&shard)
         .ok_or_else(|| ApiError::invalid("shard_id", format!("{shard:?} is not of the form shardId-NNNNNNNNNNNN")))?;
     let sh = st
-        .shards
-        .get(index as usize)
-        .cloned()
+        .shard(index)
         .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.clone(), shard_id: shard.clone() })?;
     let reader = sh.reader()?;
     let (records_max, scan_max) = (s.console.config.records_max, s.console.config.scan_records_max);

@@ -130,7 +130,7 @@ impl Sampler {
             let mut totals = Usage::default();
             for stream in catalog.all() {
                 let id = stream.meta().id;
-                for shard in &stream.shards {
+                for shard in &stream.shards() {
                     let u = shard.quota.usage();
                     add(&mut totals, &u);
                     let key = (id, shard.index);

@@ -1,6 +1,22 @@
-//! Sticky, balanced assignment of a stream's shards to a group's members.
+//! Which shards a group may lease ([`leasable`]), and their sticky,
+//! balanced assignment to the group's members ([`balance`]).
 //!
-//! Invariants of [`balance`] (checked by the property test below):
+//! **Order across a reshard.** A shard that a split or merge closed is
+//! *done* for the group when the group's checkpoint reached its end. It is
+//! *finished* when it is done and all its parents are finished (a parent no
+//! longer in the tree, removed by retention, counts as finished). A shard is
+//! leasable when it is not finished and all its parents are. Invariants of
+//! [`leasable`] (checked by the property test below, over trees made by
+//! random splits, merges and scalings):
+//! - **One reader per key.** For every hash key, at most one leasable shard
+//!   owns (or owned) it: the shards that ever owned a key form a chain of
+//!   parent and child, and a shard becomes leasable only when every shard
+//!   before it in the chain is finished. So a key's records in a child are
+//!   handed out only after its records in the parent were processed.
+//! - **Progress.** While any shard is unfinished, some shard is leasable.
+//!
+//! Invariants of [`balance`] over the leasable shards (checked by the
+//! property test below):
 //! - **Complete and exclusive.** With at least one member, every shard has
 //!   exactly one target owner, and it is a live member.
 //! - **Balanced.** Members' shard counts differ by at most one.
@@ -10,8 +26,48 @@
 //!   from live owners is the least any balanced assignment allows. Shards of
 //!   departed members (no current owner) always move.
 //!
-//! The function is pure; the group applies its result cooperatively (a shard
+//! The functions are pure; the group applies their result cooperatively (a shard
 //! taken from a live owner is revoked first, see `group`).
+
+use std::collections::BTreeSet;
+
+/// A shard as [`leasable`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Its index.
+    pub index: u32,
+    /// Its parents (none, one for a split, two for a merge).
+    pub parents: Vec<u32>,
+    /// Closed and processed by the group to its end (or removed by retention).
+    pub done: bool,
+}
+
+/// The finished shards: done, with every parent finished. Nodes are in index
+/// order, and a parent's index is below its child's.
+pub fn finished(nodes: &[Node]) -> BTreeSet<u32> {
+    let present: BTreeSet<u32> = nodes.iter().map(|n| n.index).collect();
+    let mut out = BTreeSet::new();
+    for n in nodes {
+        // Parents come first, so their fate is known; a parent missing from
+        // the tree was removed by retention.
+        if n.done && n.parents.iter().all(|p| out.contains(p) || !present.contains(p)) {
+            out.insert(n.index);
+        }
+    }
+    out
+}
+
+/// The shards a group may lease now, in index order: unfinished, with every
+/// parent finished.
+pub fn leasable(nodes: &[Node]) -> Vec<u32> {
+    let done = finished(nodes);
+    let present: BTreeSet<u32> = nodes.iter().map(|n| n.index).collect();
+    nodes
+        .iter()
+        .filter(|n| !done.contains(&n.index) && n.parents.iter().all(|p| done.contains(p) || !present.contains(p)))
+        .map(|n| n.index)
+        .collect()
+}
 
 /// The target owner of every shard: an index into the members (in join
 /// order), `None` only when there are no members. `owners[s]` is the index of
@@ -58,6 +114,8 @@ pub fn balance(members: usize, owners: &[Option<usize>]) -> Vec<Option<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout;
+    use crate::metadata::{ReshardTarget, ShardState, StreamMeta, StreamStatus};
     use proptest::prelude::*;
 
     /// Shards taken from a live owner.
@@ -136,6 +194,128 @@ mod tests {
                 prop_assert_eq!(moves(&owners, &target), fewest_moves(members.len(), &owners));
                 owner_ids = target.iter().map(|t| t.map(|m| members[m])).collect();
             }
+        }
+    }
+
+    /// Effects that always succeed, to build trees with the real driver.
+    struct Instant;
+
+    impl layout::Effects for Instant {
+        fn persist(&mut self, _: &StreamMeta) -> crate::Result<()> {
+            Ok(())
+        }
+        fn create_children(&mut self, _: &[crate::metadata::ShardMeta]) -> crate::Result<()> {
+            Ok(())
+        }
+        fn seal(&mut self, _: u32) -> crate::Result<u64> {
+            Ok(0)
+        }
+        fn swap(&mut self, _: &StreamMeta) {}
+        fn roll_back(&mut self, _: &[u32], _: &[crate::metadata::ShardMeta]) {}
+    }
+
+    /// A tree made by random splits, merges and expiries, from `shards` uniform shards.
+    fn tree(shards: u32, ops: &[(u8, u64)]) -> StreamMeta {
+        let mut meta = StreamMeta {
+            id: 1,
+            name: "s".into(),
+            shards: layout::initial(shards, 0),
+            next_shard_index: shards,
+            reshard: None,
+            scalings_ms: Vec::new(),
+            retention_hours: 24,
+            quotas: crate::quota::QuotaValues::KINESIS,
+            max_record_bytes: 1024,
+            status: StreamStatus::Active,
+            created_at_ms: 0,
+        };
+        for &(kind, pick) in ops {
+            let open = layout::open_shards(&meta);
+            let s = open[pick as usize % open.len()];
+            let target = match kind % 4 {
+                0 | 1 if s.ending_hash_key > s.starting_hash_key && open.len() < 24 => {
+                    let at =
+                        s.starting_hash_key + 1 + u128::from(pick) * 7919 % (s.ending_hash_key - s.starting_hash_key);
+                    ReshardTarget::Split { shard: s.index, at }
+                }
+                2 if open.len() > 1 => {
+                    let i = pick as usize % (open.len() - 1);
+                    ReshardTarget::Merge { shard: open[i].index, adjacent: open[i + 1].index }
+                }
+                3 => {
+                    let closed: Vec<u32> = meta
+                        .shards
+                        .iter()
+                        .filter(|m| matches!(m.state, ShardState::Closed { .. }))
+                        .map(|m| m.index)
+                        .collect();
+                    if let Some(&c) = closed.get(pick as usize % closed.len().max(1)) {
+                        layout::expire(&mut meta, c);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            layout::begin(&mut meta, target);
+            layout::drive(&mut meta, &mut Instant, 0).expect("reshard");
+        }
+        meta
+    }
+
+    proptest! {
+        /// Over random shard trees and any set of shards the group is done
+        /// with: at most one leasable shard per hash key (so a key's records
+        /// are never handed out from two shards at once), a leasable shard's
+        /// parents are finished, some shard is leasable while any is
+        /// unfinished, and balancing the leasable shards gives each exactly
+        /// one live owner.
+        #[test]
+        fn a_key_is_read_from_one_shard_at_a_time_and_progress_never_stops(
+            shards in 1u32..5,
+            ops in proptest::collection::vec((any::<u8>(), any::<u64>()), 0..16),
+            done_mask in any::<u64>(),
+            members in 1usize..5,
+            keys in proptest::collection::vec(any::<u128>(), 16),
+        ) {
+            let meta = tree(shards, &ops);
+            let nodes: Vec<Node> = meta
+                .shards
+                .iter()
+                .map(|s| Node {
+                    index: s.index,
+                    parents: s.parents().collect(),
+                    done: match s.state {
+                        ShardState::Open => false,
+                        ShardState::Expired { .. } => true,
+                        ShardState::Closed { .. } => done_mask >> (s.index % 64) & 1 == 1,
+                    },
+                })
+                .collect();
+            let fin = finished(&nodes);
+            let lease = leasable(&nodes);
+            let boundaries = meta.shards.iter().flat_map(|s| [s.starting_hash_key, s.ending_hash_key]);
+            for key in keys.into_iter().chain(boundaries) {
+                let owners: Vec<u32> = meta
+                    .shards
+                    .iter()
+                    .filter(|s| s.is_kept() && s.covers(key) && lease.contains(&s.index))
+                    .map(|s| s.index)
+                    .collect();
+                prop_assert!(owners.len() <= 1, "key {} is leasable in {:?}", key, owners);
+            }
+            for &l in &lease {
+                prop_assert!(!fin.contains(&l));
+                let n = nodes.iter().find(|n| n.index == l).expect("node");
+                for p in &n.parents {
+                    prop_assert!(fin.contains(p) || !nodes.iter().any(|m| m.index == *p), "{} before its parent {}", l, p);
+                }
+            }
+            let unfinished = nodes.iter().any(|n| !fin.contains(&n.index));
+            prop_assert_eq!(unfinished, !lease.is_empty(), "progress: unfinished shards but none leasable");
+            // Every open shard is unfinished, so something is always leasable.
+            prop_assert!(!lease.is_empty());
+            let target = balance(members, &vec![None; lease.len()]);
+            prop_assert!(target.iter().all(|t| t.is_some_and(|m| m < members)));
         }
     }
 }

@@ -37,9 +37,23 @@
 //!   charges its bytes against the shard's read quota, shared with
 //!   GetRecords; a throttled shard is skipped until its bucket refills.
 //!
+//! - **Per-key order across a reshard.** Only [`assign::leasable`] shards
+//!   are leased: a child of a split or merge is leased to no one until the
+//!   group finished its parent(s), that is, checkpointed them at their end
+//!   (the member that read a parent to its end commits, which finishes it).
+//!   A finished shard's lease ends, and its children are then granted and
+//!   balanced like any shard. A child created after the group started is
+//!   read from its first record whatever the group's start position (every
+//!   record in it arrived after the group started). A closed shard whose
+//!   lease's delivery starts at its end (an empty one, or a `Latest` start)
+//!   has nothing for the group: it is checkpointed at its end when polled,
+//!   which finishes it. Lag counts the records of unfinished closed shards.
+//!
 //! Sessions expire `groups.session_timeout_ms` after the last heartbeat or
 //! poll; expiry is checked on every group call and by a sweeper, on the
-//! injected clock.
+//! injected clock. Every group call (and the sweeper) also settles the
+//! group against the stream's current layout: leases of finished or
+//! removed shards end and newly leasable shards are granted.
 
 pub mod assign;
 
@@ -49,10 +63,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::catalog::{Catalog, Stream, validate_stream_name};
+use crate::catalog::{Catalog, Layout, Stream, validate_stream_name};
 use crate::clock::Clock;
 use crate::error::{BrokerError, Result};
-use crate::metadata::{GroupMeta, MetadataStore, StartPosition};
+use crate::metadata::{GroupMeta, MetadataStore, ShardMeta, ShardState, StartPosition};
 use crate::shard::{Shard, parse_shard_id, shard_id};
 
 /// Most key + data bytes one poll returns, shared among its shards.
@@ -144,6 +158,12 @@ pub struct MemberInfo {
 pub struct ShardInfo {
     /// Shard index.
     pub shard: u32,
+    /// Closed by a split or merge.
+    pub closed: bool,
+    /// Closed and processed to its end by the group.
+    pub finished: bool,
+    /// Parents the group has not finished: the shard waits for them.
+    pub waiting_for: Vec<u32>,
     /// Owner, if leased.
     pub owner: Option<String>,
     /// The owner's lease epoch, 0 when unassigned.
@@ -152,7 +172,8 @@ pub struct ShardInfo {
     pub revoking: bool,
     /// Durable checkpoint, if any.
     pub checkpoint: Option<u64>,
-    /// Records between the group's position and the shard's end.
+    /// Records between the group's position and the shard's end (closed
+    /// shards the group has not finished count too).
     pub lag_records: u64,
     /// Age of the oldest unprocessed record, 0 when caught up.
     pub lag_ms: u64,
@@ -219,8 +240,10 @@ struct Group {
     next_epoch: u64,
     /// Live members in join order.
     members: Vec<Member>,
-    /// Per shard, its current lease.
-    leases: Vec<Option<Lease>>,
+    /// Current leases, by shard index.
+    leases: BTreeMap<u32, Lease>,
+    /// Shards that may be leased now ([`assign::leasable`]), in index order.
+    leasable: Vec<u32>,
     /// Durable checkpoints (cache of the store).
     checkpoints: BTreeMap<u32, u64>,
     /// Bumped whenever a lease changes; long polls wait on it.
@@ -229,17 +252,58 @@ struct Group {
 
 impl Group {
     fn new(meta: GroupMeta, stream: Arc<Stream>, checkpoints: BTreeMap<u32, u64>, now_ms: u64) -> Self {
-        let shards = stream.shards.len();
-        Self {
+        let mut g = Self {
             meta,
             stream,
             generation: 0,
             // Epochs from the clock: a lease named before a restart is never current after it.
             next_epoch: now_ms.saturating_mul(1000),
             members: Vec::new(),
-            leases: vec![None; shards],
+            leases: BTreeMap::new(),
+            leasable: Vec::new(),
             checkpoints,
             changed: watch::Sender::new(0),
+        };
+        g.settle(now_ms);
+        g
+    }
+
+    /// The shard tree as [`assign::leasable`] sees it: a closed shard is
+    /// done when the checkpoint reached its end (a closed shard's end never
+    /// moves: it was sealed before it was listed closed).
+    fn nodes(&self, layout: &Layout) -> Vec<assign::Node> {
+        layout
+            .tree()
+            .iter()
+            .map(|s| assign::Node {
+                index: s.index,
+                parents: s.parents().collect(),
+                done: match s.state {
+                    ShardState::Open => false,
+                    ShardState::Expired { .. } => true,
+                    ShardState::Closed { .. } => {
+                        let end = layout.shard(s.index).and_then(|h| h.reader().ok()).map(|r| r.next_seq());
+                        matches!((end, self.checkpoints.get(&s.index)), (Some(end), Some(&cp)) if cp >= end)
+                    }
+                },
+            })
+            .collect()
+    }
+
+    /// Follows the stream's layout: leases of shards that are finished or
+    /// gone end, and the leasable shards are balanced again.
+    fn settle(&mut self, now_ms: u64) {
+        let layout = self.stream.layout();
+        let leasable = assign::leasable(&self.nodes(&layout));
+        let before = self.leases.len();
+        self.leases.retain(|s, _| leasable.binary_search(s).is_ok());
+        let ended = self.leases.len() != before;
+        if ended || leasable != self.leasable {
+            self.leasable = leasable;
+            self.rebalance(now_ms);
+            if ended {
+                self.notify();
+            }
         }
     }
 
@@ -261,11 +325,8 @@ impl Group {
         let leases = self
             .leases
             .iter()
-            .enumerate()
-            .filter_map(|(s, l)| {
-                let l = l.as_ref().filter(|l| &l.owner == id)?;
-                Some(LeaseView { shard: s as u32, epoch: l.epoch, revoking: l.revoking_since_ms.is_some() })
-            })
+            .filter(|(_, l)| &l.owner == id)
+            .map(|(&s, l)| LeaseView { shard: s, epoch: l.epoch, revoking: l.revoking_since_ms.is_some() })
             .collect();
         Assignment { member_id: id.clone(), generation: self.generation, leases }
     }
@@ -274,21 +335,21 @@ impl Group {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Applies the sticky targets: grants free shards, revokes shards whose
-    /// target is another member, cancels revocations whose owner is the
-    /// target again.
+    /// Applies the sticky targets over the leasable shards: grants free
+    /// shards, revokes shards whose target is another member, cancels
+    /// revocations whose owner is the target again.
     fn rebalance(&mut self, now_ms: u64) {
-        let owners: Vec<Option<usize>> = self
-            .leases
+        let shards = self.leasable.clone();
+        let owners: Vec<Option<usize>> = shards
             .iter()
-            .map(|l| l.as_ref().and_then(|l| self.members.iter().position(|m| m.id == l.owner)))
+            .map(|s| self.leases.get(s).and_then(|l| self.members.iter().position(|m| m.id == l.owner)))
             .collect();
         let target = assign::balance(self.members.len(), &owners);
         let mut changed = false;
-        for (s, t) in target.into_iter().enumerate() {
+        for (&s, t) in shards.iter().zip(target) {
             let Some(t) = t else { continue };
             let target_id = self.members[t].id.clone();
-            match &mut self.leases[s] {
+            match self.leases.get_mut(&s) {
                 None => {
                     self.grant(s, target_id);
                     changed = true;
@@ -312,9 +373,9 @@ impl Group {
         }
     }
 
-    fn grant(&mut self, shard: usize, owner: String) {
+    fn grant(&mut self, shard: u32, owner: String) {
         self.next_epoch += 1;
-        self.leases[shard] = Some(Lease { owner, epoch: self.next_epoch, revoking_since_ms: None, delivered: None });
+        self.leases.insert(shard, Lease { owner, epoch: self.next_epoch, revoking_since_ms: None, delivered: None });
         metrics::counter!("stream_broker_group_lease_grants_total").increment(1);
     }
 
@@ -328,16 +389,14 @@ impl Group {
 
     fn remove_member(&mut self, m: usize, now_ms: u64) {
         let gone = self.members.remove(m);
-        for l in self.leases.iter_mut().filter(|l| l.as_ref().is_some_and(|l| l.owner == gone.id)) {
-            *l = None;
-        }
+        self.leases.retain(|_, l| l.owner != gone.id);
         self.generation += 1;
         metrics::counter!("stream_broker_group_rebalances_total").increment(1);
         self.rebalance(now_ms);
     }
 
-    /// Drops members whose session expired and takes revoked shards that
-    /// were not released in time.
+    /// Drops members whose session expired, takes revoked shards that were
+    /// not released in time, and settles against the stream's layout.
     fn expire(&mut self, now_ms: u64, timeout_ms: u64) {
         let expired: Vec<String> = self
             .members
@@ -351,46 +410,45 @@ impl Group {
                 self.remove_member(m, now_ms);
             }
         }
-        let mut forced = false;
-        for (s, l) in self.leases.iter_mut().enumerate() {
-            if l.as_ref().and_then(|l| l.revoking_since_ms).is_some_and(|t| now_ms.saturating_sub(t) > timeout_ms) {
-                tracing::warn!(group = %self.meta.name, shard = %shard_id(s as u32), "revoked shard not released in time; moving it");
-                metrics::counter!("stream_broker_group_forced_revocations_total").increment(1);
-                *l = None;
-                forced = true;
-            }
+        let overdue: Vec<u32> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.revoking_since_ms.is_some_and(|t| now_ms.saturating_sub(t) > timeout_ms))
+            .map(|(&s, _)| s)
+            .collect();
+        for s in &overdue {
+            tracing::warn!(group = %self.meta.name, shard = %shard_id(*s), "revoked shard not released in time; moving it");
+            metrics::counter!("stream_broker_group_forced_revocations_total").increment(1);
+            self.leases.remove(s);
         }
-        if forced {
+        if !overdue.is_empty() {
             self.rebalance(now_ms);
         }
+        self.settle(now_ms);
     }
 
     /// Releases the member's revoked leases it no longer polls.
     fn release_unpolled(&mut self, m: usize, polled: &BTreeSet<u32>, now_ms: u64) {
         let id = self.members[m].id.clone();
-        let mut released = false;
-        for (s, l) in self.leases.iter_mut().enumerate() {
-            let mine_revoked = l.as_ref().is_some_and(|l| l.owner == id && l.revoking_since_ms.is_some());
-            if mine_revoked && !polled.contains(&(s as u32)) {
-                *l = None;
-                released = true;
-            }
-        }
-        if released {
+        let before = self.leases.len();
+        self.leases.retain(|s, l| !(l.owner == id && l.revoking_since_ms.is_some() && !polled.contains(s)));
+        if self.leases.len() != before {
             self.rebalance(now_ms);
         }
     }
 
+    /// The index a shard id names. A well-formed id of a shard that is not
+    /// (or no longer) in the stream is accepted: it holds no lease, so a poll
+    /// skips it and a commit is fenced, as for any lease that ended.
     fn shard_index(&self, field: impl FnOnce() -> String, id: &str) -> Result<u32> {
         parse_shard_id(id)
-            .filter(|s| (*s as usize) < self.leases.len())
-            .ok_or_else(|| BrokerError::invalid(field(), format!("{id:?} is not a shard of the stream")))
+            .ok_or_else(|| BrokerError::invalid(field(), format!("{id:?} is not of the form shardId-NNNNNNNNNNNN")))
     }
 
     /// The lease of `shard` if it is member `m`'s under `epoch`, else why not.
     fn lease_of(&self, m: usize, shard: u32, epoch: u64) -> std::result::Result<&Lease, String> {
         let id = &self.members[m].id;
-        match &self.leases[shard as usize] {
+        match self.leases.get(&shard) {
             Some(l) if &l.owner == id && l.epoch == epoch => Ok(l),
             Some(l) if &l.owner == id => {
                 Err(format!("{} is leased to this member under lease {}, not {epoch}", shard_id(shard), l.epoch))
@@ -421,6 +479,17 @@ pub fn validate_group_name(name: &str) -> Result<()> {
         BrokerError::InvalidArgument { reason, .. } => BrokerError::invalid("group_name", reason),
         other => other,
     })
+}
+
+/// Where a shard without a checkpoint starts for the group: a child created
+/// after the group at its first record (every record in it arrived after
+/// the group started), any other shard at the group's start position.
+fn start_for(group: &GroupMeta, shard: &ShardMeta) -> StartPosition {
+    if shard.parent.is_some() && shard.created_at_ms >= group.created_at_ms {
+        StartPosition::TrimHorizon
+    } else {
+        group.start
+    }
 }
 
 /// The first sequence number of a shard for a start position. Blocking.
@@ -469,8 +538,7 @@ impl GroupManager {
             let mut checkpoints = store.checkpoints(meta.stream_id, &meta.name)?;
             for (&shard, cp) in checkpoints.iter_mut() {
                 // After a power loss in a non-durable mode the log can end before a checkpoint.
-                if let Some(end) = stream.shards.get(shard as usize).and_then(|s| s.reader().ok()).map(|r| r.next_seq())
-                {
+                if let Some(end) = stream.shard(shard).and_then(|s| s.reader().ok()).map(|r| r.next_seq()) {
                     if *cp > end {
                         tracing::warn!(group = %meta.name, shard, checkpoint = *cp, end, "checkpoint past the log end; clamped");
                         *cp = end;
@@ -485,7 +553,7 @@ impl GroupManager {
     }
 
     /// Where a shard's delivery starts when it has no lease history: its
-    /// checkpoint, else the group's start position. A `Latest` start is
+    /// checkpoint, else its start ([`start_for`]). A `Latest` start is
     /// stored as a checkpoint the first time it is resolved, so records that
     /// arrive after that are never skipped, even if the lease moves or the
     /// broker restarts before a member commits.
@@ -493,7 +561,11 @@ impl GroupManager {
         if let Some(&cp) = g.checkpoints.get(&s) {
             return Ok(cp);
         }
-        let (shard, start) = (g.stream.shards[s as usize].clone(), g.meta.start);
+        let layout = g.stream.layout();
+        let (Some(shard), Some(info)) = (layout.shard(s).cloned(), layout.info(s)) else {
+            return Err(BrokerError::ShardNotFound { stream: g.stream.meta().name, shard_id: shard_id(s) });
+        };
+        let start = start_for(&g.meta, info);
         let seq = blocking(move || resolve(&shard, start)).await?;
         if start == StartPosition::Latest {
             let (store, stream_id, name) = (self.store.clone(), g.meta.stream_id, g.meta.name.clone());
@@ -593,8 +665,10 @@ impl GroupManager {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let now = self.clock.now_ms();
-            let (plan, rotate, changes, reshaped, name) = {
+            let (plan, rotate, changes, reshaped, name, mut reshards) = {
                 let mut g = group.lock().await;
+                // Before settling, so a reshard after it wakes the wait below.
+                let reshards = g.stream.watch_layout();
                 g.expire(now, self.session_timeout_ms);
                 let m = g.touch(member_id, now)?;
                 g.members[m].polls += 1;
@@ -611,8 +685,10 @@ impl GroupManager {
                     requested.push((i, s, p));
                 }
                 g.release_unpolled(m, &listed, now);
+                let layout = g.stream.layout();
                 let mut plan = Vec::new();
                 let mut asked = BTreeSet::new();
+                let mut nothing_left = Vec::new();
                 for (i, s, p) in requested {
                     let (revoking, delivered) = match g.lease_of(m, s, p.epoch) {
                         Ok(l) => (l.revoking_since_ms.is_some(), l.delivered),
@@ -642,17 +718,32 @@ impl GroupManager {
                             ));
                         }
                     };
-                    if let Some(l) = g.leases[s as usize].as_mut() {
+                    if let Some(l) = g.leases.get_mut(&s) {
                         l.delivered = Some((start, delivered));
                     }
-                    plan.push(Planned { shard: g.stream.shards[s as usize].clone(), index: s, epoch: p.epoch, from });
+                    let Some(shard) = layout.shard(s).cloned() else { continue };
+                    // A closed shard whose delivery starts at its end has nothing
+                    // for the group: checkpointed there, it is finished.
+                    let end = layout.is_closed(s).then(|| shard.reader().map(|r| r.next_seq()).ok()).flatten();
+                    if let Some(end) = end.filter(|&e| start >= e && g.checkpoints.get(&s).is_none_or(|&c| c < e)) {
+                        nothing_left.push((s, end));
+                    }
+                    plan.push(Planned { shard, index: s, epoch: p.epoch, from });
                 }
+                if !nothing_left.is_empty() {
+                    let (store, stream_id, name, ups) =
+                        (self.store.clone(), g.meta.stream_id, g.meta.name.clone(), nothing_left.clone());
+                    blocking(move || store.put_checkpoints(stream_id, &name, &ups)).await?;
+                    g.checkpoints.extend(nothing_left);
+                }
+                // A finished shard's lease ends here, and its children are granted.
+                g.settle(now);
                 // Return at once when the member should poll a different set of
                 // leases (a new grant, a revocation, an ended lease).
                 let current: BTreeSet<(u32, u64)> =
                     g.assignment(m).leases.iter().filter(|l| !l.revoking).map(|l| (l.shard, l.epoch)).collect();
                 let rotate = g.members[m].polls;
-                (plan, rotate, g.changed.subscribe(), current != asked, g.meta.name.clone())
+                (plan, rotate, g.changed.subscribe(), current != asked, g.meta.name.clone(), reshards)
             };
             // Watch before reading, so a record committed after the read still wakes us.
             let mut watches: Vec<_> = plan.iter().map(|p| p.shard.watch_end()).collect();
@@ -665,7 +756,7 @@ impl GroupManager {
                 if g.lease_of(m, b.shard, b.epoch).is_err() {
                     continue;
                 }
-                if let Some(l) = g.leases[b.shard as usize].as_mut() {
+                if let Some(l) = g.leases.get_mut(&b.shard) {
                     l.delivered = l.delivered.map(|(start, end)| (start, end.max(b.next_seq)));
                 }
                 if !b.records.is_empty() {
@@ -679,8 +770,9 @@ impl GroupManager {
                 return Ok(Polled { batches, assignment });
             }
             // Wake on a leased shard's growth, an assignment change, a
-            // throttled shard's refill or the deadline; at most a second at a
-            // time, so the session stays renewed while we wait.
+            // reshard (which may finish a shard), a throttled shard's refill
+            // or the deadline; at most a second at a time, so the session
+            // stays renewed while we wait.
             let mut nap = (deadline - now_instant).min(Duration::from_millis(1000));
             if let Some(ms) = throttled_ms {
                 nap = nap.min(Duration::from_millis(ms.max(1)));
@@ -690,6 +782,7 @@ impl GroupManager {
                 _ = tokio::time::sleep(nap) => {}
                 _ = any_changed(&mut watches) => {}
                 _ = changes.changed() => {}
+                _ = reshards.changed() => {}
             }
         }
     }
@@ -764,6 +857,8 @@ impl GroupManager {
             for (s, next) in updates {
                 g.checkpoints.insert(s, next);
             }
+            // A commit at the end of a closed shard finishes it: its children can be granted.
+            g.settle(now);
         }
         Ok(results)
     }
@@ -785,31 +880,45 @@ impl GroupManager {
                 }
             })
             .collect();
+        let layout = g.stream.layout();
+        let nodes = g.nodes(&layout);
+        let finished = assign::finished(&nodes);
         let mut shards = Vec::new();
-        for (i, shard) in g.stream.shards.iter().enumerate() {
-            let s = i as u32;
+        for info in layout.tree().iter().filter(|i| i.is_kept()) {
+            let Some(shard) = layout.shard(info.index).cloned() else { continue };
+            let s = info.index;
             let checkpoint = g.checkpoints.get(&s).copied();
-            let (sh, start) = (shard.clone(), g.meta.start);
+            let done = finished.contains(&s);
+            let waiting_for: Vec<u32> =
+                info.parents().filter(|p| layout.info(*p).is_some() && !finished.contains(p)).collect();
+            let start = start_for(&g.meta, info);
             // A failed shard shows no lag (its state is in DescribeStream); the group's other shards still do.
-            let (lag_records, lag_ms) = blocking(move || {
-                let Ok(r) = sh.reader() else { return Ok((0, 0)) };
-                let base = match checkpoint {
-                    Some(c) => c,
-                    None => resolve(&sh, start)?,
-                };
-                let base = base.max(r.first_seq());
-                let lag = r.next_seq().saturating_sub(base);
-                // The age of the oldest unprocessed record; damage there leaves it unknown (0).
-                let age = match r.read(base, 1, 1) {
-                    Ok(b) if lag > 0 => b.records.first().map_or(0, |rec| now.saturating_sub(rec.timestamp_ms)),
-                    _ => 0,
-                };
-                Ok((lag, age))
-            })
-            .await?;
-            let lease = g.leases[i].as_ref();
+            let (lag_records, lag_ms) = if done {
+                (0, 0)
+            } else {
+                blocking(move || {
+                    let Ok(r) = shard.reader() else { return Ok((0, 0)) };
+                    let base = match checkpoint {
+                        Some(c) => c,
+                        None => resolve(&shard, start)?,
+                    };
+                    let base = base.max(r.first_seq());
+                    let lag = r.next_seq().saturating_sub(base);
+                    // The age of the oldest unprocessed record; damage there leaves it unknown (0).
+                    let age = match r.read(base, 1, 1) {
+                        Ok(b) if lag > 0 => b.records.first().map_or(0, |rec| now.saturating_sub(rec.timestamp_ms)),
+                        _ => 0,
+                    };
+                    Ok((lag, age))
+                })
+                .await?
+            };
+            let lease = g.leases.get(&s);
             shards.push(ShardInfo {
                 shard: s,
+                closed: !info.is_open(),
+                finished: done,
+                waiting_for,
                 owner: lease.map(|l| l.owner.clone()),
                 epoch: lease.map_or(0, |l| l.epoch),
                 revoking: lease.is_some_and(|l| l.revoking_since_ms.is_some()),
@@ -842,8 +951,7 @@ impl GroupManager {
         if !g.members.is_empty() {
             return Err(BrokerError::GroupBusy { group: g.meta.name.clone(), members: g.members.len() });
         }
-        let shards: Vec<(u32, Arc<Shard>)> =
-            g.stream.shards.iter().enumerate().map(|(i, s)| (i as u32, s.clone())).collect();
+        let shards: Vec<(u32, Arc<Shard>)> = g.stream.shards().into_iter().map(|s| (s.index, s)).collect();
         let updates = blocking(move || {
             let mut out = Vec::new();
             for (i, shard) in shards {
@@ -889,6 +997,7 @@ impl GroupManager {
         for (s, seq) in updates {
             g.checkpoints.insert(s, seq);
         }
+        g.settle(self.clock.now_ms());
         Ok(())
     }
 

@@ -111,6 +111,9 @@ fn describe(info: GroupInfo, session_timeout_ms: u64) -> pb::GroupDescription {
                 has_checkpoint: s.checkpoint.is_some(),
                 lag_records: s.lag_records,
                 lag_ms: s.lag_ms,
+                closed: s.closed,
+                finished: s.finished,
+                waiting_for_shard_ids: s.waiting_for.into_iter().map(shard_id).collect(),
             })
             .collect(),
         session_timeout_ms,

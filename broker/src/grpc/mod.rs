@@ -20,11 +20,12 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::{CreateStream, QuotaUpdate, Stream as BrokerStream};
 use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
+use crate::metadata::{ReshardTarget, ShardMeta, ShardState, StreamStatus};
 use crate::service::{
     self, IteratorKind, PendingPut, PutEntry, PutRecordsResult, RecordFailureKind, Service, StartingPosition,
     SubscribeEvent,
 };
-use crate::shard::{FailureKind, RepairAction, Shard};
+use crate::shard::{FailureKind, RepairAction, Shard, shard_id};
 use status::to_status;
 
 /// The gRPC service.
@@ -81,6 +82,7 @@ fn record_error_code(kind: RecordFailureKind) -> &'static str {
         RecordFailureKind::Throttled => "ProvisionedThroughputExceeded",
         RecordFailureKind::DiskFull => "DiskFull",
         RecordFailureKind::ShardFailed => "ShardFailed",
+        RecordFailureKind::ShardClosed => "ShardClosed",
         RecordFailureKind::ShardUnavailable => "ShardUnavailable",
     }
 }
@@ -115,6 +117,17 @@ fn subscribe_event(e: SubscribeEvent) -> pb::SubscribeShardEvent {
         millis_behind_latest: e.millis_behind_latest,
         heartbeat: e.heartbeat,
         resubscribe: e.resubscribe,
+        shard_ended: e.shard_ended,
+        child_shards: e.child_shards.into_iter().map(child_shard).collect(),
+    }
+}
+
+fn child_shard(c: service::ChildShard) -> pb::ChildShard {
+    pb::ChildShard {
+        shard_id: c.shard_id,
+        parent_shard_ids: c.parent_shard_ids,
+        starting_hash_key: c.starting_hash_key.to_string(),
+        ending_hash_key: c.ending_hash_key.to_string(),
     }
 }
 
@@ -136,10 +149,15 @@ fn shard_status(s: &Shard) -> pb::ShardStatus {
     }
 }
 
-/// The description of one shard as the API shows it.
-pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
+/// The description of one shard as the API shows it; `info` is its place
+/// in the stream's shard tree.
+pub fn describe_shard(s: &Shard, info: Option<&ShardMeta>) -> pb::ShardDescription {
     let stats = s.stats().unwrap_or_default();
     let failure = s.failure();
+    let ending = info.and_then(|i| match i.state {
+        ShardState::Closed { ending_seq, .. } => Some(ending_seq),
+        _ => None,
+    });
     pb::ShardDescription {
         shard_id: s.id.clone(),
         starting_hash_key: s.hash_range.0.to_string(),
@@ -148,7 +166,7 @@ pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
         next_sequence_number: stats.next_seq,
         bytes_stored: stats.bytes,
         records_stored: stats.next_seq - stats.first_seq,
-        writable: failure.is_none(),
+        writable: failure.is_none() && ending.is_none(),
         write_error: failure.as_ref().map(|f| format!("{}: {}", f.kind.as_str(), f.cause)).unwrap_or_default(),
         shard_status: shard_status(s) as i32,
         failure_kind: failure.as_ref().map(|f| f.kind.as_str().to_string()).unwrap_or_default(),
@@ -158,18 +176,35 @@ pub fn describe_shard(s: &Shard) -> pb::ShardDescription {
             .into_iter()
             .map(|d| pb::DamagedRange { segment: d.segment, position: d.position, reason: d.reason })
             .collect(),
+        parent_shard_id: info.and_then(|i| i.parent).map(shard_id).unwrap_or_default(),
+        adjacent_parent_shard_id: info.and_then(|i| i.adjacent_parent).map(shard_id).unwrap_or_default(),
+        closed: ending.is_some(),
+        ending_sequence_number: ending,
+        created_at_ms: info.map_or(0, |i| i.created_at_ms),
     }
 }
 
-/// The description of a stream as the API shows it.
+/// The description of a stream as the API shows it: its kept shards (open
+/// and closed) in shard-id order.
 pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> pb::StreamDescription {
     let meta = stream.meta();
-    let shards = stream.shards.iter().map(|s| describe_shard(s)).collect();
+    let layout = stream.layout();
+    let shards = layout.shards().map(|s| describe_shard(s, layout.info(s.index))).collect();
     let q = meta.quotas;
+    let status = match meta.status {
+        StreamStatus::Creating => pb::StreamStatus::Creating,
+        StreamStatus::Active => pb::StreamStatus::Active,
+        StreamStatus::Deleting => pb::StreamStatus::Deleting,
+        StreamStatus::Updating => pb::StreamStatus::Updating,
+    };
+    let target_shard_count = match meta.reshard.map(|r| r.target) {
+        Some(ReshardTarget::Scale { target, .. }) => target,
+        _ => 0,
+    };
     pb::StreamDescription {
         stream_name: meta.name,
         stream_id: meta.id,
-        status: pb::StreamStatus::Active as i32,
+        status: status as i32,
         retention_hours: meta.retention_hours,
         quotas: Some(pb::Quotas {
             write_records_per_sec: Some(q.write_records_per_sec),
@@ -182,6 +217,8 @@ pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> 
         durability_interval_ms: config.durability.interval_ms,
         created_at_ms: meta.created_at_ms,
         shards,
+        open_shard_count: layout.open_count() as u32,
+        target_shard_count,
     }
 }
 
@@ -287,6 +324,50 @@ impl StreamBroker for GrpcService {
             };
             let stream = self.service.update_quotas(&r.stream_name, update).await?;
             Ok(pb::UpdateQuotasResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
+        })
+        .await
+    }
+
+    async fn split_shard(
+        &self,
+        req: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::SplitShardResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("SplitShard", async {
+            let stream = self.service.split_shard(&r.stream_name, &r.shard_id, &r.new_starting_hash_key).await?;
+            Ok(pb::SplitShardResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
+        })
+        .await
+    }
+
+    async fn merge_shards(
+        &self,
+        req: Request<pb::MergeShardsRequest>,
+    ) -> Result<Response<pb::MergeShardsResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("MergeShards", async {
+            let stream = self.service.merge_shards(&r.stream_name, &r.shard_id, &r.adjacent_shard_id).await?;
+            Ok(pb::MergeShardsResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
+        })
+        .await
+    }
+
+    async fn update_shard_count(
+        &self,
+        req: Request<pb::UpdateShardCountRequest>,
+    ) -> Result<Response<pb::UpdateShardCountResponse>, Status> {
+        let r = req.into_inner();
+        self.unary("UpdateShardCount", async {
+            match pb::ScalingType::try_from(r.scaling_type) {
+                Ok(pb::ScalingType::UniformScaling | pb::ScalingType::Unspecified) => {}
+                _ => return Err(BrokerError::invalid("scaling_type", "must be UNIFORM_SCALING")),
+            }
+            let scaled = self.service.update_shard_count(&r.stream_name, r.target_shard_count).await?;
+            Ok(pb::UpdateShardCountResponse {
+                current_shard_count: scaled.from,
+                target_shard_count: scaled.target,
+                stream: Some(describe(&scaled.stream, self.service.catalog().config())),
+            })
         })
         .await
     }
@@ -406,8 +487,9 @@ impl StreamBroker for GrpcService {
             let got = self.service.get_records(&r.shard_iterator, limit).await?;
             Ok(pb::GetRecordsResponse {
                 records: got.records.into_iter().map(to_record).collect(),
-                next_shard_iterator: got.next_shard_iterator,
+                next_shard_iterator: got.next_shard_iterator.unwrap_or_default(),
                 millis_behind_latest: got.millis_behind_latest,
+                child_shards: got.child_shards.into_iter().map(child_shard).collect(),
             })
         })
         .await
@@ -454,7 +536,7 @@ impl StreamBroker for GrpcService {
                     segments_removed: cut.segments_removed,
                 }),
                 applied: repaired.outcome.applied,
-                shard: Some(describe_shard(&repaired.shard)),
+                shard: Some(describe_shard(&repaired.shard, repaired.info.as_ref())),
             })
         })
         .await

@@ -9,6 +9,11 @@
 //! is `FAILED_PRECONDITION` (an operator must repair it), corrupt bytes are
 //! `DATA_LOSS` (that range is gone; the rest is served), an I/O error is
 //! `UNAVAILABLE`.
+//!
+//! A write to a shard that a reshard just closed is `UNAVAILABLE` with kind
+//! `ShardClosed` (retry after refreshing the shard map); a reshard that
+//! meets a running one, or a closed shard, is `FAILED_PRECONDITION` with
+//! kind `ResourceInUse`.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -23,7 +28,9 @@ pub fn to_status(e: BrokerError) -> Status {
         | BrokerError::ShardNotFound { .. }
         | BrokerError::GroupNotFound { .. }
         | BrokerError::UnknownMember { .. } => Code::NotFound,
-        BrokerError::GroupBusy { .. } => Code::FailedPrecondition,
+        BrokerError::GroupBusy { .. } | BrokerError::ResourceInUse { .. } => Code::FailedPrecondition,
+        // Retryable: the client routes again with a refreshed shard map.
+        BrokerError::ShardClosed { .. } => Code::Unavailable,
         BrokerError::Fenced { .. } => Code::Aborted,
         BrokerError::StreamExists { .. } => Code::AlreadyExists,
         BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) | BrokerError::DiskFull { .. } => {

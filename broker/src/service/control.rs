@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{IteratorKind, POLL_WAIT_MS_MAX, Record, Service, StartingPosition};
-use crate::catalog::{CreateStream, LostFound, QuotaUpdate, Stream, validate_stream_name};
+use crate::catalog::{CreateStream, LostFound, QuotaUpdate, Scaling, Stream, validate_stream_name};
 use crate::error::{BrokerError, Result};
 use crate::group::{Assignment, CommitShard, PollShard, ResetTo};
-use crate::metadata::StartPosition;
+use crate::metadata::{ShardMeta, StartPosition};
 use crate::shard::{RepairOutcome, Shard};
 
 /// Default page of ListStreams.
@@ -26,6 +26,8 @@ const POLL_RECORDS_MAX: u32 = 10_000;
 pub struct RepairResult {
     /// The shard after the call.
     pub shard: Arc<Shard>,
+    /// Its place in the stream's shard tree.
+    pub info: Option<ShardMeta>,
     /// The plan, and whether it was applied.
     pub outcome: RepairOutcome,
 }
@@ -120,12 +122,42 @@ impl Service {
         self.catalog.update_quotas(stream_name, update).await
     }
 
+    /// SplitShard: `shard_id` closes, two children take `[start,
+    /// new_starting_hash_key - 1]` and `[new_starting_hash_key, end]`
+    /// (decimal); returns once they serve.
+    pub async fn split_shard(
+        &self,
+        stream_name: &str,
+        shard_id: &str,
+        new_starting_hash_key: &str,
+    ) -> Result<Arc<Stream>> {
+        self.catalog.split_shard(stream_name, shard_id, new_starting_hash_key).await
+    }
+
+    /// MergeShards: two open shards with adjoining ranges close and one
+    /// child takes both; returns once it serves.
+    pub async fn merge_shards(
+        &self,
+        stream_name: &str,
+        shard_id: &str,
+        adjacent_shard_id: &str,
+    ) -> Result<Arc<Stream>> {
+        self.catalog.merge_shards(stream_name, shard_id, adjacent_shard_id).await
+    }
+
+    /// UpdateShardCount with UNIFORM_SCALING (the only scaling type);
+    /// returns once the new shards serve.
+    pub async fn update_shard_count(&self, stream_name: &str, target_shard_count: u32) -> Result<Scaling> {
+        self.catalog.update_shard_count(stream_name, target_shard_count).await
+    }
+
     /// A shard's repair plan, applied with `confirm`.
     pub async fn repair_shard(&self, stream_name: &str, shard_id: &str, confirm: bool) -> Result<RepairResult> {
         validate_stream_name(stream_name)?;
         let (stream, outcome) = self.catalog.repair(stream_name, shard_id, confirm).await?;
         let shard = Self::shard_of(&stream, shard_id)?;
-        Ok(RepairResult { shard, outcome })
+        let info = stream.layout().info(shard.index).cloned();
+        Ok(RepairResult { shard, info, outcome })
     }
 
     /// The directories in `lost+found/`.

@@ -38,11 +38,11 @@ pub use control::{CommitCheckpoint, GroupBatch, GroupPolled, PollRequest, Repair
 pub use put::{PendingPut, PutRecordsResult, RecordFailure, RecordFailureKind};
 pub use subscribe::{BufferBudget, SubscribeEvent, Subscription};
 
-use crate::catalog::{Catalog, Stream};
+use crate::catalog::{Catalog, Layout, Stream};
 use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
 use crate::iterator::IteratorSigner;
-use crate::shard::{Shard, parse_shard_id};
+use crate::shard::{Shard, shard_id};
 
 /// Most records in one PutRecords request.
 pub const PUT_RECORDS_MAX: usize = 500;
@@ -132,13 +132,44 @@ pub struct StartingPosition {
     pub timestamp_ms: Option<u64>,
 }
 
+/// A shard made from another by a split or merge, as the end of a closed
+/// shard names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildShard {
+    /// `shardId-NNNNNNNNNNNN`.
+    pub shard_id: String,
+    /// Its parents' ids (one for a split, two for a merge).
+    pub parent_shard_ids: Vec<String>,
+    /// First hash key it owns.
+    pub starting_hash_key: u128,
+    /// Last hash key it owns.
+    pub ending_hash_key: u128,
+}
+
+/// The shards made from shard `index` of `layout`.
+pub fn child_shards(layout: &Layout, index: u32) -> Vec<ChildShard> {
+    layout
+        .children(index)
+        .into_iter()
+        .map(|c| ChildShard {
+            shard_id: shard_id(c.index),
+            parent_shard_ids: c.parents().map(shard_id).collect(),
+            starting_hash_key: c.starting_hash_key,
+            ending_hash_key: c.ending_hash_key,
+        })
+        .collect()
+}
+
 /// The answer of a GetRecords call.
 #[derive(Debug, Clone)]
 pub struct GetRecordsResult {
     /// The records, in sequence order.
     pub records: Vec<Record>,
-    /// A fresh iterator at the next record.
-    pub next_shard_iterator: String,
+    /// A fresh iterator at the next record; `None` once the records reach
+    /// the end of a closed shard (then `child_shards` says where to go on).
+    pub next_shard_iterator: Option<String>,
+    /// At the end of a closed shard: its children. Empty otherwise.
+    pub child_shards: Vec<ChildShard>,
     /// How far the last returned record is behind the shard's newest, 0 at the end.
     pub millis_behind_latest: u64,
     /// The stream the iterator reads.
@@ -201,16 +232,9 @@ impl Service {
         self.catalog.clock().now_ms()
     }
 
-    /// The shard `shard_id` of `stream`.
+    /// The kept (open or closed) shard `shard_id` of `stream`.
     pub fn shard_of(stream: &Stream, shard_id: &str) -> Result<Arc<Shard>> {
-        let index = parse_shard_id(shard_id).ok_or_else(|| {
-            BrokerError::invalid("shard_id", format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
-        })?;
-        stream
-            .shards
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.meta().name, shard_id: shard_id.to_string() })
+        stream.shard_by_id("shard_id", shard_id)
     }
 }
 

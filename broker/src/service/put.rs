@@ -6,6 +6,11 @@
 //! nothing. Then each record is admitted by its shard's write quota or
 //! fails alone; records of a failed shard fail alone with its error; a disk
 //! below the free-space watermark refuses the whole call.
+//!
+//! A batch routes with one layout of its stream (one snapshot, taken once);
+//! a shard that a split or merge sealed after that refuses the records
+//! queued to it with the retryable `ShardClosed`, so a record lands in the
+//! parent before its close or in a child, never in both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
@@ -17,7 +22,7 @@ use super::{PUT_RECORDS_BYTES_MAX, PUT_RECORDS_MAX, PutEntry, PutRecordResult, S
 use crate::catalog::{Stream, validate_stream_name};
 use crate::error::{BrokerError, Result};
 use crate::routing::{hash_key, parse_explicit_hash_key};
-use crate::shard::NewRecord;
+use crate::shard::{NewRecord, shard_id};
 
 /// Why one record of a batch was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,9 @@ pub enum RecordFailureKind {
     DiskFull,
     /// Its shard is failed and needs an operator.
     ShardFailed,
+    /// A split or merge closed the shard it was routed to while it was
+    /// queued; retry: it routes to a child.
+    ShardClosed,
     /// Its shard's writer failed the batch for another reason.
     ShardUnavailable,
 }
@@ -113,7 +121,6 @@ impl PutStreams {
 /// waits for their acknowledgements. Queueing and waiting are split so a
 /// produce stream can queue its next batch while this one commits.
 pub struct PendingPut {
-    stream: Arc<Stream>,
     records_in: metrics::Counter,
     outcome: Vec<Outcome>,
     acks: HashMap<u32, oneshot::Receiver<Result<shardlog::Appended>>>,
@@ -131,6 +138,7 @@ fn record_failure(e: &BrokerError) -> RecordFailure {
     let kind = match e {
         BrokerError::DiskFull { .. } => RecordFailureKind::DiskFull,
         BrokerError::ShardFailed { .. } => RecordFailureKind::ShardFailed,
+        BrokerError::ShardClosed { .. } => RecordFailureKind::ShardClosed,
         _ => RecordFailureKind::ShardUnavailable,
     };
     // The message of a disk-full error carries its own retry hint.
@@ -156,6 +164,7 @@ impl Service {
             return Err(BrokerError::invalid("records", format!("{total} bytes of keys and data, more than 5 MiB")));
         }
         let facts = self.puts.get(&stream, stream_name);
+        let layout = stream.layout();
         let mut routed = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             validate_partition_key(&e.partition_key)
@@ -172,7 +181,7 @@ impl Service {
                     .map_err(|r| BrokerError::invalid(format!("records[{i}].explicit_hash_key"), r))?,
                 None => hash_key(&e.partition_key),
             };
-            routed.push((stream.ranges.shard_for(hash), size));
+            routed.push((layout.route(hash).index, size));
         }
         let now = self.now();
         let mut outcome: Vec<Outcome> = Vec::with_capacity(entries.len());
@@ -181,12 +190,13 @@ impl Service {
         let mut refusals: HashMap<u32, BrokerError> = HashMap::new();
         let (mut bytes_in, mut throttled) = (0u64, 0u64);
         for (e, (shard, size)) in entries.into_iter().zip(routed) {
-            if let Some(refusal) = stream.shards[shard as usize].write_refusal() {
+            let target = layout.shard(shard).ok_or_else(|| BrokerError::Internal("a route to no shard".into()))?;
+            if let Some(refusal) = target.write_refusal() {
                 refusals.entry(shard).or_insert(refusal);
                 outcome.push(Outcome::Refused { shard });
                 continue;
             }
-            let quota = &stream.shards[shard as usize].quota;
+            let quota = &target.quota;
             let admitted = match throttled_shards.get(&shard) {
                 Some(&wait) => Err(wait),
                 None => quota.try_write(size as u64, now),
@@ -207,13 +217,14 @@ impl Service {
         }
         let mut acks = HashMap::with_capacity(groups.len());
         for (shard, records) in groups {
-            acks.insert(shard, stream.shards[shard as usize].submit(records).await?);
+            let target = layout.shard(shard).ok_or_else(|| BrokerError::Internal("a route to no shard".into()))?;
+            acks.insert(shard, target.submit(records).await?);
         }
         facts.bytes_in.increment(bytes_in);
         if throttled > 0 {
             facts.throttled.increment(throttled);
         }
-        Ok(PendingPut { stream, records_in: facts.records_in, outcome, acks, refusals })
+        Ok(PendingPut { records_in: facts.records_in, outcome, acks, refusals })
     }
 
     /// PutRecords: queues the batch and waits for its per-record results.
@@ -248,14 +259,10 @@ impl PendingPut {
                 let ack = self.acks.remove(&shard).ok_or_else(|| BrokerError::Internal("no ack".into()))?;
                 let a = ack.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("shard writer stopped".into())))?;
                 self.records_in.increment(1);
-                Ok(PutRecordResult {
-                    shard,
-                    shard_id: self.stream.shards[shard as usize].id.clone(),
-                    sequence_number: a.first_seq + offset,
-                })
+                Ok(PutRecordResult { shard, shard_id: shard_id(shard), sequence_number: a.first_seq + offset })
             }
             Some(Outcome::Throttled { shard, retry_after_ms }) => Err(BrokerError::Throttled {
-                what: format!("write quota of {} exceeded", self.stream.shards[shard as usize].id),
+                what: format!("write quota of {} exceeded", shard_id(shard)),
                 retry_after_ms,
             }),
             Some(Outcome::Refused { shard }) => Err(self
@@ -280,21 +287,14 @@ impl PendingPut {
                 Outcome::Queued { shard, offset } => match &appended[&shard] {
                     Ok(a) => {
                         records_in += 1;
-                        Ok(PutRecordResult {
-                            shard,
-                            shard_id: self.stream.shards[shard as usize].id.clone(),
-                            sequence_number: a.first_seq + offset,
-                        })
+                        Ok(PutRecordResult { shard, shard_id: shard_id(shard), sequence_number: a.first_seq + offset })
                     }
                     Err(e) => Err(record_failure(e)),
                 },
                 Outcome::Refused { shard } => Err(record_failure(&self.refusals[&shard])),
                 Outcome::Throttled { shard, retry_after_ms } => Err(RecordFailure {
                     kind: RecordFailureKind::Throttled,
-                    message: format!(
-                        "write quota of {} exceeded; retry after {retry_after_ms} ms",
-                        self.stream.shards[shard as usize].id
-                    ),
+                    message: format!("write quota of {} exceeded; retry after {retry_after_ms} ms", shard_id(shard)),
                     retry_after_ms,
                 }),
             };

@@ -3,13 +3,19 @@
 //! A starting position resolves to the first sequence number a reader gets;
 //! positions below the trim horizon or beyond the end are errors, never a
 //! silent skip. GetRecords takes one read call from the shard's quota
-//! before reading and charges the bytes it returns after.
+//! before reading and charges the bytes it returns after. At the end of a
+//! shard that a split or merge closed it returns no next iterator and the
+//! children (a shard is listed closed only after it was sealed, so its end
+//! is final by then).
 
-use super::{GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, GetRecordsResult, IteratorKind, Service, StartingPosition};
+use super::{
+    GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, GetRecordsResult, IteratorKind, Service, StartingPosition,
+    child_shards,
+};
 use crate::catalog::validate_stream_name;
 use crate::error::{BrokerError, Result};
 use crate::iterator::Position;
-use crate::shard::Shard;
+use crate::shard::{Shard, shard_id};
 
 impl Service {
     /// The first sequence number a reader starting at `start` gets.
@@ -76,11 +82,13 @@ impl Service {
         let stream = self.catalog.get_by_id(pos.stream_id).ok_or_else(|| BrokerError::StreamNotFound {
             name: format!("(the iterator's stream, id {}, was deleted)", pos.stream_id),
         })?;
+        // A shard that retention removed after the iterator was issued.
         let shard = stream
-            .shards
-            .get(pos.shard as usize)
-            .cloned()
-            .ok_or_else(|| BrokerError::invalid("shard_iterator", "names no shard"))?;
+            .shard(pos.shard)
+            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.meta().name, shard_id: shard_id(pos.shard) })?;
+        // Before the reader: a shard listed closed was sealed first, so its end is final.
+        let layout = stream.layout();
+        let closed = layout.is_closed(pos.shard);
         shard.quota.try_read_call(now).map_err(|wait| BrokerError::Throttled {
             what: format!("read quota of {} exceeded", shard.id),
             retry_after_ms: wait,
@@ -103,9 +111,15 @@ impl Service {
             .increment(batch.records.len() as u64);
         metrics::counter!("stream_broker_bytes_out_total", "stream" => name).increment(bytes);
         let next = Position { seq: batch.next_seq, ..pos };
+        let (next_shard_iterator, child_shards) = if closed && batch.next_seq >= end {
+            (None, child_shards(&layout, pos.shard))
+        } else {
+            (Some(self.signer.issue(next, now)), Vec::new())
+        };
         Ok(GetRecordsResult {
             records: batch.records.into_iter().map(Into::into).collect(),
-            next_shard_iterator: self.signer.issue(next, now),
+            next_shard_iterator,
+            child_shards,
             millis_behind_latest: behind,
             stream,
             shard: pos.shard,

@@ -25,6 +25,13 @@
 //! **Order.** One task per subscription reads and sends in sequence order;
 //! `continuation_sequence_number` is always the sequence number after the
 //! last record sent.
+//!
+//! **Shard end.** A subscription to a shard that a split or merge closed
+//! ends, once it sent the shard's last record, with an event that has
+//! `shard_ended` and names the children; it wakes on the stream's layout
+//! swap as well as on new records, so a shard closed while subscribed ends
+//! the subscription too. (A shard is listed closed only after it was
+//! sealed, so its end is final by then.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +41,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Record, Service, StartingPosition};
-use crate::catalog::validate_stream_name;
+use super::{ChildShard, Record, Service, StartingPosition, child_shards};
+use crate::catalog::{Stream, validate_stream_name};
 use crate::clock::Clock;
 use crate::error::{BrokerError, Result};
 use crate::quota::ReadBudget;
@@ -56,6 +63,11 @@ pub struct SubscribeEvent {
     /// The subscription's lifetime is over: the last event; subscribe
     /// again from `continuation_sequence_number`.
     pub resubscribe: bool,
+    /// The shard is closed and every record was sent: the last event;
+    /// `child_shards` says where its keys continue.
+    pub shard_ended: bool,
+    /// With `shard_ended`: the shard's children.
+    pub child_shards: Vec<ChildShard>,
 }
 
 /// A running subscription's events; the channel ends when the
@@ -143,6 +155,8 @@ impl Service {
         let now = self.now();
         let running = Running {
             shard,
+            layout: stream.watch_layout(),
+            source: stream.clone(),
             stream: meta.name,
             pos,
             budget: ReadBudget::new(meta.quotas.read_bytes_per_sec, self.catalog.config().quotas.enforce, now),
@@ -165,6 +179,10 @@ impl Service {
 /// goes away, the broker shuts down, the shard closes or the lifetime ends.
 struct Running {
     shard: Arc<Shard>,
+    /// The shard's stream, for its layout (is the shard closed, its children).
+    source: Arc<Stream>,
+    /// Changes when the stream's layout is swapped.
+    layout: tokio::sync::watch::Receiver<u64>,
     stream: String,
     /// The next sequence number to send.
     pos: u64,
@@ -204,6 +222,8 @@ impl Running {
                     millis_behind_latest: behind_ms,
                     heartbeat: false,
                     resubscribe: true,
+                    shard_ended: false,
+                    child_shards: Vec::new(),
                 };
                 let _ = self.tx.send(Ok(last)).await;
                 return;
@@ -229,6 +249,22 @@ impl Running {
                 }
             } else {
                 behind_ms = 0;
+                let layout = self.source.layout();
+                let closed_end =
+                    layout.is_closed(self.shard.index).then(|| self.shard.reader().map_or(available, |r| r.next_seq()));
+                if closed_end.is_some_and(|end| self.pos >= end) {
+                    let last = SubscribeEvent {
+                        records: Vec::new(),
+                        continuation_sequence_number: self.pos,
+                        millis_behind_latest: 0,
+                        heartbeat: false,
+                        resubscribe: false,
+                        shard_ended: true,
+                        child_shards: child_shards(&layout, self.shard.index),
+                    };
+                    let _ = self.tx.send(Ok(last)).await;
+                    return;
+                }
             }
             let beat_at = last_sent + self.heartbeat;
             let lifetime_left = Duration::from_millis(self.ends_at_ms.saturating_sub(now));
@@ -246,11 +282,17 @@ impl Running {
                         millis_behind_latest: behind_ms,
                         heartbeat: true,
                         resubscribe: false,
+                        shard_ended: false,
+                        child_shards: Vec::new(),
                     };
                     if self.tx.send(Ok(beat)).await.is_err() {
                         return;
                     }
                     last_sent = Instant::now();
+                },
+                changed = self.layout.changed() => if changed.is_err() {
+                    // The stream is gone; its shards close and end the call above.
+                    return;
                 },
                 _ = self.tx.closed() => return,
                 _ = self.shutdown.cancelled() => return,
@@ -291,6 +333,8 @@ impl Running {
             millis_behind_latest: behind,
             heartbeat: false,
             resubscribe: false,
+            shard_ended: false,
+            child_shards: Vec::new(),
         })
     }
 }

@@ -21,6 +21,10 @@
 //!   producer reordering: a key's acknowledged seqs (same shard) not
 //!   increasing in the order [`History::produced`] was called for that key.
 //!   Handling `5, 6, 5, 6` is in order: only first handlings count.
+//!   Across shards (a key moves to a child shard when its shard is split or
+//!   merged): for one key, a record first handled before the record
+//!   acknowledged just before it (in [`History::produced`] order, among the
+//!   key's handled records) was first handled.
 //! - **corrupted**: a handled record whose key or payload digest differs
 //!   from the one acknowledged at the same `(shard, seq)`, or from the one
 //!   handled first at that `(shard, seq)` (one position read back with two
@@ -217,7 +221,10 @@ impl History {
     }
 
     /// Records one acknowledged produce. Call it for a key in the order its
-    /// records were sent, so producer reordering shows.
+    /// records were sent, so producer reordering shows; a key's records are
+    /// sent one after another (as one producer sends them), since their
+    /// order across shards (a parent, then its children) is taken from
+    /// these calls.
     pub fn produced(&self, key: &str, shard_id: &str, seq: u64, data: &[u8]) {
         let digest = digest(data);
         let mut g = self.lock();
@@ -284,9 +291,10 @@ impl History {
 
         // First handlings, duplicates, corruption, and per-key order of first handlings.
         let mut first: HashMap<(u32, u64), Handled> = HashMap::with_capacity(g.handled.len());
+        let mut first_at: HashMap<(u32, u64), usize> = HashMap::with_capacity(g.handled.len());
         let mut per_stream: HashMap<(u32, u64, u32, u64), u32> = HashMap::with_capacity(g.handled.len());
         let mut key_max: HashMap<(u32, u32), (u64, u32)> = HashMap::new();
-        for h in &g.handled {
+        for (at, h) in g.handled.iter().enumerate() {
             let n = per_stream.entry((h.member, h.generation, h.shard, h.seq)).or_insert(0);
             *n += 1;
             if *n > 1 {
@@ -328,6 +336,7 @@ impl History {
                 continue;
             }
             first.insert((h.shard, h.seq), *h);
+            first_at.insert((h.shard, h.seq), at);
             match key_max.get(&(h.key, h.shard)) {
                 Some(&(max, by)) if h.seq < max => report.reordered.push(Anomaly {
                     shard_id: name(h.shard),
@@ -341,6 +350,33 @@ impl History {
                     key_max.insert((h.key, h.shard), (h.seq, h.member));
                 }
             }
+        }
+        // Per-key order across shards: each handled record of a key after the
+        // one acknowledged before it (same-shard pairs were checked above).
+        let mut key_last: HashMap<u32, (u32, u64, usize)> = HashMap::new();
+        let mut seen: HashSet<(u32, u64)> = HashSet::with_capacity(g.produced.len());
+        for p in &g.produced {
+            let Some(&at) = first_at.get(&(p.shard, p.seq)) else { continue };
+            if !seen.insert((p.shard, p.seq)) {
+                continue;
+            }
+            if let Some(&(shard, seq, prev_at)) = key_last.get(&p.key) {
+                if shard != p.shard && at < prev_at {
+                    let h = &first[&(p.shard, p.seq)];
+                    report.reordered.push(Anomaly {
+                        shard_id: name(p.shard),
+                        seq: p.seq,
+                        key: name(p.key),
+                        member: name(h.member),
+                        generation: h.generation,
+                        detail: format!(
+                            "first handled before {} seq {seq} of the same key, acknowledged earlier",
+                            name(shard)
+                        ),
+                    });
+                }
+            }
+            key_last.insert(p.key, (p.shard, p.seq, at));
         }
         report.distinct_handled = first.len() as u64;
         report.unacked_handled = first.keys().filter(|r| !acked.contains_key(r)).count() as u64;
@@ -412,6 +448,31 @@ mod tests {
         for seq in 0..n {
             h.produced(&format!("k{}", seq % keys), shard, seq, &payload(shard, seq));
         }
+    }
+
+    #[test]
+    fn a_key_that_moves_to_a_child_shard_must_be_handled_parent_first() {
+        // Key k: seq 0 and 1 in the parent, then seq 0 in the child.
+        let history = |child_first: bool| {
+            let h = History::new();
+            h.produced("k", S0, 0, b"a");
+            h.produced("k", S0, 1, b"b");
+            h.produced("k", S1, 0, b"c");
+            if child_first {
+                h.handled("m2", 2, S1, 0, "k", b"c");
+            }
+            h.handled("m1", 1, S0, 0, "k", b"a");
+            h.handled("m1", 1, S0, 1, "k", b"b");
+            if !child_first {
+                h.handled("m2", 2, S1, 0, "k", b"c");
+            }
+            h.check()
+        };
+        assert!(history(false).is_clean(), "{}", history(false));
+        let r = history(true);
+        assert_eq!(r.reordered.len(), 1, "{r}");
+        assert_eq!((r.reordered[0].shard_id.as_str(), r.reordered[0].seq), (S1, 0));
+        assert!(r.reordered[0].detail.contains("acknowledged earlier"), "{r}");
     }
 
     fn handle(h: &History, member: &str, generation: u64, shard: &str, seqs: impl IntoIterator<Item = u64>, keys: u64) {
@@ -550,10 +611,12 @@ mod tests {
             .map(|t| {
                 let h = h.clone();
                 std::thread::spawn(move || {
-                    let shard = format!("shardId-{t:012}");
+                    // One key per thread: a key's records are produced one
+                    // after another (see `History::produced`).
+                    let (shard, key) = (format!("shardId-{t:012}"), format!("k{t}"));
                     for seq in 0..1000 {
-                        h.produced("k", &shard, seq, &payload(&shard, seq));
-                        h.handled("m", 0, &shard, seq, "k", &payload(&shard, seq));
+                        h.produced(&key, &shard, seq, &payload(&shard, seq));
+                        h.handled("m", 0, &shard, seq, &key, &payload(&shard, seq));
                     }
                 })
             })

@@ -70,18 +70,38 @@ pub fn throttled_records(stream: &str) -> u64 {
 /// was sent before (0 on the first attempt).
 pub type Script = dyn Fn(&str, usize) -> pb::PutRecordsResultEntry + Send + Sync;
 
-/// A fake broker with one shard covering every key; PutRecords answers
-/// each record by the script and logs every attempt.
+/// A fake broker whose DescribeStream shows [`Fake::set_shards`] (one open
+/// shard covering every key at first); PutRecords answers each record by
+/// the script and logs every attempt.
 pub struct Fake {
     script: Box<Script>,
     /// Every PutRecords: when it arrived and its keys, in order.
     pub attempts: Mutex<Vec<(Instant, Vec<String>)>>,
+    shards: Mutex<Vec<pb::ShardDescription>>,
+    /// DescribeStream calls so far.
+    pub describes: std::sync::atomic::AtomicUsize,
+}
+
+/// A shard of a fake's map.
+pub fn fake_shard(id: &str, start: u128, end: u128, closed: bool) -> pb::ShardDescription {
+    pb::ShardDescription {
+        shard_id: id.into(),
+        starting_hash_key: start.to_string(),
+        ending_hash_key: end.to_string(),
+        closed,
+        ..Default::default()
+    }
 }
 
 impl Fake {
     /// Serves a fake on `127.0.0.1:0`; returns it and its address.
     pub async fn start(script: Box<Script>) -> (Arc<Fake>, String) {
-        let fake = Arc::new(Fake { script, attempts: Mutex::new(Vec::new()) });
+        let fake = Arc::new(Fake {
+            script,
+            attempts: Mutex::new(Vec::new()),
+            shards: Mutex::new(vec![fake_shard("shardId-000000000000", 0, u128::MAX, false)]),
+            describes: std::sync::atomic::AtomicUsize::new(0),
+        });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
         let service = StreamBrokerServer::from_arc(fake.clone());
@@ -91,6 +111,11 @@ impl Fake {
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
         );
         (fake, addr)
+    }
+
+    /// What DescribeStream shows from now on.
+    pub fn set_shards(&self, shards: Vec<pb::ShardDescription>) {
+        *self.shards.lock().expect("lock") = shards;
     }
 
     /// How many PutRecords calls carried `key`.
@@ -137,15 +162,10 @@ impl StreamBroker for Fake {
         &self,
         r: Request<pb::DescribeStreamRequest>,
     ) -> Result<Response<pb::DescribeStreamResponse>, Status> {
-        let shard = pb::ShardDescription {
-            shard_id: "shardId-000000000000".into(),
-            starting_hash_key: "0".into(),
-            ending_hash_key: u128::MAX.to_string(),
-            ..Default::default()
-        };
+        self.describes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let stream = pb::StreamDescription {
             stream_name: r.into_inner().stream_name,
-            shards: vec![shard],
+            shards: self.shards.lock().expect("lock").clone(),
             max_record_bytes: 1024 * 1024,
             ..Default::default()
         };
@@ -167,6 +187,21 @@ impl StreamBroker for Fake {
         &self,
         _: Request<pb::UpdateQuotasRequest>,
     ) -> Result<Response<pb::UpdateQuotasResponse>, Status> {
+        unimplemented()
+    }
+    async fn split_shard(&self, _: Request<pb::SplitShardRequest>) -> Result<Response<pb::SplitShardResponse>, Status> {
+        unimplemented()
+    }
+    async fn merge_shards(
+        &self,
+        _: Request<pb::MergeShardsRequest>,
+    ) -> Result<Response<pb::MergeShardsResponse>, Status> {
+        unimplemented()
+    }
+    async fn update_shard_count(
+        &self,
+        _: Request<pb::UpdateShardCountRequest>,
+    ) -> Result<Response<pb::UpdateShardCountResponse>, Status> {
         unimplemented()
     }
     async fn put_record(&self, _: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {

@@ -22,10 +22,12 @@
 //! stream-bench e2e       produce-to-subscriber latency at a given rate
 //! stream-bench groups    consumer-group drain throughput and rebalance pauses
 //! stream-bench overload  in-quota shards' ack latency next to shards offered 3x their quota
+//! stream-bench reshard   time to split a shard at full quota, produce p99 during the split vs before
 //! stream-bench all       all of them; e2e at half the best 1 KiB produce rate
 //! stream-bench suite     every benchmark with fixed parameters, next to the disk: Markdown + JSON
 //! ```
 
+mod reshard;
 mod suite;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +93,12 @@ enum What {
         /// Shards; half get producers at their quota, half at 3x.
         #[arg(long, default_value_t = 8)]
         shards: u32,
+    },
+    /// Time to split a shard at full write quota, and produce latency during the split vs before.
+    Reshard {
+        /// Splits to time, each on a fresh one-shard stream.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
     /// Everything, with e2e at half the best 1 KiB produce rate.
     All,
@@ -762,6 +770,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         What::Overload { shards } => overload(&args, *shards).await,
         What::Suite(suite) => suite::run(&args, suite).await,
         What::Serve { .. } => unreachable!("served above"),
+        What::Reshard { rounds } => reshard::run(&args, *rounds).await,
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;

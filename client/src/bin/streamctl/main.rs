@@ -3,6 +3,8 @@
 //! ```text
 //! streamctl status
 //! streamctl stream create orders --shards 4
+//! streamctl stream split orders shardId-000000000001
+//! streamctl stream scale orders 8
 //! printf 'k1:hello\nk2:world\n' | streamctl put orders -K :
 //! streamctl tail orders --from -10 --format '{key}={value}@{seq}'
 //! streamctl tail orders --shard 2 --from @-5m -f

@@ -96,7 +96,7 @@ pub fn check_shard(d: &pb::StreamDescription, shard: &str) -> Result<(), CliErro
 
 /// One shard to read: where its reader starts, and the first sequence
 /// number to print (above the start when the start was past the end).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ShardStart {
     pub shard: String,
     pub at: Position,

@@ -103,8 +103,11 @@ pub async fn run(g: &Global, args: PutArgs) -> Result<(), CliError> {
         }
         (None, h) => h,
     };
-    let quota =
-        d.quotas.and_then(|q| q.write_records_per_sec).map(|per_shard| per_shard * d.shards.len() as u64).unwrap_or(0);
+    let quota = d
+        .quotas
+        .and_then(|q| q.write_records_per_sec)
+        .map(|per_shard| per_shard * u64::from(d.open_shard_count))
+        .unwrap_or(0);
     let producer = Arc::new(Producer::with_channel(channel, &args.stream, ProducerConfig::default()).await?);
     if args.file.is_none() && std::io::stdin().is_terminal() {
         eprintln!("streamctl: reading records from stdin, one per line; end with Ctrl-D");

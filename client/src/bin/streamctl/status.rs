@@ -50,7 +50,7 @@ pub async fn run(g: &Global) -> Result<(), CliError> {
             "disk_watermark_bytes": b.disk_watermark_bytes,
             "streams": streams.iter().map(|d| json!({
                 "name": d.stream_name,
-                "shards": d.shards.len(),
+                "shards": d.open_shard_count,
                 "records": d.shards.iter().map(|s| s.records_stored).sum::<u64>(),
                 "bytes": d.shards.iter().map(|s| s.bytes_stored).sum::<u64>(),
                 "failed_shards": d.shards.iter().filter(|s| !s.failure_kind.is_empty()).count(),

@@ -211,9 +211,29 @@ pub async fn run(g: &Global, args: TailArgs) -> Result<(), CliError> {
     }
 }
 
-type ShardBatch = Result<Vec<Rec>, client::Error>;
+/// What a shard reader reports.
+enum ShardEvent {
+    Records(Vec<Rec>),
+    /// The reader stopped: at the end of a closed shard (with its children),
+    /// or, without --follow, at the end of an open one (no children).
+    Ended {
+        shard: String,
+        children: Vec<client::types::ChildShard>,
+    },
+    Failed(client::Error),
+}
 
-/// Reads every shard (or one) through iterators, each shard in its own task.
+/// A shard waiting to be read: where, and the listed parents it waits for.
+struct Waiting {
+    start: ShardStart,
+    parents: Vec<String>,
+}
+
+/// Reads every shard (or one) through iterators, each shard in its own
+/// task. A key's records stay in order across a split or merge: a shard
+/// whose parent is being read starts only once the parent's reader reached
+/// the parent's end, and children of a shard that closes while it is read
+/// are read from their first record (with --shard, only that shard is read).
 async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Result<(), CliError> {
     let channel = g.channel().await?;
     let d = Admin::from_channel(channel.clone()).describe_stream(&args.stream).await?;
@@ -227,44 +247,88 @@ async fn tail_shards(g: &Global, args: &TailArgs, mut printer: Printer) -> Resul
     if let Some(s) = &only {
         check_shard(&d, s)?;
     }
-    let shards = starts(&d, only.as_deref(), &args.from, args.follow);
+    let follow_children = only.is_none();
+    let starts = starts(&d, only.as_deref(), &args.from, args.follow);
+    let listed = |id: &str| follow_children && starts.iter().any(|s| s.shard == id);
+    let mut pending: Vec<Waiting> = starts
+        .iter()
+        .map(|start| {
+            let parents = d
+                .shards
+                .iter()
+                .find(|s| s.shard_id == start.shard)
+                .map(|s| {
+                    [&s.parent_shard_id, &s.adjacent_parent_shard_id]
+                        .into_iter()
+                        .filter(|p| listed(p))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            Waiting { start: start.clone(), parents }
+        })
+        .collect();
     let limit = args.count.map_or(BATCH, |n| n.min(u64::from(BATCH)) as u32);
-    let (tx, mut rx) = mpsc::channel::<ShardBatch>(shards.len().max(1) * 2);
+    let (tx, mut rx) = mpsc::channel::<ShardEvent>(pending.len().max(1) * 2);
     // Dropping the set (on return) stops every reader.
     let mut readers = JoinSet::new();
-    for start in shards {
-        readers.spawn(read_shard(channel.clone(), args.stream.clone(), start, limit, args.follow, tx.clone()));
-    }
-    drop(tx);
+    let mut known: Vec<String> = pending.iter().map(|p| p.start.shard.clone()).collect();
+    let mut ended: Vec<String> = Vec::new();
+    let mut running = 0usize;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let batch = tokio::select! {
-            b = rx.recv() => b,
+        let (ready, waiting): (Vec<Waiting>, Vec<Waiting>) =
+            pending.into_iter().partition(|p| p.parents.iter().all(|parent| ended.contains(parent)));
+        pending = waiting;
+        for p in ready {
+            running += 1;
+            readers.spawn(read_shard(channel.clone(), args.stream.clone(), p.start, limit, args.follow, tx.clone()));
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        let event = tokio::select! {
+            e = rx.recv() => e,
             _ = &mut ctrl_c => return Ok(()),
         };
-        match batch {
+        match event {
             None => return Ok(()),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(records)) => {
+            Some(ShardEvent::Failed(e)) => return Err(e.into()),
+            Some(ShardEvent::Records(records)) => {
                 printer.print(&records)?;
                 if printer.done() {
                     return Ok(());
+                }
+            }
+            Some(ShardEvent::Ended { shard, children }) => {
+                running -= 1;
+                ended.push(shard);
+                for c in children.into_iter().filter(|_| follow_children) {
+                    if known.contains(&c.shard_id) {
+                        continue;
+                    }
+                    known.push(c.shard_id.clone());
+                    // Parents not read here (past retention, or not listed) are not waited for.
+                    let parents = c.parent_shard_ids.into_iter().filter(|p| known.contains(p)).collect();
+                    let start = ShardStart { shard: c.shard_id, at: Position::TrimHorizon, print_from: 0 };
+                    pending.push(Waiting { start, parents });
                 }
             }
         }
     }
 }
 
-/// Reads one shard in order, sending each non-empty batch; ends at the
-/// shard's end unless following, or when the receiver is gone.
+/// Reads one shard in order, sending each non-empty batch; ends at the end
+/// of a closed shard, or at the shard's end unless following, or when the
+/// receiver is gone.
 async fn read_shard(
     channel: Connection,
     stream: String,
     start: ShardStart,
     limit: u32,
     follow: bool,
-    tx: mpsc::Sender<ShardBatch>,
+    tx: mpsc::Sender<ShardEvent>,
 ) {
     let ShardStart { shard, at, print_from } = start;
     let read = async {
@@ -288,21 +352,27 @@ async fn read_shard(
                         data: r.data,
                     })
                     .collect();
-                if !recs.is_empty() && tx.send(Ok(recs)).await.is_err() {
-                    return Ok(());
+                if !recs.is_empty() && tx.send(ShardEvent::Records(recs)).await.is_err() {
+                    return Ok(None);
                 }
+            }
+            if let Some(children) = reader.children() {
+                return Ok(Some(children.to_vec()));
             }
             if at_end {
                 if !follow {
-                    return Ok(());
+                    return Ok(Some(Vec::new()));
                 }
                 tokio::time::sleep(IDLE_WAIT).await;
             }
         }
     };
-    if let Err(e) = read.await {
-        let _ = tx.send(Err(e)).await;
-    }
+    let event = match read.await {
+        Ok(Some(children)) => ShardEvent::Ended { shard, children },
+        Ok(None) => return,
+        Err(e) => ShardEvent::Failed(e),
+    };
+    let _ = tx.send(event).await;
 }
 
 /// Consumes as a member of a consumer group: print, then commit.
