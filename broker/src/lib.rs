@@ -21,6 +21,7 @@ pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;
+pub mod layers;
 pub mod metadata;
 pub mod quota;
 pub mod routing;

@@ -210,11 +210,11 @@ pub async fn handle_batch(
     Ok(())
 }
 
-/// Capped exponential backoff within a total budget.
+/// The client's capped exponential backoff (`consumerRetryBackoffMs`
+/// doubling to `consumerRetryBackoffMaxMs`), within a total budget.
 struct Backoff {
     started: Instant,
-    next: Duration,
-    max: Duration,
+    schedule: client::Backoff,
     budget: Duration,
     attempts: u32,
 }
@@ -223,8 +223,10 @@ impl Backoff {
     fn new(c: &Config) -> Self {
         Self {
             started: Instant::now(),
-            next: Duration::from_millis(c.consumer_retry_backoff_ms),
-            max: Duration::from_millis(c.consumer_retry_backoff_max_ms),
+            schedule: client::Backoff::new(
+                Duration::from_millis(c.consumer_retry_backoff_ms),
+                Duration::from_millis(c.consumer_retry_backoff_max_ms),
+            ),
             budget: Duration::from_millis(c.consumer_retry_budget_ms),
             attempts: 0,
         }
@@ -232,9 +234,7 @@ impl Backoff {
 
     fn next_delay(&mut self) -> Duration {
         self.attempts += 1;
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
+        self.schedule.next_delay()
     }
 
     /// The next wait, or None once the budget is spent.
