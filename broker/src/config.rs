@@ -51,6 +51,22 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// Consumer groups.
     pub groups: GroupsConfig,
+    /// Gauges computed by the broker itself.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How often group lag and shard storage gauges are computed.
+    pub export_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { export_interval_ms: 5_000 }
+    }
 }
 
 /// `[groups]`
@@ -186,6 +202,7 @@ impl Default for BrokerConfig {
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -317,6 +334,9 @@ impl BrokerConfig {
         }
         if !(1_000..=600_000).contains(&self.groups.session_timeout_ms) {
             return bad("groups.session_timeout_ms", "must be 1000..=600000");
+        }
+        if !(100..=600_000).contains(&self.metrics.export_interval_ms) {
+            return bad("metrics.export_interval_ms", "must be 100..=600000");
         }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");

@@ -157,6 +157,12 @@ pub async fn run(
             }
         }
     });
+    let exporter = tokio::spawn(crate::telemetry::run_exporter(
+        catalog.clone(),
+        groups.clone(),
+        Duration::from_millis(config.metrics.export_interval_ms),
+        shutdown.clone(),
+    ));
     let streams_token = CancellationToken::new();
     let service = GrpcService::new(catalog.clone(), groups.clone(), IteratorSigner::new(secret), streams_token.clone());
     let groups_service = GroupsService::new(groups, config.limits.request_timeout_ms);
@@ -197,6 +203,7 @@ pub async fn run(
     }
     let _ = janitor.await;
     let _ = sweeper.await;
+    let _ = exporter.await;
     let _ = disk_watch.await;
     catalog.close().await?;
     if let Ok(Err(e)) = admin.await {
@@ -240,6 +247,7 @@ fn limited_incoming(
                 drop(stream);
                 continue;
             };
+            metrics::gauge!("stream_broker_connections").increment(1.0);
             if tx.send(Ok(LimitedConn { stream, _permit: permit })).await.is_err() {
                 return;
             }
@@ -248,11 +256,18 @@ fn limited_incoming(
     ReceiverStream::new(rx)
 }
 
-/// A TCP connection holding one of the connection permits.
+/// A TCP connection holding one of the connection permits; counted in
+/// `stream_broker_connections` while it lives.
 #[derive(Debug)]
 pub struct LimitedConn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for LimitedConn {
+    fn drop(&mut self) {
+        metrics::gauge!("stream_broker_connections").decrement(1.0);
+    }
 }
 
 impl Connected for LimitedConn {
