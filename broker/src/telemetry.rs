@@ -159,6 +159,34 @@ pub const METRICS: &[MetricDoc] = &[
     m("stream_broker_consumer_group_read_errors_total", Kind::Counter, "", "Group polls that failed to read a shard."),
 ];
 
+/// How the daemons write their logs (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs logging to stderr for the broker and the order service: the
+/// `RUST_LOG` filter (`info,sled=warn` style; `default_filter` when unset),
+/// ANSI colour only when stderr is a terminal, and JSON lines with
+/// [`LogFormat::Json`].
+pub fn init_logs(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// What `--help` of both daemons says about logging.
+pub const LOG_HELP: &str = "Logs go to stderr. RUST_LOG sets what is logged, like RUST_LOG=info \
+(the default), RUST_LOG=debug, or RUST_LOG=info,broker::group=debug; colour is used only on a terminal.";
+
 /// The recorder's handle, installing the recorder on first use. If another
 /// recorder is installed already (a host application's), metrics go there
 /// and this handle renders an empty page.

@@ -125,15 +125,27 @@ pub struct Ctx {
 pub struct Stopped;
 
 /// Runs the three groups until `shutdown`.
-pub fn spawn_all(ctx: Arc<Ctx>, shutdown: &CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+/// Each group joins only once `ready` says the streams exist, and tells
+/// `ready` while it is joined.
+pub fn spawn_all(
+    ctx: Arc<Ctx>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+    ready: Arc<crate::ready::Readiness>,
+) {
     for spec in groups(&ctx.config) {
         ctx.metrics.consumer_blocked.set(spec.name, "", 0);
-        tasks.spawn(run_group(ctx.clone(), spec, shutdown.clone()));
+        tasks.spawn(run_group(ctx.clone(), spec, shutdown.clone(), ready.clone()));
     }
 }
 
-async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) {
+async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken, ready: Arc<crate::ready::Readiness>) {
     let (stream, group) = (spec.stream.clone(), spec.name);
+    // Joining before the stream exists would only fail and warn.
+    tokio::select! {
+        _ = ready.streams_created() => {}
+        _ = shutdown.cancelled() => return,
+    }
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let mut config = ConsumerConfig::new(group);
@@ -158,6 +170,7 @@ async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) 
         };
         failures = 0;
         tracing::info!(%stream, group, "consumer joined");
+        ready.set_joined(group, true);
         let (hctx, fctx, hstop, fstop) = (ctx.clone(), ctx.clone(), shutdown.clone(), shutdown.clone());
         let dlq = spec.dead_letter.clone();
         let result = consumer
@@ -167,6 +180,7 @@ async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) 
                 shutdown.clone(),
             )
             .await;
+        ready.set_joined(group, false);
         if let Err(e) = result {
             failures += 1;
             tracing::error!(error = %e, %stream, group, "consumer stopped; rejoining");

@@ -14,6 +14,7 @@ pub mod email;
 pub mod failure;
 pub mod http_client;
 pub mod model;
+pub mod ready;
 pub mod relay;
 pub mod store;
 
@@ -119,12 +120,14 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
     let broker_addr = match &config.broker {
         Some(addr) => addr.clone(),
         None => {
-            let grpc = TcpListener::bind(config.broker_grpc_addr)
-                .await
-                .map_err(io(format!("bind broker gRPC {}", config.broker_grpc_addr)))?;
-            let admin = TcpListener::bind(config.broker_admin_addr)
-                .await
-                .map_err(io(format!("bind broker admin {}", config.broker_admin_addr)))?;
+            let grpc = TcpListener::bind(config.broker_grpc_addr).await.map_err(io(format!(
+                "cannot listen on {} for the embedded broker's gRPC (--broker-grpc-addr, key brokerGrpcAddr)",
+                config.broker_grpc_addr
+            )))?;
+            let admin = TcpListener::bind(config.broker_admin_addr).await.map_err(io(format!(
+                "cannot listen on {} for the embedded broker's metrics (--broker-admin-addr, key brokerAdminAddr)",
+                config.broker_admin_addr
+            )))?;
             let addr = grpc.local_addr().map_err(io("broker address"))?;
             let broker_config = broker::config::BrokerConfig {
                 data_dir: config.data_dir.join("broker"),
@@ -154,8 +157,10 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
     let metrics = Arc::new(api::Metrics::default());
     let mailer = email::Mailer::new(&config.smtp, config.data_dir.join("emails"))?;
 
+    let group_names = consumers::groups(&config).iter().map(|g| g.name).collect();
+    let ready = Arc::new(ready::Readiness::new(broker_addr.clone(), stream_names(&config), group_names));
     let mut tasks = JoinSet::new();
-    tasks.spawn(ensure_streams(broker_addr.clone(), stream_names(&config), shutdown.clone()));
+    tasks.spawn(ensure_streams(broker_addr.clone(), ready.clone(), shutdown.clone()));
     tasks.spawn(relay::run(store.clone(), broker_addr.clone(), metrics.clone(), shutdown.clone()));
     let self_ip = if http_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { http_addr.ip() };
     let ctx = Arc::new(consumers::Ctx {
@@ -167,9 +172,9 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
         self_url: format!("http://{}", SocketAddr::new(self_ip, http_addr.port())),
         http: http_client::HttpClient::default(),
     });
-    consumers::spawn_all(ctx, &shutdown, &mut tasks);
+    consumers::spawn_all(ctx, &shutdown, &mut tasks, ready.clone());
 
-    let app = api::router(api::AppState { store, metrics }, config.max_body_bytes);
+    let app = api::router(api::AppState { store, metrics, ready }, config.max_body_bytes);
     let server = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
     );
@@ -182,13 +187,16 @@ pub fn stream_names(c: &Config) -> Vec<String> {
     consumers::groups(c).into_iter().flat_map(|g| [g.stream, g.dead_letter]).collect()
 }
 
-/// Creates the streams (1 shard each) once the broker is reachable; an
-/// existing stream is fine.
-async fn ensure_streams(addr: String, names: Vec<String>, shutdown: CancellationToken) {
+/// Creates the streams (1 shard each) once the broker is reachable (an
+/// existing stream is fine), then lets the consumers join.
+async fn ensure_streams(addr: String, ready: Arc<ready::Readiness>, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        match create_streams(&addr, &names).await {
-            Ok(()) => return,
+        match create_streams(&addr, ready.streams()).await {
+            Ok(()) => {
+                ready.set_streams_created();
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "creating the streams failed; retrying");

@@ -79,6 +79,7 @@ impl Publisher {
 pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut publisher = Publisher { addr, producers: HashMap::new() };
     let mut failures = 0u32;
+    metrics.outbox_progressed();
     loop {
         let notified = store.outbox_changed.notified();
         if shutdown.is_cancelled() {
@@ -86,6 +87,7 @@ pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: Ca
         }
         let batch = match store.outbox_head(PASS_ENTRIES_MAX) {
             Ok(b) if b.is_empty() => {
+                metrics.outbox_progressed();
                 tokio::select! {
                     _ = notified => {}
                     _ = shutdown.cancelled() => return,
@@ -136,6 +138,7 @@ pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: Ca
                 Ok(()) => {
                     progressed = true;
                     Metrics::inc(&metrics.events_published);
+                    metrics.outbox_progressed();
                 }
                 Err(e) => {
                     failed.get_or_insert((e, stream.clone()));

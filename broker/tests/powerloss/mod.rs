@@ -74,8 +74,8 @@ impl Broker {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         let read = stdout.read_line(&mut line);
-        // Logging goes to stdout too: keep reading it, so the broker never
-        // blocks on (or fails writing to) a full or closed pipe.
+        // Keep reading stdout, so the broker never blocks on (or fails
+        // writing to) a full or closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let Some(grpc) = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).map(str::to_string) else {
             let status = child.wait().expect("reap");
