@@ -55,6 +55,8 @@ pub struct BrokerConfig {
     pub console: ConsoleConfig,
     /// Split, merge and UpdateShardCount.
     pub reshard: ReshardConfig,
+    /// Gauges computed by the broker itself.
+    pub metrics: MetricsConfig,
 }
 
 /// `[console]`: the web console at `/ui` and its JSON API at `/api/v1`.
@@ -113,6 +115,20 @@ pub struct ReshardConfig {
 impl Default for ReshardConfig {
     fn default() -> Self {
         Self { scalings_max: 10, scalings_window_ms: 24 * 3_600_000 }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How often group lag and shard storage gauges are computed.
+    pub export_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { export_interval_ms: 5_000 }
     }
 }
 
@@ -258,6 +274,7 @@ impl Default for BrokerConfig {
             groups: GroupsConfig::default(),
             console: ConsoleConfig::default(),
             reshard: ReshardConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -339,38 +356,26 @@ impl QuotaConfig {
     }
 }
 
-/// A configuration error; the message names the key.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
+pub use crate::layers::ConfigError;
+
+/// How the broker's variables name keys: `STREAM_BROKER_DURABILITY__MODE` → `durability.mode`.
+const LAYOUT: crate::layers::Layout<'static> =
+    crate::layers::Layout { prefix: ENV_PREFIX, not_keys: &["CONFIG"], key_name: |s: &str| s.to_ascii_lowercase() };
 
 impl BrokerConfig {
     /// Loads defaults, then `file` (if any), then the `STREAM_BROKER_*`
-    /// variables among `env`, and validates the result.
+    /// variables among `env` (but `STREAM_BROKER_CONFIG`, the file's path),
+    /// and validates the result. Errors name the key and the variable or the
+    /// file line its value came from.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
-            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
-            set_path(&mut table, &path, parse_env_value(&value)).map_err(|e| ConfigError(format!("{name}: {e}")))?;
-        }
-        // Round-trip through text so that type errors quote the offending key.
-        let text = toml::to_string(&table).map_err(|e| ConfigError(e.to_string()))?;
-        let config: BrokerConfig = toml::from_str(&text).map_err(|e| ConfigError(e.to_string()))?;
-        config.validate()?;
+        let (config, origins): (BrokerConfig, _) = crate::layers::load(file, env, LAYOUT)?;
+        config.validate().map_err(|e| e.blame(&origins))?;
         Ok(config)
     }
 
     /// Checks every bound; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let bad = |key: &str, why: &str| Err(ConfigError::invalid(key, why));
         let l = &self.limits;
         if self.durability.mode == DurabilityMode::Interval && !(1..=60_000).contains(&self.durability.interval_ms) {
             return bad("durability.interval_ms", "must be 1..=60000 in interval mode");
@@ -393,7 +398,7 @@ impl BrokerConfig {
             ..shardlog::Config::default()
         };
         if let Err(shardlog::Error::InvalidConfig { field, reason }) = storage.validate() {
-            return Err(ConfigError(format!("storage.{field}: {reason}")));
+            return Err(ConfigError::invalid(format!("storage.{field}"), reason));
         }
         if self.storage.min_free_percent > 90 {
             return bad("storage.min_free_percent", "must be 0..=90");
@@ -427,6 +432,9 @@ impl BrokerConfig {
         }
         if !(1_000..=30 * 86_400_000).contains(&self.reshard.scalings_window_ms) {
             return bad("reshard.scalings_window_ms", "must be 1000..=2592000000");
+        }
+        if !(100..=600_000).contains(&self.metrics.export_interval_ms) {
+            return bad("metrics.export_interval_ms", "must be 100..=600000");
         }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");
@@ -475,27 +483,6 @@ impl BrokerConfig {
             ..shardlog::Config::default()
         }
     }
-}
-
-/// An environment value is read as a TOML value when it is one (numbers,
-/// booleans, arrays), and as a string otherwise.
-fn parse_env_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut t = table;
-    for p in parents {
-        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry.as_table_mut().ok_or_else(|| format!("{p} is not a table"))?;
-    }
-    t.insert(last.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -561,6 +548,36 @@ mod tests {
         for (vars, key) in cases {
             let err = BrokerConfig::load(None, env(&vars)).expect_err("invalid config");
             assert!(err.to_string().contains(key), "{err} does not name {key}");
+            let (name, value) = vars[0];
+            assert!(err.to_string().contains(&format!("{name}={value}: ")), "{err} does not name {name}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_allowed_values() {
+        let err = BrokerConfig::load(None, env(&[("STREAM_BROKER_DURABILITY__MODE", "sometimes")])).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "configuration: STREAM_BROKER_DURABILITY__MODE=sometimes: durability.mode: \
+             unknown variant `sometimes`, expected one of `always`, `interval`, `never`"
+        );
+        // The file's own path is not a key.
+        BrokerConfig::load(None, env(&[("STREAM_BROKER_CONFIG", "/etc/x.toml")])).expect("CONFIG is skipped");
+    }
+
+    #[test]
+    fn file_errors_name_the_path_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("b.toml");
+        std::fs::write(&file, "data_dir = \"/d\"\n\n[durability]\nmode = \"interval\"\ninterval_ms = 0\n")
+            .expect("write");
+        let err = BrokerConfig::load(Some(&file), env(&[])).expect_err("interval_ms 0");
+        assert_eq!(
+            err.to_string(),
+            format!("configuration: {}:5: durability.interval_ms: must be 1..=60000 in interval mode", file.display())
+        );
+        std::fs::write(&file, "[limits]\nmax_streams = \"many\"\n").expect("write");
+        let err = BrokerConfig::load(Some(&file), env(&[])).expect_err("a string");
+        assert!(err.to_string().contains(&format!("{}:2: ", file.display())), "{err}");
     }
 }

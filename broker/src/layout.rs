@@ -543,7 +543,10 @@ mod tests {
         }
     }
 
-    fn without_times(meta: &StreamMeta) -> Vec<(u32, u128, u128, Option<u32>, Option<u32>, Option<u64>)> {
+    /// A shard without its times: index, hash range, parents, ending sequence number.
+    type Timeless = (u32, u128, u128, Option<u32>, Option<u32>, Option<u64>);
+
+    fn without_times(meta: &StreamMeta) -> Vec<Timeless> {
         meta.shards
             .iter()
             .map(|s| {

@@ -25,6 +25,7 @@ pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;
+pub mod layers;
 pub mod layout;
 pub mod metadata;
 pub mod quota;

@@ -1,5 +1,7 @@
 //! `stream-broker`: the daemon. Flags override the config file and the
-//! `STREAM_BROKER_*` environment; see `deploy/broker.toml`.
+//! `STREAM_BROKER_*` environment; see `deploy/broker.toml`. Logs go to
+//! stderr (`RUST_LOG`, `--log-format`); the one stdout line says where it
+//! listens.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,36 +10,40 @@ use std::sync::Arc;
 
 use broker::clock::{Clock, SystemClock};
 use broker::config::BrokerConfig;
+use broker::telemetry::LogFormat;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-/// A self-hosted, Kinesis-like streaming broker.
+/// stream-broker: a self-hosted, Kinesis-like streaming broker. Streams of
+/// shards, records acknowledged only once durable, consumer groups, served
+/// over gRPC; metrics and health on an HTTP admin port.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "stream-broker", version, after_help = broker::telemetry::LOG_HELP)]
 struct Args {
     /// TOML configuration file (every key is documented in deploy/broker.toml).
-    #[arg(long, env = "STREAM_BROKER_CONFIG")]
+    #[arg(long, env = "STREAM_BROKER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Data directory (overrides `data_dir`).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// gRPC listen address (overrides `grpc_addr`).
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// HTTP admin listen address (overrides `http_addr`).
-    #[arg(long)]
+    /// HTTP admin listen address: /metrics, /healthz, /readyz (overrides `http_addr`).
+    #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "STREAM_BROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = failpoints();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    let env = std::env::vars().filter(|(k, _)| k != "STREAM_BROKER_CONFIG");
+    broker::telemetry::init_logs(args.log_format, "info");
+    // The flags' own variables are not configuration keys.
+    let env = std::env::vars().filter(|(k, _)| k != "STREAM_BROKER_LOG_FORMAT");
     let mut config = match BrokerConfig::load(args.config.as_deref(), env) {
         Ok(c) => c,
         Err(e) => {
@@ -107,25 +113,23 @@ fn clock() -> Arc<dyn Clock> {
 async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
-        .map_err(|e| format!("grpc_addr {}: {e}", config.grpc_addr))?;
-    let http = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|e| format!("http_addr {}: {e}", config.http_addr))?;
+        .map_err(|e| format!("cannot listen on {} for gRPC (--grpc-addr, key grpc_addr): {e}", config.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
+        format!("cannot listen on {} for the admin port (--http-addr, key http_addr): {e}", config.http_addr)
+    })?;
+    // The handlers are in place before anyone learns where the broker
+    // listens, so a SIGTERM right after that line is a clean stop.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot listen for SIGINT: {e}"))?;
     // Tests and scripts that bind port 0 read the real addresses from here.
     println!("stream-broker listening grpc={} http={}", grpc.local_addr()?, http.local_addr()?);
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
             tracing::info!("shutdown signal received");

@@ -159,6 +159,12 @@ pub async fn run(
             }
         }
     });
+    let exporter = tokio::spawn(crate::telemetry::run_exporter(
+        catalog.clone(),
+        groups.clone(),
+        Duration::from_millis(config.metrics.export_interval_ms),
+        shutdown.clone(),
+    ));
     let streams_token = CancellationToken::new();
     let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone());
     console.attach(service.clone(), shutdown.clone());
@@ -210,6 +216,7 @@ pub async fn run(
     }
     let _ = janitor.await;
     let _ = sweeper.await;
+    let _ = exporter.await;
     let _ = disk_watch.await;
     catalog.close().await?;
     if let Ok(Err(e)) = admin.await {
@@ -267,7 +274,8 @@ fn limited_incoming(
     ReceiverStream::new(rx)
 }
 
-/// A TCP connection holding one of the connection permits.
+/// A TCP connection holding one of the connection permits; counted in
+/// `stream_broker_connections` while it lives.
 #[derive(Debug)]
 pub struct LimitedConn {
     stream: TcpStream,

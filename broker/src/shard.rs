@@ -289,7 +289,8 @@ struct ShardMetrics {
     writable: metrics::Gauge,
     failed: metrics::Gauge,
     fsync_seconds: metrics::Histogram,
-    group_requests: metrics::Histogram,
+    /// Produce requests one fdatasync covered (the group commit's size).
+    commit_batch_requests: metrics::Histogram,
 }
 
 impl ShardMetrics {
@@ -300,7 +301,7 @@ impl ShardMetrics {
             writable: metrics::gauge!("stream_broker_shard_writable", &labels),
             failed: metrics::gauge!("stream_broker_shard_failed", &labels),
             fsync_seconds: metrics::histogram!("stream_broker_fsync_seconds"),
-            group_requests: metrics::histogram!("stream_broker_group_commit_requests"),
+            commit_batch_requests: metrics::histogram!("stream_broker_commit_batch_requests"),
         }
     }
 }
@@ -985,7 +986,7 @@ impl Writer {
                         self.synced_at_ms = self.clock.now_ms();
                     }
                     self.unsynced = !sync;
-                    self.core.metrics.group_requests.record(acks.len() as f64);
+                    self.core.metrics.commit_batch_requests.record(acks.len() as f64);
                     // Before the acks, so that whoever sees an ack also sees the new end.
                     let end = log.reader().next_seq();
                     self.core.publish(end);

@@ -645,7 +645,7 @@ async fn admin_port_serves_metrics_and_health() {
         "stream_broker_records_in_total{stream=\"metered\"} 1",
         "stream_broker_bytes_in_total{stream=\"metered\"} 2",
         "stream_broker_fsync_seconds_bucket",
-        "stream_broker_group_commit_requests_bucket",
+        "stream_broker_commit_batch_requests_bucket",
         "stream_broker_request_duration_seconds_bucket",
         "stream_broker_shard_next_sequence{stream=\"metered\",shard=\"shardId-000000000000\"} 1",
     ] {

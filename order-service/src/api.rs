@@ -1,6 +1,14 @@
-//! The order HTTP API. Every error answers with
-//! `{"error":"<kind>","message":"…","fields":[…]}`; server faults are logged
-//! and answered without internals.
+//! The order HTTP API. Every error, an unknown route (404) or method (405)
+//! included, answers with `{"error":"<kind>","message":"…","fields":[…]}`;
+//! server faults are logged and answered without internals.
+//!
+//! - `POST /order` creates (idempotent with an `Idempotency-Key` header);
+//! - `POST /order/fulfill` fulfils; repeated with the same `fulfillmentId`
+//!   it answers 200 with the order as it is now, with another one 409;
+//! - `POST /order/delivered` marks delivered;
+//! - `GET /order/{id}` and `GET /orders?status=&limit=&cursor=` read;
+//! - `/healthz` (the process answers), `/readyz` (see [`crate::ready`]) and
+//!   `/metrics` (every metric `order_service_*`, see `docs/metrics.md`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +25,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CreateOrder, DeliverOrder, FulfillOrder, Invalid, Order, Status};
+use crate::ready::Readiness;
 use crate::store::{Store, StoreError};
 
 /// Counters shown on `/metrics`.
@@ -40,6 +49,9 @@ pub struct Metrics {
     pub handler_permanent_failures: Labeled,
     /// 1 while a group's shard waits to retry a record, by (group, "").
     pub consumer_blocked: Labeled,
+    /// When the relay last made progress (published an entry, or found the
+    /// outbox empty), in ms since the Unix epoch; 0 before its first pass.
+    pub outbox_progress_ms: AtomicU64,
 }
 
 /// Values by (group, kind); groups and kinds are a few fixed names.
@@ -80,6 +92,25 @@ impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Records that the relay made progress now.
+    pub fn outbox_progressed(&self) {
+        self.outbox_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long `pending` outbox entries have waited without any being
+    /// published; zero when none wait.
+    pub fn outbox_stalled(&self, pending: usize) -> std::time::Duration {
+        let since = self.outbox_progress_ms.load(Ordering::Relaxed);
+        if pending == 0 || since == 0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_millis(now_ms().saturating_sub(since))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Shared state of the handlers.
@@ -89,6 +120,8 @@ pub struct AppState {
     pub store: Store,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// What `/readyz` checks.
+    pub ready: Arc<Readiness>,
 }
 
 /// The router, with the body limit.
@@ -100,8 +133,18 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/order/{order_id}", get(get_order))
         .route("/orders", get(list_orders))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -233,8 +276,11 @@ async fn create(
 
 async fn fulfill(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Json<Order>, ApiError> {
     let req = FulfillOrder::parse(&body(b)?)?;
-    let order = durably(&s.store, "fulfil task", move |st| st.fulfill(&req)).await?;
-    Metrics::inc(&s.metrics.orders_fulfilled);
+    // A repeat is committed too: the first request may still be committing.
+    let (order, changed) = durably(&s.store, "fulfil task", move |st| st.fulfill(&req)).await?;
+    if changed {
+        Metrics::inc(&s.metrics.orders_fulfilled);
+    }
     Ok(Json(order))
 }
 
@@ -262,7 +308,7 @@ pub const LIST_SCAN_MAX: usize = 10_000;
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -299,55 +345,90 @@ async fn list_orders(
             ));
         }
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return Err(field_error(
-            StatusCode::BAD_REQUEST,
-            "limit",
-            format!("limit must be 1..={LIST_LIMIT_MAX}, got {limit}"),
-        ));
-    }
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=LIST_LIMIT_MAX).contains(&n) => n,
+            _ => {
+                return Err(field_error(
+                    StatusCode::BAD_REQUEST,
+                    "limit",
+                    format!("limit {l:?} must be 1..={LIST_LIMIT_MAX}"),
+                ));
+            }
+        },
+    };
+    let cursor = q.cursor.filter(|c| !c.is_empty());
     let store = s.store.clone();
     let (orders, next_cursor) =
-        tokio::task::spawn_blocking(move || store.list(status, limit, q.cursor.as_deref(), LIST_SCAN_MAX))
+        tokio::task::spawn_blocking(move || store.list(status, limit, cursor.as_deref(), LIST_SCAN_MAX))
             .await
             .map_err(|e| ApiError::internal("list task", e))??;
     Ok(Json(OrderPage { orders, next_cursor }))
 }
 
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    let stalled = s.metrics.outbox_stalled(s.store.outbox_len());
+    let problems = s.ready.problems(&s.store, stalled).await;
+    if problems.is_empty() {
+        return (StatusCode::OK, "ready\n".into());
+    }
+    let mut body = String::from("not ready\n");
+    for p in problems {
+        body.push_str(&p);
+        body.push('\n');
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let m = &s.metrics;
     let counters = [
-        ("orders_created_total", "Orders created.", &m.orders_created),
-        ("orders_fulfilled_total", "Orders fulfilled.", &m.orders_fulfilled),
-        ("orders_delivered_total", "Orders delivered.", &m.orders_delivered),
-        ("emails_sent_total", "Emails sent or written as .eml files.", &m.emails_sent),
-        ("dead_lettered_total", "Records sent to a dead-letter stream.", &m.dead_lettered),
-        ("events_published_total", "Outbox entries published to the broker.", &m.events_published),
+        (
+            "order_service_orders_created_total",
+            "Orders created (replays of an Idempotency-Key not counted).",
+            &m.orders_created,
+        ),
+        ("order_service_orders_fulfilled_total", "Orders fulfilled (repeats not counted).", &m.orders_fulfilled),
+        ("order_service_orders_delivered_total", "Orders delivered.", &m.orders_delivered),
+        ("order_service_emails_sent_total", "Emails sent or written as .eml files.", &m.emails_sent),
+        ("order_service_dead_lettered_total", "Records sent to a dead-letter stream.", &m.dead_lettered),
+        ("order_service_events_published_total", "Outbox entries published to the broker.", &m.events_published),
     ];
     let mut out = String::new();
+    let version = env!("CARGO_PKG_VERSION");
+    out.push_str(&format!(
+        "# HELP order_service_build_info Always 1; the label is the service's release.\n\
+         # TYPE order_service_build_info gauge\norder_service_build_info{{version=\"{version}\"}} 1\n"
+    ));
     for (name, help, c) in counters {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
     }
+    let pending = s.store.outbox_len();
     out.push_str(&format!(
-        "# HELP outbox_pending Outbox entries waiting for the broker.\n# TYPE outbox_pending gauge\noutbox_pending {}\n",
-        s.store.outbox_len()
+        "# HELP order_service_outbox_pending Outbox entries waiting for the broker.\n\
+         # TYPE order_service_outbox_pending gauge\norder_service_outbox_pending {pending}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP order_service_outbox_stalled_seconds How long entries have waited without any being published.\n\
+         # TYPE order_service_outbox_stalled_seconds gauge\norder_service_outbox_stalled_seconds {}\n",
+        m.outbox_stalled(pending).as_secs()
     ));
     m.handler_retries.render(
         &mut out,
-        "handler_retries_total",
+        "order_service_handler_retries_total",
         "Transient consumer failures, each followed by a retry of the record.",
         "counter",
     );
     m.handler_permanent_failures.render(
         &mut out,
-        "handler_permanent_failures_total",
+        "order_service_handler_permanent_failures_total",
         "Permanent consumer failures, dead-lettered without a retry.",
         "counter",
     );
     m.consumer_blocked.render(
         &mut out,
-        "consumer_blocked",
+        "order_service_consumer_blocked",
         "1 while the group's shard waits to retry a record that failed transiently.",
         "gauge",
     );

@@ -110,13 +110,16 @@ impl Default for Config {
     }
 }
 
-/// A configuration problem, naming the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
+pub use broker::layers::ConfigError;
+
+/// How the service's variables name keys: `ORDER_SERVICE_SMTP__HOST` → `smtp.host`.
+const LAYOUT: broker::layers::Layout<'static> =
+    broker::layers::Layout { prefix: ENV_PREFIX, not_keys: &["CONFIG", "STACK"], key_name: camel_case };
 
 impl Config {
-    /// Defaults, overlaid by `file` (if any), then by `ORDER_SERVICE_*` pairs of `env`.
+    /// Defaults, overlaid by `file` (if any), then by `ORDER_SERVICE_*` pairs
+    /// of `env` (but `ORDER_SERVICE_CONFIG`, the file's path). Errors name the
+    /// key and the variable or the file line its value came from.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         Self::load_over(toml::Table::new(), file, env)
     }
@@ -128,26 +131,8 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table = base;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-            let overlay =
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            merge(&mut table, overlay);
-        }
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-            // The variables of the --config and --stack flags name files, not keys.
-            if rest == "CONFIG" || rest == "STACK" {
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(camel_case).collect();
-            set_path(&mut table, &path, parse_env_value(&raw)).map_err(|e| ConfigError(format!("{name}: {e}")))?;
-        }
-        let config: Config =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
-        config.validate()?;
+        let (config, origins): (Config, _) = broker::layers::load_over(base, file, env, LAYOUT)?;
+        config.validate().map_err(|e| e.blame(&origins))?;
         Ok(config)
     }
 
@@ -163,7 +148,7 @@ impl Config {
             let ok =
                 (1..=120).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             if !ok {
-                return Err(ConfigError(format!("{key}: {v:?} must be 1..=120 of [a-zA-Z0-9_.-]")));
+                return Err(ConfigError::invalid(key, format!("{v:?} must be 1..=120 of [a-zA-Z0-9_.-]")));
             }
         }
         for (key, v) in [
@@ -171,38 +156,29 @@ impl Config {
             ("orderingSystemEmail", &self.ordering_system_email),
             ("customerServiceEmail", &self.customer_service_email),
         ] {
-            v.parse::<lettre::message::Mailbox>().map_err(|e| ConfigError(format!("{key}: {v:?}: {e}")))?;
+            v.parse::<lettre::message::Mailbox>().map_err(|e| ConfigError::invalid(key, format!("{v:?}: {e}")))?;
         }
         if let Some(url) = &self.delivery_webhook_url
             && !url.starts_with("http://")
         {
-            return Err(ConfigError(format!("deliveryWebhookUrl: {url:?} must be an http:// URL")));
+            return Err(ConfigError::invalid("deliveryWebhookUrl", format!("{url:?} must be an http:// URL")));
         }
         if self.consumer_retry_backoff_ms == 0 {
-            return Err(ConfigError("consumerRetryBackoffMs: must be at least 1".into()));
+            return Err(ConfigError::invalid("consumerRetryBackoffMs", "must be at least 1"));
         }
         if self.consumer_retry_backoff_max_ms < self.consumer_retry_backoff_ms {
-            return Err(ConfigError(format!(
-                "consumerRetryBackoffMaxMs: {} must be at least consumerRetryBackoffMs ({})",
-                self.consumer_retry_backoff_max_ms, self.consumer_retry_backoff_ms
-            )));
+            return Err(ConfigError::invalid(
+                "consumerRetryBackoffMaxMs",
+                format!(
+                    "{} must be at least consumerRetryBackoffMs ({})",
+                    self.consumer_retry_backoff_max_ms, self.consumer_retry_backoff_ms
+                ),
+            ));
         }
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError("maxBodyBytes: must be at least 1024".into()));
+            return Err(ConfigError::invalid("maxBodyBytes", "must be at least 1024"));
         }
         Ok(())
-    }
-}
-
-/// Overlays `top` on `base`, table by table.
-fn merge(base: &mut toml::Table, top: toml::Table) {
-    for (key, value) in top {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
-            (_, value) => {
-                base.insert(key, value);
-            }
-        }
     }
 }
 
@@ -222,34 +198,6 @@ fn camel_case(s: &str) -> String {
         }
     }
     out
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    if let Ok(n) = raw.parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.into()),
-    }
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    match path {
-        [] => Err("empty key".into()),
-        [key] => {
-            table.insert(key.clone(), value);
-            Ok(())
-        }
-        [head, rest @ ..] => {
-            let entry = table.entry(head.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match entry {
-                toml::Value::Table(t) => set_path(t, rest, value),
-                _ => Err(format!("{head} is not a table")),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -299,10 +247,14 @@ mod tests {
         assert_eq!(c.smtp.port, 2525);
         assert_eq!(c.delivery_simulator_delay_ms, 100);
         let e = Config::load(None, env(&[("ORDER_SERVICE_ORDER_STREAM_NAME", "bad name")])).expect_err("invalid");
-        assert!(e.0.contains("orderStreamName"), "{e}");
+        assert!(e.to_string().contains("ORDER_SERVICE_ORDER_STREAM_NAME=bad name: orderStreamName: "), "{e}");
         let e = Config::load(None, env(&[("ORDER_SERVICE_CONSUMER_RETRY_BACKOFF_MAX_MS", "10")])).expect_err("cap");
-        assert!(e.0.contains("consumerRetryBackoffMaxMs"), "{e}");
+        assert!(
+            e.to_string().contains("ORDER_SERVICE_CONSUMER_RETRY_BACKOFF_MAX_MS=10: consumerRetryBackoffMaxMs"),
+            "{e}"
+        );
         let e = Config::load(None, env(&[("ORDER_SERVICE_NO_SUCH_KEY", "1")])).expect_err("unknown");
-        assert!(e.0.contains("noSuchKey"), "{e}");
+        assert!(e.to_string().contains("noSuchKey"), "{e}");
+        Config::load(None, env(&[("ORDER_SERVICE_CONFIG", "/etc/x.toml")])).expect("CONFIG is the file, not a key");
     }
 }

@@ -127,15 +127,27 @@ pub struct Ctx {
 pub struct Stopped;
 
 /// Runs the three groups until `shutdown`.
-pub fn spawn_all(ctx: Arc<Ctx>, shutdown: &CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+/// Each group joins only once `ready` says the streams exist, and tells
+/// `ready` while it is joined.
+pub fn spawn_all(
+    ctx: Arc<Ctx>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+    ready: Arc<crate::ready::Readiness>,
+) {
     for spec in groups(&ctx.config) {
         ctx.metrics.consumer_blocked.set(spec.name, "", 0);
-        tasks.spawn(run_group(ctx.clone(), spec, shutdown.clone()));
+        tasks.spawn(run_group(ctx.clone(), spec, shutdown.clone(), ready.clone()));
     }
 }
 
-async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) {
+async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken, ready: Arc<crate::ready::Readiness>) {
     let (stream, group) = (spec.stream.clone(), spec.name);
+    // Joining before the stream exists would only fail and warn.
+    tokio::select! {
+        _ = ready.streams_created() => {}
+        _ = shutdown.cancelled() => return,
+    }
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let mut config = ConsumerConfig::new(group);
@@ -160,6 +172,7 @@ async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) 
         };
         failures = 0;
         tracing::info!(%stream, group, "consumer joined");
+        ready.set_joined(group, true);
         let (hctx, fctx, hstop, fstop) = (ctx.clone(), ctx.clone(), shutdown.clone(), shutdown.clone());
         let dlq = spec.dead_letter.clone();
         let result = consumer
@@ -169,6 +182,7 @@ async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken) 
                 shutdown.clone(),
             )
             .await;
+        ready.set_joined(group, false);
         if let Err(e) = result {
             failures += 1;
             tracing::error!(error = %e, %stream, group, "consumer stopped; rejoining");
@@ -212,11 +226,11 @@ pub async fn handle_batch(
     Ok(())
 }
 
-/// Capped exponential backoff within a total budget.
+/// The client's capped exponential backoff (`consumerRetryBackoffMs`
+/// doubling to `consumerRetryBackoffMaxMs`), within a total budget.
 struct Backoff {
     started: Instant,
-    next: Duration,
-    max: Duration,
+    schedule: client::Backoff,
     budget: Duration,
     attempts: u32,
 }
@@ -225,8 +239,10 @@ impl Backoff {
     fn new(c: &Config) -> Self {
         Self {
             started: Instant::now(),
-            next: Duration::from_millis(c.consumer_retry_backoff_ms),
-            max: Duration::from_millis(c.consumer_retry_backoff_max_ms),
+            schedule: client::Backoff::new(
+                Duration::from_millis(c.consumer_retry_backoff_ms),
+                Duration::from_millis(c.consumer_retry_backoff_max_ms),
+            ),
             budget: Duration::from_millis(c.consumer_retry_budget_ms),
             attempts: 0,
         }
@@ -234,9 +250,7 @@ impl Backoff {
 
     fn next_delay(&mut self) -> Duration {
         self.attempts += 1;
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
+        self.schedule.next_delay()
     }
 
     /// The next wait, or None once the budget is spent.

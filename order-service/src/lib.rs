@@ -6,7 +6,7 @@
 //!
 //! [`start`] wires everything and returns a handle; [`run`] runs until the
 //! shutdown token fires. `main.rs` only parses flags and calls [`run`] (or
-//! [`run_with_stack`] for `--stack`, see [`stack`]).
+//! [`start_with_stack`] for `--stack`, see [`stack`]).
 
 pub mod api;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod email;
 pub mod failure;
 pub mod http_client;
 pub mod model;
+pub mod ready;
 pub mod relay;
 pub mod stack;
 pub mod store;
@@ -113,16 +114,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     start(config, listener, shutdown).await?.wait().await
 }
 
-/// [`run`] with the streams and groups of a stack file ([`stack::load`]).
-pub async fn run_with_stack(
-    config: Config,
-    stack: client::stack::Stack,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    start_with_stack(config, Some(stack), listener, shutdown).await?.wait().await
-}
-
 /// Starts everything and returns at once; the API answers even while the
 /// broker is unreachable (events wait in the outbox).
 pub async fn start(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<Running, Error> {
@@ -148,12 +139,14 @@ pub async fn start_with_stack(
     let broker_addr = match &config.broker {
         Some(addr) => addr.clone(),
         None => {
-            let grpc = TcpListener::bind(config.broker_grpc_addr)
-                .await
-                .map_err(io(format!("bind broker gRPC {}", config.broker_grpc_addr)))?;
-            let admin = TcpListener::bind(config.broker_admin_addr)
-                .await
-                .map_err(io(format!("bind broker admin {}", config.broker_admin_addr)))?;
+            let grpc = TcpListener::bind(config.broker_grpc_addr).await.map_err(io(format!(
+                "cannot listen on {} for the embedded broker's gRPC (--broker-grpc-addr, key brokerGrpcAddr)",
+                config.broker_grpc_addr
+            )))?;
+            let admin = TcpListener::bind(config.broker_admin_addr).await.map_err(io(format!(
+                "cannot listen on {} for the embedded broker's metrics (--broker-admin-addr, key brokerAdminAddr)",
+                config.broker_admin_addr
+            )))?;
             let addr = grpc.local_addr().map_err(io("broker address"))?;
             // The embedded broker's console shows this service's orders.
             let console = broker::config::ConsoleConfig {
@@ -196,10 +189,14 @@ pub async fn start_with_stack(
     let metrics = Arc::new(api::Metrics::default());
     let mailer = email::Mailer::new(&config.smtp, config.data_dir.join("emails"))?;
 
+    let group_names = consumers::groups(&config).iter().map(|g| g.name).collect();
+    let ready = Arc::new(ready::Readiness::new(broker_addr.clone(), stream_names(&config), group_names));
     let mut tasks = JoinSet::new();
     match stack {
-        Some(stack) => tasks.spawn(stack::ensure(broker_addr.clone(), Arc::new(stack), shutdown.clone())),
-        None => tasks.spawn(ensure_streams(broker_addr.clone(), stream_names(&config), shutdown.clone())),
+        Some(stack) => {
+            tasks.spawn(stack::ensure(broker_addr.clone(), Arc::new(stack), ready.clone(), shutdown.clone()))
+        }
+        None => tasks.spawn(ensure_streams(broker_addr.clone(), ready.clone(), shutdown.clone())),
     };
     tasks.spawn(relay::run(store.clone(), broker_addr.clone(), metrics.clone(), shutdown.clone()));
     let ctx = Arc::new(consumers::Ctx {
@@ -211,9 +208,9 @@ pub async fn start_with_stack(
         self_url: format!("http://{}", reachable(http_addr)),
         http: http_client::HttpClient::default(),
     });
-    consumers::spawn_all(ctx, &shutdown, &mut tasks);
+    consumers::spawn_all(ctx, &shutdown, &mut tasks, ready.clone());
 
-    let app = api::router(api::AppState { store, metrics }, config.max_body_bytes);
+    let app = api::router(api::AppState { store, metrics, ready }, config.max_body_bytes);
     let server = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
     );
@@ -232,13 +229,16 @@ pub fn stream_names(c: &Config) -> Vec<String> {
     consumers::groups(c).into_iter().flat_map(|g| [g.stream, g.dead_letter]).collect()
 }
 
-/// Creates the streams (1 shard each) once the broker is reachable; an
-/// existing stream is fine.
-async fn ensure_streams(addr: String, names: Vec<String>, shutdown: CancellationToken) {
+/// Creates the streams (1 shard each) once the broker is reachable (an
+/// existing stream is fine), then lets the consumers join.
+async fn ensure_streams(addr: String, ready: Arc<ready::Readiness>, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        match create_streams(&addr, &names).await {
-            Ok(()) => return,
+        match create_streams(&addr, ready.streams()).await {
+            Ok(()) => {
+                ready.set_streams_created();
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "creating the streams failed; retrying");

@@ -1,15 +1,19 @@
 //! `order-service`: parses flags and configuration, then runs
-//! [`order_service::run`] until Ctrl-C or SIGTERM.
+//! [`order_service::start`] until Ctrl-C or SIGTERM. Logs go to stderr
+//! (`RUST_LOG`, `--log-format`); the one stdout line says where it listens.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use broker::telemetry::LogFormat;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// The cake-shop order service. Without `--broker` it runs the broker in-process.
+/// order-service: the cake-shop order system on stream-broker. An HTTP order
+/// API, an outbox relay and three consumer groups; without --broker it runs
+/// the broker in the same process.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "order-service", version, after_help = broker::telemetry::LOG_HELP)]
 struct Args {
     /// Configuration file (TOML; see deploy/order-service.toml).
     #[arg(long, env = "ORDER_SERVICE_CONFIG")]
@@ -28,20 +32,28 @@ struct Args {
     /// Use this broker (host:port or http://host:port) instead of the embedded one.
     #[arg(long, env = "ORDER_SERVICE_BROKER")]
     broker: Option<String>,
+    /// The embedded broker's gRPC listen address (key brokerGrpcAddr).
+    #[arg(long, value_name = "ADDR")]
+    broker_grpc_addr: Option<SocketAddr>,
+    /// The embedded broker's admin listen address, /metrics and /readyz (key brokerAdminAddr).
+    #[arg(long, value_name = "ADDR")]
+    broker_admin_addr: Option<SocketAddr>,
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "ORDER_SERVICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sled=warn,h2=warn".into()),
-        )
-        .init();
     let args = Args::parse();
+    broker::telemetry::init_logs(args.log_format, "info,sled=warn,h2=warn");
+    // The flags' own variables are not configuration keys.
+    let env = std::env::vars().filter(|(k, _)| k != "ORDER_SERVICE_LOG_FORMAT");
     let loaded = match &args.stack {
-        Some(path) => order_service::stack::load(path, args.config.as_deref(), std::env::vars())
-            .map(|(config, stack)| (config, Some(stack))),
-        None => order_service::Config::load(args.config.as_deref(), std::env::vars())
+        Some(path) => {
+            order_service::stack::load(path, args.config.as_deref(), env).map(|(config, stack)| (config, Some(stack)))
+        }
+        None => order_service::Config::load(args.config.as_deref(), env)
             .map(|config| (config, None))
             .map_err(order_service::Error::from),
     };
@@ -61,10 +73,25 @@ async fn main() -> std::process::ExitCode {
     if args.broker.is_some() {
         config.broker = args.broker;
     }
+    config.broker_grpc_addr = args.broker_grpc_addr.unwrap_or(config.broker_grpc_addr);
+    config.broker_admin_addr = args.broker_admin_addr.unwrap_or(config.broker_admin_addr);
     let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("order-service: bind {}: {e}", config.http_addr);
+            eprintln!(
+                "order-service: cannot listen on {} for the order API (--http-addr, key httpAddr): {e}",
+                config.http_addr
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The handlers are in place before the service says where it listens,
+    // so a SIGTERM right after that line is a clean stop.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("order-service: cannot listen for SIGTERM and SIGINT: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -72,42 +99,28 @@ async fn main() -> std::process::ExitCode {
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            wait_for_signal().await;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
             tracing::info!("shutting down");
             shutdown.cancel();
         }
     });
-    let ran = match stack {
-        Some(stack) => order_service::run_with_stack(config, stack, listener, shutdown).await,
-        None => order_service::run(config, listener, shutdown).await,
+    let running = match order_service::start_with_stack(config, stack, listener, shutdown).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("order-service: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
-    match ran {
+    // Scripts and tests that bind port 0 read the real addresses from here.
+    println!("order-service listening http={} broker={}", running.http_addr, running.broker_addr);
+    match running.wait().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("order-service: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -32,15 +32,18 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Metrics;
 use crate::store::{OutboxEntry, Store};
 
+/// First wait after a failed pass; doubles per failure.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest wait between attempts while the broker is unavailable.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Outbox entries read per pass.
 const PASS_ENTRIES_MAX: usize = 100;
 
-/// Exponential backoff from 50 ms, capped.
+/// The wait after `failures` failures in a row: 100 ms doubling to 2 s, by
+/// the client's one retry schedule.
 pub(crate) fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(50).saturating_mul(1 << failures.min(8)).min(BACKOFF_MAX)
+    client::Backoff::delay(failures, BACKOFF_BASE, BACKOFF_MAX)
 }
 
 struct Publisher {
@@ -76,6 +79,7 @@ impl Publisher {
 pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut publisher = Publisher { addr, producers: HashMap::new() };
     let mut failures = 0u32;
+    metrics.outbox_progressed();
     loop {
         let notified = store.outbox_changed.notified();
         if shutdown.is_cancelled() {
@@ -83,6 +87,7 @@ pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: Ca
         }
         let batch = match store.outbox_head(PASS_ENTRIES_MAX) {
             Ok(b) if b.is_empty() => {
+                metrics.outbox_progressed();
                 tokio::select! {
                     _ = notified => {}
                     _ = shutdown.cancelled() => return,
@@ -133,6 +138,7 @@ pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: Ca
                 Ok(()) => {
                     progressed = true;
                     Metrics::inc(&metrics.events_published);
+                    metrics.outbox_progressed();
                 }
                 Err(e) => {
                     failed.get_or_insert((e, stream.clone()));

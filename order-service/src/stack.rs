@@ -110,7 +110,12 @@ pub fn check(stack: &Stack, config: &Config) -> Result<(), client::Error> {
 
 /// Creates what `stack` declares and the broker lacks, retrying until it
 /// succeeds or `shutdown` fires; logs every difference it does not apply.
-pub(crate) async fn ensure(addr: String, stack: Arc<Stack>, shutdown: CancellationToken) {
+pub(crate) async fn ensure(
+    addr: String,
+    stack: Arc<Stack>,
+    ready: Arc<crate::ready::Readiness>,
+    shutdown: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
         match create_missing(&addr, &stack).await {
@@ -122,6 +127,7 @@ pub(crate) async fn ensure(addr: String, stack: Arc<Stack>, shutdown: Cancellati
                         "the broker differs from the stack; `streamctl stack deploy` applies what it can"
                     );
                 }
+                ready.set_streams_created();
                 return;
             }
             Err(e) => {

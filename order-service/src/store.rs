@@ -281,16 +281,29 @@ impl Store {
     }
 
     /// `placed → fulfilled`, with its `order_fulfilled` event.
-    pub fn fulfill(&self, req: &FulfillOrder) -> Result<Order, StoreError> {
+    pub fn fulfill(&self, req: &FulfillOrder) -> Result<(Order, bool), StoreError> {
         let stream = &self.streams.orders;
-        let order = (&self.orders, &self.outbox).transaction(|(orders, outbox)| {
+        let (order, changed) = (&self.orders, &self.outbox).transaction(|(orders, outbox)| {
             let mut order = read_order(orders, &req.order_id)?;
             if order.status != Status::Placed {
-                return abort(StoreError::Conflict(format!(
-                    "order {} is {}; only a placed order can be fulfilled",
-                    order.order_id,
-                    status_name(order.status)
-                )));
+                // A repeat of the same fulfilment (a retried request) is
+                // answered with the order as it is now; another one is a conflict.
+                if order.fulfillment_id.as_deref() == Some(req.fulfillment_id.as_str()) {
+                    return Ok((order, false));
+                }
+                return abort(StoreError::Conflict(match &order.fulfillment_id {
+                    Some(by) => format!(
+                        "order {} was already fulfilled by {by}, not {} (it is {} now)",
+                        order.order_id,
+                        req.fulfillment_id,
+                        status_name(order.status)
+                    ),
+                    None => format!(
+                        "order {} is {}; only a placed order can be fulfilled",
+                        order.order_id,
+                        status_name(order.status)
+                    ),
+                }));
             }
             let now = now_ms();
             order.status = Status::Fulfilled;
@@ -298,10 +311,12 @@ impl Store {
             order.fulfillment_date = Some(now);
             orders.insert(order.order_id.as_bytes(), encode(&order)?)?;
             enqueue(outbox, stream, &Envelope::about(event_type::ORDER_FULFILLED, &order, now))?;
-            Ok(order)
+            Ok((order, true))
         })?;
-        self.committed();
-        Ok(order)
+        if changed {
+            self.committed();
+        }
+        Ok((order, changed))
     }
 
     /// `fulfilled → delivered`, with its `order_delivered` event and the
@@ -504,8 +519,12 @@ mod tests {
             DeliverOrder { order_id: o.order_id.clone(), delivery_company_id: "d".into(), order_review: "ok".into() };
         assert!(matches!(s.deliver(&deliver), Err(StoreError::Conflict(_))));
         let f = FulfillOrder { order_id: o.order_id.clone(), fulfillment_id: "f".into() };
-        assert_eq!(s.fulfill(&f).expect("fulfil").status, Status::Fulfilled);
-        assert!(matches!(s.fulfill(&f), Err(StoreError::Conflict(_))));
+        let (fulfilled, changed) = s.fulfill(&f).expect("fulfil");
+        assert_eq!((fulfilled.status, changed), (Status::Fulfilled, true));
+        // The same fulfilment again changes nothing and writes no event.
+        assert_eq!(s.fulfill(&f).expect("repeat"), (fulfilled, false));
+        let other = FulfillOrder { order_id: o.order_id.clone(), fulfillment_id: "g".into() };
+        assert!(matches!(s.fulfill(&other), Err(StoreError::Conflict(_))));
         assert!(s.send_to_delivery("g", "e1", &o.order_id).expect("send"));
         assert!(!s.send_to_delivery("g", "e1", &o.order_id).expect("send again"));
         assert_eq!(s.deliver(&deliver).expect("deliver").status, Status::Delivered);

@@ -112,8 +112,16 @@ async fn the_state_machine_rejects_illegal_transitions() {
     assert_eq!(r.json()["status"], "fulfilled");
     assert_eq!(r.json()["fulfillmentId"], "CakeProducer1");
     assert!(r.json()["fulfillmentDate"].as_u64().is_some());
+    let first = r.json();
+    // A repeat with the same fulfillmentId is answered with the order as it is.
     let r = post(svc.addr, "/order/fulfill", &fulfil).await;
-    assert_eq!(r.status, 409, "fulfil twice: {}", r.body);
+    assert_eq!(r.status, 200, "fulfil twice: {}", r.body);
+    assert_eq!(r.json(), first);
+    let other = json!({"orderId": id, "fulfillmentId": "CakeProducer2"}).to_string();
+    let r = post(svc.addr, "/order/fulfill", &other).await;
+    assert_eq!((r.status, r.json()["error"].clone()), (409, json!("invalid_transition")), "{}", r.body);
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("CakeProducer1")), "{}", r.body);
+    assert_eq!(metric(svc.addr, "order_service_orders_fulfilled_total").await, 1, "a repeat is not counted");
     let unknown = json!({"orderId": "0190d1e8-0000-7000-8000-000000000000", "fulfillmentId": "CakeProducer1"});
     let r = post(svc.addr, "/order/fulfill", &unknown.to_string()).await;
     assert_eq!((r.status, r.json()["error"].clone()), (404, json!("order_not_found")));
@@ -122,7 +130,10 @@ async fn the_state_machine_rejects_illegal_transitions() {
     let r = post(svc.addr, "/order/delivered", &deliver).await;
     assert_eq!(r.status, 409, "deliver twice: {}", r.body);
     let r = post(svc.addr, "/order/fulfill", &fulfil).await;
-    assert_eq!(r.status, 409, "fulfil after delivery: {}", r.body);
+    assert_eq!(r.status, 200, "the same fulfilment after delivery: {}", r.body);
+    assert_eq!(r.json()["status"], "delivered", "the order as it is now");
+    let r = post(svc.addr, "/order/fulfill", &other).await;
+    assert_eq!(r.status, 409, "another fulfilment after delivery: {}", r.body);
     svc.running.stop().await.expect("clean stop");
 }
 
@@ -154,5 +165,79 @@ async fn a_retried_create_with_the_same_idempotency_key_creates_one_order_and_on
     assert_eq!(e["version"], 1);
     assert!(e["eventId"].is_string() && e["occurredAt"].is_u64());
     assert_eq!(e["order"]["orderId"], e["orderId"]);
+    svc.running.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_answer_json_and_orders_list_in_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    config.delivery_simulator_delay_ms = 60_000;
+    let svc = start(config).await;
+    let r = get(svc.addr, "/order/fulfill").await;
+    assert_eq!((r.status, r.json()["error"].clone()), (405, json!("method_not_allowed")), "{}", r.body);
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("GET")), "{}", r.body);
+    let r = get(svc.addr, "/no/such/route").await;
+    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("not_found")), "{}", r.body);
+
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(post(svc.addr, "/order", SEED_ORDER).await.json()["orderId"].as_str().expect("id").to_string());
+    }
+    let fulfil = json!({"orderId": ids[1], "fulfillmentId": "CakeProducer1"}).to_string();
+    assert_eq!(post(svc.addr, "/order/fulfill", &fulfil).await.status, 200);
+
+    // Pages of two, newest first, until no cursor.
+    let mut seen = Vec::new();
+    let mut path = "/orders?limit=2".to_string();
+    loop {
+        let page = get(svc.addr, &path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let body = page.json();
+        let orders = body["orders"].as_array().expect("orders").clone();
+        assert!(orders.len() <= 2);
+        seen.extend(orders.iter().map(|o| o["orderId"].as_str().expect("id").to_string()));
+        match body["nextCursor"].as_str() {
+            Some(c) => path = format!("/orders?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids.iter().rev().cloned().collect::<Vec<_>>());
+    let placed = get(svc.addr, "/orders?status=placed").await.json();
+    assert_eq!(placed["orders"].as_array().expect("orders").len(), 4);
+    let fulfilled = get(svc.addr, "/orders?status=fulfilled").await.json();
+    assert_eq!(fulfilled["orders"][0]["orderId"], ids[1].as_str());
+    assert_eq!(fulfilled["nextCursor"], json!(null));
+    for (query, field) in [("status=lost", "status"), ("limit=0", "limit"), ("limit=x", "limit")] {
+        let r = get(svc.addr, &format!("/orders?{query}")).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert_eq!(r.fields(), vec![field.to_string()], "{query}");
+    }
+    svc.running.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_streams_and_groups_and_names_an_unreachable_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = start(test_config(dir.path())).await;
+    eventually(Duration::from_secs(60), "ready", || async {
+        let r = get(svc.addr, "/readyz").await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get(svc.addr, "/healthz").await.status, 200);
+    svc.running.stop().await.expect("clean stop");
+
+    // An external broker that is not there: alive, not ready, and why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    let gone = free_port().await;
+    config.broker = Some(gone.to_string());
+    let svc = start(config).await;
+    let r = get(svc.addr, "/readyz").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains(&format!("the broker at {gone}")), "{}", r.body);
+    assert!(r.body.contains("consumer groups not joined yet: external-parties"), "{}", r.body);
+    assert_eq!(get(svc.addr, "/healthz").await.status, 200, "liveness only");
     svc.running.stop().await.expect("clean stop");
 }

@@ -113,7 +113,7 @@ async fn fulfilled_order(svc: &Svc) -> String {
     id
 }
 
-const DELIVERY_BLOCKED: &str = r#"consumer_blocked{group="delivery-company"}"#;
+const DELIVERY_BLOCKED: &str = r#"order_service_consumer_blocked{group="delivery-company"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_down_for_two_seconds_gets_the_order_once_and_nothing_is_dead_lettered() {
@@ -140,12 +140,13 @@ async fn a_webhook_down_for_two_seconds_gets_the_order_once_and_nothing_is_dead_
         (metric(svc.addr, DELIVERY_BLOCKED).await == 0).then_some(())
     })
     .await;
-    let retries = metric(svc.addr, r#"handler_retries_total{group="delivery-company",kind="server_error"}"#).await;
+    let retries =
+        metric(svc.addr, r#"order_service_handler_retries_total{group="delivery-company",kind="server_error"}"#).await;
     assert!(retries >= 1, "retries counted: {}", get(svc.addr, "/metrics").await.body);
     assert_eq!(calls.accepted().len(), 1, "delivered once: {:?}", calls.calls());
     assert!(calls.calls().iter().all(|(b, _)| b["eventId"] == body["eventId"]), "one event: {:?}", calls.calls());
     assert!(stream_json(&svc.running.broker_addr, "deliveryServiceQueue-dlq").await.is_empty());
-    assert_eq!(metric(svc.addr, "dead_lettered_total").await, 0);
+    assert_eq!(metric(svc.addr, "order_service_dead_lettered_total").await, 0);
     svc.running.stop().await.expect("clean stop");
 }
 
@@ -166,7 +167,8 @@ async fn a_webhook_answering_400_dead_letters_the_order_at_once() {
     assert_eq!((dead["permanent"].clone(), dead["attempts"].clone()), (json!(true), json!(1)), "{dead}");
     assert_eq!(calls.calls().len(), 1, "no retry of a 400: {:?}", calls.calls());
     let permanent =
-        metric(svc.addr, r#"handler_permanent_failures_total{group="delivery-company",kind="rejected"}"#).await;
+        metric(svc.addr, r#"order_service_handler_permanent_failures_total{group="delivery-company",kind="rejected"}"#)
+            .await;
     assert_eq!(permanent, 1, "{}", get(svc.addr, "/metrics").await.body);
     svc.running.stop().await.expect("clean stop");
 }
@@ -207,12 +209,12 @@ async fn an_smtp_server_refusing_connections_for_a_while_gets_the_mail_once_it_i
     config.smtp.starttls = false;
     let svc = start(config).await;
     let id = post(svc.addr, "/order", SEED_ORDER).await.json()["orderId"].as_str().expect("id").to_string();
-    let refused = r#"handler_retries_total{group="external-parties",kind="unreachable"}"#;
+    let refused = r#"order_service_handler_retries_total{group="external-parties",kind="unreachable"}"#;
     eventually(LIMIT, "retries while SMTP refuses connections", || async {
         (metric(svc.addr, refused).await >= 3).then_some(())
     })
     .await;
-    assert_eq!(metric(svc.addr, r#"consumer_blocked{group="external-parties"}"#).await, 1);
+    assert_eq!(metric(svc.addr, r#"order_service_consumer_blocked{group="external-parties"}"#).await, 1);
     let smtp = smtp_server_on(tokio::net::TcpListener::bind(smtp_addr).await.expect("bind SMTP"), Default::default());
     let mail = eventually(LIMIT, "the mail", || async { smtp.messages().into_iter().next() }).await;
     assert!(mail.contains(&id), "{mail}");

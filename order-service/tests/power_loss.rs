@@ -23,8 +23,8 @@ struct Service {
 }
 
 impl Service {
-    /// Starts the service on `data_dir` and waits for its "order service
-    /// started" log line, which names the HTTP address.
+    /// Starts the service on `data_dir` and waits for its "listening" line
+    /// on stdout, which names the HTTP address.
     fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_order-service"))
             .env("ORDER_SERVICE_DATA_DIR", data_dir)
@@ -47,11 +47,11 @@ impl Service {
                 let status = child.wait().expect("reap");
                 panic!("order-service exited before it started: {status}");
             }
-            if line.contains("order service started") {
-                addr = line.split_whitespace().find_map(|w| w.strip_prefix("http_addr=")?.parse().ok());
+            if line.starts_with("order-service listening ") {
+                addr = line.split_whitespace().find_map(|w| w.strip_prefix("http=")?.parse().ok());
             }
         }
-        // Keep draining the log so the service never blocks on a full pipe.
+        // Keep draining stdout so the service never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         Self { child, addr: addr.expect("checked by the loop") }
     }

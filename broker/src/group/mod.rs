@@ -30,7 +30,7 @@
 //! - **At-least-once.** A new owner starts from the checkpoint, so records
 //!   delivered but not committed are delivered again. Records removed by
 //!   retention before the group processed them are the only ones skipped
-//!   (counted in `stream_broker_group_skipped_records_total` and logged).
+//!   (counted in `stream_broker_consumer_group_skipped_records_total` and logged).
 //! - **Fair reads, metered like GetRecords.** A poll shares `max_records`
 //!   and its byte budget among the member's shards that have records,
 //!   starting at a rotating shard. Reading a shard takes one read call and
@@ -362,7 +362,7 @@ impl Group {
                 Some(l) => {
                     if l.revoking_since_ms.is_none() {
                         l.revoking_since_ms = Some(now_ms);
-                        metrics::counter!("stream_broker_group_revocations_total").increment(1);
+                        metrics::counter!("stream_broker_consumer_group_revocations_total").increment(1);
                         changed = true;
                     }
                 }
@@ -376,13 +376,13 @@ impl Group {
     fn grant(&mut self, shard: u32, owner: String) {
         self.next_epoch += 1;
         self.leases.insert(shard, Lease { owner, epoch: self.next_epoch, revoking_since_ms: None, delivered: None });
-        metrics::counter!("stream_broker_group_lease_grants_total").increment(1);
+        metrics::counter!("stream_broker_consumer_group_lease_grants_total").increment(1);
     }
 
     fn add_member(&mut self, member: Member, now_ms: u64) -> usize {
         self.members.push(member);
         self.generation += 1;
-        metrics::counter!("stream_broker_group_rebalances_total").increment(1);
+        metrics::counter!("stream_broker_consumer_group_rebalances_total").increment(1);
         self.rebalance(now_ms);
         self.members.len() - 1
     }
@@ -391,7 +391,7 @@ impl Group {
         let gone = self.members.remove(m);
         self.leases.retain(|_, l| l.owner != gone.id);
         self.generation += 1;
-        metrics::counter!("stream_broker_group_rebalances_total").increment(1);
+        metrics::counter!("stream_broker_consumer_group_rebalances_total").increment(1);
         self.rebalance(now_ms);
     }
 
@@ -418,7 +418,7 @@ impl Group {
             .collect();
         for s in &overdue {
             tracing::warn!(group = %self.meta.name, shard = %shard_id(*s), "revoked shard not released in time; moving it");
-            metrics::counter!("stream_broker_group_forced_revocations_total").increment(1);
+            metrics::counter!("stream_broker_consumer_group_forced_revocations_total").increment(1);
             self.leases.remove(s);
         }
         if !overdue.is_empty() {
@@ -493,6 +493,41 @@ fn start_for(group: &GroupMeta, shard: &ShardMeta) -> StartPosition {
 }
 
 /// The first sequence number of a shard for a start position. Blocking.
+/// A group's lag on one shard: records after its checkpoint (or its start
+/// position, before the first commit) and the age in ms of the oldest of
+/// them. A failed shard shows no lag (its state is in DescribeStream); the
+/// group's other shards still do. Blocking reads.
+fn shard_lag(sh: &Shard, checkpoint: Option<u64>, start: StartPosition, now: u64) -> Result<(u64, u64)> {
+    let Ok(r) = sh.reader() else { return Ok((0, 0)) };
+    let base = match checkpoint {
+        Some(c) => c,
+        None => resolve(sh, start)?,
+    };
+    let base = base.max(r.first_seq());
+    let lag = r.next_seq().saturating_sub(base);
+    // The age of the oldest unprocessed record; damage there leaves it unknown (0).
+    let age = match r.read(base, 1, 1) {
+        Ok(b) if lag > 0 => b.records.first().map_or(0, |rec| now.saturating_sub(rec.timestamp_ms)),
+        _ => 0,
+    };
+    Ok((lag, age))
+}
+
+/// One group's lag on one shard, as [`GroupManager::lag`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    /// Stream name.
+    pub stream: String,
+    /// Group name.
+    pub group: String,
+    /// Shard id.
+    pub shard: String,
+    /// Records not yet committed.
+    pub records: u64,
+    /// Age of the oldest of them, in ms (0 when none).
+    pub ms: u64,
+}
+
 fn resolve(shard: &Shard, start: StartPosition) -> Result<u64> {
     let r = shard.reader()?;
     Ok(match start {
@@ -893,26 +928,8 @@ impl GroupManager {
                 info.parents().filter(|p| layout.info(*p).is_some() && !finished.contains(p)).collect();
             let start = start_for(&g.meta, info);
             // A failed shard shows no lag (its state is in DescribeStream); the group's other shards still do.
-            let (lag_records, lag_ms) = if done {
-                (0, 0)
-            } else {
-                blocking(move || {
-                    let Ok(r) = shard.reader() else { return Ok((0, 0)) };
-                    let base = match checkpoint {
-                        Some(c) => c,
-                        None => resolve(&shard, start)?,
-                    };
-                    let base = base.max(r.first_seq());
-                    let lag = r.next_seq().saturating_sub(base);
-                    // The age of the oldest unprocessed record; damage there leaves it unknown (0).
-                    let age = match r.read(base, 1, 1) {
-                        Ok(b) if lag > 0 => b.records.first().map_or(0, |rec| now.saturating_sub(rec.timestamp_ms)),
-                        _ => 0,
-                    };
-                    Ok((lag, age))
-                })
-                .await?
-            };
+            let (lag_records, lag_ms) =
+                if done { (0, 0) } else { blocking(move || shard_lag(&shard, checkpoint, start, now)).await? };
             let lease = g.leases.get(&s);
             shards.push(ShardInfo {
                 shard: s,
@@ -928,6 +945,51 @@ impl GroupManager {
             });
         }
         Ok(GroupInfo { stream: stream.to_string(), meta: g.meta.clone(), generation: g.generation, members, shards })
+    }
+
+    /// Every group's lag on every shard, for `/metrics`. Reads only: it
+    /// takes each group's lock just long enough to copy its checkpoints, and
+    /// neither expires sessions nor touches a lease.
+    pub async fn lag(&self) -> Vec<GroupLag> {
+        let groups: Vec<_> = self.groups.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        for group in groups {
+            // Per kept shard: the shard, its checkpoint, where it starts
+            // without one, and whether the group is done with it (a closed
+            // parent read to its end has no lag).
+            let (stream, name, shards) = {
+                let g = group.lock().await;
+                let layout = g.stream.layout();
+                let finished = assign::finished(&g.nodes(&layout));
+                let shards: Vec<_> = layout
+                    .tree()
+                    .iter()
+                    .filter(|info| info.is_kept())
+                    .filter_map(|info| {
+                        let shard = layout.shard(info.index)?.clone();
+                        let checkpoint = g.checkpoints.get(&info.index).copied();
+                        Some((shard, checkpoint, start_for(&g.meta, info), finished.contains(&info.index)))
+                    })
+                    .collect();
+                (g.stream.meta().name, g.meta.name.clone(), shards)
+            };
+            let rows = blocking(move || {
+                Ok(shards
+                    .iter()
+                    .filter_map(|(sh, checkpoint, start, done)| {
+                        let lag = if *done { (0, 0) } else { shard_lag(sh, *checkpoint, *start, now).ok()? };
+                        Some((sh.id.clone(), lag))
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or_default();
+            for (shard, (records, ms)) in rows {
+                out.push(GroupLag { stream: stream.clone(), group: name.clone(), shard, records, ms });
+            }
+        }
+        out
     }
 
     /// Every group, optionally of one stream: (stream name, group name).
@@ -1098,7 +1160,7 @@ async fn read_fairly(
             let first = reader.first_seq();
             let start = if from < first {
                 tracing::warn!(group = %group, shard = %shard.id, from, to = first, "records expired before the group processed them; skipping to the trim horizon");
-                metrics::counter!("stream_broker_group_skipped_records_total").increment(first - from);
+                metrics::counter!("stream_broker_consumer_group_skipped_records_total").increment(first - from);
                 first
             } else {
                 from
@@ -1110,7 +1172,7 @@ async fn read_fairly(
                 Err(e) => {
                     let e = BrokerError::from_read(e, &shard.id, "shards.next_sequence_number");
                     tracing::warn!(group = %group, shard = %shard.id, error = %e, "a group read failed; the shard is skipped");
-                    metrics::counter!("stream_broker_group_read_errors_total").increment(1);
+                    metrics::counter!("stream_broker_consumer_group_read_errors_total").increment(1);
                     continue;
                 }
             };
