@@ -22,6 +22,7 @@
 //! Errors are [`crate::BrokerError`], the broker's one error enum, which
 //! carries no transport meaning; each edge maps it in one module.
 
+mod attributes;
 mod control;
 mod put;
 mod read;
@@ -33,14 +34,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-pub use control::{CommitCheckpoint, GroupBatch, GroupPolled, PollRequest, RepairResult};
+pub use attributes::{
+    CONSUMERS_CREATING_MAX, CONSUMERS_PER_STREAM_MAX, CommitmentStatus, ConsumerStatus, MonitoringChange,
+    ON_DEMAND_SHARD_COUNT, SHARD_LEVEL_METRICS, TAGS_MAX, validate_consumer_name, validate_tags,
+};
+pub use control::{CommitCheckpoint, GroupBatch, GroupPolled, LIST_STREAMS_LIMIT_MAX, PollRequest, RepairResult};
 pub use put::{PendingPut, PutRecordsResult, RecordFailure, RecordFailureKind};
-pub use subscribe::{BufferBudget, SubscribeEvent, Subscription};
+pub use subscribe::{BufferBudget, SubscribeEvent, Subscription, TAKEOVER_AFTER_MS};
 
-use crate::catalog::{Catalog, Stream};
+use crate::catalog::{Catalog, CreateStream, Stream};
 use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
 use crate::iterator::IteratorSigner;
+use crate::metadata::StreamMode;
 use crate::shard::{Shard, parse_shard_id};
 
 /// Most records in one PutRecords request.
@@ -146,6 +152,40 @@ pub struct GetRecordsResult {
     pub shard: u32,
 }
 
+/// A CreateStream with the attributes of the Kinesis API.
+#[derive(Debug, Clone, Default)]
+pub struct CreateStreamWith {
+    /// The stream; `shard_count` is replaced for an on-demand stream.
+    pub stream: CreateStream,
+    /// Provisioned or on-demand.
+    pub mode: StreamMode,
+    /// Its tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// An on-demand stream's warm throughput target, MiB/s.
+    pub warm_throughput_mibps: Option<u32>,
+}
+
+/// One shard of a stream as the APIs describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    /// Its index in the stream.
+    pub index: u32,
+    /// `shardId-NNNNNNNNNNNN`.
+    pub shard_id: String,
+    /// Inclusive hash key range.
+    pub hash_range: (u128, u128),
+    /// The shard it was split from or merged into it, if any.
+    pub parent: Option<u32>,
+    /// The other shard of a merge, if any.
+    pub adjacent_parent: Option<u32>,
+    /// Oldest stored sequence number (0 while the log cannot be read).
+    pub first_seq: u64,
+    /// The next sequence number to be written.
+    pub next_seq: u64,
+    /// The last sequence number of a closed shard.
+    pub ending_seq: Option<u64>,
+}
+
 /// The transport-neutral broker service, shared by every edge.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -154,6 +194,9 @@ pub struct Service {
     signer: IteratorSigner,
     shutdown: CancellationToken,
     buffers: BufferBudget,
+    /// Serialises read-modify-writes of stream attributes and account settings.
+    attributes_lock: Arc<tokio::sync::Mutex<()>>,
+    subscriptions: Arc<subscribe::ConsumerSubscriptions>,
 }
 
 impl Service {
@@ -171,7 +214,15 @@ impl Service {
             limits.subscription_buffer_bytes,
             limits.subscription_reads_concurrent,
         );
-        Self { catalog, groups, signer, shutdown, buffers }
+        Self {
+            catalog,
+            groups,
+            signer,
+            shutdown,
+            buffers,
+            attributes_lock: Arc::default(),
+            subscriptions: Arc::default(),
+        }
     }
 
     /// The stream catalogue.
@@ -208,6 +259,27 @@ impl Service {
             .get(index as usize)
             .cloned()
             .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.meta().name, shard_id: shard_id.to_string() })
+    }
+
+    /// Every shard of `stream`, in index order.
+    pub fn shards(stream: &Stream) -> Vec<ShardView> {
+        stream
+            .shards
+            .iter()
+            .map(|s| {
+                let stats = s.stats().unwrap_or_default();
+                ShardView {
+                    index: s.index,
+                    shard_id: s.id.clone(),
+                    hash_range: s.hash_range,
+                    parent: None,
+                    adjacent_parent: None,
+                    first_seq: stats.first_seq,
+                    next_seq: stats.next_seq,
+                    ending_seq: None,
+                }
+            })
+            .collect()
     }
 }
 

@@ -64,7 +64,7 @@ impl Broker {
         let spawned = Instant::now();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stream-broker"));
         cmd.args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in BASE_ENV.iter().chain(env) {
