@@ -35,6 +35,14 @@ pub enum BrokerError {
         /// The requested shard id.
         shard_id: String,
     },
+    /// The stream has no registered consumer of this name.
+    #[error("consumer {consumer:?} of stream {stream:?} not found")]
+    ConsumerNotFound {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
+    },
     /// A quota or a capacity limit was hit; retry after the hint.
     #[error("{what}; retry after {retry_after_ms} ms")]
     Throttled {
@@ -195,6 +203,11 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// A [`BrokerError::ResourceInUse`] saying what is in the way.
+    pub fn in_use(what: impl Into<String>) -> Self {
+        Self::ResourceInUse { what: what.into() }
+    }
+
     /// An [`BrokerError::InvalidArgument`] naming `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
@@ -219,6 +232,7 @@ impl BrokerError {
             Self::StreamNotFound { .. } => "StreamNotFound",
             Self::StreamExists { .. } => "StreamExists",
             Self::ShardNotFound { .. } => "ShardNotFound",
+            Self::ConsumerNotFound { .. } => "ConsumerNotFound",
             Self::GroupNotFound { .. } => "GroupNotFound",
             Self::UnknownMember { .. } => "UnknownMember",
             Self::Fenced { .. } => "Fenced",

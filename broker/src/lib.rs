@@ -3,7 +3,8 @@
 //! [`server::run`]; tests start the same server in-process through
 //! [`testing::TestBroker`].
 //!
-//! Map of the data path: an edge ([`grpc`]) decodes a request into a
+//! Map of the data path: an edge ([`grpc`], or the Kinesis-compatible
+//! HTTP API in [`kinesis`]) decodes a request into a
 //! [`service`] call, where a produce is validated and routed (MD5 hash
 //! ranges, [`routing`]), admitted by the shard's token buckets
 //! ([`quota`]), queued to the shard's single writer ([`shard`], run on the
@@ -25,6 +26,7 @@ pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;
+pub mod kinesis;
 pub mod layers;
 pub mod layout;
 pub mod metadata;

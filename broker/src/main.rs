@@ -32,6 +32,9 @@ struct Args {
     /// HTTP admin listen address: /metrics, /healthz, /readyz (overrides `http_addr`).
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Kinesis API listen address (overrides `kinesis.addr`).
+    #[arg(long, value_name = "ADDR")]
+    kinesis_addr: Option<SocketAddr>,
     /// Log lines as text or as JSON objects.
     #[arg(long, env = "STREAM_BROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     config.data_dir = args.data_dir.unwrap_or(config.data_dir);
     config.grpc_addr = args.grpc_addr.unwrap_or(config.grpc_addr);
     config.http_addr = args.http_addr.unwrap_or(config.http_addr);
+    config.kinesis.addr = args.kinesis_addr.unwrap_or(config.kinesis.addr);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -117,13 +121,29 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let http = tokio::net::TcpListener::bind(config.http_addr).await.map_err(|e| {
         format!("cannot listen on {} for the admin port (--http-addr, key http_addr): {e}", config.http_addr)
     })?;
+    let kinesis = match config.kinesis.enabled {
+        true => Some(tokio::net::TcpListener::bind(config.kinesis.addr).await.map_err(|e| {
+            format!(
+                "cannot listen on {} for the Kinesis API (--kinesis-addr, key kinesis.addr; \
+                 kinesis.enabled = false turns it off): {e}",
+                config.kinesis.addr
+            )
+        })?),
+        false => None,
+    };
+    let kinesis_addr = kinesis.as_ref().map(|l| l.local_addr()).transpose()?;
     // The handlers are in place before anyone learns where the broker
     // listens, so a SIGTERM right after that line is a clean stop.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot listen for SIGINT: {e}"))?;
     // Tests and scripts that bind port 0 read the real addresses from here.
-    println!("stream-broker listening grpc={} http={}", grpc.local_addr()?, http.local_addr()?);
+    println!(
+        "stream-broker listening grpc={} http={} kinesis={}",
+        grpc.local_addr()?,
+        http.local_addr()?,
+        kinesis_addr.map_or_else(|| "off".to_string(), |a| a.to_string())
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -136,6 +156,6 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.cancel();
         }
     });
-    broker::server::run(config, clock(), grpc, http, shutdown).await?;
+    broker::server::run_with(config, clock(), broker::server::Listeners { grpc, http, kinesis }, shutdown).await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Assembles and runs the broker: metadata, catalogue, gRPC and HTTP
-//! servers, retention janitor, free-space watch, and the shutdown sequence.
+//! Assembles and runs the broker: metadata, catalogue, gRPC, Kinesis and
+//! admin HTTP servers, retention janitor, free-space watch, and the
+//! shutdown sequence.
 //!
 //! Start on a full disk: before the metadata store opens, the disk monitor
 //! gives back the reserve file if free space is below its size, so sled can
@@ -41,10 +42,23 @@ use crate::grpc::groups::GroupsService;
 use crate::grpc::message_limit::MessageLimitHint;
 use crate::http::Readiness;
 use crate::iterator::IteratorSigner;
+use crate::kinesis::KinesisEdge;
 use crate::metadata::{MetadataStore, SledStore};
 use crate::service::Service;
 
-/// Runs a broker until `shutdown` fires, on listeners the caller bound.
+/// The listeners of a broker, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// The HTTP admin endpoints (metrics, health).
+    pub http: TcpListener,
+    /// The Kinesis-compatible HTTP API; `None` runs without it.
+    pub kinesis: Option<TcpListener>,
+}
+
+/// Runs a broker until `shutdown` fires, on gRPC and admin listeners the
+/// caller bound, without the Kinesis API.
 pub async fn run(
     config: BrokerConfig,
     clock: Arc<dyn Clock>,
@@ -52,6 +66,17 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    run_with(config, clock, Listeners { grpc, http, kinesis: None }, shutdown).await
+}
+
+/// Runs a broker until `shutdown` fires, on listeners the caller bound.
+pub async fn run_with(
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let Listeners { grpc, http, kinesis } = listeners;
     crate::telemetry::prometheus();
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
@@ -169,6 +194,10 @@ pub async fn run(
     let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone());
     console.attach(service.clone(), shutdown.clone());
     let groups_service = GroupsService::new(service.clone());
+    let kinesis_task = kinesis.map(|listener| {
+        let edge = Arc::new(KinesisEdge::new(service.clone()));
+        tokio::spawn(crate::kinesis::serve(listener, edge, shutdown.clone()))
+    });
     let service = GrpcService::new(service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
@@ -212,6 +241,14 @@ pub async fn run(
         Err(_) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight calls did not finish in time; closing them");
             grpc_task.abort();
+        }
+    }
+    if let Some(task) = kinesis_task {
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "Kinesis API server failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "Kinesis API server task failed"),
+            Err(_) => tracing::warn!("Kinesis API requests did not finish in time; closing them"),
         }
     }
     let _ = janitor.await;
@@ -272,6 +309,55 @@ fn limited_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// An HTTP listener (axum) that, like the gRPC one, keeps at most `max`
+/// connections open and refuses (closes at once, and counts) the ones
+/// beyond; it sets TCP_NODELAY on every connection it accepts.
+#[derive(Debug)]
+pub struct LimitedListener {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl LimitedListener {
+    /// Wraps `listener`, with at most `max` open connections.
+    pub fn new(listener: TcpListener, max: usize) -> Self {
+        Self { listener, permits: Arc::new(Semaphore::new(max)) }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedConn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Per-connection errors (e.g. EMFILE) must not stop the listener.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                metrics::counter!("stream_broker_connections_refused_total").increment(1);
+                drop(stream);
+                continue;
+            };
+            metrics::gauge!("stream_broker_connections").increment(1.0);
+            return (LimitedConn { stream, _permit: permit }, addr);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
 
 /// A TCP connection holding one of the connection permits; counted in

@@ -26,6 +26,7 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
         BrokerError::StreamNotFound { .. }
         | BrokerError::ShardNotFound { .. }
+        | BrokerError::ConsumerNotFound { .. }
         | BrokerError::GroupNotFound { .. }
         | BrokerError::UnknownMember { .. } => Code::NotFound,
         BrokerError::GroupBusy { .. } | BrokerError::ResourceInUse { .. } => Code::FailedPrecondition,

@@ -14,8 +14,8 @@ use crate::shard::{RepairOutcome, Shard};
 
 /// Default page of ListStreams.
 const LIST_STREAMS_LIMIT_DEFAULT: usize = 100;
-/// Largest page of ListStreams.
-const LIST_STREAMS_LIMIT_MAX: u32 = 1000;
+/// Largest page of ListStreams (Kinesis's bound).
+pub const LIST_STREAMS_LIMIT_MAX: u32 = 10_000;
 /// Default records of a group poll.
 const POLL_RECORDS_DEFAULT: usize = 1000;
 /// Most records of a group poll.
@@ -83,14 +83,23 @@ impl Service {
         self.catalog.create(req).await
     }
 
-    /// DeleteStream: the stream, its records and its consumer groups.
+    /// DeleteStream: the stream, its records, its consumer groups, its
+    /// attributes and registered consumers.
     pub async fn delete_stream(&self, stream_name: &str) -> Result<()> {
         validate_stream_name(stream_name)?;
         let id = self.catalog.get(stream_name)?.meta().id;
         self.catalog.delete(stream_name).await?;
         // Groups die with their stream; a crash before this line is cleaned up at the next start.
         self.groups.remove_stream(id).await?;
-        Ok(())
+        self.subscriptions.end_stream(id);
+        // Ids are never reused, so attributes left by a crash here are never read again.
+        self.catalog.store().remove_stream_attributes(id)
+    }
+
+    /// UpdateMaxRecordSize: a stream's largest record, key + data.
+    pub async fn update_max_record_bytes(&self, stream_name: &str, max_record_bytes: u32) -> Result<Arc<Stream>> {
+        validate_stream_name(stream_name)?;
+        self.catalog.update_max_record_bytes(stream_name, max_record_bytes).await
     }
 
     /// The stream with this name.
@@ -99,13 +108,13 @@ impl Service {
         self.catalog.get(stream_name)
     }
 
-    /// ListStreams: up to `limit` (default 100, at most 1000) names after
+    /// ListStreams: up to `limit` (default 100, at most 10,000) names after
     /// `exclusive_start`, and whether more follow.
     pub fn list_streams(&self, limit: Option<u32>, exclusive_start: &str) -> Result<(Vec<String>, bool)> {
         let limit = match limit {
             None => LIST_STREAMS_LIMIT_DEFAULT,
             Some(n @ 1..=LIST_STREAMS_LIMIT_MAX) => n as usize,
-            Some(n) => return Err(BrokerError::invalid("limit", format!("must be 1..=1000, got {n}"))),
+            Some(n) => return Err(BrokerError::invalid("limit", format!("must be 1..=10000, got {n}"))),
         };
         Ok(self.catalog.list(limit, exclusive_start))
     }

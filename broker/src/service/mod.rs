@@ -22,6 +22,7 @@
 //! Errors are [`crate::BrokerError`], the broker's one error enum, which
 //! carries no transport meaning; each edge maps it in one module.
 
+mod attributes;
 mod control;
 mod put;
 mod read;
@@ -34,14 +35,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-pub use control::{CommitCheckpoint, GroupBatch, GroupPolled, PollRequest, RepairResult};
+pub use attributes::{
+    CONSUMERS_CREATING_MAX, CONSUMERS_PER_STREAM_MAX, CommitmentStatus, ConsumerStatus, MonitoringChange,
+    ON_DEMAND_SHARD_COUNT, SHARD_LEVEL_METRICS, TAGS_MAX, validate_consumer_name, validate_tags,
+};
+pub use control::{CommitCheckpoint, GroupBatch, GroupPolled, LIST_STREAMS_LIMIT_MAX, PollRequest, RepairResult};
 pub use put::{PendingPut, PutRecordsResult, RecordFailure, RecordFailureKind};
-pub use subscribe::{BufferBudget, SubscribeEvent, Subscription};
+pub use subscribe::{BufferBudget, SubscribeEvent, Subscription, TAKEOVER_AFTER_MS};
 
-use crate::catalog::{Catalog, Layout, Stream};
+use crate::catalog::{Catalog, CreateStream, Layout, Stream};
 use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
 use crate::iterator::IteratorSigner;
+use crate::metadata::{ShardState, StreamMode};
 use crate::shard::{Shard, shard_id};
 
 /// Most records in one PutRecords request.
@@ -178,6 +184,44 @@ pub struct GetRecordsResult {
     pub shard: u32,
 }
 
+/// A CreateStream with the attributes of the Kinesis API.
+#[derive(Debug, Clone, Default)]
+pub struct CreateStreamWith {
+    /// The stream; `shard_count` is replaced for an on-demand stream.
+    pub stream: CreateStream,
+    /// Provisioned or on-demand.
+    pub mode: StreamMode,
+    /// Its tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// An on-demand stream's warm throughput target, MiB/s.
+    pub warm_throughput_mibps: Option<u32>,
+}
+
+/// One shard of a stream as the APIs describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    /// Its index in the stream.
+    pub index: u32,
+    /// `shardId-NNNNNNNNNNNN`.
+    pub shard_id: String,
+    /// Inclusive hash key range.
+    pub hash_range: (u128, u128),
+    /// The shard it was split from or merged into it, if any.
+    pub parent: Option<u32>,
+    /// The other shard of a merge, if any.
+    pub adjacent_parent: Option<u32>,
+    /// Oldest stored sequence number (0 while the log cannot be read).
+    pub first_seq: u64,
+    /// The next sequence number to be written.
+    pub next_seq: u64,
+    /// A closed shard's end: the sequence number after its last record.
+    pub ending_seq: Option<u64>,
+    /// When it was created, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When a split or merge closed it.
+    pub closed_at_ms: Option<u64>,
+}
+
 /// The transport-neutral broker service, shared by every edge.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -186,6 +230,9 @@ pub struct Service {
     signer: IteratorSigner,
     shutdown: CancellationToken,
     buffers: BufferBudget,
+    /// Serialises read-modify-writes of stream attributes and account settings.
+    attributes_lock: Arc<tokio::sync::Mutex<()>>,
+    subscriptions: Arc<subscribe::ConsumerSubscriptions>,
     /// Per-stream facts and metric handles the put path needs on every call.
     puts: Arc<put::PutStreams>,
 }
@@ -205,7 +252,16 @@ impl Service {
             limits.subscription_buffer_bytes,
             limits.subscription_reads_concurrent,
         );
-        Self { catalog, groups, signer, shutdown, buffers, puts: Arc::default() }
+        Self {
+            catalog,
+            groups,
+            signer,
+            shutdown,
+            buffers,
+            attributes_lock: Arc::default(),
+            subscriptions: Arc::default(),
+            puts: Arc::default(),
+        }
     }
 
     /// The stream catalogue.
@@ -235,6 +291,35 @@ impl Service {
     /// The kept (open or closed) shard `shard_id` of `stream`.
     pub fn shard_of(stream: &Stream, shard_id: &str) -> Result<Arc<Shard>> {
         stream.shard_by_id("shard_id", shard_id)
+    }
+
+    /// Every kept (open or closed) shard of `stream`, in index order.
+    pub fn shards(stream: &Stream) -> Vec<ShardView> {
+        let layout = stream.layout();
+        layout
+            .tree()
+            .iter()
+            .filter(|m| m.is_kept())
+            .map(|m| {
+                let stats = layout.shard(m.index).and_then(|s| s.stats()).unwrap_or_default();
+                let (ending_seq, closed_at_ms) = match m.state {
+                    ShardState::Closed { ending_seq, closed_at_ms } => (Some(ending_seq), Some(closed_at_ms)),
+                    _ => (None, None),
+                };
+                ShardView {
+                    index: m.index,
+                    shard_id: shard_id(m.index),
+                    hash_range: (m.starting_hash_key, m.ending_hash_key),
+                    parent: m.parent,
+                    adjacent_parent: m.adjacent_parent,
+                    first_seq: stats.first_seq,
+                    next_seq: stats.next_seq,
+                    ending_seq,
+                    created_at_ms: m.created_at_ms,
+                    closed_at_ms,
+                }
+            })
+            .collect()
     }
 }
 

@@ -22,6 +22,12 @@
 //! batch can be 5 MiB), so at most `limits.subscription_reads_concurrent`
 //! subscription reads run at once, broker-wide.
 //!
+//! **Consumers.** A subscription of a registered consumer (Kinesis's
+//! SubscribeToShard) is one per consumer and shard: a second call within
+//! [`TAKEOVER_AFTER_MS`] of the running one is refused with `InUse`, a later
+//! one takes over and the running one ends with `InUse`; deregistering the
+//! consumer ends its subscriptions with `ConsumerNotFound`.
+//!
 //! **Order.** One task per subscription reads and sends in sequence order;
 //! `continuation_sequence_number` is always the sequence number after the
 //! last record sent.
@@ -33,7 +39,9 @@
 //! the subscription too. (A shard is listed closed only after it was
 //! sealed, so its end is final by then.)
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -73,6 +81,121 @@ pub struct SubscribeEvent {
 /// A running subscription's events; the channel ends when the
 /// subscription does. An `Err` is the last item.
 pub type Subscription = mpsc::Receiver<Result<SubscribeEvent>>;
+
+/// A consumer's subscription to a shard is refused within this long of the
+/// running one's start, and takes it over after.
+pub const TAKEOVER_AFTER_MS: u64 = 5_000;
+
+/// (stream id, consumer name, shard index)
+type ConsumerShard = (u64, String, u32);
+
+/// Why a subscription is being ended from outside, and the signal.
+#[derive(Debug, Default)]
+struct EndSignal {
+    token: CancellationToken,
+    reason: Mutex<Option<BrokerError>>,
+}
+
+impl EndSignal {
+    fn end(&self, reason: BrokerError) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> BrokerError {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| BrokerError::Unavailable("the subscription was ended".into()))
+    }
+}
+
+#[derive(Debug)]
+struct Claimed {
+    id: u64,
+    started_ms: u64,
+    end: Arc<EndSignal>,
+}
+
+/// The running subscriptions of registered consumers, one per consumer and shard.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerSubscriptions {
+    running: Mutex<HashMap<ConsumerShard, Claimed>>,
+    next_id: AtomicU64,
+}
+
+impl ConsumerSubscriptions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConsumerShard, Claimed>> {
+        // The map holds plain values; a panic elsewhere cannot leave it inconsistent.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `key` at `now_ms`, taking over a subscription older than
+    /// [`TAKEOVER_AFTER_MS`].
+    fn claim(self: &Arc<Self>, key: ConsumerShard, now_ms: u64) -> Result<Claim> {
+        let mut running = self.lock();
+        if let Some(old) = running.get(&key) {
+            let age = now_ms.saturating_sub(old.started_ms);
+            if age < TAKEOVER_AFTER_MS {
+                return Err(BrokerError::in_use(format!(
+                    "consumer {} already has a subscription to shard {} that started {age} ms ago; \
+                     a new one may take it over {TAKEOVER_AFTER_MS} ms after it started",
+                    key.1,
+                    crate::shard::shard_id(key.2)
+                )));
+            }
+            old.end.end(BrokerError::in_use(format!(
+                "a newer subscription of consumer {} to shard {} took this one over",
+                key.1,
+                crate::shard::shard_id(key.2)
+            )));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let end = Arc::new(EndSignal::default());
+        running.insert(key.clone(), Claimed { id, started_ms: now_ms, end: end.clone() });
+        Ok(Claim { registry: self.clone(), key, id, end })
+    }
+
+    /// Ends every consumer subscription of a deleted stream.
+    pub(crate) fn end_stream(&self, stream_id: u64) {
+        for (key, claimed) in self.lock().iter() {
+            if key.0 == stream_id {
+                claimed.end.end(BrokerError::StreamNotFound { name: format!("(id {stream_id}, deleted)") });
+            }
+        }
+    }
+
+    /// Ends every subscription of a consumer (it was deregistered).
+    pub(crate) fn end_consumer(&self, stream_id: u64, consumer: &str) {
+        for (key, claimed) in self.lock().iter() {
+            if key.0 == stream_id && key.1 == consumer {
+                claimed.end.end(BrokerError::ConsumerNotFound {
+                    stream: format!("(id {stream_id})"),
+                    consumer: consumer.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// A consumer's claim on a shard, released when its subscription ends.
+#[derive(Debug)]
+struct Claim {
+    registry: Arc<ConsumerSubscriptions>,
+    key: ConsumerShard,
+    id: u64,
+    end: Arc<EndSignal>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut running = self.registry.lock();
+        if running.get(&self.key).is_some_and(|c| c.id == self.id) {
+            running.remove(&self.key);
+        }
+    }
+}
 
 /// Memory accounted per record of an event beyond its key and data (the
 /// `Record` struct, the key's `String`); bounds the records of an event.
@@ -139,10 +262,39 @@ impl Service {
     /// goes away, the broker shuts down, the shard closes or
     /// `limits.subscription_lifetime_ms` passes.
     pub async fn subscribe(&self, stream_name: &str, shard_id: &str, start: StartingPosition) -> Result<Subscription> {
-        let limits = &self.catalog.config().limits;
         validate_stream_name(stream_name)?;
         let stream = self.catalog.get(stream_name)?;
         let shard = Self::shard_of(&stream, shard_id)?;
+        self.start_subscription(&stream, shard, start, None).await
+    }
+
+    /// SubscribeToShard of a registered consumer: as [`Service::subscribe`],
+    /// for an ACTIVE consumer, one subscription per consumer and shard (see
+    /// the module docs).
+    pub async fn subscribe_consumer(
+        &self,
+        stream: &Arc<crate::catalog::Stream>,
+        consumer: &str,
+        shard_id: &str,
+        start: StartingPosition,
+    ) -> Result<Subscription> {
+        let c = self.consumer(stream, consumer)?;
+        if self.consumer_status(&c) != super::attributes::ConsumerStatus::Active {
+            return Err(BrokerError::in_use(format!("consumer {consumer} is not ACTIVE yet; retry shortly")));
+        }
+        let shard = Self::shard_of(stream, shard_id)?;
+        let claim = self.subscriptions.claim((stream.meta().id, consumer.to_string(), shard.index), self.now())?;
+        self.start_subscription(stream, shard, start, Some(claim)).await
+    }
+
+    async fn start_subscription(
+        &self,
+        stream: &Arc<crate::catalog::Stream>,
+        shard: Arc<Shard>,
+        start: StartingPosition,
+        claim: Option<Claim>,
+    ) -> Result<Subscription> {
+        let limits = &self.catalog.config().limits;
         let pos = self.resolve_start(&shard, start).await?;
         let max = limits.subscribers_per_shard;
         let slot = shard.try_add_subscriber(max).ok_or_else(|| {
@@ -167,6 +319,8 @@ impl Service {
             budget_shared: self.buffers.clone(),
             tx,
             shutdown: self.shutdown.clone(),
+            ended: claim.as_ref().map(|c| c.end.clone()),
+            _claim: claim,
             _slot: slot,
             _buffer: buffer,
         };
@@ -194,6 +348,10 @@ struct Running {
     budget_shared: BufferBudget,
     tx: mpsc::Sender<Result<SubscribeEvent>>,
     shutdown: CancellationToken,
+    /// Ends a consumer's subscription from outside (takeover, deregistration).
+    ended: Option<Arc<EndSignal>>,
+    /// A consumer's claim on the shard; dropping it releases the claim.
+    _claim: Option<Claim>,
     /// Held for the life of the call; dropping it frees the shard's slot.
     _slot: SubscriberSlot,
     /// Held for the life of the call; dropping it returns the reservation.
@@ -296,6 +454,14 @@ impl Running {
                 },
                 _ = self.tx.closed() => return,
                 _ = self.shutdown.cancelled() => return,
+                _ = ended(&self.ended) => {
+                    let reason = self.ended.as_ref().map_or_else(
+                        || BrokerError::Unavailable("the subscription was ended".into()),
+                        |e| e.reason(),
+                    );
+                    let _ = self.tx.send(Err(reason)).await;
+                    return;
+                }
             }
         }
     }
@@ -336,6 +502,15 @@ impl Running {
             shard_ended: false,
             child_shards: Vec::new(),
         })
+    }
+}
+
+/// Resolves when a consumer's subscription is ended from outside; never
+/// for a subscription without a consumer.
+async fn ended(signal: &Option<Arc<EndSignal>>) {
+    match signal {
+        Some(s) => s.token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

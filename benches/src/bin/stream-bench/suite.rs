@@ -702,7 +702,7 @@ impl BrokerProcess {
         command
             .args(&cmd.prefix)
             .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
             .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
             .env("STREAM_BROKER_LIMITS__MAX_SHARDS_PER_STREAM", "4096")
             .env("RUST_LOG", "warn")
