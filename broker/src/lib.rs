@@ -11,6 +11,7 @@
 //! watch channel. Streams and their lifecycle live in [`catalog`], their
 //! definitions in sled behind [`metadata`].
 
+pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;
+pub mod listener;
 pub mod metadata;
 pub mod quota;
 pub mod routing;

@@ -28,6 +28,10 @@ struct Args {
     /// HTTP admin listen address (overrides `http_addr`).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// Serve anonymous callers on a non-loopback address without
+    /// authentication (development only; sets `auth.insecure_allow_anonymous`).
+    #[arg(long)]
+    insecure_allow_anonymous: bool,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,12 @@ fn main() -> ExitCode {
     config.data_dir = args.data_dir.unwrap_or(config.data_dir);
     config.grpc_addr = args.grpc_addr.unwrap_or(config.grpc_addr);
     config.http_addr = args.http_addr.unwrap_or(config.http_addr);
+    config.auth.insecure_allow_anonymous |= args.insecure_allow_anonymous;
+    // Checked before binding, so a refused configuration never listens at all.
+    if let Err(e) = config.check_exposure(&[("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)]) {
+        eprintln!("stream-broker: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

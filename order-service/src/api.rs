@@ -39,6 +39,8 @@ pub struct Metrics {
     pub handler_permanent_failures: Labeled,
     /// 1 while a group's shard waits to retry a record, by (group, "").
     pub consumer_blocked: Labeled,
+    /// Connections and requests the API's limits or authentication refused.
+    pub refusals: Arc<broker::listener::Refusals>,
 }
 
 /// Values by (group, kind); groups and kinds are a few fixed names.
@@ -286,5 +288,6 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "1 while the group's shard waits to retry a record that failed transiently.",
         "gauge",
     );
+    out.push_str(&m.refusals.render("order_service"));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

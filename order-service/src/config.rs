@@ -60,6 +60,98 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// SMTP; when `host` is unset, emails are written as `.eml` files.
     pub smtp: SmtpConfig,
+    /// Open connections to the order API; more are closed at once.
+    pub max_connections: usize,
+    /// A TLS handshake, and a request's headers, must arrive within this.
+    pub header_read_timeout_ms: u64,
+    /// An API connection with no traffic for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (8 KiB..=1 MiB); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Serve the order API to anonymous callers on a non-loopback address.
+    pub insecure_allow_anonymous: bool,
+    /// The order API's TLS.
+    pub tls: ApiTls,
+    /// How the service reaches an external broker over TLS.
+    pub broker_tls: BrokerTls,
+    /// The broker principals the service runs as, by role.
+    pub broker_credentials: BrokerCredentials,
+}
+
+/// A secret configuration value: deserialised like a string, never shown
+/// by `Debug` (configuration may be logged).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[tls]`: TLS on the order API, off while `certFile` is unset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA of client certificates (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// With `clientCaFile`: `optional` or `required`.
+    pub client_auth: broker::auth::tls::ClientAuth,
+}
+
+impl ApiTls {
+    /// The listener's files, when TLS is on.
+    pub fn files(&self) -> Option<broker::auth::tls::TlsFiles> {
+        Some(broker::auth::tls::TlsFiles {
+            cert_file: self.cert_file.clone()?,
+            key_file: self.key_file.clone()?,
+            client_ca_file: self.client_ca_file.clone(),
+            client_auth: self.client_auth,
+        })
+    }
+}
+
+/// `[brokerTls]`: TLS to an external broker, on while `caFile` is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerTls {
+    /// PEM CA the broker's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of `certFile`.
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry, when not the address's host.
+    pub server_name: Option<String>,
+}
+
+/// `[brokerCredentials]`: a token file per role, each its own broker
+/// principal with only the grants that role needs (see deploy/stack.toml).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerCredentials {
+    /// Creates the streams at start.
+    pub setup_token_file: Option<PathBuf>,
+    /// Publishes the outbox.
+    pub relay_token_file: Option<PathBuf>,
+    /// The external-parties consumer group.
+    pub external_parties_token_file: Option<PathBuf>,
+    /// The delivery-company consumer group.
+    pub delivery_company_token_file: Option<PathBuf>,
+    /// The customer-service consumer group.
+    pub customer_service_token_file: Option<PathBuf>,
 }
 
 /// `[smtp]`
@@ -72,15 +164,19 @@ pub struct SmtpConfig {
     pub port: u16,
     /// Login, if the server needs one.
     pub username: Option<String>,
-    /// Password for `username`.
-    pub password: Option<String>,
+    /// Password for `username`; prefer `passwordFile`.
+    pub password: Option<Secret>,
+    /// A file holding the password (`ORDER_SERVICE_SMTP__PASSWORD_FILE`),
+    /// read at start, so the password is in neither the environment nor
+    /// the configuration file.
+    pub password_file: Option<PathBuf>,
     /// Upgrade the connection with STARTTLS (required when true).
     pub starttls: bool,
 }
 
 impl Default for SmtpConfig {
     fn default() -> Self {
-        Self { host: None, port: 587, username: None, password: None, starttls: true }
+        Self { host: None, port: 587, username: None, password: None, password_file: None, starttls: true }
     }
 }
 
@@ -106,6 +202,14 @@ impl Default for Config {
             consumer_retry_budget_ms: 600_000,
             max_body_bytes: 64 * 1024,
             smtp: SmtpConfig::default(),
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
+            insecure_allow_anonymous: false,
+            tls: ApiTls::default(),
+            broker_tls: BrokerTls::default(),
+            broker_credentials: BrokerCredentials::default(),
         }
     }
 }
@@ -134,9 +238,15 @@ impl Config {
             let path: Vec<String> = rest.split("__").map(camel_case).collect();
             set_path(&mut table, &path, parse_env_value(&raw)).map_err(|e| ConfigError(format!("{name}: {e}")))?;
         }
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
         config.validate()?;
+        if let Some(path) = &config.smtp.password_file {
+            // The error names the key and the file, never the content.
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("smtp.passwordFile: cannot read {}: {e}", path.display())))?;
+            config.smtp.password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
         Ok(config)
     }
 
@@ -178,6 +288,41 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("maxBodyBytes: must be at least 1024".into()));
+        }
+        if self.smtp.password.is_some() && self.smtp.password_file.is_some() {
+            return Err(ConfigError("smtp.passwordFile: give smtp.password or smtp.passwordFile, not both".into()));
+        }
+        for (key, v) in [
+            ("maxConnections", self.max_connections as u64),
+            ("headerReadTimeoutMs", self.header_read_timeout_ms),
+            ("idleTimeoutMs", self.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("{key}: must be positive")));
+            }
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(ConfigError("maxHeaderBytes: must be 8 KiB..=1 MiB".into()));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => return Err(ConfigError("tls.keyFile: is required with tls.certFile".into())),
+            (None, Some(_)) => return Err(ConfigError("tls.certFile: is required with tls.keyFile".into())),
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                return Err(ConfigError("tls.clientCaFile: needs tls.certFile and tls.keyFile".into()));
+            }
+            _ => {}
+        }
+        let b = &self.broker_tls;
+        if b.cert_file.is_some() != b.key_file.is_some() {
+            return Err(ConfigError("brokerTls.certFile and brokerTls.keyFile: give both or neither".into()));
+        }
+        if b.ca_file.is_none() && (b.cert_file.is_some() || b.server_name.is_some()) {
+            return Err(ConfigError("brokerTls.caFile: is required for TLS to the broker".into()));
+        }
+        if self.broker.is_none() && (b.ca_file.is_some() || self.broker_credentials != BrokerCredentials::default()) {
+            return Err(ConfigError(
+                "broker: brokerTls and brokerCredentials apply to an external broker; set broker too".into(),
+            ));
         }
         Ok(())
     }
@@ -241,6 +386,36 @@ mod tests {
     fn the_shipped_file_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/order-service.toml");
         assert_eq!(Config::load(Some(&path), []).expect("shipped file loads"), Config::default());
+    }
+
+    #[test]
+    fn the_smtp_password_comes_from_a_file_and_never_shows_in_debug() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("smtp-password");
+        std::fs::write(&file, "hunter2-from-file\n").expect("write");
+        let c = Config::load(
+            None,
+            env(&[
+                ("ORDER_SERVICE_SMTP__USERNAME", "shop"),
+                ("ORDER_SERVICE_SMTP__PASSWORD_FILE", file.to_str().expect("utf-8")),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.smtp.password.as_ref().map(Secret::expose), Some("hunter2-from-file"));
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug shows no password: {c:?}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("ORDER_SERVICE_SMTP__PASSWORD", "x"),
+                ("ORDER_SERVICE_SMTP__PASSWORD_FILE", file.to_str().expect("utf-8")),
+            ]),
+        )
+        .expect_err("both");
+        assert!(e.0.contains("smtp.passwordFile"), "{e}");
+        let missing = dir.path().join("nope");
+        let e = Config::load(None, env(&[("ORDER_SERVICE_SMTP__PASSWORD_FILE", missing.to_str().expect("utf-8"))]))
+            .expect_err("missing file");
+        assert!(e.0.contains("smtp.passwordFile") && e.0.contains("nope"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`start`] wires everything and returns a handle; [`run`] runs until the
 //! shutdown token fires. `main.rs` only parses flags and calls [`run`].
 
+pub mod access;
 pub mod api;
 pub mod config;
 pub mod consumers;
@@ -66,7 +67,7 @@ pub struct Running {
     pub broker_addr: String,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     broker: Option<(CancellationToken, JoinHandle<broker::Result<()>>)>,
 }
 
@@ -89,11 +90,7 @@ impl Running {
                 Err(e) => return Err(Error::Broker(e.to_string())),
             }
         }
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io("order API")(e)),
-            Err(e) => Err(Error::Broker(format!("order API task: {e}"))),
-        }
+        served.map_err(|e| Error::Broker(format!("order API task: {e}")))
     }
 
     /// Fires the shutdown token and waits for the stop.
@@ -113,11 +110,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 pub async fn start(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<Running, Error> {
     config.validate()?;
     let http_addr = listener.local_addr().map_err(io("order API address"))?;
+    check_exposure(&config, http_addr)?;
+    let api_tls = match config.tls.files() {
+        Some(files) => Some(Arc::new(
+            broker::auth::tls::ServerTls::load(files, broker::listener::HTTP_ALPN)
+                .map_err(|e| Error::Config(config::ConfigError(e.to_string())))?,
+        )),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("create {}", config.data_dir.display())))?;
 
     let mut broker_task = None;
-    let broker_addr = match &config.broker {
-        Some(addr) => addr.clone(),
+    let broker = match &config.broker {
+        Some(addr) => access::BrokerAccess::from_config(&config, addr.clone())?,
         None => {
             let grpc = TcpListener::bind(config.broker_grpc_addr)
                 .await
@@ -137,9 +142,10 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
             let task = tokio::spawn(broker::server::run(broker_config, clock, grpc, admin, token.clone()));
             broker_task = Some((token, task));
             tracing::info!(%addr, "embedded broker started");
-            format!("http://{addr}")
+            access::BrokerAccess::anonymous(format!("http://{addr}"))
         }
     };
+    let broker_addr = broker.addr.clone();
 
     let streams = store::Streams {
         orders: config.order_stream_name.clone(),
@@ -155,26 +161,58 @@ pub async fn start(config: Config, listener: TcpListener, shutdown: Cancellation
     let mailer = email::Mailer::new(&config.smtp, config.data_dir.join("emails"))?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(ensure_streams(broker_addr.clone(), stream_names(&config), shutdown.clone()));
-    tasks.spawn(relay::run(store.clone(), broker_addr.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(ensure_streams(broker.clone(), stream_names(&config), shutdown.clone()));
+    tasks.spawn(relay::run(store.clone(), broker.clone(), metrics.clone(), shutdown.clone()));
     let self_ip = if http_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { http_addr.ip() };
     let ctx = Arc::new(consumers::Ctx {
         store: store.clone(),
         mailer,
         config: config.clone(),
         metrics: metrics.clone(),
-        broker: broker_addr.clone(),
+        broker,
         self_url: format!("http://{}", SocketAddr::new(self_ip, http_addr.port())),
         http: http_client::HttpClient::default(),
     });
     consumers::spawn_all(ctx, &shutdown, &mut tasks);
 
-    let app = api::router(api::AppState { store, metrics }, config.max_body_bytes);
-    let server = tokio::spawn(
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
+    let app = api::router(api::AppState { store, metrics: metrics.clone() }, config.max_body_bytes);
+    tasks.spawn(broker::auth::tls::reload_on_sighup(api_tls.iter().cloned().collect(), shutdown.clone()));
+    let conns = broker::listener::incoming(
+        listener,
+        broker::listener::ListenerConfig {
+            name: "orders",
+            max_connections: config.max_connections,
+            handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            tls: api_tls,
+        },
+        metrics.refusals.clone(),
+        shutdown.clone(),
     );
+    let limits = broker::listener::HttpLimits {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        max_header_bytes: config.max_header_bytes,
+    };
+    let server =
+        tokio::spawn(broker::listener::serve_http(conns, app, limits, metrics.refusals.clone(), shutdown.clone()));
     tracing::info!(%http_addr, broker = %broker_addr, "order service started");
     Ok(Running { http_addr, broker_addr, shutdown, tasks, server, broker: broker_task })
+}
+
+/// Refuses to serve the order API to anonymous callers on a non-loopback
+/// address unless `insecureAllowAnonymous` is set (then it warns).
+fn check_exposure(config: &Config, http_addr: SocketAddr) -> Result<(), Error> {
+    if http_addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.insecure_allow_anonymous {
+        return Err(Error::Config(config::ConfigError(format!(
+            "httpAddr {http_addr} is not a loopback address and the order API has no authentication: \
+             configure it, or for development only set insecureAllowAnonymous (--insecure-allow-anonymous)"
+        ))));
+    }
+    tracing::warn!(%http_addr, "serving the order API to anonymous callers on a non-loopback address");
+    Ok(())
 }
 
 /// Every stream the service uses, dead-letter streams included.
@@ -182,12 +220,12 @@ pub fn stream_names(c: &Config) -> Vec<String> {
     consumers::groups(c).into_iter().flat_map(|g| [g.stream, g.dead_letter]).collect()
 }
 
-/// Creates the streams (1 shard each) once the broker is reachable; an
-/// existing stream is fine.
-async fn ensure_streams(addr: String, names: Vec<String>, shutdown: CancellationToken) {
+/// Creates the streams (1 shard each, as the `setup` principal) once the
+/// broker is reachable; an existing stream is fine.
+async fn ensure_streams(broker: access::BrokerAccess, names: Vec<String>, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        match create_streams(&addr, &names).await {
+        match create_streams(&broker, &names).await {
             Ok(()) => return,
             Err(e) => {
                 failures += 1;
@@ -200,8 +238,8 @@ async fn ensure_streams(addr: String, names: Vec<String>, shutdown: Cancellation
     }
 }
 
-async fn create_streams(addr: &str, names: &[String]) -> client::Result<()> {
-    let admin = client::Admin::connect(addr).await?;
+async fn create_streams(broker: &access::BrokerAccess, names: &[String]) -> client::Result<()> {
+    let admin = client::Admin::from_channel(broker.connect(access::SETUP).await?);
     for name in names {
         let req =
             client::types::CreateStreamRequest { stream_name: name.clone(), shard_count: 1, ..Default::default() };
@@ -216,6 +254,17 @@ async fn create_streams(addr: &str, names: &[String]) -> client::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_order_api_is_anonymous_on_loopback_only_unless_allowed() {
+        let mut c = Config::default();
+        check_exposure(&c, "127.0.0.1:8080".parse().expect("addr")).expect("loopback");
+        let e = check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect_err("exposed");
+        let text = e.to_string();
+        assert!(text.contains("httpAddr 10.0.0.7:8080") && text.contains("--insecure-allow-anonymous"), "{text}");
+        c.insecure_allow_anonymous = true;
+        check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect("explicitly allowed");
+    }
 
     /// `deploy/stack.toml` describes what the service creates and runs: its
     /// values must be the code's.

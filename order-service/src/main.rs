@@ -20,9 +20,12 @@ struct Args {
     /// Order API listen address.
     #[arg(long, env = "ORDER_SERVICE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
-    /// Use this broker (host:port or http://host:port) instead of the embedded one.
+    /// Use this broker (host:port, http://host:port or https://host:port) instead of the embedded one.
     #[arg(long, env = "ORDER_SERVICE_BROKER")]
     broker: Option<String>,
+    /// Serve the order API to anonymous callers on a non-loopback address (development only).
+    #[arg(long)]
+    insecure_allow_anonymous: bool,
 }
 
 #[tokio::main]
@@ -49,6 +52,7 @@ async fn main() -> std::process::ExitCode {
     if args.broker.is_some() {
         config.broker = args.broker;
     }
+    config.insecure_allow_anonymous |= args.insecure_allow_anonymous;
     let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
         Ok(l) => l,
         Err(e) => {

@@ -9,7 +9,11 @@
 //! streamctl lost-found list
 //! ```
 //!
-//! Every command talks to `--broker` (env `STREAM_BROKER_ADDR`). Human output
+//! Every command talks to `--broker` (env `STREAM_BROKER_ADDR`), over TLS
+//! with `--ca-file` or an `https://` address, as the principal of
+//! `--token-file` (or the `STREAM_BROKER_TOKEN` variable; a token is never
+//! a flag, so it stays out of `ps` and shell history) or of the client
+//! certificate `--cert-file`/`--key-file`. Human output
 //! is aligned tables; `--json` prints JSON instead. Failures print one line
 //! on stderr, prefixed `streamctl: `, and exit with 2 for usage and invalid
 //! arguments (the broker's message names the field), 1 otherwise.
@@ -31,8 +35,10 @@ mod time;
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{CommandFactory, Parser, Subcommand};
-use client::{Admin, Connection};
+use client::{Admin, ConnectOptions, Connection, Secret, TlsOptions};
 
 use group::GroupCmd;
 use lost_found::LostFoundCmd;
@@ -51,8 +57,55 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    security: Security,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How streamctl proves who it is and checks who the broker is.
+#[derive(Debug, clap::Args)]
+struct Security {
+    /// PEM CA certificate the broker's certificate must chain to; turns TLS on.
+    #[arg(long, global = true, env = "STREAM_BROKER_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (its common name is the principal).
+    #[arg(long, global = true, env = "STREAM_BROKER_CERT_FILE", value_name = "PATH", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, global = true, env = "STREAM_BROKER_KEY_FILE", value_name = "PATH", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry, when not the address's host.
+    #[arg(long, global = true, env = "STREAM_BROKER_SERVER_NAME", value_name = "NAME")]
+    server_name: Option<String>,
+    /// File holding the API token to send (else the STREAM_BROKER_TOKEN variable).
+    #[arg(long, global = true, env = "STREAM_BROKER_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
+/// The environment variable a token may come from.
+const TOKEN_VAR: &str = "STREAM_BROKER_TOKEN";
+
+impl Security {
+    fn options(&self) -> Result<ConnectOptions, CliError> {
+        let tls = match &self.ca_file {
+            Some(ca) => Some(TlsOptions::from_files(
+                ca,
+                self.cert_file.as_deref(),
+                self.key_file.as_deref(),
+                self.server_name.clone(),
+            )?),
+            None if self.cert_file.is_some() || self.server_name.is_some() => {
+                return Err(CliError::usage("--cert-file and --server-name need --ca-file (TLS)"));
+            }
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(Secret::from_file(path)?),
+            None => std::env::var(TOKEN_VAR).ok().filter(|t| !t.trim().is_empty()).map(|t| Secret::new(t.trim())),
+        };
+        Ok(ConnectOptions { tls, token, ..ConnectOptions::default() })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,7 +213,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let g = Global { broker: cli.broker, json: cli.json };
+    let g = Global { broker: cli.broker, json: cli.json, options: cli.security.options()? };
     match cli.command {
         Command::Stream(cmd) => stream::run(&g, cmd).await,
         Command::Group(cmd) => group::run(&g, cmd).await,
@@ -182,12 +235,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 pub struct Global {
     pub broker: String,
     pub json: bool,
+    pub options: ConnectOptions,
 }
 
 impl Global {
     pub async fn channel(&self) -> Result<Connection, CliError> {
         // The error names the address and the cause ("connection refused by 127.0.0.1:7470").
-        client::connect(&self.broker).await.map_err(|e| match e {
+        Connection::open(&self.broker, &self.options).await.map_err(|e| match e {
             client::Error::Unavailable(m) => CliError::failed(format!("cannot reach the broker: {m}")),
             e => CliError::from(e),
         })
