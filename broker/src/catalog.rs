@@ -346,7 +346,10 @@ impl Catalog {
                 stream: meta.name.clone(),
                 index,
                 hash_range: ranges.range(index),
-                log_config: c.shardlog_config(meta.max_record_bytes),
+                // The log admits any record the stream may be allowed later
+                // (UpdateMaxRecordSize); the stream's own limit is checked
+                // before a record is queued.
+                log_config: c.shardlog_config(*MAX_RECORD_BYTES.end()),
                 durability: c.durability.mode,
                 interval_ms: c.durability.interval_ms,
                 queue_depth: c.limits.shard_queue_depth,
@@ -438,17 +441,7 @@ impl Catalog {
             read_bytes_per_sec: positive("quota_overrides.read_bytes_per_sec", req.read_bytes_per_sec)?
                 .unwrap_or(d.read_bytes_per_sec),
         };
-        if u64::from(max_record_bytes) > quotas.write_bytes_per_sec {
-            return Err(BrokerError::invalid(
-                "max_record_bytes",
-                format!(
-                    "{max_record_bytes} is more than the shard write quota write_bytes_per_sec = {}: \
-                     such a record could never be admitted; raise quota_overrides.write_bytes_per_sec \
-                     or lower max_record_bytes",
-                    quotas.write_bytes_per_sec
-                ),
-            ));
-        }
+        check_record_fits_quota(max_record_bytes, &quotas)?;
         self.disk.admit()?;
         let _control = self.control.lock().await;
         if self.get(&req.name).is_ok() {
@@ -522,6 +515,25 @@ impl Catalog {
         let stream = self.get(name)?;
         let mut meta = stream.meta();
         meta.retention_hours = retention_hours;
+        self.store.put_stream(&meta)?;
+        *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+        Ok(stream)
+    }
+
+    /// Changes a stream's largest record (key + data), within
+    /// [`MAX_RECORD_BYTES`] and the stream's write-byte quota.
+    pub async fn update_max_record_bytes(&self, name: &str, max_record_bytes: u32) -> Result<Arc<Stream>> {
+        if !MAX_RECORD_BYTES.contains(&max_record_bytes) {
+            return Err(BrokerError::invalid(
+                "max_record_bytes",
+                format!("must be 1024..=10485760, got {max_record_bytes}"),
+            ));
+        }
+        let _control = self.control.lock().await;
+        let stream = self.get(name)?;
+        let mut meta = stream.meta();
+        check_record_fits_quota(max_record_bytes, &meta.quotas)?;
+        meta.max_record_bytes = max_record_bytes;
         self.store.put_stream(&meta)?;
         *stream.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
         Ok(stream)
@@ -694,6 +706,22 @@ fn check_retention(hours: u32) -> Result<()> {
     } else {
         Err(BrokerError::invalid("retention_hours", format!("must be 24..=168, got {hours}")))
     }
+}
+
+/// A record larger than the shard's write-byte quota could never be admitted.
+fn check_record_fits_quota(max_record_bytes: u32, quotas: &QuotaValues) -> Result<()> {
+    if u64::from(max_record_bytes) > quotas.write_bytes_per_sec {
+        return Err(BrokerError::invalid(
+            "max_record_bytes",
+            format!(
+                "{max_record_bytes} is more than the shard write quota write_bytes_per_sec = {}: \
+                 such a record could never be admitted; raise quota_overrides.write_bytes_per_sec \
+                 or lower max_record_bytes",
+                quotas.write_bytes_per_sec
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn positive(field: &str, v: Option<u64>) -> Result<Option<u64>> {

@@ -55,6 +55,8 @@ pub struct BrokerConfig {
     pub tls: TlsConfig,
     /// Authentication and authorization.
     pub auth: AuthConfig,
+    /// The Kinesis-compatible HTTP API.
+    pub kinesis: KinesisConfig,
 }
 
 /// `[tls]`: off unless `cert_file` is set.
@@ -133,6 +135,75 @@ impl Default for AuthConfig {
             super_users: Vec::new(),
             recheck_interval_ms: 2_000,
             requests_per_sec_per_principal: 10_000,
+        }
+    }
+}
+
+/// How the Kinesis API checks SigV4 signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KinesisAuth {
+    /// A well-formed SigV4 `Authorization` header (or presigned query) is
+    /// required; the signature is not checked. For development.
+    Permissive,
+    /// The signature is verified against `kinesis.access_keys`; bad, stale
+    /// or missing signatures are refused.
+    Strict,
+}
+
+/// One access key pair of the Kinesis API's strict mode.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    /// The access key id (`AKIA...`), as clients put it in the credential scope.
+    pub access_key_id: String,
+    /// The secret the client signs with.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+/// `[kinesis]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KinesisConfig {
+    /// Whether the Kinesis API listens at all.
+    pub enabled: bool,
+    /// Its listen address (HTTP/1.1 and HTTP/2 cleartext).
+    pub addr: SocketAddr,
+    /// The region in ARNs and the one accepted in ARNs and signatures.
+    pub region: String,
+    /// The 12-digit account id in ARNs.
+    pub account_id: String,
+    /// Signature checking.
+    pub auth: KinesisAuth,
+    /// Key pairs accepted in strict mode.
+    pub access_keys: Vec<AccessKey>,
+    /// Largest request body accepted; larger ones get 413.
+    pub request_bytes_max: usize,
+    /// On-demand streams allowed (Kinesis's account default is 50).
+    pub on_demand_stream_count_limit: u32,
+    /// How long a newly registered consumer stays CREATING before it is
+    /// ACTIVE and can subscribe.
+    pub consumer_activation_ms: u64,
+}
+
+impl Default for KinesisConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: SocketAddr::from(([127, 0, 0, 1], 4567)),
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            auth: KinesisAuth::Permissive,
+            access_keys: Vec::new(),
+            request_bytes_max: 16 * 1024 * 1024,
+            on_demand_stream_count_limit: 50,
+            consumer_activation_ms: 500,
         }
     }
 }
@@ -282,6 +353,7 @@ impl Default for BrokerConfig {
             groups: GroupsConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            kinesis: KinesisConfig::default(),
         }
     }
 }
@@ -430,6 +502,25 @@ impl BrokerConfig {
         }
         if !(1_000..=600_000).contains(&self.groups.session_timeout_ms) {
             return bad("groups.session_timeout_ms", "must be 1000..=600000");
+        }
+        let k = &self.kinesis;
+        if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return bad("kinesis.account_id", "must be 12 digits");
+        }
+        if k.region.is_empty() || !k.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return bad("kinesis.region", "must be a region name such as us-east-1");
+        }
+        if k.auth == KinesisAuth::Strict && k.access_keys.is_empty() {
+            return bad("kinesis.access_keys", "strict authentication needs at least one key pair");
+        }
+        if k.access_keys.iter().any(|a| a.access_key_id.is_empty() || a.secret_access_key.is_empty()) {
+            return bad("kinesis.access_keys", "every key pair needs an access_key_id and a secret_access_key");
+        }
+        if !(1024 * 1024..=256 * 1024 * 1024).contains(&k.request_bytes_max) {
+            return bad("kinesis.request_bytes_max", "must be 1 MiB..=256 MiB");
+        }
+        if k.consumer_activation_ms > 60_000 {
+            return bad("kinesis.consumer_activation_ms", "must be 0..=60000");
         }
         if self.retention.check_interval_ms == 0 {
             return bad("retention.check_interval_ms", "must be positive");

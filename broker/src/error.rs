@@ -1,5 +1,7 @@
-//! The broker's one error type. The gRPC edge maps it to `tonic::Status` in
-//! `grpc::status`; nothing else decides status codes.
+//! The broker's one error type, returned by the service layer
+//! (`service`) to every edge. It carries no transport meaning: the gRPC edge
+//! maps it to `tonic::Status` in `grpc::status`; nothing else decides status
+//! codes.
 
 /// Everything a broker operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,14 @@ pub enum BrokerError {
         stream: String,
         /// The requested shard id.
         shard_id: String,
+    },
+    /// The stream has no registered consumer of this name.
+    #[error("consumer {consumer:?} of stream {stream:?} not found")]
+    ConsumerNotFound {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
     },
     /// A quota or a capacity limit was hit; retry after the hint.
     #[error("{what}; retry after {retry_after_ms} ms")]
@@ -72,6 +82,11 @@ pub enum BrokerError {
         /// Live members.
         members: usize,
     },
+    /// The resource is busy or in a state that does not allow the call (a
+    /// consumer name that exists, a stream that still has consumers, a
+    /// subscription that another one took over).
+    #[error("{0}")]
+    InUse(String),
     /// A broker-wide limit (streams, shards, connections) is reached.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
@@ -221,12 +236,14 @@ impl BrokerError {
             Self::StreamNotFound { .. } => "StreamNotFound",
             Self::StreamExists { .. } => "StreamExists",
             Self::ShardNotFound { .. } => "ShardNotFound",
+            Self::ConsumerNotFound { .. } => "ConsumerNotFound",
             Self::GroupNotFound { .. } => "GroupNotFound",
             Self::UnknownMember { .. } => "UnknownMember",
             Self::Fenced { .. } => "Fenced",
             Self::GroupBusy { .. } => "GroupBusy",
             Self::Throttled { .. } => "Throttled",
             Self::LimitExceeded(_) => "LimitExceeded",
+            Self::InUse(_) => "InUse",
             Self::ExpiredIterator { .. } => "ExpiredIterator",
             Self::SequenceTrimmed { .. } => "SequenceTrimmed",
             Self::SequenceBeyondEnd { .. } => "SequenceBeyondEnd",

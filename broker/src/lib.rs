@@ -3,8 +3,10 @@
 //! [`server::run`]; tests start the same server in-process through
 //! [`testing::TestBroker`].
 //!
-//! Map of the data path: a produce is validated and routed in [`grpc`]
-//! (MD5 hash ranges, [`routing`]), admitted by the shard's token buckets
+//! Map of the data path: an edge ([`grpc`], or the Kinesis-compatible
+//! HTTP API in [`kinesis`]) decodes a request into a
+//! [`service`] call, where a produce is validated and routed (MD5 hash
+//! ranges, [`routing`]), admitted by the shard's token buckets
 //! ([`quota`]), queued to the shard's single writer ([`shard`]) which
 //! appends and group-commits with one fdatasync, then acknowledged. Readers
 //! read committed records through the log's sparse index and are woken by a
@@ -22,11 +24,13 @@ pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod iterator;
+pub mod kinesis;
 pub mod listener;
 pub mod metadata;
 pub mod quota;
 pub mod routing;
 pub mod server;
+pub mod service;
 pub mod shard;
 pub mod telemetry;
 pub mod testing;

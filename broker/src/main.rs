@@ -32,6 +32,9 @@ struct Args {
     /// authentication (development only; sets `auth.insecure_allow_anonymous`).
     #[arg(long)]
     insecure_allow_anonymous: bool,
+    /// Kinesis API listen address (overrides `kinesis.addr`).
+    #[arg(long)]
+    kinesis_addr: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -52,9 +55,14 @@ fn main() -> ExitCode {
     config.data_dir = args.data_dir.unwrap_or(config.data_dir);
     config.grpc_addr = args.grpc_addr.unwrap_or(config.grpc_addr);
     config.http_addr = args.http_addr.unwrap_or(config.http_addr);
+    config.kinesis.addr = args.kinesis_addr.unwrap_or(config.kinesis.addr);
     config.auth.insecure_allow_anonymous |= args.insecure_allow_anonymous;
     // Checked before binding, so a refused configuration never listens at all.
-    if let Err(e) = config.check_exposure(&[("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)]) {
+    let mut listeners = vec![("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)];
+    if config.kinesis.enabled {
+        listeners.push(("kinesis.addr", config.kinesis.addr));
+    }
+    if let Err(e) = config.check_exposure(&listeners) {
         eprintln!("stream-broker: {e}");
         return ExitCode::from(2);
     }
@@ -121,8 +129,22 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let http = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|e| format!("http_addr {}: {e}", config.http_addr))?;
+    let kinesis = match config.kinesis.enabled {
+        true => Some(
+            tokio::net::TcpListener::bind(config.kinesis.addr)
+                .await
+                .map_err(|e| format!("kinesis.addr {}: {e}", config.kinesis.addr))?,
+        ),
+        false => None,
+    };
+    let kinesis_addr = kinesis.as_ref().map(|l| l.local_addr()).transpose()?;
     // Tests and scripts that bind port 0 read the real addresses from here.
-    println!("stream-broker listening grpc={} http={}", grpc.local_addr()?, http.local_addr()?);
+    println!(
+        "stream-broker listening grpc={} http={} kinesis={}",
+        grpc.local_addr()?,
+        http.local_addr()?,
+        kinesis_addr.map_or_else(|| "off".to_string(), |a| a.to_string())
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -142,6 +164,6 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.cancel();
         }
     });
-    broker::server::run(config, clock(), grpc, http, shutdown).await?;
+    broker::server::run_with(config, clock(), broker::server::Listeners { grpc, http, kinesis }, shutdown).await?;
     Ok(())
 }

@@ -77,6 +77,75 @@ pub struct GroupMeta {
     pub created_at_ms: u64,
 }
 
+/// How a stream's capacity is managed (a Kinesis notion; the broker
+/// applies the same per-shard quotas to both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamMode {
+    /// The shard count is what the user set.
+    #[default]
+    Provisioned,
+    /// Created without a shard count: starts with the on-demand default
+    /// number of shards; counts against the on-demand stream limit.
+    OnDemand,
+}
+
+/// A registered (enhanced fan-out) consumer of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerMeta {
+    /// Its name, unique in the stream.
+    pub name: String,
+    /// Registration time, ms since the Unix epoch (its ARN carries the seconds).
+    pub created_at_ms: u64,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Its resource policy, stored and returned (not enforced).
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// What a stream has beyond its definition: tags, mode, policy, reported
+/// settings and registered consumers. Kept apart from [`StreamMeta`] so the
+/// data path never reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamAttributes {
+    /// Capacity mode.
+    pub mode: StreamMode,
+    /// Tags, by key.
+    pub tags: BTreeMap<String, String>,
+    /// Resource policy, stored and returned (not enforced).
+    pub policy: Option<String>,
+    /// Enhanced monitoring: shard-level metric names, stored and reported.
+    pub shard_level_metrics: std::collections::BTreeSet<String>,
+    /// Server-side encryption key id, recorded and reported (data at rest
+    /// is not encrypted).
+    pub encryption_key_id: Option<String>,
+    /// Warm throughput target, MiB/s, recorded and reported.
+    pub warm_throughput_mibps: Option<u32>,
+    /// Registered consumers, in registration order.
+    pub consumers: Vec<ConsumerMeta>,
+}
+
+/// A minimum throughput billing commitment, recorded and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingCommitment {
+    /// When it was enabled, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it was asked to end, if it was.
+    pub ended_at_ms: Option<u64>,
+    /// Before this it cannot end.
+    pub earliest_end_ms: u64,
+}
+
+/// Account-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccountSettings {
+    /// The billing commitment, if one was ever enabled.
+    pub billing_commitment: Option<BillingCommitment>,
+}
+
 /// Durable metadata.
 pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// Every stream, in name order.
@@ -104,6 +173,32 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     fn checkpoints(&self, stream_id: u64, name: &str) -> Result<BTreeMap<u32, u64>>;
     /// Stores checkpoints atomically; durable on return.
     fn put_checkpoints(&self, stream_id: u64, name: &str, checkpoints: &[(u32, u64)]) -> Result<()>;
+    /// A stream's attributes; the defaults when none were stored.
+    fn stream_attributes(&self, stream_id: u64) -> Result<StreamAttributes>;
+    /// Replaces a stream's attributes; durable on return.
+    fn put_stream_attributes(&self, stream_id: u64, attributes: &StreamAttributes) -> Result<()>;
+    /// Removes a stream's attributes; durable on return.
+    fn remove_stream_attributes(&self, stream_id: u64) -> Result<()>;
+    /// The account settings; the defaults when none were stored.
+    fn account_settings(&self) -> Result<AccountSettings>;
+    /// Replaces the account settings; durable on return.
+    fn put_account_settings(&self, settings: &AccountSettings) -> Result<()>;
+}
+
+/// The key of a stream's attributes.
+fn attributes_key(stream_id: u64) -> String {
+    format!("{stream_id:020}")
+}
+
+/// The key of the account settings in the default tree.
+const ACCOUNT_SETTINGS_KEY: &[u8] = b"account-settings";
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| BrokerError::Metadata(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| BrokerError::Metadata(format!("undecodable {what}: {e}")))
 }
 
 fn group_key(stream_id: u64, name: &str) -> String {
@@ -121,6 +216,7 @@ pub struct SledStore {
     streams: sled::Tree,
     groups: sled::Tree,
     checkpoints: sled::Tree,
+    attributes: sled::Tree,
 }
 
 impl SledStore {
@@ -130,7 +226,8 @@ impl SledStore {
         let streams = db.db().open_tree("streams")?;
         let groups = db.db().open_tree("groups")?;
         let checkpoints = db.db().open_tree("checkpoints")?;
-        Ok(Self { db, streams, groups, checkpoints })
+        let attributes = db.db().open_tree("attributes")?;
+        Ok(Self { db, streams, groups, checkpoints, attributes })
     }
 
     fn flushed(&self) -> Result<()> {
@@ -246,6 +343,35 @@ impl MetadataStore for SledStore {
         self.flushed()?;
         failpoint("broker::group::checkpoint::after_flush")
     }
+
+    fn stream_attributes(&self, stream_id: u64) -> Result<StreamAttributes> {
+        match self.attributes.get(attributes_key(stream_id))? {
+            Some(v) => from_json(&v, "stream attributes"),
+            None => Ok(StreamAttributes::default()),
+        }
+    }
+
+    fn put_stream_attributes(&self, stream_id: u64, attributes: &StreamAttributes) -> Result<()> {
+        self.attributes.insert(attributes_key(stream_id), to_json(attributes)?)?;
+        self.flushed()
+    }
+
+    fn remove_stream_attributes(&self, stream_id: u64) -> Result<()> {
+        self.attributes.remove(attributes_key(stream_id))?;
+        self.flushed()
+    }
+
+    fn account_settings(&self) -> Result<AccountSettings> {
+        match self.db.db().get(ACCOUNT_SETTINGS_KEY)? {
+            Some(v) => from_json(&v, "account settings"),
+            None => Ok(AccountSettings::default()),
+        }
+    }
+
+    fn put_account_settings(&self, settings: &AccountSettings) -> Result<()> {
+        self.db.db().insert(ACCOUNT_SETTINGS_KEY, to_json(settings)?)?;
+        self.flushed()
+    }
 }
 
 /// A named failpoint (feature `failpoints`): configured to `return`, the
@@ -267,6 +393,8 @@ pub struct MemStore {
     inner: Mutex<(BTreeMap<String, StreamMeta>, u64)>,
     groups: Mutex<BTreeMap<String, GroupMeta>>,
     checkpoints: Mutex<BTreeMap<String, u64>>,
+    attributes: Mutex<BTreeMap<u64, StreamAttributes>>,
+    account: Mutex<AccountSettings>,
 }
 
 fn mem_lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
@@ -338,6 +466,29 @@ impl MetadataStore for MemStore {
         }
         Ok(())
     }
+
+    fn stream_attributes(&self, stream_id: u64) -> Result<StreamAttributes> {
+        Ok(mem_lock(&self.attributes)?.get(&stream_id).cloned().unwrap_or_default())
+    }
+
+    fn put_stream_attributes(&self, stream_id: u64, attributes: &StreamAttributes) -> Result<()> {
+        mem_lock(&self.attributes)?.insert(stream_id, attributes.clone());
+        Ok(())
+    }
+
+    fn remove_stream_attributes(&self, stream_id: u64) -> Result<()> {
+        mem_lock(&self.attributes)?.remove(&stream_id);
+        Ok(())
+    }
+
+    fn account_settings(&self) -> Result<AccountSettings> {
+        Ok(mem_lock(&self.account)?.clone())
+    }
+
+    fn put_account_settings(&self, settings: &AccountSettings) -> Result<()> {
+        *mem_lock(&self.account)? = settings.clone();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -400,5 +551,39 @@ mod tests {
             );
             assert_eq!(s.groups().expect("groups").len(), 1);
         }
+    }
+
+    #[test]
+    fn stream_attributes_and_account_settings_round_trip_in_both_stores() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let attrs = StreamAttributes {
+            mode: StreamMode::OnDemand,
+            tags: BTreeMap::from([("team".to_string(), "cakes".to_string())]),
+            consumers: vec![ConsumerMeta {
+                name: "c".into(),
+                created_at_ms: 5,
+                tags: BTreeMap::new(),
+                policy: Some("{}".into()),
+            }],
+            ..StreamAttributes::default()
+        };
+        let settings = AccountSettings {
+            billing_commitment: Some(BillingCommitment { started_at_ms: 1, ended_at_ms: None, earliest_end_ms: 9 }),
+        };
+        {
+            let sled_store = SledStore::open(dir.path()).expect("open");
+            let stores: [&dyn MetadataStore; 2] = [&sled_store, &MemStore::default()];
+            for s in stores {
+                assert_eq!(s.stream_attributes(4).expect("read"), StreamAttributes::default());
+                s.put_stream_attributes(4, &attrs).expect("put");
+                s.put_stream_attributes(5, &attrs).expect("put");
+                s.remove_stream_attributes(5).expect("remove");
+                assert_eq!(s.stream_attributes(5).expect("read"), StreamAttributes::default());
+                s.put_account_settings(&settings).expect("put");
+            }
+        }
+        let s = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.stream_attributes(4).expect("read"), attrs, "durable across a reopen");
+        assert_eq!(s.account_settings().expect("read"), settings);
     }
 }

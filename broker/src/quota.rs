@@ -41,8 +41,9 @@ impl QuotaValues {
     };
 }
 
+/// A token bucket on the injected clock, refilled continuously.
 #[derive(Debug, Clone)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate_per_ms: f64,
     capacity: f64,
     tokens: f64,
@@ -52,7 +53,7 @@ struct Bucket {
 impl Bucket {
     /// A full bucket refilled at `rate_per_sec`, holding one second of it or
     /// `capacity_min`, whichever is more.
-    fn new(rate_per_sec: u64, capacity_min: u64, now_ms: u64) -> Self {
+    pub(crate) fn new(rate_per_sec: u64, capacity_min: u64, now_ms: u64) -> Self {
         let capacity = rate_per_sec.max(capacity_min) as f64;
         Self { rate_per_ms: rate_per_sec as f64 / 1000.0, capacity, tokens: capacity, last_ms: now_ms }
     }
@@ -66,6 +67,18 @@ impl Bucket {
     /// Milliseconds until `n` tokens are available (0 if they are).
     fn wait_ms(&self, n: f64) -> u64 {
         if self.tokens >= n { 0 } else { ((n - self.tokens) / self.rate_per_ms).ceil().max(1.0) as u64 }
+    }
+
+    /// Takes one token at `now_ms`, or says how long until one is there.
+    pub(crate) fn try_take(&mut self, now_ms: u64) -> Result<(), u64> {
+        self.refill(now_ms);
+        match self.wait_ms(1.0) {
+            0 => {
+                self.tokens -= 1.0;
+                Ok(())
+            }
+            wait => Err(wait),
+        }
     }
 }
 

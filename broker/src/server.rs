@@ -1,5 +1,6 @@
-//! Assembles and runs the broker: metadata, catalogue, gRPC and HTTP
-//! servers, retention janitor, free-space watch, and the shutdown sequence.
+//! Assembles and runs the broker: metadata, catalogue, gRPC, Kinesis and
+//! admin HTTP servers, retention janitor, free-space watch, and the
+//! shutdown sequence.
 //!
 //! Start on a full disk: before the metadata store opens, the disk monitor
 //! gives back the reserve file if free space is below its size, so sled can
@@ -38,10 +39,24 @@ use crate::grpc::groups::GroupsService;
 use crate::grpc::message_limit::MessageLimitHint;
 use crate::http::Readiness;
 use crate::iterator::IteratorSigner;
+use crate::kinesis::KinesisEdge;
 use crate::listener::{HttpLimits, ListenerConfig, Refusals};
 use crate::metadata::{MetadataStore, SledStore};
+use crate::service::Service;
 
-/// Runs a broker until `shutdown` fires, on listeners the caller bound.
+/// The listeners of a broker, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// The HTTP admin endpoints (metrics, health).
+    pub http: TcpListener,
+    /// The Kinesis-compatible HTTP API; `None` runs without it.
+    pub kinesis: Option<TcpListener>,
+}
+
+/// Runs a broker until `shutdown` fires, on gRPC and admin listeners the
+/// caller bound, without the Kinesis API.
 pub async fn run(
     config: BrokerConfig,
     clock: Arc<dyn Clock>,
@@ -49,25 +64,44 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    run_with(config, clock, Listeners { grpc, http, kinesis: None }, shutdown).await
+}
+
+/// Runs a broker until `shutdown` fires, on listeners the caller bound.
+pub async fn run_with(
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let Listeners { grpc, http, kinesis } = listeners;
     crate::telemetry::prometheus();
     let addr = |l: &TcpListener, key: &str| {
         l.local_addr().map_err(|source| BrokerError::Io { context: format!("{key} address"), source })
     };
     let (grpc_addr, http_addr) = (addr(&grpc, "grpc_addr")?, addr(&http, "http_addr")?);
-    config
-        .check_exposure(&[("grpc_addr", grpc_addr), ("http_addr", http_addr)])
-        .map_err(|e| BrokerError::invalid("auth.enabled", e.0))?;
-    let (grpc_tls, admin_tls) = match config.tls.files() {
+    let mut bound = vec![("grpc_addr", grpc_addr), ("http_addr", http_addr)];
+    if let Some(k) = &kinesis {
+        bound.push(("kinesis.addr", addr(k, "kinesis.addr")?));
+    }
+    config.check_exposure(&bound).map_err(|e| BrokerError::invalid("auth.enabled", e.0))?;
+    // One certificate for every listener; each has its own ALPN list.
+    let (grpc_tls, admin_tls, kinesis_tls) = match config.tls.files() {
         Some(files) => {
             let grpc_tls = Arc::new(ServerTls::load(files.clone(), &[b"h2"])?);
-            let admin_tls =
-                config.tls.admin.then(|| ServerTls::load(files, crate::listener::HTTP_ALPN)).transpose()?.map(Arc::new);
-            (Some(grpc_tls), admin_tls)
+            let admin_tls = config
+                .tls
+                .admin
+                .then(|| ServerTls::load(files.clone(), crate::listener::HTTP_ALPN))
+                .transpose()?
+                .map(Arc::new);
+            let kinesis_tls = Arc::new(ServerTls::load(files, crate::listener::HTTP_ALPN)?);
+            (Some(grpc_tls), admin_tls, Some(kinesis_tls))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let reloader = tokio::spawn(crate::auth::tls::reload_on_sighup(
-        [grpc_tls.clone(), admin_tls.clone()].into_iter().flatten().collect(),
+        [grpc_tls.clone(), admin_tls.clone(), kinesis_tls.clone()].into_iter().flatten().collect(),
         shutdown.clone(),
     ));
     let config = Arc::new(config);
@@ -193,8 +227,30 @@ pub async fn run(
         }
     });
     let streams_token = CancellationToken::new();
-    let service = GrpcService::new(catalog.clone(), groups.clone(), IteratorSigner::new(secret), streams_token.clone());
-    let groups_service = GroupsService::new(groups, config.limits.request_timeout_ms);
+    let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone());
+    let groups_service = GroupsService::new(service.clone());
+    let kinesis_task = kinesis.map(|listener| {
+        let edge = Arc::new(KinesisEdge::new(service.clone()));
+        let conns = crate::listener::incoming(
+            listener,
+            ListenerConfig {
+                name: "kinesis",
+                max_connections: config.limits.max_connections,
+                handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+                tls: kinesis_tls,
+            },
+            refusals.clone(),
+            shutdown.clone(),
+        );
+        let http_limits = HttpLimits {
+            header_read_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+            max_header_bytes: config.limits.http_max_header_bytes,
+        };
+        let router = crate::kinesis::router(edge);
+        tokio::spawn(crate::listener::serve_http(conns, router, http_limits, refusals.clone(), shutdown.clone()))
+    });
+    let service = GrpcService::new(service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
     let max = config.limits.grpc_max_message_bytes;
@@ -241,6 +297,13 @@ pub async fn run(
         Err(_) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight calls did not finish in time; closing them");
             grpc_task.abort();
+        }
+    }
+    if let Some(task) = kinesis_task {
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Kinesis API server task failed"),
+            Err(_) => tracing::warn!("Kinesis API requests did not finish in time; closing them"),
         }
     }
     let _ = janitor.await;

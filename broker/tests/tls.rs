@@ -111,7 +111,7 @@ async fn an_expired_certificate_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_admin_port_speaks_tls_and_refuses_plaintext() {
+async fn the_admin_and_kinesis_ports_speak_tls_and_refuse_plaintext() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("test CA");
     let files = ca.server().write(dir.path(), "server", &ca);
@@ -122,6 +122,11 @@ async fn the_admin_port_speaks_tls_and_refuses_plaintext() {
         .await
         .expect("a plaintext request ends instead of hanging");
     assert!(plain.is_none(), "plaintext to the TLS admin port gets no HTTP answer: {plain:?}");
+    let kinesis = b.kinesis_addr.expect("the Kinesis API is on by default");
+    let (code, _) = common::https_get(kinesis, "/healthcheck", &ca.pem).await;
+    assert_eq!(code, 200, "the Kinesis API over TLS");
+    let plain = tokio::time::timeout(BOUND, common::try_http_get(kinesis, "/healthcheck")).await.expect("bounded");
+    assert!(plain.is_none(), "plaintext to the TLS Kinesis port gets no HTTP answer: {plain:?}");
     b.stop().await.expect("stop");
 }
 

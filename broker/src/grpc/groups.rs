@@ -1,6 +1,6 @@
-//! The ConsumerGroups gRPC edge.
+//! The ConsumerGroups gRPC edge: maps messages onto the group calls of
+//! [`crate::service`] and [`crate::group::GroupManager`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1 as pb;
@@ -9,28 +9,38 @@ use tonic::{Request, Response, Status};
 
 use super::{to_record, unary};
 use crate::error::{BrokerError, Result};
-use crate::group::{Assignment, CommitShard, GroupInfo, GroupManager, LeaseView, PollShard, ResetTo};
+use crate::group::{Assignment, CommitShard, GroupInfo, LeaseView, PollShard};
 use crate::metadata::StartPosition;
+use crate::service::{IteratorKind, POLL_WAIT_MS_MAX, PollRequest, Service, StartingPosition};
 use crate::shard::{parse_shard_id, shard_id};
-
-/// Longest long-poll.
-const POLL_WAIT_MS_MAX: u64 = 30_000;
 
 /// The ConsumerGroups service.
 #[derive(Debug, Clone)]
 pub struct GroupsService {
-    groups: Arc<GroupManager>,
-    request_timeout_ms: u64,
+    service: Service,
 }
 
 impl GroupsService {
-    /// A service over `groups`; unary calls other than Poll get `request_timeout_ms`.
-    pub fn new(groups: Arc<GroupManager>, request_timeout_ms: u64) -> Self {
-        Self { groups, request_timeout_ms }
+    /// The group edge of `service`; unary calls other than Poll get its request deadline.
+    pub fn new(service: Service) -> Self {
+        Self { service }
     }
 
     fn deadline(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+        self.service.request_timeout()
+    }
+}
+
+/// A group position type; `None` for one outside `allowed` or unknown,
+/// which the caller rejects with its own field name.
+fn kind_of(position: i32) -> Option<IteratorKind> {
+    match pb::IteratorType::try_from(position) {
+        Ok(pb::IteratorType::TrimHorizon) => Some(IteratorKind::TrimHorizon),
+        Ok(pb::IteratorType::Latest) => Some(IteratorKind::Latest),
+        Ok(pb::IteratorType::AtSequenceNumber) => Some(IteratorKind::AtSequenceNumber),
+        Ok(pb::IteratorType::AfterSequenceNumber) => Some(IteratorKind::AfterSequenceNumber),
+        Ok(pb::IteratorType::AtTimestamp) => Some(IteratorKind::AtTimestamp),
+        Ok(pb::IteratorType::Unspecified) | Err(_) => None,
     }
 }
 
@@ -47,14 +57,18 @@ fn assignment(a: Assignment) -> pb::Assignment {
 
 fn start_of(s: Option<pb::GroupStart>) -> Result<StartPosition> {
     let s = s.unwrap_or_default();
-    match pb::IteratorType::try_from(s.position) {
-        Ok(pb::IteratorType::TrimHorizon) | Ok(pb::IteratorType::Unspecified) => Ok(StartPosition::TrimHorizon),
-        Ok(pb::IteratorType::Latest) => Ok(StartPosition::Latest),
-        Ok(pb::IteratorType::AtTimestamp) => Ok(StartPosition::AtTimestamp(
-            s.timestamp_ms.ok_or_else(|| BrokerError::invalid("start.timestamp_ms", "required for AT_TIMESTAMP"))?,
-        )),
-        _ => Err(BrokerError::invalid("start.position", "must be TRIM_HORIZON, LATEST or AT_TIMESTAMP")),
-    }
+    let start = match pb::IteratorType::try_from(s.position) {
+        // An unset position is the oldest record.
+        Ok(pb::IteratorType::Unspecified) => None,
+        _ => Some(StartingPosition {
+            kind: kind_of(s.position).ok_or_else(|| {
+                BrokerError::invalid("start.position", "must be TRIM_HORIZON, LATEST or AT_TIMESTAMP")
+            })?,
+            sequence_number: None,
+            timestamp_ms: s.timestamp_ms,
+        }),
+    };
+    Service::group_start(start)
 }
 
 fn start_to_pb(s: StartPosition) -> pb::GroupStart {
@@ -108,11 +122,12 @@ impl ConsumerGroups for GroupsService {
     async fn join_group(&self, req: Request<pb::JoinGroupRequest>) -> Result<Response<pb::JoinGroupResponse>, Status> {
         let r = req.into_inner();
         unary("JoinGroup", self.deadline(), async {
-            let joined = self.groups.join(&r.stream_name, &r.group_name, start_of(r.start)?, &r.client_id).await?;
+            let joined =
+                self.service.groups().join(&r.stream_name, &r.group_name, start_of(r.start)?, &r.client_id).await?;
             Ok(pb::JoinGroupResponse {
                 member_id: joined.member_id.clone(),
                 assignment: Some(assignment(joined)),
-                session_timeout_ms: self.groups.session_timeout_ms(),
+                session_timeout_ms: self.service.groups().session_timeout_ms(),
             })
         })
         .await
@@ -121,7 +136,7 @@ impl ConsumerGroups for GroupsService {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         unary("Heartbeat", self.deadline(), async {
-            let a = self.groups.heartbeat(&r.stream_name, &r.group_name, &r.member_id).await?;
+            let a = self.service.groups().heartbeat(&r.stream_name, &r.group_name, &r.member_id).await?;
             Ok(pb::HeartbeatResponse { assignment: Some(assignment(a)) })
         })
         .await
@@ -133,7 +148,7 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
         let r = req.into_inner();
         unary("LeaveGroup", self.deadline(), async {
-            self.groups.leave(&r.stream_name, &r.group_name, &r.member_id).await?;
+            self.service.groups().leave(&r.stream_name, &r.group_name, &r.member_id).await?;
             Ok(pb::LeaveGroupResponse {})
         })
         .await
@@ -143,22 +158,21 @@ impl ConsumerGroups for GroupsService {
         let r = req.into_inner();
         let wait = r.wait_ms;
         unary("Poll", self.deadline() + Duration::from_millis(POLL_WAIT_MS_MAX), async {
-            let max = match r.max_records {
-                0 => 1000,
-                1..=10_000 => r.max_records as usize,
-                n => return Err(BrokerError::invalid("max_records", format!("must be 1..=10000, got {n}"))),
-            };
-            if wait > POLL_WAIT_MS_MAX {
-                return Err(BrokerError::invalid("wait_ms", format!("must be 0..=30000, got {wait}")));
-            }
             let shards: Vec<PollShard> = r
                 .shards
                 .into_iter()
                 .map(|p| PollShard { shard_id: p.shard_id, epoch: p.lease_epoch, next: p.next_sequence_number })
                 .collect();
             let polled = self
-                .groups
-                .poll(&r.stream_name, &r.group_name, &r.member_id, &shards, max, Duration::from_millis(wait))
+                .service
+                .poll_group(PollRequest {
+                    stream_name: r.stream_name,
+                    group_name: r.group_name,
+                    member_id: r.member_id,
+                    shards,
+                    max_records: (r.max_records != 0).then_some(r.max_records),
+                    wait_ms: wait,
+                })
                 .await?;
             Ok(pb::PollResponse {
                 shards: polled
@@ -181,15 +195,12 @@ impl ConsumerGroups for GroupsService {
     async fn commit(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
         let r = req.into_inner();
         unary("Commit", self.deadline(), async {
-            if r.checkpoints.is_empty() {
-                return Err(BrokerError::invalid("checkpoints", "at least one checkpoint"));
-            }
             let cps: Vec<CommitShard> = r
                 .checkpoints
                 .into_iter()
                 .map(|c| CommitShard { shard_id: c.shard_id, seq: c.sequence_number, epoch: c.lease_epoch })
                 .collect();
-            let results = self.groups.commit(&r.stream_name, &r.group_name, &r.member_id, &cps).await?;
+            let results = self.service.commit_group(&r.stream_name, &r.group_name, &r.member_id, &cps).await?;
             Ok(pb::CommitResponse {
                 results: cps
                     .into_iter()
@@ -214,8 +225,8 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let r = req.into_inner();
         unary("DescribeGroup", self.deadline(), async {
-            let info = self.groups.describe(&r.stream_name, &r.group_name).await?;
-            Ok(pb::DescribeGroupResponse { group: Some(describe(info, self.groups.session_timeout_ms())) })
+            let info = self.service.groups().describe(&r.stream_name, &r.group_name).await?;
+            Ok(pb::DescribeGroupResponse { group: Some(describe(info, self.service.groups().session_timeout_ms())) })
         })
         .await
     }
@@ -227,7 +238,7 @@ impl ConsumerGroups for GroupsService {
         let r = req.into_inner();
         unary("ListGroups", self.deadline(), async {
             let stream = (!r.stream_name.is_empty()).then_some(r.stream_name.as_str());
-            let groups = self.groups.list(stream)?;
+            let groups = self.service.groups().list(stream)?;
             Ok(pb::ListGroupsResponse {
                 groups: groups
                     .into_iter()
@@ -244,29 +255,14 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::ResetGroupResponse>, Status> {
         let r = req.into_inner();
         unary("ResetGroup", self.deadline(), async {
-            let to = match pb::IteratorType::try_from(r.position) {
-                Ok(pb::IteratorType::TrimHorizon) => ResetTo::TrimHorizon,
-                Ok(pb::IteratorType::Latest) => ResetTo::Latest,
-                Ok(pb::IteratorType::AtTimestamp) => ResetTo::AtTimestamp(
-                    r.timestamp_ms.ok_or_else(|| BrokerError::invalid("timestamp_ms", "required for AT_TIMESTAMP"))?,
-                ),
-                Ok(pb::IteratorType::AtSequenceNumber) => ResetTo::AtSequence {
-                    shard: parse_shard_id(&r.shard_id)
-                        .ok_or_else(|| BrokerError::invalid("shard_id", "required for AT_SEQUENCE_NUMBER"))?,
-                    seq: r
-                        .sequence_number
-                        .ok_or_else(|| BrokerError::invalid("sequence_number", "required for AT_SEQUENCE_NUMBER"))?,
-                },
-                _ => {
-                    return Err(BrokerError::invalid(
-                        "position",
-                        "must be TRIM_HORIZON, LATEST, AT_TIMESTAMP or AT_SEQUENCE_NUMBER",
-                    ));
-                }
-            };
-            self.groups.reset(&r.stream_name, &r.group_name, to).await?;
-            let info = self.groups.describe(&r.stream_name, &r.group_name).await?;
-            Ok(pb::ResetGroupResponse { group: Some(describe(info, self.groups.session_timeout_ms())) })
+            let kind = kind_of(r.position).ok_or_else(|| {
+                BrokerError::invalid("position", "must be TRIM_HORIZON, LATEST, AT_TIMESTAMP or AT_SEQUENCE_NUMBER")
+            })?;
+            let start = StartingPosition { kind, sequence_number: r.sequence_number, timestamp_ms: r.timestamp_ms };
+            let to = Service::group_reset(start, parse_shard_id(&r.shard_id))?;
+            self.service.groups().reset(&r.stream_name, &r.group_name, to).await?;
+            let info = self.service.groups().describe(&r.stream_name, &r.group_name).await?;
+            Ok(pb::ResetGroupResponse { group: Some(describe(info, self.service.groups().session_timeout_ms())) })
         })
         .await
     }
@@ -277,7 +273,7 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let r = req.into_inner();
         unary("DeleteGroup", self.deadline(), async {
-            self.groups.delete(&r.stream_name, &r.group_name).await?;
+            self.service.groups().delete(&r.stream_name, &r.group_name).await?;
             Ok(pb::DeleteGroupResponse {})
         })
         .await

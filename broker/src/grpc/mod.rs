@@ -1,345 +1,117 @@
-//! The gRPC edge: converts `proto` messages to domain calls and back.
-//! Validation of request fields happens here or in the catalogue, and every
-//! rejection names the field; errors become statuses only in [`status`].
+//! The gRPC edge: converts `proto` messages to [`crate::service`] calls and
+//! their results back. Every rule (validation, routing, quotas) lives in the
+//! service; this module only maps fields, and errors become statuses only in
+//! [`status`].
 
 pub mod groups;
 pub mod message_limit;
 pub mod status;
-mod subscribe;
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use proto::v1 as pb;
 use proto::v1::stream_broker_server::StreamBroker;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::Stream;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::{Catalog, CreateStream, Stream as BrokerStream, validate_stream_name};
+use crate::catalog::{CreateStream, Stream as BrokerStream};
 use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
-use crate::iterator::{IteratorSigner, Position};
-use crate::quota::ReadBudget;
-use crate::routing::{hash_key, parse_explicit_hash_key};
-use crate::shard::{FailureKind, NewRecord, RepairAction, Shard, parse_shard_id};
+use crate::service::{
+    self, IteratorKind, PendingPut, PutEntry, PutRecordsResult, RecordFailureKind, Service, StartingPosition,
+    SubscribeEvent,
+};
+use crate::shard::{FailureKind, RepairAction, Shard};
 use status::to_status;
-
-/// Most records in one PutRecords request.
-pub const PUT_RECORDS_MAX: usize = 500;
-/// Most key + data bytes in one PutRecords request.
-pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
-/// Most records one GetRecords call returns.
-pub const GET_RECORDS_LIMIT_MAX: u32 = 10_000;
-/// Most key + data bytes one GetRecords call returns.
-pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
 pub struct GrpcService {
-    catalog: Arc<Catalog>,
-    groups: Arc<crate::group::GroupManager>,
-    signer: IteratorSigner,
-    shutdown: CancellationToken,
-    buffers: subscribe::BufferBudget,
+    service: Service,
 }
 
 impl GrpcService {
-    /// A service over `catalog`; streaming calls end when `shutdown` fires.
-    pub fn new(
-        catalog: Arc<Catalog>,
-        groups: Arc<crate::group::GroupManager>,
-        signer: IteratorSigner,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let limits = &catalog.config().limits;
-        let buffers = subscribe::BufferBudget::new(
-            limits.subscription_buffer_bytes_total,
-            limits.subscription_buffer_bytes,
-            limits.subscription_reads_concurrent,
-        );
-        Self { catalog, groups, signer, shutdown, buffers }
-    }
-
-    fn now(&self) -> u64 {
-        self.catalog.clock().now_ms()
+    /// The gRPC edge of `service`.
+    pub fn new(service: Service) -> Self {
+        Self { service }
     }
 
     async fn unary<T>(&self, name: &'static str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
-        unary(name, Duration::from_millis(self.catalog.config().limits.request_timeout_ms), f).await
-    }
-
-    fn shard_of(stream: &BrokerStream, shard_id: &str) -> Result<Arc<Shard>> {
-        let index = parse_shard_id(shard_id).ok_or_else(|| {
-            BrokerError::invalid("shard_id", format!("{shard_id:?} is not of the form shardId-NNNNNNNNNNNN"))
-        })?;
-        stream
-            .shards
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| BrokerError::ShardNotFound { stream: stream.meta().name, shard_id: shard_id.to_string() })
-    }
-
-    /// The first sequence number a reader starting at this position gets.
-    async fn resolve_start(
-        &self,
-        shard: &Shard,
-        kind: i32,
-        sequence_number: Option<u64>,
-        timestamp_ms: Option<u64>,
-    ) -> Result<u64> {
-        let reader = shard.reader()?;
-        let (first, next) = (reader.first_seq(), reader.next_seq());
-        let at = |field: &'static str, seq: Option<u64>, offset: u64| -> Result<u64> {
-            let seq = seq.ok_or_else(|| BrokerError::invalid(field, "required for this iterator type"))?;
-            let start = seq.saturating_add(offset);
-            if start < first {
-                return Err(BrokerError::SequenceTrimmed { shard_id: shard.id.clone(), requested: seq, first });
-            }
-            if start > next {
-                return Err(BrokerError::SequenceBeyondEnd { field, shard_id: shard.id.clone(), requested: seq, next });
-            }
-            Ok(start)
-        };
-        match pb::IteratorType::try_from(kind) {
-            Ok(pb::IteratorType::TrimHorizon) => Ok(first),
-            Ok(pb::IteratorType::Latest) => Ok(next),
-            Ok(pb::IteratorType::AtSequenceNumber) => at("starting_sequence_number", sequence_number, 0),
-            Ok(pb::IteratorType::AfterSequenceNumber) => at("starting_sequence_number", sequence_number, 1),
-            Ok(pb::IteratorType::AtTimestamp) => {
-                let ts =
-                    timestamp_ms.ok_or_else(|| BrokerError::invalid("timestamp_ms", "required for AT_TIMESTAMP"))?;
-                if ts > self.now() {
-                    return Err(BrokerError::invalid("timestamp_ms", format!("{ts} is in the future")));
-                }
-                let id = shard.id.clone();
-                tokio::task::spawn_blocking(move || reader.seq_at_or_after_timestamp(ts))
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-                    .map_err(|e| BrokerError::storage(&id, e))
-            }
-            _ => Err(BrokerError::invalid("iterator_type", format!("{kind} is not a known iterator type"))),
-        }
-    }
-
-    /// Validates, routes, applies quotas and queues a PutRecords batch.
-    /// Records over quota fail alone; once a shard throttles a record, its
-    /// later records in the same batch are throttled too, which keeps each
-    /// shard's accepted records in request order. Records routed to a failed
-    /// shard fail alone with its error; a disk below the free-space
-    /// watermark refuses the whole call.
-    async fn submit_put(&self, stream_name: &str, entries: Vec<pb::PutRecordsEntry>) -> Result<PendingPut> {
-        validate_stream_name(stream_name)?;
-        let stream = self.catalog.get(stream_name)?;
-        self.catalog.disk().admit()?;
-        if entries.is_empty() || entries.len() > PUT_RECORDS_MAX {
-            return Err(BrokerError::invalid("records", format!("must hold 1..=500 records, got {}", entries.len())));
-        }
-        let total: usize = entries.iter().map(|e| e.partition_key.len() + e.data.len()).sum();
-        if total > PUT_RECORDS_BYTES_MAX {
-            return Err(BrokerError::invalid("records", format!("{total} bytes of keys and data, more than 5 MiB")));
-        }
-        let meta = stream.meta();
-        let mut routed = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            validate_partition_key(&e.partition_key)
-                .map_err(|r| BrokerError::invalid(format!("records[{i}].partition_key"), r))?;
-            let size = e.partition_key.len() + e.data.len();
-            if size > meta.max_record_bytes as usize {
-                return Err(BrokerError::invalid(
-                    format!("records[{i}].data"),
-                    format!("record is {size} bytes (key + data), more than the stream's {}", meta.max_record_bytes),
-                ));
-            }
-            let hash = match &e.explicit_hash_key {
-                Some(k) => parse_explicit_hash_key(k)
-                    .map_err(|r| BrokerError::invalid(format!("records[{i}].explicit_hash_key"), r))?,
-                None => hash_key(&e.partition_key),
-            };
-            routed.push((stream.ranges.shard_for(hash), size));
-        }
-        let now = self.now();
-        let mut outcome: Vec<Outcome> = Vec::with_capacity(entries.len());
-        let mut groups: HashMap<u32, Vec<NewRecord>> = HashMap::new();
-        let mut throttled_shards: HashMap<u32, u64> = HashMap::new();
-        let mut refusals: HashMap<u32, BrokerError> = HashMap::new();
-        let (mut bytes_in, mut throttled) = (0u64, 0u64);
-        for (e, (shard, size)) in entries.into_iter().zip(routed) {
-            if let Some(refusal) = stream.shards[shard as usize].write_refusal() {
-                refusals.entry(shard).or_insert(refusal);
-                outcome.push(Outcome::Refused { shard });
-                continue;
-            }
-            let quota = &stream.shards[shard as usize].quota;
-            let admitted = match throttled_shards.get(&shard) {
-                Some(&wait) => Err(wait),
-                None => quota.try_write(size as u64, now),
-            };
-            match admitted {
-                Ok(()) => {
-                    let group = groups.entry(shard).or_default();
-                    outcome.push(Outcome::Queued { shard, offset: group.len() as u64 });
-                    group.push((Bytes::from(e.partition_key), e.data));
-                    bytes_in += size as u64;
-                }
-                Err(wait) => {
-                    throttled_shards.entry(shard).or_insert(wait);
-                    outcome.push(Outcome::Throttled { shard, retry_after_ms: wait });
-                    throttled += 1;
-                }
-            }
-        }
-        let mut acks = HashMap::with_capacity(groups.len());
-        for (shard, records) in groups {
-            acks.insert(shard, stream.shards[shard as usize].submit(records).await?);
-        }
-        let labels = [("stream", meta.name.clone())];
-        metrics::counter!("stream_broker_bytes_in_total", &labels).increment(bytes_in);
-        if throttled > 0 {
-            metrics::counter!("stream_broker_throttled_records_total", &labels).increment(throttled);
-        }
-        Ok(PendingPut { stream, outcome, acks, refusals })
+        unary(name, self.service.request_timeout(), f).await
     }
 }
 
-/// Runs a unary handler under a deadline, with its latency and errors in the metrics.
+/// Runs a unary handler under a deadline, with its latency and errors in
+/// the metrics, and maps the outcome to a response or a status.
 pub(crate) async fn unary<T>(
     name: &'static str,
     deadline: Duration,
     f: impl Future<Output = Result<T>>,
 ) -> Result<Response<T>, Status> {
-    let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(deadline, f).await {
-        Ok(r) => r,
-        Err(_) => Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis()))),
+    service::call(name, deadline, f).await.map(Response::new).map_err(to_status)
+}
+
+/// A request's iterator type and fields as a starting position; an unknown
+/// type is rejected naming `iterator_type`.
+fn starting_position(kind: i32, sequence_number: Option<u64>, timestamp_ms: Option<u64>) -> Result<StartingPosition> {
+    let kind = match pb::IteratorType::try_from(kind) {
+        Ok(pb::IteratorType::TrimHorizon) => IteratorKind::TrimHorizon,
+        Ok(pb::IteratorType::Latest) => IteratorKind::Latest,
+        Ok(pb::IteratorType::AtSequenceNumber) => IteratorKind::AtSequenceNumber,
+        Ok(pb::IteratorType::AfterSequenceNumber) => IteratorKind::AfterSequenceNumber,
+        Ok(pb::IteratorType::AtTimestamp) => IteratorKind::AtTimestamp,
+        _ => return Err(BrokerError::invalid("iterator_type", format!("{kind} is not a known iterator type"))),
     };
-    metrics::histogram!("stream_broker_request_duration_seconds", "method" => name)
-        .record(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
-    }
-    result.map(Response::new).map_err(to_status)
+    Ok(StartingPosition { kind, sequence_number, timestamp_ms })
 }
 
-/// Kinesis partition keys are 1..=256 Unicode characters.
-fn validate_partition_key(key: &str) -> std::result::Result<(), String> {
-    let chars = key.chars().count();
-    if (1..=256).contains(&chars) { Ok(()) } else { Err(format!("must be 1..=256 characters, got {chars}")) }
+fn put_entry(e: pb::PutRecordsEntry) -> PutEntry {
+    PutEntry { partition_key: e.partition_key, data: e.data, explicit_hash_key: e.explicit_hash_key }
 }
 
-enum Outcome {
-    Queued {
-        shard: u32,
-        offset: u64,
-    },
-    Throttled {
-        shard: u32,
-        retry_after_ms: u64,
-    },
-    /// The shard refused before queueing (it is failed).
-    Refused {
-        shard: u32,
-    },
-}
-
-/// A PutRecords batch whose shard batches are queued.
-struct PendingPut {
-    stream: Arc<BrokerStream>,
-    outcome: Vec<Outcome>,
-    acks: HashMap<u32, oneshot::Receiver<Result<shardlog::Appended>>>,
-    refusals: HashMap<u32, BrokerError>,
-}
-
-/// The per-record error code of a shard's failure.
-fn record_error_code(e: &BrokerError) -> &'static str {
-    match e {
-        BrokerError::DiskFull { .. } | BrokerError::ShardFailed { .. } => e.kind(),
-        _ => "ShardUnavailable",
+/// The gRPC code of a record that failed.
+fn record_error_code(kind: RecordFailureKind) -> &'static str {
+    match kind {
+        RecordFailureKind::Throttled => "ProvisionedThroughputExceeded",
+        RecordFailureKind::DiskFull => "DiskFull",
+        RecordFailureKind::ShardFailed => "ShardFailed",
+        RecordFailureKind::ShardUnavailable => "ShardUnavailable",
     }
 }
 
-impl PendingPut {
-    /// Waits for the one record of a PutRecord: its sequence number, or the
-    /// error its shard answered with.
-    async fn wait_one(mut self) -> Result<pb::PutRecordResponse> {
-        match self.outcome.pop() {
-            Some(Outcome::Queued { shard, offset }) => {
-                let ack = self.acks.remove(&shard).ok_or_else(|| BrokerError::Internal("no ack".into()))?;
-                let a = ack.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("shard writer stopped".into())))?;
-                Ok(pb::PutRecordResponse {
-                    shard_id: self.stream.shards[shard as usize].id.clone(),
-                    sequence_number: a.first_seq + offset,
-                })
-            }
-            Some(Outcome::Throttled { shard, retry_after_ms }) => Err(BrokerError::Throttled {
-                what: format!("write quota of {} exceeded", self.stream.shards[shard as usize].id),
-                retry_after_ms,
-            }),
-            Some(Outcome::Refused { shard }) => Err(self
-                .refusals
-                .remove(&shard)
-                .unwrap_or_else(|| BrokerError::Unavailable("shard refused the write".into()))),
-            None => Err(BrokerError::Internal("PutRecord without a record".into())),
-        }
-    }
-
-    /// Waits for every shard batch and builds the per-record results.
-    async fn wait(self) -> pb::PutRecordsResponse {
-        let mut appended = HashMap::with_capacity(self.acks.len());
-        for (shard, ack) in self.acks {
-            let r = ack.await.unwrap_or_else(|_| Err(BrokerError::Unavailable("shard writer stopped".into())));
-            appended.insert(shard, r);
-        }
-        let mut resp =
-            pb::PutRecordsResponse { failed_record_count: 0, records: Vec::with_capacity(self.outcome.len()) };
-        let mut records_in = 0u64;
-        for o in self.outcome {
-            let entry = match o {
-                Outcome::Queued { shard, offset } => match &appended[&shard] {
-                    Ok(a) => {
-                        records_in += 1;
-                        pb::PutRecordsResultEntry {
-                            shard_id: self.stream.shards[shard as usize].id.clone(),
-                            sequence_number: a.first_seq + offset,
-                            ..Default::default()
-                        }
-                    }
-                    Err(e) => pb::PutRecordsResultEntry {
-                        error_code: record_error_code(e).into(),
-                        error_message: e.to_string(),
-                        ..Default::default()
-                    },
-                },
-                Outcome::Refused { shard } => {
-                    let e = &self.refusals[&shard];
-                    pb::PutRecordsResultEntry {
-                        error_code: record_error_code(e).into(),
-                        error_message: e.to_string(),
-                        ..Default::default()
-                    }
-                }
-                Outcome::Throttled { shard, retry_after_ms } => pb::PutRecordsResultEntry {
-                    error_code: "ProvisionedThroughputExceeded".into(),
-                    error_message: format!(
-                        "write quota of {} exceeded; retry after {retry_after_ms} ms",
-                        self.stream.shards[shard as usize].id
-                    ),
-                    retry_after_ms,
+fn put_records_response(r: PutRecordsResult) -> pb::PutRecordsResponse {
+    pb::PutRecordsResponse {
+        failed_record_count: r.failed_record_count,
+        records: r
+            .records
+            .into_iter()
+            .map(|entry| match entry {
+                Ok(ok) => pb::PutRecordsResultEntry {
+                    shard_id: ok.shard_id,
+                    sequence_number: ok.sequence_number,
                     ..Default::default()
                 },
-            };
-            if !entry.error_code.is_empty() {
-                resp.failed_record_count += 1;
-            }
-            resp.records.push(entry);
-        }
-        metrics::counter!("stream_broker_records_in_total", "stream" => self.stream.meta().name).increment(records_in);
-        resp
+                Err(f) => pb::PutRecordsResultEntry {
+                    error_code: record_error_code(f.kind).into(),
+                    error_message: f.message,
+                    retry_after_ms: f.retry_after_ms,
+                    ..Default::default()
+                },
+            })
+            .collect(),
+    }
+}
+
+fn subscribe_event(e: SubscribeEvent) -> pb::SubscribeShardEvent {
+    pb::SubscribeShardEvent {
+        records: e.records.into_iter().map(to_record).collect(),
+        continuation_sequence_number: e.continuation_sequence_number,
+        millis_behind_latest: e.millis_behind_latest,
+        heartbeat: e.heartbeat,
+        resubscribe: e.resubscribe,
     }
 }
 
@@ -410,12 +182,11 @@ pub fn describe(stream: &BrokerStream, config: &crate::config::BrokerConfig) -> 
     }
 }
 
-pub(crate) fn to_record(r: shardlog::Record) -> pb::Record {
+pub(crate) fn to_record(r: service::Record) -> pb::Record {
     pb::Record {
-        sequence_number: r.seq,
-        arrival_timestamp_ms: r.timestamp_ms,
-        // Keys were checked as UTF-8 on the way in and are CRC-protected on disk.
-        partition_key: String::from_utf8_lossy(&r.partition_key).into_owned(),
+        sequence_number: r.sequence_number,
+        arrival_timestamp_ms: r.arrival_timestamp_ms,
+        partition_key: r.partition_key,
         data: r.data,
     }
 }
@@ -432,8 +203,8 @@ impl StreamBroker for GrpcService {
         self.unary("CreateStream", async {
             let q = r.quota_overrides.unwrap_or_default();
             let stream = self
-                .catalog
-                .create(CreateStream {
+                .service
+                .create_stream(CreateStream {
                     name: r.stream_name,
                     shard_count: r.shard_count,
                     retention_hours: r.retention_hours,
@@ -444,7 +215,7 @@ impl StreamBroker for GrpcService {
                     max_record_bytes: r.max_record_bytes,
                 })
                 .await?;
-            Ok(pb::CreateStreamResponse { stream: Some(describe(&stream, self.catalog.config())) })
+            Ok(pb::CreateStreamResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
         })
         .await
     }
@@ -455,11 +226,7 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         let r = req.into_inner();
         self.unary("DeleteStream", async {
-            validate_stream_name(&r.stream_name)?;
-            let id = self.catalog.get(&r.stream_name)?.meta().id;
-            self.catalog.delete(&r.stream_name).await?;
-            // Groups die with their stream; a crash before this line is cleaned up at the next start.
-            self.groups.remove_stream(id).await?;
+            self.service.delete_stream(&r.stream_name).await?;
             Ok(pb::DeleteStreamResponse {})
         })
         .await
@@ -471,9 +238,8 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::DescribeStreamResponse>, Status> {
         let r = req.into_inner();
         self.unary("DescribeStream", async {
-            validate_stream_name(&r.stream_name)?;
-            let stream = self.catalog.get(&r.stream_name)?;
-            Ok(pb::DescribeStreamResponse { stream: Some(describe(&stream, self.catalog.config())) })
+            let stream = self.service.stream(&r.stream_name)?;
+            Ok(pb::DescribeStreamResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
         })
         .await
     }
@@ -484,12 +250,8 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::ListStreamsResponse>, Status> {
         let r = req.into_inner();
         self.unary("ListStreams", async {
-            let limit = match r.limit {
-                0 => 100,
-                1..=1000 => r.limit as usize,
-                n => return Err(BrokerError::invalid("limit", format!("must be 1..=1000, got {n}"))),
-            };
-            let (stream_names, has_more_streams) = self.catalog.list(limit, &r.exclusive_start_stream_name);
+            let limit = (r.limit != 0).then_some(r.limit);
+            let (stream_names, has_more_streams) = self.service.list_streams(limit, &r.exclusive_start_stream_name)?;
             Ok(pb::ListStreamsResponse { stream_names, has_more_streams })
         })
         .await
@@ -501,9 +263,8 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::UpdateRetentionResponse>, Status> {
         let r = req.into_inner();
         self.unary("UpdateRetention", async {
-            validate_stream_name(&r.stream_name)?;
-            let stream = self.catalog.update_retention(&r.stream_name, r.retention_hours).await?;
-            Ok(pb::UpdateRetentionResponse { stream: Some(describe(&stream, self.catalog.config())) })
+            let stream = self.service.update_retention(&r.stream_name, r.retention_hours).await?;
+            Ok(pb::UpdateRetentionResponse { stream: Some(describe(&stream, self.service.catalog().config())) })
         })
         .await
     }
@@ -511,12 +272,10 @@ impl StreamBroker for GrpcService {
     async fn put_record(&self, req: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
         let r = req.into_inner();
         self.unary("PutRecord", async {
-            let entry = pb::PutRecordsEntry {
-                partition_key: r.partition_key,
-                data: r.data,
-                explicit_hash_key: r.explicit_hash_key,
-            };
-            self.submit_put(&r.stream_name, vec![entry]).await.map_err(unprefix)?.wait_one().await
+            let entry =
+                PutEntry { partition_key: r.partition_key, data: r.data, explicit_hash_key: r.explicit_hash_key };
+            let put = self.service.put_record(&r.stream_name, entry).await?;
+            Ok(pb::PutRecordResponse { shard_id: put.shard_id, sequence_number: put.sequence_number })
         })
         .await
     }
@@ -526,7 +285,11 @@ impl StreamBroker for GrpcService {
         req: Request<pb::PutRecordsRequest>,
     ) -> Result<Response<pb::PutRecordsResponse>, Status> {
         let r = req.into_inner();
-        self.unary("PutRecords", async { Ok(self.submit_put(&r.stream_name, r.records).await?.wait().await) }).await
+        self.unary("PutRecords", async {
+            let entries = r.records.into_iter().map(put_entry).collect();
+            Ok(put_records_response(self.service.put_records(&r.stream_name, entries).await?))
+        })
+        .await
     }
 
     type ProduceStream = EventStream<pb::ProduceResponse>;
@@ -536,18 +299,19 @@ impl StreamBroker for GrpcService {
         req: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStream>, Status> {
         let mut inbound = req.into_inner();
-        let in_flight = self.catalog.config().limits.produce_stream_in_flight;
+        let limits = &self.service.catalog().config().limits;
+        let in_flight = limits.produce_stream_in_flight;
         let (out_tx, out_rx) = mpsc::channel(in_flight);
-        let message_max = self.catalog.config().limits.grpc_max_message_bytes;
+        let message_max = limits.grpc_max_message_bytes;
         // Err: the inbound stream failed (a message that does not decode or is too large).
         let (pending_tx, mut pending_rx) = mpsc::channel::<Result<(u64, Result<PendingPut>), Status>>(in_flight);
-        let svc = self.clone();
+        let svc = self.service.clone();
         // Reader: queues each batch in arrival order, so acks for one shard follow request order.
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
-                    _ = svc.shutdown.cancelled() => break,
+                    _ = svc.shutdown().cancelled() => break,
                 };
                 let req = match msg {
                     Ok(Some(req)) => req,
@@ -559,7 +323,8 @@ impl StreamBroker for GrpcService {
                     }
                 };
                 let batch = req.batch.unwrap_or_default();
-                let pending = svc.submit_put(&batch.stream_name, batch.records).await;
+                let entries = batch.records.into_iter().map(put_entry).collect();
+                let pending = svc.submit_put(&batch.stream_name, entries).await;
                 if pending_tx.send(Ok((req.batch_id, pending))).await.is_err() {
                     break;
                 }
@@ -576,7 +341,11 @@ impl StreamBroker for GrpcService {
                     }
                 };
                 let resp = match pending {
-                    Ok(p) => pb::ProduceResponse { batch_id, result: Some(p.wait().await), ..Default::default() },
+                    Ok(p) => pb::ProduceResponse {
+                        batch_id,
+                        result: Some(put_records_response(p.wait().await)),
+                        ..Default::default()
+                    },
                     Err(e) => pb::ProduceResponse {
                         batch_id,
                         error_code: e.kind().into(),
@@ -598,12 +367,9 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::GetShardIteratorResponse>, Status> {
         let r = req.into_inner();
         self.unary("GetShardIterator", async {
-            validate_stream_name(&r.stream_name)?;
-            let stream = self.catalog.get(&r.stream_name)?;
-            let shard = Self::shard_of(&stream, &r.shard_id)?;
-            let seq = self.resolve_start(&shard, r.iterator_type, r.starting_sequence_number, r.timestamp_ms).await?;
-            let pos = Position { stream_id: stream.meta().id, shard: shard.index, seq };
-            Ok(pb::GetShardIteratorResponse { shard_iterator: self.signer.issue(pos, self.now()) })
+            let start = starting_position(r.iterator_type, r.starting_sequence_number, r.timestamp_ms)?;
+            let shard_iterator = self.service.get_shard_iterator(&r.stream_name, &r.shard_id, start).await?;
+            Ok(pb::GetShardIteratorResponse { shard_iterator })
         })
         .await
     }
@@ -614,48 +380,12 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::GetRecordsResponse>, Status> {
         let r = req.into_inner();
         self.unary("GetRecords", async {
-            let now = self.now();
-            let pos = self.signer.open(&r.shard_iterator, now)?;
-            let limit = match r.limit {
-                0 => GET_RECORDS_LIMIT_MAX,
-                1..=GET_RECORDS_LIMIT_MAX => r.limit,
-                n => return Err(BrokerError::invalid("limit", format!("must be 1..=10000, got {n}"))),
-            };
-            let stream = self.catalog.get_by_id(pos.stream_id).ok_or_else(|| BrokerError::StreamNotFound {
-                name: format!("(the iterator's stream, id {}, was deleted)", pos.stream_id),
-            })?;
-            let shard = stream
-                .shards
-                .get(pos.shard as usize)
-                .cloned()
-                .ok_or_else(|| BrokerError::invalid("shard_iterator", "names no shard"))?;
-            shard.quota.try_read_call(now).map_err(|wait| BrokerError::Throttled {
-                what: format!("read quota of {} exceeded", shard.id),
-                retry_after_ms: wait,
-            })?;
-            let reader = shard.reader()?;
-            let end = reader.next_seq();
-            let batch =
-                tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-                    .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
-            let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
-            shard.quota.charge_read(bytes, now);
-            let behind = if batch.next_seq >= end {
-                0
-            } else {
-                batch.records.last().map_or(0, |r| now.saturating_sub(r.timestamp_ms))
-            };
-            let name = stream.meta().name;
-            metrics::counter!("stream_broker_records_out_total", "stream" => name.clone())
-                .increment(batch.records.len() as u64);
-            metrics::counter!("stream_broker_bytes_out_total", "stream" => name).increment(bytes);
-            let next = Position { seq: batch.next_seq, ..pos };
+            let limit = (r.limit != 0).then_some(r.limit);
+            let got = self.service.get_records(&r.shard_iterator, limit).await?;
             Ok(pb::GetRecordsResponse {
-                records: batch.records.into_iter().map(to_record).collect(),
-                next_shard_iterator: self.signer.issue(next, now),
-                millis_behind_latest: behind,
+                records: got.records.into_iter().map(to_record).collect(),
+                next_shard_iterator: got.next_shard_iterator,
+                millis_behind_latest: got.millis_behind_latest,
             })
         })
         .await
@@ -668,41 +398,13 @@ impl StreamBroker for GrpcService {
         req: Request<pb::SubscribeShardRequest>,
     ) -> Result<Response<Self::SubscribeShardStream>, Status> {
         let r = req.into_inner();
-        let limits = &self.catalog.config().limits;
         let setup = async {
-            validate_stream_name(&r.stream_name)?;
-            let stream = self.catalog.get(&r.stream_name)?;
-            let shard = Self::shard_of(&stream, &r.shard_id)?;
-            let start =
-                self.resolve_start(&shard, r.starting_position, r.starting_sequence_number, r.timestamp_ms).await?;
-            let max = limits.subscribers_per_shard;
-            let slot = shard.try_add_subscriber(max).ok_or_else(|| {
-                BrokerError::LimitExceeded(format!("{} has limits.subscribers_per_shard = {max} subscribers", shard.id))
-            })?;
-            let buffer = self.buffers.reserve()?;
-            Ok((stream.meta(), shard, start, slot, buffer))
+            let start = starting_position(r.starting_position, r.starting_sequence_number, r.timestamp_ms)?;
+            self.service.subscribe(&r.stream_name, &r.shard_id, start).await
         };
-        let (meta, shard, pos, slot, buffer) = setup.await.map_err(to_status)?;
-        // One event queued: with the one being sent, the reservation covers them.
-        let (tx, rx) = mpsc::channel(1);
-        let now = self.now();
-        let subscription = subscribe::Subscription {
-            shard,
-            stream: meta.name,
-            pos,
-            budget: ReadBudget::new(meta.quotas.read_bytes_per_sec, self.catalog.config().quotas.enforce, now),
-            clock: self.catalog.clock().clone(),
-            ends_at_ms: now.saturating_add(limits.subscription_lifetime_ms),
-            heartbeat: Duration::from_millis(limits.subscribe_heartbeat_ms),
-            event_bytes_max: limits.subscription_buffer_bytes / 4,
-            budget_shared: self.buffers.clone(),
-            tx,
-            shutdown: self.shutdown.clone(),
-            _slot: slot,
-            _buffer: buffer,
-        };
-        tokio::spawn(subscription.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let events = setup.await.map_err(to_status)?;
+        let events = ReceiverStream::new(events).map(|e| e.map(subscribe_event).map_err(to_status));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn repair_shard(
@@ -711,10 +413,8 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::RepairShardResponse>, Status> {
         let r = req.into_inner();
         self.unary("RepairShard", async {
-            validate_stream_name(&r.stream_name)?;
-            let (stream, outcome) = self.catalog.repair(&r.stream_name, &r.shard_id, r.confirm).await?;
-            let shard = Self::shard_of(&stream, &r.shard_id)?;
-            let plan = outcome.plan;
+            let repaired = self.service.repair_shard(&r.stream_name, &r.shard_id, r.confirm).await?;
+            let plan = repaired.outcome.plan;
             let cut = plan.cut.unwrap_or_default();
             Ok(pb::RepairShardResponse {
                 plan: Some(pb::RepairPlan {
@@ -731,8 +431,8 @@ impl StreamBroker for GrpcService {
                     bytes_removed: cut.bytes_removed,
                     segments_removed: cut.segments_removed,
                 }),
-                applied: outcome.applied,
-                shard: Some(describe_shard(&shard)),
+                applied: repaired.outcome.applied,
+                shard: Some(describe_shard(&repaired.shard)),
             })
         })
         .await
@@ -743,10 +443,7 @@ impl StreamBroker for GrpcService {
         _req: Request<pb::ListLostFoundRequest>,
     ) -> Result<Response<pb::ListLostFoundResponse>, Status> {
         self.unary("ListLostFound", async {
-            let catalog = self.catalog.clone();
-            let entries = tokio::task::spawn_blocking(move || catalog.lost_found())
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))??;
+            let entries = self.service.lost_found().await?;
             Ok(pb::ListLostFoundResponse { entries: entries.into_iter().map(lost_found_entry).collect() })
         })
         .await
@@ -758,7 +455,7 @@ impl StreamBroker for GrpcService {
     ) -> Result<Response<pb::PurgeLostFoundResponse>, Status> {
         let r = req.into_inner();
         self.unary("PurgeLostFound", async {
-            let removed = self.catalog.purge_lost_found(&r.name).await?;
+            let removed = self.service.purge_lost_found(&r.name).await?;
             Ok(pb::PurgeLostFoundResponse { removed: Some(lost_found_entry(removed)) })
         })
         .await
@@ -772,16 +469,5 @@ fn lost_found_entry(e: crate::catalog::LostFound) -> pb::LostFoundEntry {
         moved_at_ms: e.moved_at_ms,
         bytes: e.bytes,
         shard_ids: e.shards,
-    }
-}
-
-/// PutRecord has one record, so its field is not `records[0]…`.
-fn unprefix(e: BrokerError) -> BrokerError {
-    match e {
-        BrokerError::InvalidArgument { field, reason } => BrokerError::InvalidArgument {
-            field: field.strip_prefix("records[0].").map(str::to_string).unwrap_or(field),
-            reason,
-        },
-        other => other,
     }
 }

@@ -21,9 +21,10 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
         BrokerError::StreamNotFound { .. }
         | BrokerError::ShardNotFound { .. }
+        | BrokerError::ConsumerNotFound { .. }
         | BrokerError::GroupNotFound { .. }
         | BrokerError::UnknownMember { .. } => Code::NotFound,
-        BrokerError::GroupBusy { .. } => Code::FailedPrecondition,
+        BrokerError::GroupBusy { .. } | BrokerError::InUse(_) => Code::FailedPrecondition,
         BrokerError::Fenced { .. } => Code::Aborted,
         BrokerError::StreamExists { .. } => Code::AlreadyExists,
         BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) | BrokerError::DiskFull { .. } => {

@@ -32,6 +32,8 @@ pub struct TestBroker {
     pub grpc_addr: SocketAddr,
     /// HTTP admin address.
     pub http_addr: SocketAddr,
+    /// Kinesis API address (`None` when `kinesis.enabled` is false).
+    pub kinesis_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<()>>>,
@@ -49,20 +51,31 @@ impl TestBroker {
     }
 
     /// A broker with this configuration and clock; the addresses in
-    /// `config` are ignored (both listeners bind `127.0.0.1:0`).
+    /// `config` are ignored (every listener binds `127.0.0.1:0`).
     pub async fn start_with(config: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC listener");
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP listener");
+        let kinesis = match config.kinesis.enabled {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind Kinesis listener")),
+            false => None,
+        };
         let (grpc_addr, http_addr) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
+        let kinesis_addr = kinesis.as_ref().map(|l| l.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let data_dir = config.data_dir.clone();
-        let task = tokio::spawn(crate::server::run(config, clock, grpc, http, shutdown.clone()));
-        Self { grpc_addr, http_addr, data_dir, shutdown, task: Some(task), _temp: None }
+        let listeners = crate::server::Listeners { grpc, http, kinesis };
+        let task = tokio::spawn(crate::server::run_with(config, clock, listeners, shutdown.clone()));
+        Self { grpc_addr, http_addr, kinesis_addr, data_dir, shutdown, task: Some(task), _temp: None }
     }
 
     /// `http://127.0.0.1:port` for gRPC clients.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// `http://127.0.0.1:port` of the Kinesis API, for AWS SDKs' endpoint override.
+    pub fn kinesis_endpoint(&self) -> Option<String> {
+        self.kinesis_addr.map(|a| format!("http://{a}"))
     }
 
     /// The broker's data directory.

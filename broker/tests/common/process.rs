@@ -40,6 +40,8 @@ impl Process {
                 "127.0.0.1:0",
                 "--http-addr",
                 "127.0.0.1:0",
+                "--kinesis-addr",
+                "127.0.0.1:0",
             ])
             .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
             .env("RUST_LOG", "warn")
