@@ -51,6 +51,10 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// Consumer groups.
     pub groups: GroupsConfig,
+    /// TLS on the gRPC and admin listeners.
+    pub tls: TlsConfig,
+    /// Authentication and authorization.
+    pub auth: AuthConfig,
     /// The Kinesis-compatible HTTP API.
     pub kinesis: KinesisConfig,
     /// The web console on the admin port.
@@ -99,6 +103,86 @@ impl Default for ConsoleConfig {
             scan_records_max: 100_000,
             order_service_url: String::new(),
             order_streams: vec!["order-events".into(), "deliveryServiceQueue".into(), "customerServiceQueue".into()],
+        }
+    }
+}
+
+/// `[tls]`: off unless `cert_file` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; setting it turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates for client certificates (mutual TLS); the
+    /// certificate's subject common name is the client's principal.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `optional` (clients without a certificate
+    /// need a token) or `required` (no handshake without one).
+    pub client_auth: crate::auth::tls::ClientAuth,
+    /// Whether the admin port (metrics, health) uses TLS too.
+    pub admin: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_auth: crate::auth::tls::ClientAuth::Optional,
+            admin: true,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The listener files, when TLS is on.
+    pub fn files(&self) -> Option<crate::auth::tls::TlsFiles> {
+        Some(crate::auth::tls::TlsFiles {
+            cert_file: self.cert_file.clone()?,
+            key_file: self.key_file.clone()?,
+            client_ca_file: self.client_ca_file.clone(),
+            client_auth: self.client_auth,
+        })
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every call needs a principal (a token or a client certificate) and a
+    /// grant. Off, every caller is anonymous and allowed everything, which
+    /// the broker accepts only on loopback addresses unless
+    /// `insecure_allow_anonymous` is set.
+    pub enabled: bool,
+    /// Serve anonymous callers on a non-loopback address (development only).
+    pub insecure_allow_anonymous: bool,
+    /// A file holding a token (at least 32 characters) that authenticates
+    /// as the built-in principal `admin`, allowed everything; how the
+    /// first principals and grants are made.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Principals allowed everything, e.g. an operator certificate's common name.
+    pub super_users: Vec<String>,
+    /// Long-lived calls (Produce, SubscribeShard, group long polls) check
+    /// their caller's credentials and grants again this often.
+    pub recheck_interval_ms: u64,
+    /// Requests per second one principal may make (one-second burst);
+    /// anonymous callers count per client address.
+    pub requests_per_sec_per_principal: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            insecure_allow_anonymous: false,
+            bootstrap_token_file: None,
+            super_users: Vec::new(),
+            recheck_interval_ms: 2_000,
+            requests_per_sec_per_principal: 10_000,
         }
     }
 }
@@ -329,6 +413,16 @@ pub struct LimitsConfig {
     pub max_shards_total: u32,
     /// Time in-flight calls get to finish at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Longest TLS handshake of a new connection, ms.
+    pub handshake_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// Largest header block of a gRPC request.
+    pub grpc_max_header_bytes: u32,
+    /// Open connections to the admin port.
+    pub http_max_connections: usize,
+    /// Largest request head on the admin port.
+    pub http_max_header_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -343,6 +437,8 @@ impl Default for BrokerConfig {
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             kinesis: KinesisConfig::default(),
             console: ConsoleConfig::default(),
             reshard: ReshardConfig::default(),
@@ -412,6 +508,11 @@ impl Default for LimitsConfig {
             max_shards_per_stream: 1024,
             max_shards_total: 4096,
             shutdown_grace_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            grpc_max_header_bytes: 16 * 1024,
+            http_max_connections: 256,
+            http_max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -556,9 +657,57 @@ impl BrokerConfig {
             ("limits.max_shards_per_stream", u64::from(l.max_shards_per_stream)),
             ("limits.max_shards_total", u64::from(l.max_shards_total)),
             ("storage.writer_threads", self.storage.writer_threads as u64),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.grpc_max_header_bytes", u64::from(l.grpc_max_header_bytes)),
+            ("limits.http_max_connections", l.http_max_connections as u64),
+            ("auth.recheck_interval_ms", self.auth.recheck_interval_ms),
+            ("auth.requests_per_sec_per_principal", self.auth.requests_per_sec_per_principal),
         ] {
             if v == 0 {
                 return bad(key, "must be positive");
+            }
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&l.http_max_header_bytes) {
+            return bad("limits.http_max_header_bytes", "must be 8 KiB..=1 MiB");
+        }
+        let t = &self.tls;
+        match (&t.cert_file, &t.key_file) {
+            (Some(_), None) => return bad("tls.key_file", "is required with tls.cert_file"),
+            (None, Some(_)) => return bad("tls.cert_file", "is required with tls.key_file"),
+            (None, None) if t.client_ca_file.is_some() => {
+                return bad(
+                    "tls.client_ca_file",
+                    "needs tls.cert_file and tls.key_file (client certificates need TLS)",
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Refuses to serve anonymous callers on a non-loopback address unless
+    /// `auth.insecure_allow_anonymous` is set; the error names the address
+    /// and the way out. Called with the addresses actually bound.
+    pub fn check_exposure(&self, bound: &[(&str, SocketAddr)]) -> Result<(), ConfigError> {
+        if self.auth.enabled {
+            return Ok(());
+        }
+        for (key, addr) in bound {
+            if !addr.ip().is_loopback() {
+                if self.auth.insecure_allow_anonymous {
+                    tracing::warn!(
+                        %addr,
+                        "serving anonymous callers on a non-loopback address (--insecure-allow-anonymous): \
+                         anyone who reaches it can read, write and delete every stream"
+                    );
+                } else {
+                    return Err(ConfigError(format!(
+                        "{key} {addr} is not a loopback address and auth.enabled is false: enable \
+                         authentication ([auth] enabled = true) or, for development only, pass \
+                         --insecure-allow-anonymous"
+                    )));
+                }
             }
         }
         Ok(())
@@ -617,6 +766,29 @@ mod tests {
         assert_eq!(c.durability.mode, DurabilityMode::Interval);
         assert!(!c.quotas.enforce);
         assert_eq!(c.limits.max_streams, 7);
+    }
+
+    #[test]
+    fn anonymous_callers_are_served_on_loopback_only_unless_allowed_explicitly() {
+        let mut c = BrokerConfig::default();
+        let local = SocketAddr::from(([127, 0, 0, 1], 7470));
+        let exposed = SocketAddr::from(([10, 0, 0, 7], 7470));
+        c.check_exposure(&[("grpc_addr", local), ("http_addr", local)]).expect("loopback needs no set-up");
+        let e = c.check_exposure(&[("grpc_addr", local), ("http_addr", exposed)]).expect_err("exposed");
+        assert!(e.0.contains("http_addr 10.0.0.7:7470") && e.0.contains("--insecure-allow-anonymous"), "{e}");
+        c.auth.insecure_allow_anonymous = true;
+        c.check_exposure(&[("grpc_addr", exposed)]).expect("explicitly allowed");
+        c.auth = AuthConfig { enabled: true, ..AuthConfig::default() };
+        c.check_exposure(&[("grpc_addr", exposed)]).expect("authentication on");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let e = BrokerConfig::load(None, env(&[("STREAM_BROKER_TLS__CERT_FILE", "/c.pem")])).expect_err("no key");
+        assert!(e.0.contains("tls.key_file"), "{e}");
+        let e =
+            BrokerConfig::load(None, env(&[("STREAM_BROKER_TLS__CLIENT_CA_FILE", "/ca.pem")])).expect_err("no cert");
+        assert!(e.0.contains("tls.client_ca_file"), "{e}");
     }
 
     #[test]

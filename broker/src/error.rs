@@ -182,6 +182,26 @@ pub enum BrokerError {
         /// What was being done.
         op: String,
     },
+    /// The caller presented no credentials where they are required, or
+    /// credentials that are unknown, expired or revoked. The message never
+    /// repeats the credential.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller's principal has no grant for this action on this resource
+    /// (or an explicit deny).
+    #[error("permission denied: {principal} may not {action} on {resource}")]
+    PermissionDenied {
+        /// Who asked.
+        principal: String,
+        /// The action, e.g. `record:put`.
+        action: &'static str,
+        /// The resource, e.g. `stream:orders`.
+        resource: String,
+    },
+    /// A TLS certificate, key or CA file cannot be used; the message names
+    /// the configuration key and the file, never the key material.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The broker is shutting down or a component is gone.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -249,6 +269,9 @@ impl BrokerError {
             Self::Corrupt { .. } => "Corrupt",
             Self::StorageIo { .. } => "StorageIo",
             Self::Unavailable(_) => "Unavailable",
+            Self::Unauthenticated(_) => "Unauthenticated",
+            Self::PermissionDenied { .. } => "PermissionDenied",
+            Self::Tls(_) => "Tls",
             Self::Internal(_) | Self::Metadata(_) | Self::Io { .. } => "Internal",
         }
     }

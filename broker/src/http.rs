@@ -17,6 +17,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::catalog::Catalog;
+use crate::listener::Refusals;
 
 /// What `/readyz` looks at.
 #[derive(Debug, Default)]
@@ -66,10 +67,18 @@ pub fn problems(catalog: &Catalog) -> Vec<String> {
     out
 }
 
-/// The admin router; `readiness` is updated by the server as it starts and stops.
-pub fn router(readiness: Arc<Readiness>, console: Arc<crate::console::Console>) -> Router {
+/// The admin router; `readiness` is updated by the server as it starts and
+/// stops; `/metrics` adds the listeners' refusal counts.
+pub fn router(readiness: Arc<Readiness>, console: Arc<crate::console::Console>, refusals: Arc<Refusals>) -> Router {
     Router::new()
-        .route("/metrics", get(|| async { crate::telemetry::prometheus().render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                let mut page = crate::telemetry::prometheus().render();
+                page.push_str(&refusals.render("stream_broker"));
+                page
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(readiness.clone())

@@ -15,6 +15,7 @@
 //! definitions in sled behind [`metadata`]; a stream's shard tree and the
 //! crash-safe protocol of splits and merges in [`layout`].
 
+pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod iterator;
 pub mod kinesis;
 pub mod layers;
 pub mod layout;
+pub mod listener;
 pub mod metadata;
 pub mod quota;
 pub mod routing;

@@ -32,6 +32,10 @@ struct Args {
     /// HTTP admin listen address: /metrics, /healthz, /readyz (overrides `http_addr`).
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Serve anonymous callers on a non-loopback address without
+    /// authentication (development only; sets `auth.insecure_allow_anonymous`).
+    #[arg(long)]
+    insecure_allow_anonymous: bool,
     /// Kinesis API listen address (overrides `kinesis.addr`).
     #[arg(long, value_name = "ADDR")]
     kinesis_addr: Option<SocketAddr>,
@@ -58,6 +62,16 @@ fn main() -> ExitCode {
     config.grpc_addr = args.grpc_addr.unwrap_or(config.grpc_addr);
     config.http_addr = args.http_addr.unwrap_or(config.http_addr);
     config.kinesis.addr = args.kinesis_addr.unwrap_or(config.kinesis.addr);
+    config.auth.insecure_allow_anonymous |= args.insecure_allow_anonymous;
+    // Checked before binding, so a refused configuration never listens at all.
+    let mut listeners = vec![("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)];
+    if config.kinesis.enabled {
+        listeners.push(("kinesis.addr", config.kinesis.addr));
+    }
+    if let Err(e) = config.check_exposure(&listeners) {
+        eprintln!("stream-broker: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -17,20 +17,17 @@
 //! `limits.shutdown_grace_ms`, stop the janitor, stop every shard writer
 //! (each commits what is queued and fsyncs), flush the metadata store.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use proto::v1::consumer_groups_server::ConsumerGroupsServer;
 use proto::v1::stream_broker_server::StreamBrokerServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::auth::tls::ServerTls;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
@@ -43,6 +40,7 @@ use crate::grpc::message_limit::MessageLimitHint;
 use crate::http::Readiness;
 use crate::iterator::IteratorSigner;
 use crate::kinesis::KinesisEdge;
+use crate::listener::{HttpLimits, ListenerConfig, Refusals};
 use crate::metadata::{MetadataStore, SledStore};
 use crate::service::Service;
 
@@ -78,13 +76,58 @@ pub async fn run_with(
 ) -> Result<()> {
     let Listeners { grpc, http, kinesis } = listeners;
     crate::telemetry::prometheus();
+    let addr = |l: &TcpListener, key: &str| {
+        l.local_addr().map_err(|source| BrokerError::Io { context: format!("{key} address"), source })
+    };
+    let (grpc_addr, http_addr) = (addr(&grpc, "grpc_addr")?, addr(&http, "http_addr")?);
+    let mut bound = vec![("grpc_addr", grpc_addr), ("http_addr", http_addr)];
+    if let Some(k) = &kinesis {
+        bound.push(("kinesis.addr", addr(k, "kinesis.addr")?));
+    }
+    config.check_exposure(&bound).map_err(|e| BrokerError::invalid("auth.enabled", e.0))?;
+    // One certificate for every listener; each has its own ALPN list.
+    let (grpc_tls, admin_tls, kinesis_tls) = match config.tls.files() {
+        Some(files) => {
+            let grpc_tls = Arc::new(ServerTls::load(files.clone(), &[b"h2"])?);
+            let admin_tls = config
+                .tls
+                .admin
+                .then(|| ServerTls::load(files.clone(), crate::listener::HTTP_ALPN))
+                .transpose()?
+                .map(Arc::new);
+            let kinesis_tls = Arc::new(ServerTls::load(files, crate::listener::HTTP_ALPN)?);
+            (Some(grpc_tls), admin_tls, Some(kinesis_tls))
+        }
+        None => (None, None, None),
+    };
+    let reloader = tokio::spawn(crate::auth::tls::reload_on_sighup(
+        [grpc_tls.clone(), admin_tls.clone(), kinesis_tls.clone()].into_iter().flatten().collect(),
+        shutdown.clone(),
+    ));
     let config = Arc::new(config);
+    let refusals = Arc::new(Refusals::default());
     let readiness = Arc::new(Readiness::default());
     let console = Arc::new(crate::console::Console::new(&config));
+    let limits = &config.limits;
     let admin = tokio::spawn({
-        let router = crate::http::router(readiness.clone(), console.clone());
-        let token = shutdown.clone();
-        async move { axum::serve(http, router).with_graceful_shutdown(token.cancelled_owned()).await }
+        let router = crate::http::router(readiness.clone(), console.clone(), refusals.clone());
+        let conns = crate::listener::incoming(
+            http,
+            ListenerConfig {
+                name: "admin",
+                max_connections: limits.http_max_connections,
+                handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+                tls: admin_tls,
+            },
+            refusals.clone(),
+            shutdown.clone(),
+        );
+        let http_limits = HttpLimits {
+            header_read_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+            max_header_bytes: limits.http_max_header_bytes,
+        };
+        crate::listener::serve_http(conns, router, http_limits, refusals.clone(), shutdown.clone())
     });
 
     let meta_dir = config.data_dir.join("meta");
@@ -124,7 +167,7 @@ pub async fn run_with(
     })
     .await
     .map_err(|e| BrokerError::Unavailable(e.to_string()))??;
-    tracing::info!(streams = catalog.all().len(), grpc = %grpc.local_addr().map_err(|source| BrokerError::Io { context: "grpc address".into(), source })?, "broker ready");
+    tracing::info!(streams = catalog.all().len(), grpc = %grpc_addr, tls = grpc_tls.is_some(), "broker ready");
     readiness.attach(catalog.clone());
 
     let disk_watch = tokio::spawn({
@@ -196,7 +239,24 @@ pub async fn run_with(
     let groups_service = GroupsService::new(service.clone());
     let kinesis_task = kinesis.map(|listener| {
         let edge = Arc::new(KinesisEdge::new(service.clone()));
-        tokio::spawn(crate::kinesis::serve(listener, edge, shutdown.clone()))
+        let conns = crate::listener::incoming(
+            listener,
+            ListenerConfig {
+                name: "kinesis",
+                max_connections: config.limits.max_connections,
+                handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+                tls: kinesis_tls,
+            },
+            refusals.clone(),
+            shutdown.clone(),
+        );
+        let http_limits = HttpLimits {
+            header_read_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+            max_header_bytes: config.limits.http_max_header_bytes,
+        };
+        let router = crate::kinesis::router(edge);
+        tokio::spawn(crate::listener::serve_http(conns, router, http_limits, refusals.clone(), shutdown.clone()))
     });
     let service = GrpcService::new(service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -209,10 +269,23 @@ pub async fn run_with(
     metrics::gauge!("stream_broker_connection_receive_window_bytes").set(f64::from(CONNECTION_WINDOW_BYTES));
     metrics::gauge!("stream_broker_stream_receive_window_bytes").set(f64::from(STREAM_WINDOW_BYTES));
     metrics::gauge!("stream_broker_connections_max").set(config.limits.max_connections as f64);
+    let conns = crate::listener::incoming(
+        grpc,
+        ListenerConfig {
+            name: "grpc",
+            max_connections: config.limits.max_connections,
+            handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+            idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+            tls: grpc_tls,
+        },
+        refusals.clone(),
+        shutdown.clone(),
+    );
     let grpc_server = tonic::transport::Server::builder()
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
+        .http2_max_header_list_size(config.limits.grpc_max_header_bytes)
         .add_service(health_service)
         .add_service(MessageLimitHint::new(
             StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max),
@@ -223,7 +296,7 @@ pub async fn run_with(
             max,
         ))
         .serve_with_incoming_shutdown(
-            limited_incoming(grpc, config.limits.max_connections, shutdown.clone()),
+            ReceiverStream::new(conns).map(Ok::<_, std::io::Error>),
             shutdown.clone().cancelled_owned(),
         );
     let mut grpc_task = tokio::spawn(grpc_server);
@@ -245,8 +318,7 @@ pub async fn run_with(
     }
     if let Some(task) = kinesis_task {
         match tokio::time::timeout(grace, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "Kinesis API server failed"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "Kinesis API server task failed"),
             Err(_) => tracing::warn!("Kinesis API requests did not finish in time; closing them"),
         }
@@ -256,9 +328,10 @@ pub async fn run_with(
     let _ = exporter.await;
     let _ = disk_watch.await;
     catalog.close().await?;
-    if let Ok(Err(e)) = admin.await {
+    if let Err(e) = admin.await {
         tracing::warn!(error = %e, "admin server failed");
     }
+    let _ = reloader.await;
     tracing::info!("broker stopped");
     Ok(())
 }
@@ -267,149 +340,3 @@ pub async fn run_with(
 const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 /// HTTP/2 receive window of one call.
 const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
-
-/// Accepts connections while fewer than `max` are open; further ones are
-/// closed at once (and counted) until one ends.
-fn limited_incoming(
-    listener: TcpListener,
-    max: usize,
-    shutdown: CancellationToken,
-) -> ReceiverStream<std::io::Result<LimitedConn>> {
-    let (tx, rx) = mpsc::channel(16);
-    let permits = Arc::new(Semaphore::new(max));
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.cancelled() => return,
-            };
-            let (stream, _) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Per-connection errors (e.g. EMFILE) must not stop the listener.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // tonic's own tcp_nodelay applies only to sockets it accepts itself;
-            // without it, Nagle and delayed ACKs add tens of ms to small responses.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                metrics::counter!("stream_broker_connections_refused_total").increment(1);
-                drop(stream);
-                continue;
-            };
-            metrics::gauge!("stream_broker_connections").increment(1.0);
-            if tx.send(Ok(LimitedConn { stream, _permit: permit })).await.is_err() {
-                return;
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// An HTTP listener (axum) that, like the gRPC one, keeps at most `max`
-/// connections open and refuses (closes at once, and counts) the ones
-/// beyond; it sets TCP_NODELAY on every connection it accepts.
-#[derive(Debug)]
-pub struct LimitedListener {
-    listener: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl LimitedListener {
-    /// Wraps `listener`, with at most `max` open connections.
-    pub fn new(listener: TcpListener, max: usize) -> Self {
-        Self { listener, permits: Arc::new(Semaphore::new(max)) }
-    }
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedConn;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Per-connection errors (e.g. EMFILE) must not stop the listener.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                metrics::counter!("stream_broker_connections_refused_total").increment(1);
-                drop(stream);
-                continue;
-            };
-            metrics::gauge!("stream_broker_connections").increment(1.0);
-            return (LimitedConn { stream, _permit: permit }, addr);
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-/// A TCP connection holding one of the connection permits; counted in
-/// `stream_broker_connections` while it lives.
-#[derive(Debug)]
-pub struct LimitedConn {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for LimitedConn {
-    fn drop(&mut self) {
-        metrics::gauge!("stream_broker_connections").decrement(1.0);
-    }
-}
-
-impl Connected for LimitedConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for LimitedConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}

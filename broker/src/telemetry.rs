@@ -81,13 +81,7 @@ pub const METRICS: &[MetricDoc] = &[
     m("stream_broker_bytes_out_total", Kind::Counter, "stream", "Key and data bytes sent to readers and subscribers."),
     m("stream_broker_request_duration_seconds", Kind::Histogram, "method", "Time to answer a unary gRPC call."),
     m("stream_broker_request_errors_total", Kind::Counter, "method", "Unary gRPC calls answered with an error."),
-    m("stream_broker_connections", Kind::Gauge, "", "Open client connections (gRPC)."),
-    m(
-        "stream_broker_connections_refused_total",
-        Kind::Counter,
-        "",
-        "Connections closed at once because limits.max_connections were open.",
-    ),
+    m("stream_broker_connections", Kind::Gauge, "", "Open client connections (gRPC, admin and Kinesis listeners)."),
     m("stream_broker_subscriptions", Kind::Gauge, "", "SubscribeShard calls being served."),
     m(
         "stream_broker_subscriptions_refused_total",

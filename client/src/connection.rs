@@ -24,7 +24,15 @@
 //! - **Errors name the address and the cause**: "connection refused by
 //!   127.0.0.1:7470", "cannot resolve host brokr", "127.0.0.1:7471 did not
 //!   answer within 10s", "127.0.0.1:8080 is not a stream-broker gRPC port
-//!   (it answered HTTP/1)".
+//!   (it answered HTTP/1)", "TLS handshake with broker:7470 failed: invalid
+//!   peer certificate: UnknownIssuer".
+//! - **TLS** ([`ConnectOptions::tls`], or an `https://` address): rustls
+//!   with the ring provider; the broker's certificate must chain to the
+//!   given CA and name the host (or [`TlsOptions::server_name`]); a client
+//!   certificate is sent when given (mutual TLS).
+//! - **Credentials.** With [`ConnectOptions::token`], every call carries
+//!   `authorization: Bearer <token>` (marked sensitive, so HPACK never
+//!   indexes it). Neither the token nor a key appears in `Debug` output.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -40,7 +48,7 @@ use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{Error, Result};
 
@@ -58,6 +66,106 @@ const GRPC_TIMEOUT_MS_MAX: u128 = 99_999_999;
 /// How long the HTTP/1 probe of a failed first call may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A credential: compared and cloned like a string, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Reads a secret from a file (the whole file, surrounding whitespace
+    /// trimmed); the error names the file, never its content.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(Error::InvalidArgument(format!("{} is empty", path.display())));
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// TLS settings of a [`Connection`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsOptions {
+    /// PEM CA certificates the broker's certificate must chain to
+    /// (required: no system store is read; pass the system bundle, e.g.
+    /// `/etc/ssl/certs/ca-certificates.crt`, for a public CA).
+    pub ca_pem: Vec<u8>,
+    /// PEM client certificate chain, for mutual TLS.
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// PEM private key of the client certificate.
+    pub client_key_pem: Option<Secret>,
+    /// The name the broker's certificate must carry, when it is not the
+    /// address's host (for example when dialling by IP address).
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Reads the CA and, when given, the client certificate and key files.
+    pub fn from_files(
+        ca_file: &std::path::Path,
+        client_cert_file: Option<&std::path::Path>,
+        client_key_file: Option<&std::path::Path>,
+        server_name: Option<String>,
+    ) -> Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", p.display())))
+        };
+        let key = match client_key_file {
+            Some(p) => Some(Secret::new(
+                String::from_utf8(read(p)?)
+                    .map_err(|_| Error::InvalidArgument(format!("{} is not a PEM file", p.display())))?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            ca_pem: read(ca_file)?,
+            client_cert_pem: client_cert_file.map(read).transpose()?,
+            client_key_pem: key,
+            server_name,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.ca_pem.is_empty() {
+            return Err(Error::InvalidArgument("tls.ca_pem: the broker's CA certificate is required".into()));
+        }
+        if self.client_cert_pem.is_some() != self.client_key_pem.is_some() {
+            return Err(Error::InvalidArgument(
+                "tls.client_cert_pem and tls.client_key_pem: give both or neither".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let (Some(cert), Some(key)) = (&self.client_cert_pem, &self.client_key_pem) {
+            c = c.identity(Identity::from_pem(cert, key.expose()));
+        }
+        if let Some(name) = &self.server_name {
+            c = c.domain_name(name.clone());
+        }
+        c
+    }
+}
+
 /// How a [`Connection`] dials and watches a broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
@@ -71,6 +179,12 @@ pub struct ConnectOptions {
     pub keepalive_interval: Duration,
     /// How long a PING may go unanswered before the connection is closed. Default 10 s.
     pub keepalive_timeout: Duration,
+    /// TLS; required for an `https://` address, and turns a bare
+    /// `host:port` into `https://`. Default none (plaintext).
+    pub tls: Option<TlsOptions>,
+    /// A bearer token sent with every call. Default none (anonymous, or
+    /// the client certificate's principal).
+    pub token: Option<Secret>,
 }
 
 impl Default for ConnectOptions {
@@ -80,6 +194,8 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -98,6 +214,9 @@ impl ConnectOptions {
         }
         if self.request_timeout.as_millis() > GRPC_TIMEOUT_MS_MAX {
             return Err(Error::InvalidArgument(format!("request_timeout must be at most {GRPC_TIMEOUT_MS_MAX} ms")));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         Ok(())
     }
@@ -119,23 +238,57 @@ struct Peer {
     /// Whether this address ever answered gRPC: then a failure is an outage,
     /// never a wrong port.
     answered_grpc: AtomicBool,
+    /// Whether the connection is TLS.
+    tls: bool,
+    /// `Bearer <token>`, marked sensitive.
+    authorization: Option<HeaderValue>,
 }
 
 impl Connection {
     /// Dials `addr` (`host:port` or `http://host:port`) with `options`.
     pub async fn open(addr: &str, options: &ConnectOptions) -> Result<Self> {
         options.validate()?;
-        let (uri, host_port) = match addr.split_once("://") {
-            Some((_, rest)) => (addr.to_string(), rest.trim_end_matches('/')),
-            None => (format!("http://{addr}"), addr),
+        let (scheme, host_port) = match addr.split_once("://") {
+            Some((scheme, rest)) => (scheme, rest.trim_end_matches('/')),
+            None if options.tls.is_some() => ("https", addr),
+            None => ("http", addr),
         };
-        let endpoint = Endpoint::from_shared(uri)
+        match (scheme, &options.tls) {
+            ("http", None) | ("https", Some(_)) => {}
+            ("http", Some(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "broker address {addr:?} says http:// but TLS options are set; use https:// or host:port"
+                )));
+            }
+            ("https", None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "broker address {addr:?} is https:// but no CA certificate is given (ConnectOptions::tls, \
+                     streamctl --ca-file)"
+                )));
+            }
+            _ => return Err(Error::InvalidArgument(format!("broker address {addr:?}: scheme must be http or https"))),
+        }
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
             .map_err(|e| Error::InvalidArgument(format!("broker address {addr:?}: {e}")))?
             .tcp_nodelay(true)
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
             .keep_alive_while_idle(true);
+        if let Some(tls) = &options.tls {
+            endpoint = endpoint
+                .tls_config(tls.config())
+                .map_err(|e| Error::InvalidArgument(format!("TLS options for {addr:?}: {}", causes(&e))))?;
+        }
+        let authorization = match &options.token {
+            Some(t) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .map_err(|_| Error::InvalidArgument("token: must be printable ASCII".into()))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let ms = options.request_timeout.as_millis();
         let peer = Arc::new(Peer {
             addr: host_port.to_string(),
@@ -143,6 +296,8 @@ impl Connection {
             request_timeout: HeaderValue::from_str(&format!("{ms}m")).expect("ASCII digits"),
             request_timeout_text: format!("{:?}", options.request_timeout),
             answered_grpc: AtomicBool::new(false),
+            tls: options.tls.is_some(),
+            authorization,
         });
         match endpoint.connect().await {
             Ok(channel) => Ok(Self { channel, peer }),
@@ -191,6 +346,9 @@ impl Service<http::Request<Body>> for Connection {
             req.headers_mut().insert(GRPC_TIMEOUT, self.peer.request_timeout.clone());
             Deadline::Ours
         };
+        if let Some(auth) = &self.peer.authorization {
+            req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
+        }
         let peer = self.peer.clone();
         let call = self.channel.call(req);
         Box::pin(async move {
@@ -236,8 +394,15 @@ impl Peer {
         };
         // A broken or garbled exchange with an address that never answered
         // gRPC: see whether it speaks HTTP/1, the most common wrong port.
-        if !self.answered_grpc.load(Ordering::Relaxed) && answers_http1(&self.addr).await {
-            return self.not_grpc("HTTP/1");
+        if !self.answered_grpc.load(Ordering::Relaxed) {
+            if !self.tls && answers_http1(&self.addr).await {
+                return self.not_grpc("HTTP/1");
+            }
+            if !self.tls {
+                return Status::unavailable(format!(
+                    "{unclear} (if the broker uses TLS, connect with https:// and its CA certificate)"
+                ));
+            }
         }
         Status::unavailable(unclear)
     }
@@ -260,6 +425,12 @@ impl Peer {
         }
         if let Some(io) = sources(e).find_map(|c| c.downcast_ref::<std::io::Error>()) {
             use std::io::ErrorKind as K;
+            // tokio-rustls carries rustls's error inside the I/O error, not as its source.
+            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                let mut s = Status::unavailable(format!("TLS handshake with {addr} failed: {tls}"));
+                s.metadata_mut().insert("x-error-kind", MetadataValue::from_static(TLS_FAILED));
+                return Ok(s);
+            }
             return match io.kind() {
                 K::ConnectionRefused => Ok(Status::unavailable(format!("connection refused by {addr}"))),
                 K::TimedOut => Ok(Status::unavailable(format!("connecting to {addr} timed out"))),
@@ -275,6 +446,7 @@ impl Peer {
 }
 
 const NOT_BROKER: &str = "NotBroker";
+const TLS_FAILED: &str = "Tls";
 
 /// Whether `addr` answers the HTTP/2 client preface with an HTTP/1 response.
 async fn answers_http1(addr: &str) -> bool {
@@ -309,4 +481,9 @@ fn sources<'a>(e: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn
 /// Whether a status carries this module's "not a broker" verdict.
 pub(crate) fn is_not_broker(kind: &str) -> bool {
     kind == NOT_BROKER
+}
+
+/// Whether a status carries this module's "TLS handshake failed" verdict.
+pub(crate) fn is_tls_failure(kind: &str) -> bool {
+    kind == TLS_FAILED
 }

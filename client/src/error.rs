@@ -78,6 +78,17 @@ pub enum Error {
     /// why and what to do. Nothing was changed. Fatal.
     #[error("{0}")]
     StackRefused(String),
+    /// The broker refused the caller's credentials: none where they are
+    /// required, or a token that is unknown, expired or revoked. Fatal.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller's principal may not do this. Fatal.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The TLS handshake failed (an untrusted or expired certificate, a
+    /// wrong server name, a client certificate the broker refused). Fatal.
+    #[error("{0}")]
+    Tls(String),
     /// The producer's buffer is full (policy `FullBufferPolicy::FailFast`):
     /// the record was not accepted. Retry once acknowledgements free room.
     #[error("producer buffer full: {records} records and {bytes} bytes awaiting acknowledgement")]
@@ -126,6 +137,9 @@ impl From<Status> for Error {
         if crate::connection::is_not_broker(&kind) {
             return Error::NotBroker(message);
         }
+        if crate::connection::is_tls_failure(&kind) {
+            return Error::Tls(message);
+        }
         match (kind.as_str(), s.code()) {
             ("Throttled" | "LimitExceeded", _) | (_, Code::ResourceExhausted) => {
                 let ms = s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
@@ -137,6 +151,8 @@ impl From<Status> for Error {
             ("Fenced", _) => Error::Fenced(message),
             ("GroupBusy", _) => Error::GroupBusy(message),
             (_, Code::InvalidArgument) => Error::InvalidArgument(message),
+            (_, Code::Unauthenticated) => Error::Unauthenticated(message),
+            (_, Code::PermissionDenied) => Error::PermissionDenied(message),
             (_, Code::NotFound) => Error::NotFound(message),
             (_, Code::AlreadyExists) => Error::AlreadyExists(message),
             (_, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {

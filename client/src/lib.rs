@@ -36,7 +36,7 @@ mod reader;
 pub mod stack;
 
 pub use admin::Admin;
-pub use connection::{ConnectOptions, Connection, connect};
+pub use connection::{ConnectOptions, Connection, Secret, TlsOptions, connect};
 pub use consumer::{Consumer, ConsumerConfig, HandlerError, Record};
 pub use error::{Error, Result};
 pub use producer::{AckFuture, FullBufferPolicy, Producer, ProducerConfig, RecordAck};

@@ -52,6 +52,8 @@ pub struct Metrics {
     /// When the relay last made progress (published an entry, or found the
     /// outbox empty), in ms since the Unix epoch; 0 before its first pass.
     pub outbox_progress_ms: AtomicU64,
+    /// Connections and requests the API's limits or authentication refused.
+    pub refusals: Arc<broker::listener::Refusals>,
 }
 
 /// Values by (group, kind); groups and kinds are a few fixed names.
@@ -432,5 +434,6 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "1 while the group's shard waits to retry a record that failed transiently.",
         "gauge",
     );
+    out.push_str(&m.refusals.render("order_service"));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -60,6 +60,98 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// SMTP; when `host` is unset, emails are written as `.eml` files.
     pub smtp: SmtpConfig,
+    /// Open connections to the order API; more are closed at once.
+    pub max_connections: usize,
+    /// A TLS handshake, and a request's headers, must arrive within this.
+    pub header_read_timeout_ms: u64,
+    /// An API connection with no traffic for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (8 KiB..=1 MiB); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Serve the order API to anonymous callers on a non-loopback address.
+    pub insecure_allow_anonymous: bool,
+    /// The order API's TLS.
+    pub tls: ApiTls,
+    /// How the service reaches an external broker over TLS.
+    pub broker_tls: BrokerTls,
+    /// The broker principals the service runs as, by role.
+    pub broker_credentials: BrokerCredentials,
+}
+
+/// A secret configuration value: deserialised like a string, never shown
+/// by `Debug` (configuration may be logged).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[tls]`: TLS on the order API, off while `certFile` is unset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA of client certificates (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// With `clientCaFile`: `optional` or `required`.
+    pub client_auth: broker::auth::tls::ClientAuth,
+}
+
+impl ApiTls {
+    /// The listener's files, when TLS is on.
+    pub fn files(&self) -> Option<broker::auth::tls::TlsFiles> {
+        Some(broker::auth::tls::TlsFiles {
+            cert_file: self.cert_file.clone()?,
+            key_file: self.key_file.clone()?,
+            client_ca_file: self.client_ca_file.clone(),
+            client_auth: self.client_auth,
+        })
+    }
+}
+
+/// `[brokerTls]`: TLS to an external broker, on while `caFile` is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerTls {
+    /// PEM CA the broker's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of `certFile`.
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry, when not the address's host.
+    pub server_name: Option<String>,
+}
+
+/// `[brokerCredentials]`: a token file per role, each its own broker
+/// principal with only the grants that role needs (see deploy/stack.toml).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerCredentials {
+    /// Creates the streams at start.
+    pub setup_token_file: Option<PathBuf>,
+    /// Publishes the outbox.
+    pub relay_token_file: Option<PathBuf>,
+    /// The external-parties consumer group.
+    pub external_parties_token_file: Option<PathBuf>,
+    /// The delivery-company consumer group.
+    pub delivery_company_token_file: Option<PathBuf>,
+    /// The customer-service consumer group.
+    pub customer_service_token_file: Option<PathBuf>,
 }
 
 /// `[smtp]`
@@ -72,15 +164,19 @@ pub struct SmtpConfig {
     pub port: u16,
     /// Login, if the server needs one.
     pub username: Option<String>,
-    /// Password for `username`.
-    pub password: Option<String>,
+    /// Password for `username`; prefer `passwordFile`.
+    pub password: Option<Secret>,
+    /// A file holding the password (`ORDER_SERVICE_SMTP__PASSWORD_FILE`),
+    /// read at start, so the password is in neither the environment nor
+    /// the configuration file.
+    pub password_file: Option<PathBuf>,
     /// Upgrade the connection with STARTTLS (required when true).
     pub starttls: bool,
 }
 
 impl Default for SmtpConfig {
     fn default() -> Self {
-        Self { host: None, port: 587, username: None, password: None, starttls: true }
+        Self { host: None, port: 587, username: None, password: None, password_file: None, starttls: true }
     }
 }
 
@@ -106,6 +202,14 @@ impl Default for Config {
             consumer_retry_budget_ms: 600_000,
             max_body_bytes: 64 * 1024,
             smtp: SmtpConfig::default(),
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
+            insecure_allow_anonymous: false,
+            tls: ApiTls::default(),
+            broker_tls: BrokerTls::default(),
+            broker_credentials: BrokerCredentials::default(),
         }
     }
 }
@@ -132,7 +236,16 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let (config, origins): (Config, _) = broker::layers::load_over(base, file, env, LAYOUT)?;
+        let mut config = config;
         config.validate().map_err(|e| e.blame(&origins))?;
+        if let Some(path) = &config.smtp.password_file {
+            // The error names the key and the file, never the content.
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid("smtp.passwordFile", format!("cannot read {}: {e}", path.display()))
+                    .blame(&origins)
+            })?;
+            config.smtp.password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
         Ok(config)
     }
 
@@ -177,6 +290,42 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("maxBodyBytes", "must be at least 1024"));
+        }
+        if self.smtp.password.is_some() && self.smtp.password_file.is_some() {
+            return Err(ConfigError::invalid("smtp.passwordFile", "give smtp.password or smtp.passwordFile, not both"));
+        }
+        for (key, v) in [
+            ("maxConnections", self.max_connections as u64),
+            ("headerReadTimeoutMs", self.header_read_timeout_ms),
+            ("idleTimeoutMs", self.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be positive"));
+            }
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(ConfigError::invalid("maxHeaderBytes", "must be 8 KiB..=1 MiB"));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => return Err(ConfigError::invalid("tls.keyFile", "is required with tls.certFile")),
+            (None, Some(_)) => return Err(ConfigError::invalid("tls.certFile", "is required with tls.keyFile")),
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                return Err(ConfigError::invalid("tls.clientCaFile", "needs tls.certFile and tls.keyFile"));
+            }
+            _ => {}
+        }
+        let b = &self.broker_tls;
+        if b.cert_file.is_some() != b.key_file.is_some() {
+            return Err(ConfigError::invalid("brokerTls.certFile", "give brokerTls.certFile and brokerTls.keyFile both or neither"));
+        }
+        if b.ca_file.is_none() && (b.cert_file.is_some() || b.server_name.is_some()) {
+            return Err(ConfigError::invalid("brokerTls.caFile", "is required for TLS to the broker"));
+        }
+        if self.broker.is_none() && (b.ca_file.is_some() || self.broker_credentials != BrokerCredentials::default()) {
+            return Err(ConfigError::invalid(
+                "broker",
+                "brokerTls and brokerCredentials apply to an external broker; set broker too",
+            ));
         }
         Ok(())
     }
@@ -227,6 +376,36 @@ mod tests {
             Config::load_over(base, Some(&file), env(&[("ORDER_SERVICE_STACK", "deploy/stack.toml")])).expect("load");
         assert_eq!((c.order_stream_name.as_str(), c.delivery_queue_name.as_str()), ("from-file", "q"));
         assert_eq!((c.smtp.port, c.smtp.starttls), (2525, false), "tables merge key by key");
+    }
+
+    #[test]
+    fn the_smtp_password_comes_from_a_file_and_never_shows_in_debug() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("smtp-password");
+        std::fs::write(&file, "hunter2-from-file\n").expect("write");
+        let c = Config::load(
+            None,
+            env(&[
+                ("ORDER_SERVICE_SMTP__USERNAME", "shop"),
+                ("ORDER_SERVICE_SMTP__PASSWORD_FILE", file.to_str().expect("utf-8")),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.smtp.password.as_ref().map(Secret::expose), Some("hunter2-from-file"));
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug shows no password: {c:?}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("ORDER_SERVICE_SMTP__PASSWORD", "x"),
+                ("ORDER_SERVICE_SMTP__PASSWORD_FILE", file.to_str().expect("utf-8")),
+            ]),
+        )
+        .expect_err("both");
+        assert!(e.to_string().contains("smtp.passwordFile"), "{e}");
+        let missing = dir.path().join("nope");
+        let e = Config::load(None, env(&[("ORDER_SERVICE_SMTP__PASSWORD_FILE", missing.to_str().expect("utf-8"))]))
+            .expect_err("missing file");
+        assert!(e.to_string().contains("smtp.passwordFile") && e.to_string().contains("nope"), "{e}");
     }
 
     #[test]

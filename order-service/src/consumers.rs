@@ -112,8 +112,8 @@ pub struct Ctx {
     pub config: Config,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Broker address.
-    pub broker: String,
+    /// The broker, and the principal of each group.
+    pub broker: crate::access::BrokerAccess,
     /// This service's base URL, for the delivery simulator.
     pub self_url: String,
     /// Outgoing HTTP.
@@ -156,7 +156,7 @@ async fn run_group(ctx: Arc<Ctx>, spec: GroupSpec, shutdown: CancellationToken, 
         config.max_retries = 0;
         config.retry_backoff = Duration::from_millis(ctx.config.consumer_retry_backoff_ms);
         let consumer = tokio::select! {
-            c = Consumer::join(&ctx.broker, &stream, config) => c,
+            c = join(&ctx.broker, group, &stream, config) => c,
             _ = shutdown.cancelled() => return,
         };
         let consumer = match consumer {
@@ -378,6 +378,21 @@ async fn last_resort(
     dead_letter(&ctx, &dlq, &record, &failure, 1).await.map_err(|e| Box::new(e) as HandlerError)
 }
 
+/// The group whose dead-letter stream `dlq` is: its principal writes there.
+fn dead_letter_owner(ctx: &Ctx, dlq: &str) -> &'static str {
+    groups(&ctx.config).into_iter().find(|g| g.dead_letter == dlq).map_or("", |g| g.name)
+}
+
+/// Joins `group` on `stream` as the group's own principal.
+async fn join(
+    broker: &crate::access::BrokerAccess,
+    group: &'static str,
+    stream: &str,
+    config: ConsumerConfig,
+) -> client::Result<Consumer> {
+    Consumer::with_channel(broker.connect(group).await?, stream, config).await
+}
+
 /// Writes a record to `dlq` with why it failed after how many attempts.
 async fn dead_letter(ctx: &Ctx, dlq: &str, record: &Record, failure: &Failure, attempts: u32) -> client::Result<()> {
     let (data, encoding) = match std::str::from_utf8(&record.data) {
@@ -396,9 +411,9 @@ async fn dead_letter(ctx: &Ctx, dlq: &str, record: &Record, failure: &Failure, a
         "attempts": attempts,
     });
     tracing::warn!(%dlq, shard = %record.shard_id, seq = record.sequence_number, error = %failure, "dead-lettering a record");
-    let producer =
-        Producer::connect(&ctx.broker, dlq, ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() })
-            .await?;
+    let config = ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() };
+    // The group's own principal writes its dead letters.
+    let producer = Producer::with_channel(ctx.broker.connect(dead_letter_owner(ctx, dlq)).await?, dlq, config).await?;
     // Serialising a `json!` value cannot fail.
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     producer.send(record.partition_key.clone(), bytes).await?.await?;

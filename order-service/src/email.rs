@@ -59,7 +59,8 @@ impl Mailer {
         };
         let mut builder = builder.port(smtp.port);
         if let Some(user) = &smtp.username {
-            builder = builder.credentials(Credentials::new(user.clone(), smtp.password.clone().unwrap_or_default()));
+            let password = smtp.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+            builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         Ok(Mailer::Smtp(builder.build()))
     }

@@ -8,6 +8,7 @@
 //! shutdown token fires. `main.rs` only parses flags and calls [`run`] (or
 //! [`start_with_stack`] for `--stack`, see [`stack`]).
 
+pub mod access;
 pub mod api;
 pub mod config;
 pub mod consumers;
@@ -72,7 +73,7 @@ pub struct Running {
     pub broker_addr: String,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     broker: Option<(CancellationToken, JoinHandle<broker::Result<()>>)>,
 }
 
@@ -95,11 +96,7 @@ impl Running {
                 Err(e) => return Err(Error::Broker(e.to_string())),
             }
         }
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io("order API")(e)),
-            Err(e) => Err(Error::Broker(format!("order API task: {e}"))),
-        }
+        served.map_err(|e| Error::Broker(format!("order API task: {e}")))
     }
 
     /// Fires the shutdown token and waits for the stop.
@@ -133,11 +130,19 @@ pub async fn start_with_stack(
         stack::check(stack, &config)?;
     }
     let http_addr = listener.local_addr().map_err(io("order API address"))?;
+    check_exposure(&config, http_addr)?;
+    let api_tls = match config.tls.files() {
+        Some(files) => Some(Arc::new(
+            broker::auth::tls::ServerTls::load(files, broker::listener::HTTP_ALPN)
+                .map_err(|e| Error::Config(config::ConfigError::invalid("tls", e.to_string())))?,
+        )),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("create {}", config.data_dir.display())))?;
 
     let mut broker_task = None;
-    let broker_addr = match &config.broker {
-        Some(addr) => addr.clone(),
+    let broker = match &config.broker {
+        Some(addr) => access::BrokerAccess::from_config(&config, addr.clone())?,
         None => {
             let grpc = TcpListener::bind(config.broker_grpc_addr).await.map_err(io(format!(
                 "cannot listen on {} for the embedded broker's gRPC (--broker-grpc-addr, key brokerGrpcAddr)",
@@ -172,9 +177,10 @@ pub async fn start_with_stack(
             let task = tokio::spawn(broker::server::run(broker_config, clock, grpc, admin, token.clone()));
             broker_task = Some((token, task));
             tracing::info!(%addr, "embedded broker started");
-            format!("http://{addr}")
+            access::BrokerAccess::anonymous(format!("http://{addr}"))
         }
     };
+    let broker_addr = broker.addr.clone();
 
     let streams = store::Streams {
         orders: config.order_stream_name.clone(),
@@ -190,30 +196,44 @@ pub async fn start_with_stack(
     let mailer = email::Mailer::new(&config.smtp, config.data_dir.join("emails"))?;
 
     let group_names = consumers::groups(&config).iter().map(|g| g.name).collect();
-    let ready = Arc::new(ready::Readiness::new(broker_addr.clone(), stream_names(&config), group_names));
+    let ready = Arc::new(ready::Readiness::new(broker.clone(), stream_names(&config), group_names));
     let mut tasks = JoinSet::new();
     match stack {
-        Some(stack) => {
-            tasks.spawn(stack::ensure(broker_addr.clone(), Arc::new(stack), ready.clone(), shutdown.clone()))
-        }
-        None => tasks.spawn(ensure_streams(broker_addr.clone(), ready.clone(), shutdown.clone())),
+        Some(stack) => tasks.spawn(stack::ensure(broker.clone(), Arc::new(stack), ready.clone(), shutdown.clone())),
+        None => tasks.spawn(ensure_streams(broker.clone(), ready.clone(), shutdown.clone())),
     };
-    tasks.spawn(relay::run(store.clone(), broker_addr.clone(), metrics.clone(), shutdown.clone()));
+    tasks.spawn(relay::run(store.clone(), broker.clone(), metrics.clone(), shutdown.clone()));
     let ctx = Arc::new(consumers::Ctx {
         store: store.clone(),
         mailer,
         config: config.clone(),
         metrics: metrics.clone(),
-        broker: broker_addr.clone(),
+        broker,
         self_url: format!("http://{}", reachable(http_addr)),
         http: http_client::HttpClient::default(),
     });
     consumers::spawn_all(ctx, &shutdown, &mut tasks, ready.clone());
 
-    let app = api::router(api::AppState { store, metrics, ready }, config.max_body_bytes);
-    let server = tokio::spawn(
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
+    let app = api::router(api::AppState { store, metrics: metrics.clone(), ready }, config.max_body_bytes);
+    tasks.spawn(broker::auth::tls::reload_on_sighup(api_tls.iter().cloned().collect(), shutdown.clone()));
+    let conns = broker::listener::incoming(
+        listener,
+        broker::listener::ListenerConfig {
+            name: "orders",
+            max_connections: config.max_connections,
+            handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            tls: api_tls,
+        },
+        metrics.refusals.clone(),
+        shutdown.clone(),
     );
+    let limits = broker::listener::HttpLimits {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        max_header_bytes: config.max_header_bytes,
+    };
+    let server =
+        tokio::spawn(broker::listener::serve_http(conns, app, limits, metrics.refusals.clone(), shutdown.clone()));
     tracing::info!(%http_addr, broker = %broker_addr, "order service started");
     Ok(Running { http_addr, broker_addr, shutdown, tasks, server, broker: broker_task })
 }
@@ -224,17 +244,37 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
+/// Refuses to serve the order API to anonymous callers on a non-loopback
+/// address unless `insecureAllowAnonymous` is set (then it warns).
+fn check_exposure(config: &Config, http_addr: SocketAddr) -> Result<(), Error> {
+    if http_addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.insecure_allow_anonymous {
+        return Err(Error::Config(config::ConfigError::invalid(
+            "httpAddr",
+            format!(
+                "{http_addr} is not a loopback address and the order API has no authentication: \
+                 configure it, or for development only set insecureAllowAnonymous (--insecure-allow-anonymous)"
+            ),
+        )));
+    }
+    tracing::warn!(%http_addr, "serving the order API to anonymous callers on a non-loopback address");
+    Ok(())
+}
+
 /// Every stream the service uses, dead-letter streams included.
 pub fn stream_names(c: &Config) -> Vec<String> {
     consumers::groups(c).into_iter().flat_map(|g| [g.stream, g.dead_letter]).collect()
 }
 
-/// Creates the streams (1 shard each) once the broker is reachable (an
-/// existing stream is fine), then lets the consumers join.
-async fn ensure_streams(addr: String, ready: Arc<ready::Readiness>, shutdown: CancellationToken) {
+/// Creates the streams (1 shard each, as the `setup` principal) once the
+/// broker is reachable (an existing stream is fine), then lets the
+/// consumers join.
+async fn ensure_streams(broker: access::BrokerAccess, ready: Arc<ready::Readiness>, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
-        match create_streams(&addr, ready.streams()).await {
+        match create_streams(&broker, ready.streams()).await {
             Ok(()) => {
                 ready.set_streams_created();
                 return;
@@ -250,8 +290,8 @@ async fn ensure_streams(addr: String, ready: Arc<ready::Readiness>, shutdown: Ca
     }
 }
 
-async fn create_streams(addr: &str, names: &[String]) -> client::Result<()> {
-    let admin = client::Admin::connect(addr).await?;
+async fn create_streams(broker: &access::BrokerAccess, names: &[String]) -> client::Result<()> {
+    let admin = client::Admin::from_channel(broker.connect(access::SETUP).await?);
     for name in names {
         let req =
             client::types::CreateStreamRequest { stream_name: name.clone(), shard_count: 1, ..Default::default() };
@@ -261,4 +301,20 @@ async fn create_streams(addr: &str, names: &[String]) -> client::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_order_api_is_anonymous_on_loopback_only_unless_allowed() {
+        let mut c = Config::default();
+        check_exposure(&c, "127.0.0.1:8080".parse().expect("addr")).expect("loopback");
+        let e = check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect_err("exposed");
+        let text = e.to_string();
+        assert!(text.contains("httpAddr") && text.contains("10.0.0.7:8080") && text.contains("--insecure-allow-anonymous"), "{text}");
+        c.insecure_allow_anonymous = true;
+        check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect("explicitly allowed");
+    }
 }

@@ -29,7 +29,7 @@ struct Args {
     /// Order API listen address.
     #[arg(long, env = "ORDER_SERVICE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
-    /// Use this broker (host:port or http://host:port) instead of the embedded one.
+    /// Use this broker (host:port, http://host:port or https://host:port) instead of the embedded one.
     #[arg(long, env = "ORDER_SERVICE_BROKER")]
     broker: Option<String>,
     /// The embedded broker's gRPC listen address (key brokerGrpcAddr).
@@ -41,6 +41,9 @@ struct Args {
     /// Log lines as text or as JSON objects.
     #[arg(long, env = "ORDER_SERVICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve the order API to anonymous callers on a non-loopback address (development only).
+    #[arg(long)]
+    insecure_allow_anonymous: bool,
 }
 
 #[tokio::main]
@@ -75,6 +78,7 @@ async fn main() -> std::process::ExitCode {
     }
     config.broker_grpc_addr = args.broker_grpc_addr.unwrap_or(config.broker_grpc_addr);
     config.broker_admin_addr = args.broker_admin_addr.unwrap_or(config.broker_admin_addr);
+    config.insecure_allow_anonymous |= args.insecure_allow_anonymous;
     let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
         Ok(l) => l,
         Err(e) => {

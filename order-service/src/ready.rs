@@ -30,7 +30,7 @@ pub const OUTBOX_STALL_MAX: Duration = Duration::from_secs(30);
 /// What `/readyz` looks at.
 #[derive(Debug)]
 pub struct Readiness {
-    broker: String,
+    broker: crate::access::BrokerAccess,
     streams: Vec<String>,
     groups: Vec<&'static str>,
     joined: Mutex<BTreeSet<&'static str>>,
@@ -41,7 +41,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness of a service using `broker`, its `streams` and `groups`.
-    pub fn new(broker: String, streams: Vec<String>, groups: Vec<&'static str>) -> Self {
+    pub fn new(broker: crate::access::BrokerAccess, streams: Vec<String>, groups: Vec<&'static str>) -> Self {
         Self {
             broker,
             streams,
@@ -118,9 +118,9 @@ impl Readiness {
             let options = client::ConnectOptions {
                 connect_timeout: BROKER_CHECK_TIMEOUT,
                 request_timeout: BROKER_CHECK_TIMEOUT,
-                ..client::ConnectOptions::default()
+                ..self.broker.options(crate::access::SETUP)
             };
-            *admin = Some(client::Admin::from_channel(client::Connection::open(&self.broker, &options).await?));
+            *admin = Some(client::Admin::from_channel(client::Connection::open(&self.broker.addr, &options).await?));
         }
         match admin.as_ref() {
             Some(a) => a.list_streams().await,

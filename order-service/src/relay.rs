@@ -47,7 +47,7 @@ pub(crate) fn backoff(failures: u32) -> Duration {
 }
 
 struct Publisher {
-    addr: String,
+    broker: crate::access::BrokerAccess,
     producers: HashMap<String, Producer>,
 }
 
@@ -56,7 +56,8 @@ impl Publisher {
     async fn send(&mut self, entry: &OutboxEntry) -> client::Result<AckFuture> {
         if !self.producers.contains_key(&entry.stream) {
             let config = ProducerConfig { linger: Duration::ZERO, max_retries: 2, ..ProducerConfig::default() };
-            let producer = Producer::connect(&self.addr, &entry.stream, config).await?;
+            let channel = self.broker.connect(crate::access::RELAY).await?;
+            let producer = Producer::with_channel(channel, &entry.stream, config).await?;
             self.producers.insert(entry.stream.clone(), producer);
         }
         let producer = self.producers.get(&entry.stream).expect("inserted above");
@@ -75,9 +76,14 @@ impl Publisher {
     }
 }
 
-/// Runs until `shutdown`.
-pub async fn run(store: Store, addr: String, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let mut publisher = Publisher { addr, producers: HashMap::new() };
+/// Runs until `shutdown`, publishing as the broker principal of [`crate::access::RELAY`].
+pub async fn run(
+    store: Store,
+    broker: impl Into<crate::access::BrokerAccess>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut publisher = Publisher { broker: broker.into(), producers: HashMap::new() };
     let mut failures = 0u32;
     metrics.outbox_progressed();
     loop {

@@ -111,14 +111,14 @@ pub fn check(stack: &Stack, config: &Config) -> Result<(), client::Error> {
 /// Creates what `stack` declares and the broker lacks, retrying until it
 /// succeeds or `shutdown` fires; logs every difference it does not apply.
 pub(crate) async fn ensure(
-    addr: String,
+    broker: crate::access::BrokerAccess,
     stack: Arc<Stack>,
     ready: Arc<crate::ready::Readiness>,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        match create_missing(&addr, &stack).await {
+        match create_missing(&broker, &stack).await {
             Ok(rest) => {
                 for line in rest.to_string().lines() {
                     tracing::warn!(
@@ -143,8 +143,8 @@ pub(crate) async fn ensure(
 }
 
 /// Applies the creations of the plan; returns the rest of it.
-async fn create_missing(addr: &str, stack: &Stack) -> client::Result<Plan> {
-    let admin = client::Admin::connect(addr).await?;
+async fn create_missing(broker: &crate::access::BrokerAccess, stack: &Stack) -> client::Result<Plan> {
+    let admin = client::Admin::from_channel(broker.connect(crate::access::SETUP).await?);
     let plan = stack::plan(&admin, stack).await?;
     let (create, update): (Vec<Change>, Vec<Change>) =
         plan.changes.into_iter().partition(|c| matches!(c, Change::CreateStream(_) | Change::CreateGroup(_)));

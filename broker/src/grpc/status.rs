@@ -42,7 +42,11 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::ShardFailed { .. } => Code::FailedPrecondition,
         BrokerError::Corrupt { .. } => Code::DataLoss,
         BrokerError::StorageIo { .. } | BrokerError::Unavailable(_) => Code::Unavailable,
-        BrokerError::Internal(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } => Code::Internal,
+        BrokerError::Unauthenticated(_) => Code::Unauthenticated,
+        BrokerError::PermissionDenied { .. } => Code::PermissionDenied,
+        BrokerError::Internal(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } | BrokerError::Tls(_) => {
+            Code::Internal
+        }
     };
     let message = if code == Code::Internal {
         tracing::error!(error = %e, "internal error");

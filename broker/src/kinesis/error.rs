@@ -154,7 +154,13 @@ pub fn from_broker(e: BrokerError, scope: Scope<'_>) -> KinesisError {
         BrokerError::ShardFailed { .. } | BrokerError::Corrupt { .. } => {
             KinesisError { kind: "InternalFailure", message: e.to_string(), status: StatusCode::INTERNAL_SERVER_ERROR }
         }
-        BrokerError::Internal(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } => KinesisError::internal(e),
+        // AWS answers unknown or revoked credentials with this name, and a
+        // missing grant with AccessDeniedException; SDKs retry neither.
+        BrokerError::Unauthenticated(m) => KinesisError::client("UnrecognizedClientException", m),
+        BrokerError::PermissionDenied { .. } => KinesisError::client("AccessDeniedException", e.to_string()),
+        BrokerError::Internal(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } | BrokerError::Tls(_) => {
+            KinesisError::internal(e)
+        }
     }
 }
 

@@ -37,8 +37,6 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use self::codec::Format;
 use self::error::{KinesisError, Scope};
@@ -185,14 +183,6 @@ fn error_response(format: Format, e: &KinesisError) -> Response {
 /// The router of the Kinesis API.
 pub fn router(edge: Arc<KinesisEdge>) -> Router {
     Router::new().fallback(handle).with_state(edge)
-}
-
-/// Serves the Kinesis API on `listener` until `shutdown` fires; a
-/// connection is refused beyond `limits.max_connections`.
-pub async fn serve(listener: TcpListener, edge: Arc<KinesisEdge>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let max = edge.service.catalog().config().limits.max_connections;
-    let listener = crate::server::LimitedListener::new(listener, max);
-    axum::serve(listener, router(edge)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 async fn handle(State(edge): State<Arc<KinesisEdge>>, request: Request) -> Response {

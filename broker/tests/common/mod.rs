@@ -1,6 +1,7 @@
 //! Helpers shared by the broker's integration tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod process;
 
 use bytes::Bytes;
@@ -101,4 +102,58 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// `GET path` on the admin port, or `None` when what comes back is not an
+/// HTTP response (the connection closes first, or speaks something else).
+pub async fn try_http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    let code = text.strip_prefix("HTTP/1.1 ")?.split_whitespace().next()?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// `GET path` over TLS (server name `localhost`, trusting `ca_pem`), with
+/// an optional bearer token: the status code and the body.
+pub async fn https_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ca_pem: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("add CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(broker::auth::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect admin port");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    // A peer may close without close_notify; what arrived is still the answer.
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// `GET path` over TLS without credentials.
+pub async fn https_get(addr: std::net::SocketAddr, path: &str, ca_pem: &str) -> (u16, String) {
+    https_get_with(addr, path, ca_pem, None).await
 }

@@ -155,10 +155,15 @@ pub fn emails(data_dir: &Path) -> Vec<(PathBuf, String)> {
 
 /// Every record of `stream` (its first shard) up to now, as text.
 pub async fn read_stream(broker: &str, stream: &str) -> Vec<String> {
-    let Ok(admin) = client::Admin::connect(broker).await else { return Vec::new() };
+    read_stream_as(broker, &client::ConnectOptions::default(), stream).await
+}
+
+/// [`read_stream`] with these connection options (TLS, a token).
+pub async fn read_stream_as(broker: &str, options: &client::ConnectOptions, stream: &str) -> Vec<String> {
+    let Ok(channel) = client::Connection::open(broker, options).await else { return Vec::new() };
+    let admin = client::Admin::from_channel(channel.clone());
     let Ok(d) = admin.describe_stream(stream).await else { return Vec::new() };
     let Some(shard) = d.shards.first() else { return Vec::new() };
-    let channel = client::connect(broker).await.expect("channel");
     let mut reader = client::ShardReader::open(channel, stream, &shard.shard_id, client::Position::TrimHorizon)
         .await
         .expect("reader");

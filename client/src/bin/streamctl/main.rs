@@ -26,6 +26,11 @@
 //! stack files), 1 otherwise; `stack diff` exits with 3 when the broker
 //! differs from the file.
 //!
+//! Over TLS with `--ca-file` or an `https://` address, as the principal of
+//! `--token-file` (or the `STREAM_BROKER_TOKEN` variable; a token is never
+//! a flag, so it stays out of `ps` and shell history) or of the client
+//! certificate `--cert-file`/`--key-file`.
+//!
 //! One module per command group: [`stream`], [`group`], [`shard`],
 //! [`lost_found`], [`put`], [`tail`], [`status`], [`stack`]; [`positions`] parses
 //! `--from`/`--to` and shard ids for all of them, [`output`] holds the table
@@ -49,8 +54,10 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use clap::{CommandFactory, Parser, Subcommand};
-use client::{Admin, ConnectOptions, Connection};
+use client::{Admin, ConnectOptions, Connection, Secret, TlsOptions};
 
 use group::GroupCmd;
 use lost_found::LostFoundCmd;
@@ -77,8 +84,55 @@ struct Cli {
     /// Print JSON instead of tables (not with --format).
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    security: Security,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How streamctl proves who it is and checks who the broker is.
+#[derive(Debug, clap::Args)]
+struct Security {
+    /// PEM CA certificate the broker's certificate must chain to; turns TLS on.
+    #[arg(long, global = true, env = "STREAM_BROKER_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (its common name is the principal).
+    #[arg(long, global = true, env = "STREAM_BROKER_CERT_FILE", value_name = "PATH", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, global = true, env = "STREAM_BROKER_KEY_FILE", value_name = "PATH", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry, when not the address's host.
+    #[arg(long, global = true, env = "STREAM_BROKER_SERVER_NAME", value_name = "NAME")]
+    server_name: Option<String>,
+    /// File holding the API token to send (else the STREAM_BROKER_TOKEN variable).
+    #[arg(long, global = true, env = "STREAM_BROKER_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
+/// The environment variable a token may come from.
+const TOKEN_VAR: &str = "STREAM_BROKER_TOKEN";
+
+impl Security {
+    fn options(&self) -> Result<ConnectOptions, CliError> {
+        let tls = match &self.ca_file {
+            Some(ca) => Some(TlsOptions::from_files(
+                ca,
+                self.cert_file.as_deref(),
+                self.key_file.as_deref(),
+                self.server_name.clone(),
+            )?),
+            None if self.cert_file.is_some() || self.server_name.is_some() => {
+                return Err(CliError::usage("--cert-file and --server-name need --ca-file (TLS)"));
+            }
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(Secret::from_file(path)?),
+            None => std::env::var(TOKEN_VAR).ok().filter(|t| !t.trim().is_empty()).map(|t| Secret::new(t.trim())),
+        };
+        Ok(ConnectOptions { tls, token, ..ConnectOptions::default() })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +291,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         broker: cli.broker.or(profile.broker).unwrap_or_else(|| client::DEFAULT_ADDR.to_string()),
         timeout: cli.timeout.or(profile.timeout).unwrap_or(DEFAULT_TIMEOUT),
         json: cli.json,
+        options: cli.security.options()?,
     };
     match cli.command {
         Command::Status => status::run(&g).await,
@@ -261,20 +316,23 @@ pub struct Global {
     pub broker: String,
     pub timeout: Duration,
     pub json: bool,
+    pub options: ConnectOptions,
 }
 
 impl Global {
     /// A connection with `--timeout` as the request deadline (and as the
     /// connect deadline, when shorter than the default).
     pub async fn channel(&self) -> Result<Connection, CliError> {
-        let defaults = ConnectOptions::default();
         let options = ConnectOptions {
-            connect_timeout: defaults.connect_timeout.min(self.timeout),
+            connect_timeout: self.options.connect_timeout.min(self.timeout),
             request_timeout: self.timeout,
-            ..defaults
+            ..self.options.clone()
         };
         // The error names the address and the cause ("connection refused by 127.0.0.1:7470").
-        Ok(Connection::open(&self.broker, &options).await?)
+        Connection::open(&self.broker, &options).await.map_err(|e| match e {
+            client::Error::Unavailable(m) => CliError::failed(format!("cannot reach the broker: {m}")),
+            e => CliError::from(e),
+        })
     }
 
     pub async fn admin(&self) -> Result<Admin, CliError> {

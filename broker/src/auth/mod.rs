@@ -1,0 +1,2 @@
+//! Security: TLS for every listener ([`tls`]).
+pub mod tls;

@@ -1,0 +1,117 @@
+//! The order service's security wiring: the order API over TLS (plaintext
+//! refused and counted) and the service publishing to a broker over TLS.
+//! Certificates are generated at test time (rcgen).
+
+#[path = "../../broker/tests/common/certs.rs"]
+mod certs;
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::clock::SystemClock;
+use broker::config::BrokerConfig;
+use broker::testing::TestBroker;
+use certs::Ca;
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// One HTTPS/1.1 request (server name `localhost`, trusting `ca_pem`):
+/// status and body.
+async fn https(
+    addr: SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("add CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(broker::auth::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body.as_bytes()).await.expect("write body");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_api_serves_tls_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let files = ca.server().write(dir.path(), "api", &ca);
+    let mut config = test_config(&dir.path().join("data"));
+    config.tls.cert_file = Some(files.cert);
+    config.tls.key_file = Some(files.key);
+    let svc = start(config).await;
+    let (status, body) = https(svc.addr, &ca.pem, "POST", "/order", &[], SEED_ORDER).await;
+    assert_eq!(status, 201, "{body}");
+    let plain = tokio::time::timeout(LIMIT, async {
+        let mut s = tokio::net::TcpStream::connect(svc.addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        raw
+    })
+    .await
+    .expect("plaintext ends instead of hanging");
+    assert!(!plain.starts_with(b"HTTP/"), "no HTTP answer in plaintext: {:?}", String::from_utf8_lossy(&plain));
+    let (_, metrics) = https(svc.addr, &ca.pem, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains(r#"order_service_refusals_total{listener="orders",reason="tls_handshake"} 1"#),
+        "{metrics}"
+    );
+    svc.running.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_publishes_to_a_broker_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let files = ca.server().write(dir.path(), "broker", &ca);
+    let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
+    bc.tls.cert_file = Some(files.cert);
+    bc.tls.key_file = Some(files.key);
+    let b = TestBroker::start_with(bc, Arc::new(SystemClock)).await;
+    let broker = format!("https://localhost:{}", b.grpc_addr.port());
+    let mut config = test_config(&dir.path().join("data"));
+    config.broker = Some(broker.clone());
+    config.broker_tls.ca_file = Some(files.ca.clone());
+    let svc = start(config).await;
+    let order = post(svc.addr, "/order", SEED_ORDER).await.json();
+    let id = order["orderId"].as_str().expect("id").to_string();
+    let options = client::ConnectOptions {
+        tls: Some(client::TlsOptions::from_files(&files.ca, None, None, None).expect("CA")),
+        ..client::ConnectOptions::default()
+    };
+    eventually(LIMIT, "the order_placed event on the TLS broker", || async {
+        read_stream_as(&broker, &options, "order-events").await.into_iter().find(|r| r.contains(&id))
+    })
+    .await;
+    svc.running.stop().await.expect("stop");
+    b.stop().await.expect("stop broker");
+}
