@@ -83,6 +83,38 @@ pub const METRICS: &[MetricDoc] = &[
     m("stream_broker_request_errors_total", Kind::Counter, "method", "Unary gRPC calls answered with an error."),
     m("stream_broker_connections", Kind::Gauge, "", "Open client connections (gRPC)."),
     m(
+        "stream_broker_connections_max",
+        Kind::Gauge,
+        "",
+        "Connections the gRPC listener accepts at once (limits.max_connections).",
+    ),
+    m(
+        "stream_broker_subscription_buffer_bytes_limit",
+        Kind::Gauge,
+        "",
+        "Bytes one SubscribeShard subscription may buffer.",
+    ),
+    m(
+        "stream_broker_subscription_buffer_bytes_total_limit",
+        Kind::Gauge,
+        "",
+        "Bytes all subscriptions together may buffer (limits.subscription_buffer_bytes_total).",
+    ),
+    m(
+        "stream_broker_subscription_buffer_bytes_reserved",
+        Kind::Gauge,
+        "",
+        "Subscription buffer bytes reserved by the subscriptions being served.",
+    ),
+    m("stream_broker_writer_threads", Kind::Gauge, "", "Threads that run the shard writers (storage.writer_threads)."),
+    m(
+        "stream_broker_connection_receive_window_bytes",
+        Kind::Gauge,
+        "",
+        "HTTP/2 receive window of a gRPC connection: what one connection may make the broker buffer.",
+    ),
+    m("stream_broker_stream_receive_window_bytes", Kind::Gauge, "", "HTTP/2 receive window of one gRPC call."),
+    m(
         "stream_broker_connections_refused_total",
         Kind::Counter,
         "",
