@@ -149,10 +149,12 @@ pub fn load_over<T: DeserializeOwned>(
         })?;
         origins.0.insert(key, origin);
     }
+    // Without a source text there is no span; the full message names the
+    // table the bad key is in ("... in `smtp`").
     let value = toml::Value::Table(table).try_into::<T>().map_err(|e: toml::de::Error| ConfigError {
         key: None,
         origin: None,
-        message: e.message().to_string(),
+        message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
     })?;
     Ok((value, origins))
 }

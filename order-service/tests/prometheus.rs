@@ -183,7 +183,13 @@ async fn prometheus_sees_lag_throughput_and_order_flow_move() {
 
     // Throughput: the outbox published the events, so records went in; the
     // recording rule turns the counter into a rate.
-    prom.until("sum(stream_broker_records_in_total{stream=\"order-events\"})", "order events stored", |v| v >= 4.0)
+    let stored = prom
+        .until("sum(stream_broker_records_in_total{stream=\"order-events\"})", "order events stored", |v| v >= 4.0)
+        .await;
+    // A rate needs the counter to move after Prometheus first saw it (the
+    // relay may have published all four in one batch before that scrape).
+    assert_eq!(post(svc.addr, "/order", SEED_ORDER).await.status, 201);
+    prom.until("sum(stream_broker_records_in_total{stream=\"order-events\"})", "one more event stored", |v| v > stored)
         .await;
     prom.until("sum(stream_broker:records_in:rate1m)", "the recorded rate", |v| v > 0.0).await;
 
