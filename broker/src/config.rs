@@ -150,41 +150,14 @@ impl TlsConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Every call needs a principal (a token or a client certificate) and a
-    /// grant. Off, every caller is anonymous and allowed everything, which
-    /// the broker accepts only on loopback addresses unless
-    /// `insecure_allow_anonymous` is set.
-    pub enabled: bool,
-    /// Serve anonymous callers on a non-loopback address (development only).
+    /// Serve anonymous callers on a non-loopback address (development
+    /// only). The broker has no authentication of callers yet (TLS client
+    /// certificates are checked against `tls.client_ca_file`, but grant
+    /// nothing), so off, it listens on loopback addresses only.
     pub insecure_allow_anonymous: bool,
-    /// A file holding a token (at least 32 characters) that authenticates
-    /// as the built-in principal `admin`, allowed everything; how the
-    /// first principals and grants are made.
-    pub bootstrap_token_file: Option<PathBuf>,
-    /// Principals allowed everything, e.g. an operator certificate's common name.
-    pub super_users: Vec<String>,
-    /// Long-lived calls (Produce, SubscribeShard, group long polls) check
-    /// their caller's credentials and grants again this often.
-    pub recheck_interval_ms: u64,
-    /// Requests per second one principal may make (one-second burst);
-    /// anonymous callers count per client address.
-    pub requests_per_sec_per_principal: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            insecure_allow_anonymous: false,
-            bootstrap_token_file: None,
-            super_users: Vec::new(),
-            recheck_interval_ms: 2_000,
-            requests_per_sec_per_principal: 10_000,
-        }
-    }
 }
 
 /// How the Kinesis API checks SigV4 signatures.
@@ -661,8 +634,6 @@ impl BrokerConfig {
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.grpc_max_header_bytes", u64::from(l.grpc_max_header_bytes)),
             ("limits.http_max_connections", l.http_max_connections as u64),
-            ("auth.recheck_interval_ms", self.auth.recheck_interval_ms),
-            ("auth.requests_per_sec_per_principal", self.auth.requests_per_sec_per_principal),
         ] {
             if v == 0 {
                 return bad(key, "must be positive");
@@ -690,9 +661,6 @@ impl BrokerConfig {
     /// `auth.insecure_allow_anonymous` is set; the error names the address
     /// and the way out. Called with the addresses actually bound.
     pub fn check_exposure(&self, bound: &[(&str, SocketAddr)]) -> Result<(), ConfigError> {
-        if self.auth.enabled {
-            return Ok(());
-        }
         for (key, addr) in bound {
             if !addr.ip().is_loopback() {
                 if self.auth.insecure_allow_anonymous {
@@ -702,11 +670,13 @@ impl BrokerConfig {
                          anyone who reaches it can read, write and delete every stream"
                     );
                 } else {
-                    return Err(ConfigError(format!(
-                        "{key} {addr} is not a loopback address and auth.enabled is false: enable \
-                         authentication ([auth] enabled = true) or, for development only, pass \
-                         --insecure-allow-anonymous"
-                    )));
+                    return Err(ConfigError::invalid(
+                        *key,
+                        format!(
+                            "{addr} is not a loopback address and callers are not authenticated: listen on \
+                             loopback, or for development only pass --insecure-allow-anonymous"
+                        ),
+                    ));
                 }
             }
         }
@@ -775,20 +745,22 @@ mod tests {
         let exposed = SocketAddr::from(([10, 0, 0, 7], 7470));
         c.check_exposure(&[("grpc_addr", local), ("http_addr", local)]).expect("loopback needs no set-up");
         let e = c.check_exposure(&[("grpc_addr", local), ("http_addr", exposed)]).expect_err("exposed");
-        assert!(e.0.contains("http_addr 10.0.0.7:7470") && e.0.contains("--insecure-allow-anonymous"), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("http_addr") && text.contains("10.0.0.7:7470") && text.contains("--insecure-allow-anonymous"),
+            "{e}"
+        );
         c.auth.insecure_allow_anonymous = true;
         c.check_exposure(&[("grpc_addr", exposed)]).expect("explicitly allowed");
-        c.auth = AuthConfig { enabled: true, ..AuthConfig::default() };
-        c.check_exposure(&[("grpc_addr", exposed)]).expect("authentication on");
     }
 
     #[test]
     fn tls_files_come_in_pairs() {
         let e = BrokerConfig::load(None, env(&[("STREAM_BROKER_TLS__CERT_FILE", "/c.pem")])).expect_err("no key");
-        assert!(e.0.contains("tls.key_file"), "{e}");
+        assert!(e.to_string().contains("tls.key_file"), "{e}");
         let e =
             BrokerConfig::load(None, env(&[("STREAM_BROKER_TLS__CLIENT_CA_FILE", "/ca.pem")])).expect_err("no cert");
-        assert!(e.0.contains("tls.client_ca_file"), "{e}");
+        assert!(e.to_string().contains("tls.client_ca_file"), "{e}");
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub async fn run_with(
     if let Some(k) = &kinesis {
         bound.push(("kinesis.addr", addr(k, "kinesis.addr")?));
     }
-    config.check_exposure(&bound).map_err(|e| BrokerError::invalid("auth.enabled", e.0))?;
+    config.check_exposure(&bound).map_err(|e| BrokerError::invalid(e.key.clone().unwrap_or_default(), e.message))?;
     // One certificate for every listener; each has its own ALPN list.
     let (grpc_tls, admin_tls, kinesis_tls) = match config.tls.files() {
         Some(files) => {

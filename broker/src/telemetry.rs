@@ -81,9 +81,7 @@ pub const METRICS: &[MetricDoc] = &[
     m("stream_broker_bytes_out_total", Kind::Counter, "stream", "Key and data bytes sent to readers and subscribers."),
     m("stream_broker_request_duration_seconds", Kind::Histogram, "method", "Time to answer a unary gRPC call."),
     m("stream_broker_request_errors_total", Kind::Counter, "method", "Unary gRPC calls answered with an error."),
-<<<<<<< HEAD
     m("stream_broker_connections", Kind::Gauge, "", "Open client connections (gRPC, admin and Kinesis listeners)."),
-=======
     m(
         "stream_broker_connections_max",
         Kind::Gauge,
@@ -116,13 +114,6 @@ pub const METRICS: &[MetricDoc] = &[
         "HTTP/2 receive window of a gRPC connection: what one connection may make the broker buffer.",
     ),
     m("stream_broker_stream_receive_window_bytes", Kind::Gauge, "", "HTTP/2 receive window of one gRPC call."),
-    m(
-        "stream_broker_connections_refused_total",
-        Kind::Counter,
-        "",
-        "Connections closed at once because limits.max_connections were open.",
-    ),
->>>>>>> main
     m("stream_broker_subscriptions", Kind::Gauge, "", "SubscribeShard calls being served."),
     m(
         "stream_broker_subscriptions_refused_total",

@@ -56,8 +56,8 @@ impl BrokerAccess {
             ("customer-service", "customerServiceTokenFile", &c.customer_service_token_file),
         ] {
             if let Some(path) = file {
-                let token =
-                    Secret::from_file(path).map_err(|e| ConfigError::invalid(format!("brokerCredentials.{key}"), e.to_string()))?;
+                let token = Secret::from_file(path)
+                    .map_err(|e| ConfigError::invalid(format!("brokerCredentials.{key}"), e.to_string()))?;
                 tokens.insert(role, token);
             }
         }

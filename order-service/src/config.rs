@@ -316,7 +316,10 @@ impl Config {
         }
         let b = &self.broker_tls;
         if b.cert_file.is_some() != b.key_file.is_some() {
-            return Err(ConfigError::invalid("brokerTls.certFile", "give brokerTls.certFile and brokerTls.keyFile both or neither"));
+            return Err(ConfigError::invalid(
+                "brokerTls.certFile",
+                "give brokerTls.certFile and brokerTls.keyFile both or neither",
+            ));
         }
         if b.ca_file.is_none() && (b.cert_file.is_some() || b.server_name.is_some()) {
             return Err(ConfigError::invalid("brokerTls.caFile", "is required for TLS to the broker"));

@@ -313,7 +313,10 @@ mod tests {
         check_exposure(&c, "127.0.0.1:8080".parse().expect("addr")).expect("loopback");
         let e = check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect_err("exposed");
         let text = e.to_string();
-        assert!(text.contains("httpAddr") && text.contains("10.0.0.7:8080") && text.contains("--insecure-allow-anonymous"), "{text}");
+        assert!(
+            text.contains("httpAddr") && text.contains("10.0.0.7:8080") && text.contains("--insecure-allow-anonymous"),
+            "{text}"
+        );
         c.insecure_allow_anonymous = true;
         check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect("explicitly allowed");
     }

@@ -90,10 +90,10 @@ impl Readiness {
                     out.push(format!("streams not created yet: {}", missing.join(", ")));
                 }
             }
-            Ok(Err(e)) => out.push(format!("the broker at {} does not answer: {e}", self.broker)),
+            Ok(Err(e)) => out.push(format!("the broker at {} does not answer: {e}", self.broker.addr)),
             Err(_) => out.push(format!(
                 "the broker at {} did not answer within {} s",
-                self.broker,
+                self.broker.addr,
                 BROKER_CHECK_TIMEOUT.as_secs()
             )),
         }
