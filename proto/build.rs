@@ -3,7 +3,7 @@
 //! and the codec of `src/codec.rs`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/streambroker/v1/broker.proto"];
+    let protos = ["proto/streambroker/v1/broker.proto", "proto/streambroker/v1/access.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

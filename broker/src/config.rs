@@ -150,14 +150,46 @@ impl TlsConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Serve anonymous callers on a non-loopback address (development
-    /// only). The broker has no authentication of callers yet (TLS client
-    /// certificates are checked against `tls.client_ca_file`, but grant
-    /// nothing), so off, it listens on loopback addresses only.
+    /// Authenticate every caller (tokens, client certificates, Kinesis
+    /// access keys) and authorize every call against its grants. Off: every
+    /// caller is anonymous and may do everything, so the broker listens on
+    /// loopback addresses only unless `insecure_allow_anonymous` is set.
+    pub enabled: bool,
+    /// Serve anonymous callers on a non-loopback address while
+    /// authentication is off (development only).
     pub insecure_allow_anonymous: bool,
+    /// A file holding a token (at least 32 characters) that authenticates
+    /// as the built-in principal `admin`, allowed everything; how the
+    /// first principals and grants are made.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Principals allowed everything, e.g. an operator certificate's common name.
+    pub super_users: Vec<String>,
+    /// Long-lived calls (Produce, SubscribeShard, group long polls) check
+    /// their caller's credentials and grants again this often.
+    pub recheck_interval_ms: u64,
+    /// Requests per second one principal may make (one-second burst);
+    /// anonymous callers count per client address.
+    pub requests_per_sec_per_principal: u64,
+    /// The principal of each Kinesis access key (`kinesis.access_keys`,
+    /// strict mode); a key not listed is the principal named by its id.
+    pub access_key_principals: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            insecure_allow_anonymous: false,
+            bootstrap_token_file: None,
+            super_users: Vec::new(),
+            recheck_interval_ms: 2_000,
+            requests_per_sec_per_principal: 10_000,
+            access_key_principals: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// How the Kinesis API checks SigV4 signatures.
@@ -642,6 +674,24 @@ impl BrokerConfig {
         if !(8 * 1024..=1024 * 1024).contains(&l.http_max_header_bytes) {
             return bad("limits.http_max_header_bytes", "must be 8 KiB..=1 MiB");
         }
+        let a = &self.auth;
+        if !(100..=60_000).contains(&a.recheck_interval_ms) {
+            return bad("auth.recheck_interval_ms", "must be 100..=60000");
+        }
+        if a.requests_per_sec_per_principal == 0 {
+            return bad("auth.requests_per_sec_per_principal", "must be at least 1");
+        }
+        if let Some(name) = a.super_users.iter().find(|n| !crate::auth::policy::is_principal_name(n)) {
+            return bad("auth.super_users", &format!("{name:?} must be 1..=128 of [a-zA-Z0-9_.@-]"));
+        }
+        for (key, principal) in &a.access_key_principals {
+            if !self.kinesis.access_keys.iter().any(|k| &k.access_key_id == key) {
+                return bad("auth.access_key_principals", &format!("{key:?} is not in kinesis.access_keys"));
+            }
+            if !crate::auth::policy::is_principal_name(principal) {
+                return bad("auth.access_key_principals", &format!("{principal:?} must be 1..=128 of [a-zA-Z0-9_.@-]"));
+            }
+        }
         let t = &self.tls;
         match (&t.cert_file, &t.key_file) {
             (Some(_), None) => return bad("tls.key_file", "is required with tls.cert_file"),
@@ -659,8 +709,12 @@ impl BrokerConfig {
 
     /// Refuses to serve anonymous callers on a non-loopback address unless
     /// `auth.insecure_allow_anonymous` is set; the error names the address
-    /// and the way out. Called with the addresses actually bound.
+    /// and the way out. With `auth.enabled` every caller is authenticated,
+    /// so any address is accepted. Called with the addresses actually bound.
     pub fn check_exposure(&self, bound: &[(&str, SocketAddr)]) -> Result<(), ConfigError> {
+        if self.auth.enabled {
+            return Ok(());
+        }
         for (key, addr) in bound {
             if !addr.ip().is_loopback() {
                 if self.auth.insecure_allow_anonymous {
@@ -674,7 +728,8 @@ impl BrokerConfig {
                         *key,
                         format!(
                             "{addr} is not a loopback address and callers are not authenticated: listen on \
-                             loopback, or for development only pass --insecure-allow-anonymous"
+                             loopback, set auth.enabled = true, or for development only pass \
+                             --insecure-allow-anonymous"
                         ),
                     ));
                 }
@@ -750,6 +805,9 @@ mod tests {
             text.contains("http_addr") && text.contains("10.0.0.7:7470") && text.contains("--insecure-allow-anonymous"),
             "{e}"
         );
+        c.auth.enabled = true;
+        c.check_exposure(&[("grpc_addr", exposed)]).expect("every caller is authenticated");
+        c.auth.enabled = false;
         c.auth.insecure_allow_anonymous = true;
         c.check_exposure(&[("grpc_addr", exposed)]).expect("explicitly allowed");
     }

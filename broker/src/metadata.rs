@@ -361,7 +361,7 @@ fn checkpoint_key(stream_id: u64, name: &str, shard: u32) -> String {
 /// sled-backed metadata in `<data_dir>/meta`.
 #[derive(Debug)]
 pub struct SledStore {
-    db: DurableSled,
+    db: std::sync::Arc<DurableSled>,
     streams: sled::Tree,
     groups: sled::Tree,
     checkpoints: sled::Tree,
@@ -371,12 +371,18 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = DurableSled::open(dir)?;
+        let db = std::sync::Arc::new(DurableSled::open(dir)?);
         let streams = db.db().open_tree("streams")?;
         let groups = db.db().open_tree("groups")?;
         let checkpoints = db.db().open_tree("checkpoints")?;
         let attributes = db.db().open_tree("attributes")?;
         Ok(Self { db, streams, groups, checkpoints, attributes })
+    }
+
+    /// The durable database, shared with the principals, tokens and grants
+    /// of [`crate::auth::store`] (their own trees, the same commits).
+    pub fn durable(&self) -> std::sync::Arc<DurableSled> {
+        self.db.clone()
     }
 
     fn flushed(&self) -> Result<()> {

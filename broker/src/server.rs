@@ -27,6 +27,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
+use crate::auth::layer::{GrpcAuthLayer, HttpAuth};
+use crate::auth::store::AuthStore;
 use crate::auth::tls::ServerTls;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
@@ -35,6 +38,7 @@ use crate::disk::DiskMonitor;
 use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
 use crate::grpc::GrpcService;
+use crate::grpc::access::AccessService;
 use crate::grpc::groups::GroupsService;
 use crate::grpc::message_limit::MessageLimitHint;
 use crate::http::Readiness;
@@ -43,6 +47,7 @@ use crate::kinesis::KinesisEdge;
 use crate::listener::{HttpLimits, ListenerConfig, Refusals};
 use crate::metadata::{MetadataStore, SledStore};
 use crate::service::Service;
+use proto::v1::access_control_server::AccessControlServer;
 
 /// The listeners of a broker, bound by the caller.
 #[derive(Debug)]
@@ -104,13 +109,22 @@ pub async fn run_with(
         [grpc_tls.clone(), admin_tls.clone(), kinesis_tls.clone()].into_iter().flatten().collect(),
         shutdown.clone(),
     ));
+    let auth = Arc::new(Auth::new(&config.auth, clock.clone())?);
+    if config.auth.enabled && kinesis.is_some() && config.kinesis.auth == crate::config::KinesisAuth::Permissive {
+        tracing::warn!(
+            "kinesis.auth = \"permissive\" does not verify signatures, so with authentication on the Kinesis API \
+             accepts only client certificates; set kinesis.auth = \"strict\" for access keys"
+        );
+    }
     let config = Arc::new(config);
     let refusals = Arc::new(Refusals::default());
     let readiness = Arc::new(Readiness::default());
     let console = Arc::new(crate::console::Console::new(&config));
     let limits = &config.limits;
     let admin = tokio::spawn({
-        let router = crate::http::router(readiness.clone(), console.clone(), refusals.clone());
+        let http_auth = HttpAuth { auth: auth.clone(), refusals: refusals.clone(), listener: "admin" };
+        let router = crate::http::router(readiness.clone(), console.clone(), refusals.clone())
+            .layer(axum::middleware::from_fn_with_state(http_auth, crate::auth::layer::admin_port));
         let conns = crate::listener::incoming(
             http,
             ListenerConfig {
@@ -131,7 +145,7 @@ pub async fn run_with(
     });
 
     let meta_dir = config.data_dir.join("meta");
-    let (catalog, secret) = tokio::task::spawn_blocking({
+    let (catalog, secret, auth_store) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || -> Result<_> {
             std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::Io {
@@ -148,7 +162,7 @@ pub async fn run_with(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot measure free space"),
             }
-            let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&meta_dir).map_err(|e| {
+            let sled = SledStore::open(&meta_dir).map_err(|e| {
                 let free = disk.last().free_bytes;
                 if free < 1024 * 1024 {
                     // sled writes to open; without a reserve to give back, a full disk stops it.
@@ -159,16 +173,20 @@ pub async fn run_with(
                 } else {
                     e
                 }
-            })?);
+            })?;
+            // Principals, tokens and grants live in the same durable database.
+            let auth_store = AuthStore::open(sled.durable())?;
+            let store: Arc<dyn MetadataStore> = Arc::new(sled);
             let secret = store.iterator_secret()?;
             let io = Arc::new(shardlog::io::StdIo);
-            Ok((Arc::new(Catalog::open_with(config, store, clock, io, disk)?), secret))
+            Ok((Arc::new(Catalog::open_with(config, store, clock, io, disk)?), secret, auth_store))
         }
     })
     .await
     .map_err(|e| BrokerError::Unavailable(e.to_string()))??;
     tracing::info!(streams = catalog.all().len(), grpc = %grpc_addr, tls = grpc_tls.is_some(), "broker ready");
     readiness.attach(catalog.clone());
+    auth.attach(Arc::new(auth_store));
 
     let disk_watch = tokio::spawn({
         let catalog = catalog.clone();
@@ -234,7 +252,8 @@ pub async fn run_with(
         shutdown.clone(),
     ));
     let streams_token = CancellationToken::new();
-    let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone());
+    let service = Service::new(catalog.clone(), groups, IteratorSigner::new(secret), streams_token.clone())
+        .with_auth(auth.clone());
     console.attach(service.clone(), shutdown.clone());
     let groups_service = GroupsService::new(service.clone());
     let kinesis_task = kinesis.map(|listener| {
@@ -281,12 +300,15 @@ pub async fn run_with(
         refusals.clone(),
         shutdown.clone(),
     );
+    let access = AccessService::new(auth.clone(), catalog.clock().clone(), config.limits.request_timeout_ms);
     let grpc_server = tonic::transport::Server::builder()
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_max_header_list_size(config.limits.grpc_max_header_bytes)
+        .layer(GrpcAuthLayer::new(auth.clone(), refusals.clone()))
         .add_service(health_service)
+        .add_service(AccessControlServer::new(access))
         .add_service(MessageLimitHint::new(
             StreamBrokerServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max),
             max,

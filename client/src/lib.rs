@@ -13,7 +13,9 @@
 //! - [`stack`]: a declarative stack file of streams and groups, diffed
 //!   against a broker, deployed and removed (`streamctl stack`).
 //! - [`Connection`]: how all of them reach a broker, with deadlines,
-//!   keepalive, and errors that name the address and the cause.
+//!   keepalive, TLS, credentials, and errors that name the address and
+//!   the cause.
+//! - [`Access`]: principals, API tokens and grants; who am I.
 //!
 //! Errors are one enum, [`Error`], with [`Error::is_retryable`]; retries
 //! wait by one schedule, [`Backoff`].
@@ -27,6 +29,7 @@
 //! # }
 //! ```
 
+mod access;
 mod admin;
 mod connection;
 mod consumer;
@@ -35,6 +38,7 @@ mod producer;
 mod reader;
 pub mod stack;
 
+pub use access::{Access, allow, deny};
 pub use admin::Admin;
 pub use connection::{ConnectOptions, Connection, Secret, TlsOptions, connect};
 pub use consumer::{Consumer, ConsumerConfig, HandlerError, Record};

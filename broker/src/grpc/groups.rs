@@ -126,7 +126,7 @@ impl ConsumerGroups for GroupsService {
         let r = req.into_inner();
         unary("JoinGroup", self.deadline(), async {
             let joined =
-                self.service.groups().join(&r.stream_name, &r.group_name, start_of(r.start)?, &r.client_id).await?;
+                self.service.join_group(&r.stream_name, &r.group_name, start_of(r.start)?, &r.client_id).await?;
             Ok(pb::JoinGroupResponse {
                 member_id: joined.member_id.clone(),
                 assignment: Some(assignment(joined)),
@@ -139,7 +139,7 @@ impl ConsumerGroups for GroupsService {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         unary("Heartbeat", self.deadline(), async {
-            let a = self.service.groups().heartbeat(&r.stream_name, &r.group_name, &r.member_id).await?;
+            let a = self.service.heartbeat_group(&r.stream_name, &r.group_name, &r.member_id).await?;
             Ok(pb::HeartbeatResponse { assignment: Some(assignment(a)) })
         })
         .await
@@ -151,7 +151,7 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
         let r = req.into_inner();
         unary("LeaveGroup", self.deadline(), async {
-            self.service.groups().leave(&r.stream_name, &r.group_name, &r.member_id).await?;
+            self.service.leave_group(&r.stream_name, &r.group_name, &r.member_id).await?;
             Ok(pb::LeaveGroupResponse {})
         })
         .await
@@ -228,7 +228,7 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let r = req.into_inner();
         unary("DescribeGroup", self.deadline(), async {
-            let info = self.service.groups().describe(&r.stream_name, &r.group_name).await?;
+            let info = self.service.describe_group(&r.stream_name, &r.group_name).await?;
             Ok(pb::DescribeGroupResponse { group: Some(describe(info, self.service.groups().session_timeout_ms())) })
         })
         .await
@@ -241,7 +241,7 @@ impl ConsumerGroups for GroupsService {
         let r = req.into_inner();
         unary("ListGroups", self.deadline(), async {
             let stream = (!r.stream_name.is_empty()).then_some(r.stream_name.as_str());
-            let groups = self.service.groups().list(stream)?;
+            let groups = self.service.list_groups(stream)?;
             Ok(pb::ListGroupsResponse {
                 groups: groups
                     .into_iter()
@@ -263,8 +263,7 @@ impl ConsumerGroups for GroupsService {
             })?;
             let start = StartingPosition { kind, sequence_number: r.sequence_number, timestamp_ms: r.timestamp_ms };
             let to = Service::group_reset(start, parse_shard_id(&r.shard_id))?;
-            self.service.groups().reset(&r.stream_name, &r.group_name, to).await?;
-            let info = self.service.groups().describe(&r.stream_name, &r.group_name).await?;
+            let info = self.service.reset_group(&r.stream_name, &r.group_name, to).await?;
             Ok(pb::ResetGroupResponse { group: Some(describe(info, self.service.groups().session_timeout_ms())) })
         })
         .await
@@ -276,7 +275,7 @@ impl ConsumerGroups for GroupsService {
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let r = req.into_inner();
         unary("DeleteGroup", self.deadline(), async {
-            self.service.groups().delete(&r.stream_name, &r.group_name).await?;
+            self.service.delete_group(&r.stream_name, &r.group_name).await?;
             Ok(pb::DeleteGroupResponse {})
         })
         .await

@@ -3,6 +3,7 @@
 //! service; this module only maps fields, and errors become statuses only in
 //! [`status`].
 
+pub mod access;
 pub mod groups;
 pub mod message_limit;
 pub mod status;
@@ -409,12 +410,20 @@ impl StreamBroker for GrpcService {
         // Err: the inbound stream failed (a message that does not decode or is too large).
         let (pending_tx, mut pending_rx) = mpsc::channel::<Result<(u64, Result<PendingPut>), Status>>(in_flight);
         let svc = self.service.clone();
+        // Each batch is authorized as it is submitted; between batches the
+        // caller's credential is checked every auth.recheck_interval_ms, so a
+        // revoked token ends an idle stream too.
+        let caller = crate::auth::current();
         // Reader: queues each batch in arrival order, so acks for one shard follow request order.
-        tokio::spawn(async move {
+        tokio::spawn(crate::auth::scope(caller.clone(), async move {
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     _ = svc.shutdown().cancelled() => break,
+                    lost = svc.auth().watch(&caller, &[]) => {
+                        let _ = pending_tx.send(Err(to_status(lost))).await;
+                        break;
+                    }
                 };
                 let req = match msg {
                     Ok(Some(req)) => req,
@@ -432,7 +441,7 @@ impl StreamBroker for GrpcService {
                     break;
                 }
             }
-        });
+        }));
         // Acknowledger: waits for each batch in order.
         tokio::spawn(async move {
             while let Some(item) = pending_rx.recv().await {

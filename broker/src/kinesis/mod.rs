@@ -247,10 +247,44 @@ impl KinesisEdge {
             region: &self.config.region,
             now_ms: self.now(),
         };
-        let (_signer, body): (_, Bytes) = auth::authenticate(policy, &parts.method, &parts.uri, &parts.headers, body)?;
+        let (signer, body): (_, Bytes) = auth::authenticate(policy, &parts.method, &parts.uri, &parts.headers, body)?;
+        let caller =
+            self.caller(&signer, parts.extensions.get::<crate::listener::PeerInfo>()).map_err(|e| self.err(e))?;
         if matches!(rate::rate_of(operation), Some((_, rate::Per::Account))) {
             self.rate(operation, (0, 0))?;
         }
+        crate::auth::scope(caller, self.run(operation, format, body)).await
+    }
+
+    /// Who signed a request: in strict mode the principal of the verified
+    /// access key; in permissive mode (nothing verified) the client
+    /// certificate's principal, if any. Refuses anonymous callers while
+    /// authentication is on, and applies the principal's request rate.
+    fn caller(
+        &self,
+        signer: &auth::Signer,
+        peer: Option<&crate::listener::PeerInfo>,
+    ) -> Result<Arc<crate::auth::Caller>, BrokerError> {
+        let broker_auth = self.service.auth();
+        let caller = match self.config.auth {
+            crate::config::KinesisAuth::Strict if broker_auth.enabled() => {
+                let remote = peer.and_then(|p| p.remote_addr).map(|a| a.ip());
+                broker_auth.access_key_caller(&signer.access_key_id, remote)
+            }
+            _ => broker_auth.authenticate(None, peer)?,
+        };
+        broker_auth.require_principal(&caller)?;
+        broker_auth.admit(&caller)?;
+        Ok(Arc::new(caller))
+    }
+
+    /// Runs an authenticated operation under its deadline, with its metrics.
+    async fn run(
+        self: &Arc<Self>,
+        operation: &'static str,
+        format: Format,
+        body: Bytes,
+    ) -> Result<Answer, KinesisError> {
         let started = std::time::Instant::now();
         let deadline = self.service.request_timeout();
         let result = match operation {

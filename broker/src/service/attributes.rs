@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::{CreateStreamWith, Service};
+use crate::auth::policy::{Action, Resource};
 use crate::catalog::Stream;
 use crate::error::{BrokerError, Result};
 use crate::metadata::{AccountSettings, BillingCommitment, ConsumerMeta, StreamAttributes, StreamMode};
@@ -140,9 +141,12 @@ pub fn validate_consumer_name(name: &str) -> Result<()> {
 impl Service {
     /// The stream with this id, if it exists.
     pub fn stream_by_id(&self, id: u64) -> Result<Arc<Stream>> {
-        self.catalog
+        let stream = self
+            .catalog
             .get_by_id(id)
-            .ok_or_else(|| BrokerError::StreamNotFound { name: format!("(the stream with id {id})") })
+            .ok_or_else(|| BrokerError::StreamNotFound { name: format!("(the stream with id {id})") })?;
+        self.authorize(Action::StreamDescribe, &Resource::stream(&stream.meta().name))?;
+        Ok(stream)
     }
 
     /// A stream's attributes.
@@ -157,6 +161,7 @@ impl Service {
         stream_name: &str,
         change: impl FnOnce(&Stream, &mut StreamAttributes) -> Result<T>,
     ) -> Result<T> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         let _serial = self.attributes_lock.lock().await;
         let stream = self.stream(stream_name)?;
         let id = stream.meta().id;
@@ -194,6 +199,7 @@ impl Service {
     /// `kinesis.on_demand_stream_count_limit`. The attributes are stored
     /// after the stream is durable; the call returns after both.
     pub async fn create_stream_with(&self, req: CreateStreamWith) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamCreate, &Resource::stream(&req.stream.name))?;
         let mut attrs = StreamAttributes { mode: req.mode, ..StreamAttributes::default() };
         merge_tags("the stream", &mut attrs.tags, req.tags)?;
         let _serial = self.attributes_lock.lock().await;
@@ -270,6 +276,8 @@ impl Service {
 
     /// Stores a resource policy on the stream, or on one of its consumers.
     pub async fn put_policy(&self, stream_name: &str, consumer: Option<&str>, policy: String) -> Result<()> {
+        // A resource policy grants access to others: managing it is managing access.
+        self.authorize(Action::AdminAuth, &Resource::Cluster)?;
         validate_policy(&policy)?;
         self.change_attributes(stream_name, |s, a| {
             match consumer {
@@ -283,6 +291,7 @@ impl Service {
 
     /// Removes a resource policy.
     pub async fn delete_policy(&self, stream_name: &str, consumer: Option<&str>) -> Result<()> {
+        self.authorize(Action::AdminAuth, &Resource::Cluster)?;
         self.change_attributes(stream_name, |s, a| {
             match consumer {
                 Some(c) => find_consumer(s, a, c)?.policy = None,
@@ -428,6 +437,7 @@ impl Service {
 
     /// The account settings and the commitment's status.
     pub fn account_settings(&self) -> Result<(AccountSettings, CommitmentStatus)> {
+        self.auth.require_principal(&crate::auth::current())?;
         let s = self.catalog.store().account_settings()?;
         let status = commitment_status(s.billing_commitment.as_ref(), self.now());
         Ok((s, status))
@@ -436,6 +446,7 @@ impl Service {
     /// Enables or disables the billing commitment. Disabling before its
     /// earliest end keeps it running until then.
     pub async fn set_billing_commitment(&self, enabled: bool) -> Result<(AccountSettings, CommitmentStatus)> {
+        self.authorize(Action::AdminAccount, &Resource::Cluster)?;
         let _serial = self.attributes_lock.lock().await;
         let now = self.now();
         let store = self.catalog.store();

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{IteratorKind, POLL_WAIT_MS_MAX, Record, Service, StartingPosition};
+use crate::auth::policy::{Action, Resource};
 use crate::catalog::{CreateStream, LostFound, QuotaUpdate, Scaling, Stream, validate_stream_name};
 use crate::error::{BrokerError, Result};
-use crate::group::{Assignment, CommitShard, PollShard, ResetTo};
+use crate::group::{Assignment, CommitShard, GroupInfo, PollShard, ResetTo};
 use crate::metadata::{ShardMeta, StartPosition};
 use crate::shard::{RepairOutcome, Shard};
 
@@ -80,12 +81,14 @@ impl Service {
     /// CreateStream: durable and serving on return. The catalogue checks
     /// the name, shard count, retention, quotas and record size.
     pub async fn create_stream(&self, req: CreateStream) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamCreate, &Resource::stream(&req.name))?;
         self.catalog.create(req).await
     }
 
     /// DeleteStream: the stream, its records, its consumer groups, its
     /// attributes and registered consumers.
     pub async fn delete_stream(&self, stream_name: &str) -> Result<()> {
+        self.authorize(Action::StreamDelete, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         let id = self.catalog.get(stream_name)?.meta().id;
         self.catalog.delete(stream_name).await?;
@@ -98,29 +101,37 @@ impl Service {
 
     /// UpdateMaxRecordSize: a stream's largest record, key + data.
     pub async fn update_max_record_bytes(&self, stream_name: &str, max_record_bytes: u32) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         self.catalog.update_max_record_bytes(stream_name, max_record_bytes).await
     }
 
     /// The stream with this name.
     pub fn stream(&self, stream_name: &str) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamDescribe, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         self.catalog.get(stream_name)
     }
 
     /// ListStreams: up to `limit` (default 100, at most 10,000) names after
-    /// `exclusive_start`, and whether more follow.
+    /// `exclusive_start`, and whether more follow. Only streams the caller
+    /// may describe are listed, so a page may hold fewer than `limit`.
     pub fn list_streams(&self, limit: Option<u32>, exclusive_start: &str) -> Result<(Vec<String>, bool)> {
+        let caller = crate::auth::current();
+        self.auth.require_principal(&caller)?;
         let limit = match limit {
             None => LIST_STREAMS_LIMIT_DEFAULT,
             Some(n @ 1..=LIST_STREAMS_LIMIT_MAX) => n as usize,
             Some(n) => return Err(BrokerError::invalid("limit", format!("must be 1..=10000, got {n}"))),
         };
-        Ok(self.catalog.list(limit, exclusive_start))
+        let (mut names, more) = self.catalog.list(limit, exclusive_start);
+        names.retain(|n| self.auth.allows(&caller, Action::StreamDescribe, &Resource::stream(n)));
+        Ok((names, more))
     }
 
     /// Changes a stream's retention (the catalogue checks the bounds).
     pub async fn update_retention(&self, stream_name: &str, retention_hours: u32) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         self.catalog.update_retention(stream_name, retention_hours).await
     }
@@ -162,6 +173,7 @@ impl Service {
 
     /// A shard's repair plan, applied with `confirm`.
     pub async fn repair_shard(&self, stream_name: &str, shard_id: &str, confirm: bool) -> Result<RepairResult> {
+        self.authorize(Action::AdminRepair, &Resource::Cluster)?;
         validate_stream_name(stream_name)?;
         let (stream, outcome) = self.catalog.repair(stream_name, shard_id, confirm).await?;
         let shard = Self::shard_of(&stream, shard_id)?;
@@ -171,6 +183,7 @@ impl Service {
 
     /// The directories in `lost+found/`.
     pub async fn lost_found(&self) -> Result<Vec<LostFound>> {
+        self.authorize(Action::AdminRepair, &Resource::Cluster)?;
         let catalog = self.catalog.clone();
         tokio::task::spawn_blocking(move || catalog.lost_found())
             .await
@@ -179,6 +192,7 @@ impl Service {
 
     /// Removes one directory from `lost+found/`.
     pub async fn purge_lost_found(&self, name: &str) -> Result<LostFound> {
+        self.authorize(Action::AdminRepair, &Resource::Cluster)?;
         self.catalog.purge_lost_found(name).await
     }
 
@@ -222,8 +236,14 @@ impl Service {
         }
     }
 
-    /// A group poll: checks its bounds and turns stored records into [`Record`]s.
+    /// A group poll: checks its bounds and turns stored records into
+    /// [`Record`]s. Needs `group:read` on the group and `record:get` on the
+    /// stream, checked again while it waits.
     pub async fn poll_group(&self, r: PollRequest) -> Result<GroupPolled> {
+        let checks = group_reader(&r.stream_name, &r.group_name);
+        for (action, resource) in &checks {
+            self.authorize(*action, resource)?;
+        }
         let max = match r.max_records {
             None => POLL_RECORDS_DEFAULT,
             Some(n @ 1..=POLL_RECORDS_MAX) => n as usize,
@@ -232,10 +252,9 @@ impl Service {
         if r.wait_ms > POLL_WAIT_MS_MAX {
             return Err(BrokerError::invalid("wait_ms", format!("must be 0..=30000, got {}", r.wait_ms)));
         }
-        let polled = self
-            .groups
-            .poll(&r.stream_name, &r.group_name, &r.member_id, &r.shards, max, Duration::from_millis(r.wait_ms))
-            .await?;
+        let wait = Duration::from_millis(r.wait_ms);
+        let poll = self.groups.poll(&r.stream_name, &r.group_name, &r.member_id, &r.shards, max, wait);
+        let polled = self.guarded(&checks, poll).await?;
         Ok(GroupPolled {
             batches: polled
                 .batches
@@ -260,9 +279,71 @@ impl Service {
         member_id: &str,
         checkpoints: &[CommitCheckpoint],
     ) -> Result<Vec<Result<()>>> {
+        self.authorize(Action::GroupCommit, &Resource::group(stream_name, group_name))?;
         if checkpoints.is_empty() {
             return Err(BrokerError::invalid("checkpoints", "at least one checkpoint"));
         }
         self.groups.commit(stream_name, group_name, member_id, checkpoints).await
     }
+
+    /// JoinGroup: a member of `group_name` on `stream_name`, creating the
+    /// group (starting at `start`) on its first join.
+    pub async fn join_group(
+        &self,
+        stream_name: &str,
+        group_name: &str,
+        start: StartPosition,
+        client_id: &str,
+    ) -> Result<Assignment> {
+        for (action, resource) in group_reader(stream_name, group_name) {
+            self.authorize(action, &resource)?;
+        }
+        self.groups.join(stream_name, group_name, start, client_id).await
+    }
+
+    /// Heartbeat: keeps a member's session and returns its assignment.
+    pub async fn heartbeat_group(&self, stream_name: &str, group_name: &str, member_id: &str) -> Result<Assignment> {
+        self.authorize(Action::GroupRead, &Resource::group(stream_name, group_name))?;
+        self.groups.heartbeat(stream_name, group_name, member_id).await
+    }
+
+    /// LeaveGroup: the member's shards move to the others at once.
+    pub async fn leave_group(&self, stream_name: &str, group_name: &str, member_id: &str) -> Result<()> {
+        self.authorize(Action::GroupRead, &Resource::group(stream_name, group_name))?;
+        self.groups.leave(stream_name, group_name, member_id).await
+    }
+
+    /// DescribeGroup: members, leases, checkpoints and lag.
+    pub async fn describe_group(&self, stream_name: &str, group_name: &str) -> Result<GroupInfo> {
+        self.authorize(Action::GroupRead, &Resource::group(stream_name, group_name))?;
+        self.groups.describe(stream_name, group_name).await
+    }
+
+    /// ListGroups: the groups of one stream or all, those the caller may read.
+    pub fn list_groups(&self, stream_name: Option<&str>) -> Result<Vec<(String, String)>> {
+        let caller = crate::auth::current();
+        self.auth.require_principal(&caller)?;
+        let mut groups = self.groups.list(stream_name)?;
+        groups.retain(|(s, g)| self.auth.allows(&caller, Action::GroupRead, &Resource::group(s, g)));
+        Ok(groups)
+    }
+
+    /// ResetGroup: moves a group without live members; its description after.
+    pub async fn reset_group(&self, stream_name: &str, group_name: &str, to: ResetTo) -> Result<GroupInfo> {
+        self.authorize(Action::GroupAdmin, &Resource::group(stream_name, group_name))?;
+        self.groups.reset(stream_name, group_name, to).await?;
+        self.groups.describe(stream_name, group_name).await
+    }
+
+    /// DeleteGroup: a group without live members and its checkpoints.
+    pub async fn delete_group(&self, stream_name: &str, group_name: &str) -> Result<()> {
+        self.authorize(Action::GroupAdmin, &Resource::group(stream_name, group_name))?;
+        self.groups.delete(stream_name, group_name).await
+    }
+}
+
+/// What reading through a group needs: `group:read` on the group and
+/// `record:get` on its stream (as Kafka needs Group:Read and Topic:Read).
+fn group_reader(stream_name: &str, group_name: &str) -> [(Action, Resource); 2] {
+    [(Action::GroupRead, Resource::group(stream_name, group_name)), (Action::RecordGet, Resource::stream(stream_name))]
 }

@@ -43,6 +43,8 @@ pub use control::{CommitCheckpoint, GroupBatch, GroupPolled, LIST_STREAMS_LIMIT_
 pub use put::{PendingPut, PutRecordsResult, RecordFailure, RecordFailureKind};
 pub use subscribe::{BufferBudget, SubscribeEvent, Subscription, TAKEOVER_AFTER_MS};
 
+use crate::auth::Auth;
+use crate::auth::policy::{Action, Resource};
 use crate::catalog::{Catalog, CreateStream, Layout, Stream};
 use crate::error::{BrokerError, Result};
 use crate::group::GroupManager;
@@ -235,6 +237,8 @@ pub struct Service {
     subscriptions: Arc<subscribe::ConsumerSubscriptions>,
     /// Per-stream facts and metric handles the put path needs on every call.
     puts: Arc<put::PutStreams>,
+    /// Who may do what; every public operation asks it first.
+    auth: Arc<Auth>,
 }
 
 impl Service {
@@ -261,6 +265,37 @@ impl Service {
             attributes_lock: Arc::default(),
             subscriptions: Arc::default(),
             puts: Arc::default(),
+            auth: Auth::disabled(),
+        }
+    }
+
+    /// The service with `auth` deciding who may do what (without it, every
+    /// caller may do everything).
+    pub fn with_auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Who may do what.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// Whether the caller of the current request ([`crate::auth::current`])
+    /// may do `action` on `resource`. Every operation of this layer calls
+    /// it before it looks anything up, so a refused caller learns nothing
+    /// about what exists.
+    pub fn authorize(&self, action: Action, resource: &Resource) -> Result<()> {
+        self.auth.authorize(&crate::auth::current(), action, resource)
+    }
+
+    /// Runs `work` (a long wait) until it ends or the current caller loses
+    /// any of `checks`, checked every `auth.recheck_interval_ms`.
+    pub async fn guarded<T>(&self, checks: &[(Action, Resource)], work: impl Future<Output = Result<T>>) -> Result<T> {
+        let caller = crate::auth::current();
+        tokio::select! {
+            r = work => r,
+            e = self.auth.watch(&caller, checks) => Err(e),
         }
     }
 

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{PUT_RECORDS_BYTES_MAX, PUT_RECORDS_MAX, PutEntry, PutRecordResult, Service, validate_partition_key};
+use crate::auth::policy::{Action, Resource};
 use crate::catalog::{Stream, validate_stream_name};
 use crate::error::{BrokerError, Result};
 use crate::routing::{hash_key, parse_explicit_hash_key};
@@ -153,6 +154,7 @@ impl Service {
     /// shard fail alone with its error; a disk below the free-space
     /// watermark refuses the whole call.
     pub async fn submit_put(&self, stream_name: &str, entries: Vec<PutEntry>) -> Result<PendingPut> {
+        self.authorize(Action::RecordPut, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         let stream = self.catalog.get(stream_name)?;
         self.catalog.disk().admit()?;

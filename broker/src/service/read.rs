@@ -12,6 +12,7 @@ use super::{
     GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, GetRecordsResult, IteratorKind, Service, StartingPosition,
     child_shards,
 };
+use crate::auth::policy::{Action, Resource};
 use crate::catalog::validate_stream_name;
 use crate::error::{BrokerError, Result};
 use crate::iterator::Position;
@@ -61,6 +62,7 @@ impl Service {
         shard_id: &str,
         start: StartingPosition,
     ) -> Result<String> {
+        self.authorize(Action::RecordGet, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         let stream = self.catalog.get(stream_name)?;
         let shard = Self::shard_of(&stream, shard_id)?;
@@ -82,6 +84,8 @@ impl Service {
         let stream = self.catalog.get_by_id(pos.stream_id).ok_or_else(|| BrokerError::StreamNotFound {
             name: format!("(the iterator's stream, id {}, was deleted)", pos.stream_id),
         })?;
+        // The iterator is signed, so it names a real stream; reading it needs the same grant as opening it.
+        self.authorize(Action::RecordGet, &Resource::stream(&stream.meta().name))?;
         // A shard that retention removed after the iterator was issued.
         let shard = stream
             .shard(pos.shard)

@@ -28,6 +28,11 @@
 //! one takes over and the running one ends with `InUse`; deregistering the
 //! consumer ends its subscriptions with `ConsumerNotFound`.
 //!
+//! **Authorization.** While authentication is on, a task beside each
+//! subscription re-checks its caller's credential and `record:get` grant
+//! every `auth.recheck_interval_ms`; losing either ends the subscription
+//! with that error as its last event.
+//!
 //! **Order.** One task per subscription reads and sends in sequence order;
 //! `continuation_sequence_number` is always the sequence number after the
 //! last record sent.
@@ -50,6 +55,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ChildShard, Record, Service, StartingPosition, child_shards};
+use crate::auth::policy::{Action, Resource};
 use crate::catalog::{Stream, validate_stream_name};
 use crate::clock::Clock;
 use crate::error::{BrokerError, Result};
@@ -262,6 +268,7 @@ impl Service {
     /// goes away, the broker shuts down, the shard closes or
     /// `limits.subscription_lifetime_ms` passes.
     pub async fn subscribe(&self, stream_name: &str, shard_id: &str, start: StartingPosition) -> Result<Subscription> {
+        self.authorize(Action::RecordGet, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         let stream = self.catalog.get(stream_name)?;
         let shard = Self::shard_of(&stream, shard_id)?;
@@ -278,6 +285,7 @@ impl Service {
         shard_id: &str,
         start: StartingPosition,
     ) -> Result<Subscription> {
+        self.authorize(Action::RecordGet, &Resource::stream(&stream.meta().name))?;
         let c = self.consumer(stream, consumer)?;
         if self.consumer_status(&c) != super::attributes::ConsumerStatus::Active {
             return Err(BrokerError::in_use(format!("consumer {consumer} is not ACTIVE yet; retry shortly")));
@@ -302,6 +310,20 @@ impl Service {
         })?;
         let buffer = self.buffers.reserve()?;
         let meta = stream.meta();
+        // Outside signals end the subscription with a reason: a consumer's
+        // takeover or deregistration, and the caller losing its token or grant.
+        let ended = claim.as_ref().map_or_else(|| Arc::new(EndSignal::default()), |c| c.end.clone());
+        let done = CancellationToken::new();
+        if self.auth.enabled() {
+            let (auth, caller, end, done) = (self.auth.clone(), crate::auth::current(), ended.clone(), done.clone());
+            let checks = [(Action::RecordGet, Resource::stream(&meta.name))];
+            tokio::spawn(async move {
+                tokio::select! {
+                    lost = auth.watch(&caller, &checks) => end.end(lost),
+                    _ = done.cancelled() => {}
+                }
+            });
+        }
         // One event queued: with the one being sent, the reservation covers them.
         let (tx, rx) = mpsc::channel(1);
         let now = self.now();
@@ -319,7 +341,8 @@ impl Service {
             budget_shared: self.buffers.clone(),
             tx,
             shutdown: self.shutdown.clone(),
-            ended: claim.as_ref().map(|c| c.end.clone()),
+            ended: Some(ended),
+            _watch: done.drop_guard(),
             _claim: claim,
             _slot: slot,
             _buffer: buffer,
@@ -348,10 +371,14 @@ struct Running {
     budget_shared: BufferBudget,
     tx: mpsc::Sender<Result<SubscribeEvent>>,
     shutdown: CancellationToken,
-    /// Ends a consumer's subscription from outside (takeover, deregistration).
+    /// Ends the subscription from outside, with the reason as its last
+    /// event: a consumer's takeover or deregistration, or the caller losing
+    /// its token or grant.
     ended: Option<Arc<EndSignal>>,
     /// A consumer's claim on the shard; dropping it releases the claim.
     _claim: Option<Claim>,
+    /// Dropping it stops the task that re-checks the caller's grants.
+    _watch: tokio_util::sync::DropGuard,
     /// Held for the life of the call; dropping it frees the shard's slot.
     _slot: SubscriberSlot,
     /// Held for the life of the call; dropping it returns the reservation.
@@ -505,8 +532,7 @@ impl Running {
     }
 }
 
-/// Resolves when a consumer's subscription is ended from outside; never
-/// for a subscription without a consumer.
+/// Resolves when the subscription is ended from outside; never without a signal.
 async fn ended(signal: &Option<Arc<EndSignal>>) {
     match signal {
         Some(s) => s.token.cancelled().await,

@@ -12,6 +12,9 @@
 //! streamctl stream copy orders-dlq orders --unwrap-dead-letters
 //! streamctl shard repair orders 1 --truncate-after-damage
 //! streamctl stack diff deploy/stack.toml
+//! streamctl auth whoami
+//! streamctl auth token create relay --ttl 720h > relay.token
+//! streamctl auth grant add relay record:put stream:orders-*
 //! ```
 //!
 //! Which broker: `--broker`, else `STREAMCTL_BROKER`, else the profile's
@@ -32,10 +35,11 @@
 //! certificate `--cert-file`/`--key-file`.
 //!
 //! One module per command group: [`stream`], [`group`], [`shard`],
-//! [`lost_found`], [`put`], [`tail`], [`status`], [`stack`]; [`positions`] parses
+//! [`lost_found`], [`put`], [`tail`], [`status`], [`stack`], [`auth`]; [`positions`] parses
 //! `--from`/`--to` and shard ids for all of them, [`output`] holds the table
 //! and JSON helpers, [`time`] the time parsing and printing.
 
+mod auth;
 mod copy;
 mod group;
 mod lost_found;
@@ -154,6 +158,9 @@ enum Command {
     /// Deploy, diff or remove a stack file's streams and groups.
     #[command(subcommand)]
     Stack(StackCmd),
+    /// Who am I; principals, API tokens and grants.
+    #[command(subcommand)]
+    Auth(auth::AuthCmd),
     /// Write records read from stdin (one per line) or a file.
     Put(PutArgs),
     /// Print a stream's records.
@@ -300,6 +307,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Shard(cmd) => shard::run(&g, cmd).await,
         Command::LostFound(cmd) => lost_found::run(&g, cmd).await,
         Command::Stack(cmd) => stack::run(&g, cmd).await,
+        Command::Auth(cmd) => auth::run(&g, cmd).await,
         Command::Put(args) => put::run(&g, args).await,
         Command::Tail(args) => tail::run(&g, args).await,
         Command::Completions { .. } => Ok(()),

@@ -1,0 +1,746 @@
+//! Authentication and authorization through the real APIs: gRPC (the
+//! client library), the admin port (HTTP) and the Kinesis API (HTTP,
+//! strict SigV4 with access keys mapped to principals).
+//!
+//! - Every gRPC method the protos declare refuses an anonymous caller while
+//!   authentication is on (the health service excepted), as do `/metrics`
+//!   and the Kinesis API.
+//! - The principals × actions × resources matrix (exact names, prefixes,
+//!   an explicit deny, a stream that does not exist) against a table
+//!   written out by hand, through gRPC, HTTP and the Kinesis API.
+//! - Tokens: malformed, unknown, expired and revoked ones are refused; a
+//!   revocation ends a running subscription, Produce stream and group long
+//!   poll within the re-check interval.
+//! - Mutual TLS names the principal; the per-principal rate refuses with a
+//!   retry hint; everything refused is counted on `/metrics`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::clock::SystemClock;
+use broker::config::{AccessKey, BrokerConfig, KinesisAuth};
+use broker::testing::TestBroker;
+use client::types as pb;
+use client::{Access, Admin, ConnectOptions, Connection, Error, Secret, allow, deny};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A broker with authentication on, and its bootstrap admin's token.
+struct Secured {
+    b: TestBroker,
+    bootstrap: Secret,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    async fn start(tweak: impl FnOnce(&mut BrokerConfig, &Path)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bootstrap = broker::auth::token::generate().expect("a random token").token;
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, format!("{bootstrap}\n")).expect("write the bootstrap token");
+        let mut c = BrokerConfig { data_dir: dir.path().join("data"), ..BrokerConfig::default() };
+        c.auth.enabled = true;
+        c.auth.bootstrap_token_file = Some(file);
+        c.auth.recheck_interval_ms = 200;
+        c.quotas.enforce = false;
+        tweak(&mut c, dir.path());
+        let b = TestBroker::start_with(c, Arc::new(SystemClock)).await;
+        Self { b, bootstrap: Secret::new(bootstrap), _dir: dir }
+    }
+
+    fn addr(&self) -> String {
+        format!("http://{}", self.b.grpc_addr)
+    }
+
+    async fn conn(&self, token: Option<&Secret>) -> Connection {
+        let options = ConnectOptions { token: token.cloned(), ..ConnectOptions::default() };
+        Connection::open(&self.addr(), &options).await.expect("connect")
+    }
+
+    async fn admin(&self) -> (Admin, Access) {
+        let c = self.conn(Some(&self.bootstrap)).await;
+        (Admin::from_channel(c.clone()), Access::from_channel(c))
+    }
+
+    /// A principal with these grants, and a token for it.
+    async fn principal(&self, name: &str, grants: &[pb::Grant]) -> Secret {
+        let (_, access) = self.admin().await;
+        access.create_principal(name, "test").await.expect("create principal");
+        for g in grants {
+            assert!(access.add_grant(g.clone()).await.expect("grant"));
+        }
+        access.create_token(name, "test", None).await.expect("token").1
+    }
+
+    async fn metrics(&self) -> String {
+        let (code, body) =
+            http(self.b.http_addr, "GET", "/metrics", &[("authorization", &bearer(&self.bootstrap))], b"").await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+}
+
+fn bearer(t: &Secret) -> String {
+    format!("Bearer {}", t.expose())
+}
+
+/// One HTTP/1.1 request; status and body.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut raw)).await.expect("answer within the bound").expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Every gRPC method of a proto file, as `/package.Service/Method`.
+fn methods(proto: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut service = "";
+    for line in proto.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.split_whitespace().next().unwrap_or_default();
+        } else if let Some(rest) = line.strip_prefix("rpc ") {
+            let name = rest.split('(').next().unwrap_or_default().trim();
+            out.push(format!("/streambroker.v1.{service}/{name}"));
+        }
+    }
+    out
+}
+
+fn is_permission_denied(e: &Error) -> bool {
+    matches!(e, Error::PermissionDenied(_))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_anonymous_call_is_refused_when_authentication_is_on() {
+    let s = Secured::start(|_, _| {}).await;
+    let mut paths = methods(include_str!("../../proto/proto/streambroker/v1/broker.proto"));
+    paths.extend(methods(include_str!("../../proto/proto/streambroker/v1/access.proto")));
+    assert!(paths.len() >= 30, "the protos declare the API: {paths:?}");
+    let channel = tonic::transport::Channel::from_shared(s.addr()).expect("uri").connect().await.expect("connect");
+    for path in &paths {
+        // The refusal comes before any decoding, so one message type does for every method.
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let codec = tonic_prost::ProstCodec::<pb::ListStreamsRequest, pb::ListStreamsResponse>::default();
+        let at: tonic::codegen::http::uri::PathAndQuery = path.parse().expect("path");
+        let status = grpc
+            .unary(tonic::Request::new(pb::ListStreamsRequest::default()), at, codec)
+            .await
+            .expect_err(&format!("{path} refuses an anonymous caller"));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{path}: {status:?}");
+    }
+    // The health service stays open, for load balancers.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "streambroker.v1.StreamBroker".into() })
+        .await
+        .expect("health check without credentials")
+        .into_inner();
+    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // The admin port: health open, metrics closed.
+    assert_eq!(http(s.b.http_addr, "GET", "/healthz", &[], b"").await.0, 200);
+    let (code, body) = http(s.b.http_addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(code, 401, "{body}");
+    // The Kinesis API (permissive signatures name no principal).
+    let kinesis = s.b.kinesis_addr.expect("Kinesis API");
+    let (code, body) = kinesis_call(kinesis, "ListStreams", "{}", None).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("UnrecognizedClientException"), "{body}");
+    let metrics = s.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"stream_broker_refusals_total{listener="grpc",reason="unauthenticated"}"#))
+        .unwrap_or_else(|| panic!("refusals counted: {metrics}"));
+    let counted: usize = line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count");
+    assert_eq!(counted, paths.len(), "{line}");
+    s.b.stop().await.expect("stop");
+}
+
+/// `ListStreams`-style Kinesis call: with `key` as (id, secret) signed in
+/// strict SigV4, else with a well-formed but unverified signature.
+async fn kinesis_call(
+    addr: std::net::SocketAddr,
+    operation: &str,
+    body: &str,
+    key: Option<(&str, &str)>,
+) -> (u16, String) {
+    let host = addr.to_string();
+    let target = format!("Kinesis_20131202.{operation}");
+    let amz_date = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let date = &amz_date[..8];
+    let scope = format!("{date}/us-east-1/kinesis/aws4_request");
+    let (id, secret) = key.unwrap_or(("AKIDANONYMOUS", "unused"));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let canonical = format!(
+        "POST\n/\n\nhost:{host}\nx-amz-date:{amz_date}\nx-amz-target:{target}\n\nhost;x-amz-date;x-amz-target\n{}",
+        hex(&Sha256::digest(body.as_bytes()))
+    );
+    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
+    let mac = |key: &[u8], data: &[u8]| {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    let mut k = mac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    for part in ["us-east-1", "kinesis", "aws4_request"] {
+        k = mac(&k, part.as_bytes());
+    }
+    let signature = hex(&mac(&k, to_sign.as_bytes()));
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={id}/{scope}, SignedHeaders=host;x-amz-date;x-amz-target, Signature={signature}"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST / HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\nx-amz-target: {target}\r\n\
+         content-type: application/x-amz-json-1.1\r\nauthorization: {authorization}\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut raw)).await.expect("answer").expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// The resources of the matrix: an exact name, a name matched by prefix,
+/// a stream nobody but ops and admin has a grant for, and one that does not exist.
+const RESOURCES: [&str; 4] = ["orders", "orders-eu", "other", "ghost"];
+
+/// The expected table, by hand: for each principal and action, A (allowed)
+/// or D (denied) on each of [`RESOURCES`] (one letter for cluster actions).
+/// `stream:delete` runs last, since an allowed delete removes the stream.
+const EXPECTED: &[(&str, &str, &str)] = &[
+    // writer: record:put on stream:orders (exact); describing is implied.
+    ("writer", "stream:create", "DDDD"),
+    ("writer", "stream:describe", "ADDD"),
+    ("writer", "stream:configure", "DDDD"),
+    ("writer", "record:put", "ADDD"),
+    ("writer", "record:get", "DDDD"),
+    ("writer", "group:read", "DDDD"),
+    ("writer", "group:commit", "DDDD"),
+    ("writer", "group:admin", "DDDD"),
+    ("writer", "admin:repair", "D"),
+    ("writer", "admin:auth", "D"),
+    ("writer", "admin:metrics", "D"),
+    ("writer", "stream:delete", "DDDD"),
+    // reader: record:get on stream:orders*, group:read on group:orders*,
+    // group:commit on group:orders-eu/*.
+    ("reader", "stream:create", "DDDD"),
+    ("reader", "stream:describe", "AADD"),
+    ("reader", "stream:configure", "DDDD"),
+    ("reader", "record:put", "DDDD"),
+    ("reader", "record:get", "AADD"),
+    ("reader", "group:read", "AADD"),
+    ("reader", "group:commit", "DADD"),
+    ("reader", "group:admin", "DDDD"),
+    ("reader", "admin:repair", "D"),
+    ("reader", "admin:auth", "D"),
+    ("reader", "admin:metrics", "D"),
+    ("reader", "stream:delete", "DDDD"),
+    // ops: stream:* on stream:*, but deny stream:delete on stream:orders;
+    // group:admin on group:other/*; admin:metrics.
+    ("ops", "stream:create", "AAAA"),
+    ("ops", "stream:describe", "AAAA"),
+    ("ops", "stream:configure", "AAAA"),
+    ("ops", "record:put", "DDDD"),
+    ("ops", "record:get", "DDDD"),
+    ("ops", "group:read", "DDDD"),
+    ("ops", "group:commit", "DDDD"),
+    ("ops", "group:admin", "DDAD"),
+    ("ops", "admin:repair", "D"),
+    ("ops", "admin:auth", "D"),
+    ("ops", "admin:metrics", "A"),
+    ("ops", "stream:delete", "DAAA"),
+    // nobody: a principal without grants.
+    ("nobody", "stream:create", "DDDD"),
+    ("nobody", "stream:describe", "DDDD"),
+    ("nobody", "stream:configure", "DDDD"),
+    ("nobody", "record:put", "DDDD"),
+    ("nobody", "record:get", "DDDD"),
+    ("nobody", "group:read", "DDDD"),
+    ("nobody", "group:commit", "DDDD"),
+    ("nobody", "group:admin", "DDDD"),
+    ("nobody", "admin:repair", "D"),
+    ("nobody", "admin:auth", "D"),
+    ("nobody", "admin:metrics", "D"),
+    ("nobody", "stream:delete", "DDDD"),
+    // admin: the bootstrap token, allowed everything.
+    ("admin", "stream:create", "AAAA"),
+    ("admin", "stream:describe", "AAAA"),
+    ("admin", "stream:configure", "AAAA"),
+    ("admin", "record:put", "AAAA"),
+    ("admin", "record:get", "AAAA"),
+    ("admin", "group:read", "AAAA"),
+    ("admin", "group:commit", "AAAA"),
+    ("admin", "group:admin", "AAAA"),
+    ("admin", "admin:repair", "A"),
+    ("admin", "admin:auth", "A"),
+    ("admin", "admin:metrics", "A"),
+    ("admin", "stream:delete", "AAAA"),
+];
+
+/// Runs `action` on `resource` as `token` through gRPC (or HTTP for
+/// `admin:metrics`): A when the broker let it through (whatever else
+/// happened: a missing stream, an existing one), D when it answered
+/// PERMISSION_DENIED.
+async fn attempt(s: &Secured, token: &Secret, action: &str, resource: &str) -> char {
+    let conn = s.conn(Some(token)).await;
+    let admin = Admin::from_channel(conn.clone());
+    let verdict = |r: Result<(), Error>| match r {
+        Err(e) if is_permission_denied(&e) => 'D',
+        Err(Error::Unauthenticated(m)) => panic!("{action} on {resource}: the token was refused: {m}"),
+        _ => 'A',
+    };
+    let stream = resource.to_string();
+    match action {
+        "stream:create" => verdict(
+            admin
+                .create_stream(pb::CreateStreamRequest { stream_name: stream, shard_count: 1, ..Default::default() })
+                .await
+                .map(drop),
+        ),
+        "stream:describe" => verdict(admin.describe_stream(&stream).await.map(drop)),
+        "stream:configure" => verdict(admin.update_retention(&stream, 24).await.map(drop)),
+        "stream:delete" => verdict(admin.delete_stream(&stream).await),
+        "record:put" => {
+            let req = pb::PutRecordsRequest { stream_name: stream, records: vec![common::entry("k", b"matrix")] };
+            verdict(admin.streams().put_records(req).await.map(drop).map_err(Error::from))
+        }
+        "record:get" => {
+            let req = pb::GetShardIteratorRequest {
+                stream_name: stream,
+                shard_id: "shardId-000000000000".into(),
+                iterator_type: pb::IteratorType::TrimHorizon as i32,
+                ..Default::default()
+            };
+            verdict(admin.streams().get_shard_iterator(req).await.map(drop).map_err(Error::from))
+        }
+        "group:read" => verdict(admin.describe_group(&stream, "g").await.map(drop)),
+        "group:commit" => {
+            let req = pb::CommitRequest {
+                stream_name: stream,
+                group_name: "g".into(),
+                member_id: "not-a-member".into(),
+                checkpoints: vec![pb::ShardCheckpoint {
+                    shard_id: "shardId-000000000000".into(),
+                    sequence_number: 0,
+                    lease_epoch: 1,
+                }],
+            };
+            verdict(admin.groups().commit(req).await.map(drop).map_err(Error::from))
+        }
+        "group:admin" => {
+            let req = pb::ResetGroupRequest {
+                stream_name: stream,
+                group_name: "g".into(),
+                position: pb::IteratorType::TrimHorizon as i32,
+                ..Default::default()
+            };
+            verdict(admin.reset_group(req).await.map(drop))
+        }
+        "admin:repair" => verdict(admin.list_lost_found().await.map(drop)),
+        "admin:auth" => verdict(Access::from_channel(conn).list_principals().await.map(drop)),
+        "admin:metrics" => {
+            match http(s.b.http_addr, "GET", "/metrics", &[("authorization", &bearer(token))], b"").await.0 {
+                200 => 'A',
+                403 => 'D',
+                other => panic!("/metrics answered {other}"),
+            }
+        }
+        other => panic!("no call for {other}"),
+    }
+}
+
+/// The same through the Kinesis API, for the actions it has.
+async fn kinesis_attempt(addr: std::net::SocketAddr, key: (&str, &str), action: &str, stream: &str) -> Option<char> {
+    let (operation, body) = match action {
+        "stream:create" => ("CreateStream", format!(r#"{{"StreamName":"{stream}","ShardCount":1}}"#)),
+        "stream:describe" => ("DescribeStreamSummary", format!(r#"{{"StreamName":"{stream}"}}"#)),
+        "stream:configure" => {
+            ("IncreaseStreamRetentionPeriod", format!(r#"{{"StreamName":"{stream}","RetentionPeriodHours":48}}"#))
+        }
+        "record:put" => ("PutRecord", format!(r#"{{"StreamName":"{stream}","Data":"bWF0cml4","PartitionKey":"k"}}"#)),
+        "record:get" => (
+            "GetShardIterator",
+            format!(
+                r#"{{"StreamName":"{stream}","ShardId":"shardId-000000000000","ShardIteratorType":"TRIM_HORIZON"}}"#
+            ),
+        ),
+        _ => return None,
+    };
+    let (code, answer) = kinesis_call(addr, operation, &body, Some(key)).await;
+    assert!(!answer.contains("UnrecognizedClientException") && !answer.contains("Signature"), "{answer}");
+    Some(if code == 400 && answer.contains("AccessDeniedException") { 'D' } else { 'A' })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_principal_action_resource_matrix_matches_the_table_on_grpc_http_and_kinesis() {
+    let keys: Vec<(&str, &str, &str)> = vec![
+        ("AKIAWRITER000000", "writer-secret", "writer"),
+        ("AKIAREADER000000", "reader-secret", "reader"),
+        ("AKIAOPS000000000", "ops-secret", "ops"),
+        ("AKIANOBODY000000", "nobody-secret", "nobody"),
+    ];
+    let s = Secured::start(|c, _| {
+        c.kinesis.auth = KinesisAuth::Strict;
+        c.kinesis.access_keys = keys
+            .iter()
+            .map(|(id, secret, _)| AccessKey { access_key_id: id.to_string(), secret_access_key: secret.to_string() })
+            .collect();
+        c.auth.access_key_principals = keys.iter().map(|(id, _, p)| (id.to_string(), p.to_string())).collect();
+    })
+    .await;
+    let (admin, _) = s.admin().await;
+    for name in ["orders", "orders-eu", "other"] {
+        admin
+            .create_stream(pb::CreateStreamRequest { stream_name: name.into(), shard_count: 1, ..Default::default() })
+            .await
+            .expect("create");
+        // A group to read, commit to and reset: joined once, then left.
+        let start = Some(pb::GroupStart { position: pb::IteratorType::TrimHorizon as i32, timestamp_ms: None });
+        let join =
+            pb::JoinGroupRequest { stream_name: name.into(), group_name: "g".into(), start, client_id: "setup".into() };
+        let member = admin.groups().join_group(join).await.expect("join").into_inner().member_id;
+        let leave = pb::LeaveGroupRequest { stream_name: name.into(), group_name: "g".into(), member_id: member };
+        admin.groups().leave_group(leave).await.expect("leave");
+    }
+    let mut tokens: BTreeMap<&str, Secret> = BTreeMap::new();
+    tokens.insert("writer", s.principal("writer", &[allow("writer", "record:put", "stream:orders")]).await);
+    tokens.insert(
+        "reader",
+        s.principal(
+            "reader",
+            &[
+                allow("reader", "record:get", "stream:orders*"),
+                allow("reader", "group:read", "group:orders*"),
+                allow("reader", "group:commit", "group:orders-eu/*"),
+            ],
+        )
+        .await,
+    );
+    tokens.insert(
+        "ops",
+        s.principal(
+            "ops",
+            &[
+                allow("ops", "stream:*", "stream:*"),
+                deny("ops", "stream:delete", "stream:orders"),
+                allow("ops", "group:admin", "group:other/*"),
+                allow("ops", "admin:metrics", "cluster"),
+            ],
+        )
+        .await,
+    );
+    tokens.insert("nobody", s.principal("nobody", &[]).await);
+    tokens.insert("admin", s.bootstrap.clone());
+
+    let run = |last: bool| EXPECTED.iter().filter(move |(_, a, _)| (*a == "stream:delete") == last);
+    let mut observed = Vec::new();
+    let mut cells = 0;
+    for pass in [false, true] {
+        for (principal, action, expected) in run(pass) {
+            let targets: Vec<&str> = if action.starts_with("admin:") { vec!["cluster"] } else { RESOURCES.to_vec() };
+            let mut got = String::new();
+            for r in &targets {
+                got.push(attempt(&s, &tokens[principal], action, r).await);
+                cells += 1;
+            }
+            observed.push(format!("{principal} {action} {got}"));
+            assert_eq!(&got, expected, "gRPC/HTTP: {principal} {action} on {targets:?}");
+        }
+        if !pass {
+            // The Kinesis API decides by the same rules (before anything is deleted).
+            let kinesis = s.b.kinesis_addr.expect("Kinesis API");
+            for (id, secret, principal) in &keys {
+                for (p, action, expected) in EXPECTED.iter().filter(|(p, _, _)| p == principal) {
+                    let mut got = String::new();
+                    for r in RESOURCES {
+                        match kinesis_attempt(kinesis, (id, secret), action, r).await {
+                            Some(v) => got.push(v),
+                            None => break,
+                        }
+                    }
+                    if !got.is_empty() {
+                        cells += got.len();
+                        assert_eq!(&got, expected, "Kinesis: {p} {action} on {RESOURCES:?}");
+                    }
+                }
+            }
+        }
+    }
+    println!("authorization matrix: {cells} cells matched the table\n{}", observed.join("\n"));
+    let metrics = s.metrics().await;
+    assert!(metrics.contains("stream_broker_permission_denied_total"), "denials are counted: {metrics}");
+    s.b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_expired_and_revoked_tokens_are_refused_with_their_reason() {
+    let s = Secured::start(|_, _| {}).await;
+    let (admin, access) = s.admin().await;
+    admin
+        .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("create");
+    access.create_principal("app", "").await.expect("principal");
+    access.add_grant(allow("app", "stream:describe", "stream:s")).await.expect("grant");
+    let addr = s.addr();
+    let describe = |token: Secret| {
+        let addr = addr.clone();
+        async move {
+            let c = Connection::open(&addr, &ConnectOptions { token: Some(token), ..ConnectOptions::default() })
+                .await
+                .expect("connect");
+            Admin::from_channel(c).describe_stream("s").await
+        }
+    };
+    let (info, good) = access.create_token("app", "", None).await.expect("token");
+    describe(good.clone()).await.expect("a good token works");
+
+    let refused = |r: client::Result<pb::StreamDescription>, why: &str| match r {
+        Err(Error::Unauthenticated(m)) => assert!(m.contains(why), "{why}: {m}"),
+        other => panic!("{why}: {other:?}"),
+    };
+    refused(describe(Secret::new("not-a-token")).await, "not valid");
+    let forged = format!("{}X", &good.expose()[..good.expose().len() - 1]);
+    refused(describe(Secret::new(forged)).await, "not valid");
+    let unknown = broker::auth::token::generate().expect("token").token;
+    refused(describe(Secret::new(unknown)).await, "not valid");
+
+    let (_, short) = access.create_token("app", "", Some(Duration::from_millis(1))).await.expect("token");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match describe(short.clone()).await {
+            Err(Error::Unauthenticated(m)) => {
+                assert!(m.contains("expired"), "{m}");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "a 1 ms token expires: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    access.revoke_token(&info.id).await.expect("revoke");
+    refused(describe(good).await, "revoked");
+    let listed = access.list_tokens(Some("app")).await.expect("list");
+    assert!(listed.iter().any(|t| t.id == info.id && t.revoked_at_ms > 0), "{listed:?}");
+    s.b.stop().await.expect("stop");
+}
+
+/// Waits for `f` to resolve, bounded; the value and how long it took.
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let v = tokio::time::timeout(BOUND, f).await.unwrap_or_else(|_| panic!("{what} within {BOUND:?}"));
+    (v, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_token_ends_its_subscription_produce_stream_and_long_poll() {
+    let s = Secured::start(|_, _| {}).await;
+    let (admin, access) = s.admin().await;
+    admin
+        .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("create");
+    access.create_principal("app", "").await.expect("principal");
+    for (a, r) in [("record:*", "stream:s"), ("group:*", "group:s/*")] {
+        access.add_grant(allow("app", a, r)).await.expect("grant");
+    }
+    let (info, token) = access.create_token("app", "", None).await.expect("token");
+    let app = Admin::from_channel(s.conn(Some(&token)).await);
+
+    // A subscription, an idle Produce stream and a group long poll, all running.
+    let req = pb::SubscribeShardRequest {
+        stream_name: "s".into(),
+        shard_id: "shardId-000000000000".into(),
+        starting_position: pb::IteratorType::Latest as i32,
+        ..Default::default()
+    };
+    let mut events = app.streams().subscribe_shard(req).await.expect("subscribe").into_inner();
+    let (produce_tx, produce_rx) = tokio::sync::mpsc::channel::<pb::ProduceRequest>(1);
+    let mut acks = app
+        .streams()
+        .produce(tokio_stream::wrappers::ReceiverStream::new(produce_rx))
+        .await
+        .expect("produce")
+        .into_inner();
+    let batch = pb::PutRecordsRequest { stream_name: "s".into(), records: vec![common::entry("k", b"before")] };
+    produce_tx.send(pb::ProduceRequest { batch_id: 1, batch: Some(batch) }).await.expect("send");
+    let ack = acks.message().await.expect("ack").expect("an ack");
+    assert!(ack.error_code.is_empty(), "{ack:?}");
+    let start = Some(pb::GroupStart { position: pb::IteratorType::Latest as i32, timestamp_ms: None });
+    let join = pb::JoinGroupRequest { stream_name: "s".into(), group_name: "g".into(), start, client_id: "t".into() };
+    let joined = app.groups().join_group(join).await.expect("join").into_inner();
+    let lease = joined.assignment.expect("assignment").leases[0].clone();
+    let mut groups = app.groups();
+    let poll = tokio::spawn(async move {
+        let req = pb::PollRequest {
+            stream_name: "s".into(),
+            group_name: "g".into(),
+            member_id: joined.member_id,
+            shards: vec![pb::ShardPosition {
+                shard_id: lease.shard_id,
+                lease_epoch: lease.lease_epoch,
+                next_sequence_number: None,
+            }],
+            max_records: 10,
+            // Nothing arrives: without the revocation this waits its full 30 s.
+            wait_ms: 30_000,
+        };
+        groups.poll(req).await
+    });
+    // The subscription delivers the record put before the revocation.
+    let first = tokio::time::timeout(BOUND, events.message()).await.expect("an event").expect("ok").expect("event");
+    assert!(first.records.iter().any(|r| &r.data[..] == b"before") || first.heartbeat, "{first:?}");
+
+    access.revoke_token(&info.id).await.expect("revoke");
+    let (ended, took) = bounded("the subscription ends", async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let status = ended.expect_err("the subscription ends with an error");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    println!("subscription ended {took:?} after the revocation (auth.recheck_interval_ms = 200)");
+    let (ended, took) = bounded("the idle Produce stream ends", acks.message()).await;
+    let status = ended.expect_err("the produce stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    println!("produce stream ended {took:?} after the subscription");
+    let (polled, took) = bounded("the long poll ends", poll).await;
+    let status = polled.expect("poll task").expect_err("the long poll ends with an error, not after its wait");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    println!("long poll ended {took:?} after the produce stream");
+    s.b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_removed_mid_subscription_ends_it_with_permission_denied() {
+    let s = Secured::start(|_, _| {}).await;
+    let (admin, access) = s.admin().await;
+    admin
+        .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("create");
+    let token = s.principal("app", &[allow("app", "record:get", "stream:s")]).await;
+    let app = Admin::from_channel(s.conn(Some(&token)).await);
+    let req = pb::SubscribeShardRequest {
+        stream_name: "s".into(),
+        shard_id: "shardId-000000000000".into(),
+        starting_position: pb::IteratorType::Latest as i32,
+        ..Default::default()
+    };
+    let mut events = app.streams().subscribe_shard(req).await.expect("subscribe").into_inner();
+    assert!(access.remove_grant(allow("app", "record:get", "stream:s")).await.expect("remove"));
+    let (ended, _) = bounded("the subscription ends", async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.expect_err("ends").code(), tonic::Code::PermissionDenied);
+    s.b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_names_the_principal_and_whoami_says_how() {
+    let ca = common::certs::Ca::new("server CA");
+    let clients = common::certs::Ca::new("client CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = ca.server().write(dir.path(), "server", &ca);
+    let clients_file = clients.write(dir.path(), "clients.pem");
+    let s = Secured::start(|c, _| {
+        c.tls.cert_file = Some(files.cert.clone());
+        c.tls.key_file = Some(files.key.clone());
+        c.tls.client_ca_file = Some(clients_file.clone());
+    })
+    .await;
+    let https = format!("https://localhost:{}", s.b.grpc_addr.port());
+    let tls = |leaf: Option<&common::certs::Leaf>| client::TlsOptions {
+        ca_pem: ca.pem.as_bytes().to_vec(),
+        client_cert_pem: leaf.map(|l| l.cert_pem.clone().into_bytes()),
+        client_key_pem: leaf.map(|l| Secret::new(l.key_pem.clone())),
+        server_name: None,
+    };
+    let admin_opts =
+        ConnectOptions { tls: Some(tls(None)), token: Some(s.bootstrap.clone()), ..ConnectOptions::default() };
+    let admin = Access::from_channel(Connection::open(&https, &admin_opts).await.expect("admin"));
+    let me = admin.who_am_i().await.expect("whoami");
+    assert_eq!((me.principal.as_str(), me.credential.as_str(), me.super_user), ("admin", "bootstrap", true));
+    admin.create_principal("reader", "").await.expect("principal");
+    admin.add_grant(allow("reader", "stream:describe", "stream:*")).await.expect("grant");
+
+    let leaf = clients.client("reader");
+    let opts = ConnectOptions { tls: Some(tls(Some(&leaf))), ..ConnectOptions::default() };
+    let conn = Connection::open(&https, &opts).await.expect("mutual TLS");
+    let me = Access::from_channel(conn.clone()).who_am_i().await.expect("whoami");
+    assert_eq!((me.principal.as_str(), me.credential.as_str()), ("reader", "certificate"));
+    assert_eq!(me.grants.len(), 1, "{me:?}");
+    Admin::from_channel(conn.clone()).list_streams().await.expect("describe is granted");
+    let e = Access::from_channel(conn).list_principals().await.expect_err("not an admin");
+    assert!(is_permission_denied(&e), "{e:?}");
+    // Without a certificate or token: anonymous, refused.
+    let anon = Connection::open(&https, &ConnectOptions { tls: Some(tls(None)), ..ConnectOptions::default() })
+        .await
+        .expect("TLS without a client certificate (optional)");
+    let e = Access::from_channel(anon).who_am_i().await.expect_err("anonymous");
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    s.b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_over_its_request_rate_is_throttled_with_a_hint_and_counted() {
+    let s = Secured::start(|c, _| c.auth.requests_per_sec_per_principal = 5).await;
+    let token = s.principal("chatty", &[allow("chatty", "stream:describe", "stream:*")]).await;
+    let admin = Admin::from_channel(s.conn(Some(&token)).await);
+    let mut throttled = None;
+    for _ in 0..50 {
+        if let Err(e) = admin.list_streams().await {
+            throttled = Some(e);
+            break;
+        }
+    }
+    let e = throttled.expect("50 calls at once exceed 5 per second");
+    assert!(matches!(e, Error::Throttled { .. }) && e.retry_after().is_some(), "{e:?}");
+    assert!(e.to_string().contains("requests_per_sec_per_principal"), "{e}");
+    // Another principal is not held back by this one's rate.
+    let (other, _) = s.admin().await;
+    other.list_streams().await.expect("the admin has its own bucket");
+    let metrics = s.metrics().await;
+    assert!(metrics.contains(r#"stream_broker_refusals_total{listener="grpc",reason="rate_limited"}"#), "{metrics}");
+    s.b.stop().await.expect("stop");
+}
