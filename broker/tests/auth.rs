@@ -249,6 +249,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("writer", "admin:repair", "D"),
     ("writer", "admin:auth", "D"),
     ("writer", "admin:metrics", "D"),
+    ("writer", "admin:console", "D"),
     ("writer", "stream:delete", "DDDD"),
     // reader: record:get on stream:orders*, group:read on group:orders*,
     // group:commit on group:orders-eu/*.
@@ -263,6 +264,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("reader", "admin:repair", "D"),
     ("reader", "admin:auth", "D"),
     ("reader", "admin:metrics", "D"),
+    ("reader", "admin:console", "D"),
     ("reader", "stream:delete", "DDDD"),
     // ops: stream:* on stream:*, but deny stream:delete on stream:orders;
     // group:admin on group:other/*; admin:metrics.
@@ -277,6 +279,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("ops", "admin:repair", "D"),
     ("ops", "admin:auth", "D"),
     ("ops", "admin:metrics", "A"),
+    ("ops", "admin:console", "D"),
     ("ops", "stream:delete", "DAAA"),
     // nobody: a principal without grants.
     ("nobody", "stream:create", "DDDD"),
@@ -290,6 +293,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("nobody", "admin:repair", "D"),
     ("nobody", "admin:auth", "D"),
     ("nobody", "admin:metrics", "D"),
+    ("nobody", "admin:console", "D"),
     ("nobody", "stream:delete", "DDDD"),
     // admin: the bootstrap token, allowed everything.
     ("admin", "stream:create", "AAAA"),
@@ -303,11 +307,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("admin", "admin:repair", "A"),
     ("admin", "admin:auth", "A"),
     ("admin", "admin:metrics", "A"),
+    ("admin", "admin:console", "A"),
     ("admin", "stream:delete", "AAAA"),
 ];
 
-/// Runs `action` on `resource` as `token` through gRPC (or HTTP for
-/// `admin:metrics`): A when the broker let it through (whatever else
+/// Runs `action` on `resource` as `token` through gRPC (and HTTP for
+/// `admin:metrics`, only HTTP for `admin:console`): A when the broker let it through (whatever else
 /// happened: a missing stream, an existing one), D when it answered
 /// PERMISSION_DENIED.
 async fn attempt(s: &Secured, token: &Secret, action: &str, resource: &str) -> char {
@@ -327,7 +332,19 @@ async fn attempt(s: &Secured, token: &Secret, action: &str, resource: &str) -> c
                 .map(drop),
         ),
         "stream:describe" => verdict(admin.describe_stream(&stream).await.map(drop)),
-        "stream:configure" => verdict(admin.update_retention(&stream, 24).await.map(drop)),
+        "stream:configure" => {
+            // Every call that changes a stream's settings or shards: they
+            // must agree. Arguments the broker refuses after authorizing
+            // (an unknown shard, zero shards) keep an allowed call harmless.
+            let calls = [
+                verdict(admin.update_retention(&stream, 24).await.map(drop)),
+                verdict(admin.update_quotas(&stream, pb::Quotas::default()).await.map(drop)),
+                verdict(admin.split_shard(&stream, "shardId-000000000099", 1).await.map(drop)),
+                verdict(admin.merge_shards(&stream, "shardId-000000000098", "shardId-000000000099").await.map(drop)),
+                verdict(admin.update_shard_count(&stream, 0).await.map(drop)),
+            ];
+            agree("stream:configure", &stream, &calls)
+        }
         "stream:delete" => verdict(admin.delete_stream(&stream).await),
         "record:put" => {
             let req = pb::PutRecordsRequest { stream_name: stream, records: vec![common::entry("k", b"matrix")] };
@@ -368,14 +385,37 @@ async fn attempt(s: &Secured, token: &Secret, action: &str, resource: &str) -> c
         "admin:repair" => verdict(admin.list_lost_found().await.map(drop)),
         "admin:auth" => verdict(Access::from_channel(conn).list_principals().await.map(drop)),
         "admin:metrics" => {
-            match http(s.b.http_addr, "GET", "/metrics", &[("authorization", &bearer(token))], b"").await.0 {
+            let scrape = match http(s.b.http_addr, "GET", "/metrics", &[("authorization", &bearer(token))], b"").await.0
+            {
                 200 => 'A',
                 403 => 'D',
                 other => panic!("/metrics answered {other}"),
+            };
+            let broker = verdict(admin.describe_broker().await.map(drop));
+            agree("admin:metrics", "cluster", &[scrape, broker])
+        }
+        "admin:console" => {
+            let auth = [("authorization", bearer(token))];
+            let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut verdicts = Vec::new();
+            for path in ["/api/v1/streams", "/api/v1/overview", "/ui"] {
+                verdicts.push(match http(s.b.http_addr, "GET", path, &headers, b"").await.0 {
+                    200 => 'A',
+                    403 => 'D',
+                    other => panic!("{path} answered {other}"),
+                });
             }
+            agree("admin:console", "cluster", &verdicts)
         }
         other => panic!("no call for {other}"),
     }
+}
+
+/// The one verdict of several calls that need the same action; a call
+/// that decides otherwise than the rest is a hole (or a wrong refusal).
+fn agree(action: &str, resource: &str, verdicts: &[char]) -> char {
+    assert!(verdicts.iter().all(|v| *v == verdicts[0]), "{action} on {resource}: the calls disagree: {verdicts:?}");
+    verdicts[0]
 }
 
 /// The same through the Kinesis API, for the actions it has.

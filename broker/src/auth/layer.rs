@@ -7,7 +7,9 @@
 //!
 //! Exempt, so that load balancers and orchestrators need no credentials:
 //! the gRPC health service, and the admin port's `/healthz` and `/readyz`.
-//! `/metrics` needs `admin:metrics` on `cluster`.
+//! The web console (`/ui`, `/api/v1`) needs `admin:console` on `cluster`
+//! (it shows every stream's records); the rest of the admin port
+//! (`/metrics`) needs `admin:metrics` on `cluster`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -122,8 +124,9 @@ pub struct HttpAuth {
     pub listener: &'static str,
 }
 
-/// The admin port's middleware: `/healthz` and `/readyz` are open;
-/// everything else needs a principal with `admin:metrics` on `cluster`.
+/// The admin port's middleware: `/healthz` and `/readyz` are open; the
+/// console needs `admin:console` on `cluster`, everything else
+/// `admin:metrics` on `cluster`.
 pub async fn admin_port(State(h): State<HttpAuth>, req: Request, next: Next) -> Response {
     if matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
@@ -139,7 +142,10 @@ pub async fn admin_port(State(h): State<HttpAuth>, req: Request, next: Next) -> 
         Ok(c) => c,
         Err(e) => return refusal(e),
     };
-    if let Err(e) = h.auth.authorize(&caller, Action::AdminMetrics, &Resource::Cluster) {
+    let path = req.uri().path();
+    let console = path == "/ui" || path.starts_with("/ui/") || path.starts_with("/api/");
+    let action = if console { Action::AdminConsole } else { Action::AdminMetrics };
+    if let Err(e) = h.auth.authorize(&caller, action, &Resource::Cluster) {
         h.refusals.count(h.listener, Refusal::PermissionDenied);
         return refusal(e);
     }

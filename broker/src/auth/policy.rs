@@ -5,7 +5,9 @@
 //! `record:get`, `group:read`, `group:commit`, `group:admin`, and the
 //! cluster-wide `admin:auth` (principals, tokens, grants, resource
 //! policies), `admin:repair` (shard repair, lost+found), `admin:metrics`
-//! (`/metrics`) and `admin:account` (account settings).
+//! (`/metrics`, DescribeBroker), `admin:console` (the admin port's web
+//! console, which shows every stream's records) and `admin:account`
+//! (account settings).
 //!
 //! **Resources** are `stream:<name>`, `group:<stream>/<group>` and `cluster`.
 //! A grant's resource pattern is an exact resource or a prefix ending in
@@ -48,15 +50,18 @@ pub enum Action {
     AdminAuth,
     /// Repair shards, list and purge lost+found.
     AdminRepair,
-    /// Read `/metrics`.
+    /// Read `/metrics` and DescribeBroker.
     AdminMetrics,
+    /// Use the web console (`/ui`, `/api/v1`): it reads every stream's
+    /// records; its changes are authorized as the caller's own.
+    AdminConsole,
     /// Change account-wide settings.
     AdminAccount,
 }
 
 impl Action {
     /// Every action, in documentation order.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::StreamCreate,
         Action::StreamDelete,
         Action::StreamDescribe,
@@ -69,6 +74,7 @@ impl Action {
         Action::AdminAuth,
         Action::AdminRepair,
         Action::AdminMetrics,
+        Action::AdminConsole,
         Action::AdminAccount,
     ];
 
@@ -87,6 +93,7 @@ impl Action {
             Action::AdminAuth => "admin:auth",
             Action::AdminRepair => "admin:repair",
             Action::AdminMetrics => "admin:metrics",
+            Action::AdminConsole => "admin:console",
             Action::AdminAccount => "admin:account",
         }
     }

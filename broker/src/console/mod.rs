@@ -11,7 +11,9 @@
 //!   403 unless `console.mutations` is true. They also need a JSON body
 //!   (`Content-Type: application/json`, which a cross-site HTML form cannot
 //!   send) and, when the browser names an `Origin`, one whose host is the
-//!   admin port's: the admin port has no authentication yet.
+//!   admin port's. With `auth.enabled` the console needs `admin:console` on
+//!   `cluster` (it shows every stream's records), and each change is
+//!   authorized as the caller's own (`stream:create`, ...).
 //! - **Bounded.** A message-browser read returns at most
 //!   `console.records_max` records and [`records::RESPONSE_BYTES_MAX`] bytes;
 //!   a partition-key search scans at most `console.scan_records_max`

@@ -579,6 +579,9 @@ impl StreamBroker for GrpcService {
         _req: Request<pb::DescribeBrokerRequest>,
     ) -> Result<Response<pb::DescribeBrokerResponse>, Status> {
         self.unary("DescribeBroker", async {
+            // The same facts as /metrics (disk, stream count, problems).
+            self.service
+                .authorize(crate::auth::policy::Action::AdminMetrics, &crate::auth::policy::Resource::Cluster)?;
             let catalog = self.service.catalog();
             let config = catalog.config();
             let disk = catalog.disk().last();

@@ -138,6 +138,7 @@ impl Service {
 
     /// Changes a serving stream's per-shard quotas; unset fields keep their value.
     pub async fn update_quotas(&self, stream_name: &str, update: QuotaUpdate) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         validate_stream_name(stream_name)?;
         self.catalog.update_quotas(stream_name, update).await
     }
@@ -151,6 +152,7 @@ impl Service {
         shard_id: &str,
         new_starting_hash_key: &str,
     ) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         self.catalog.split_shard(stream_name, shard_id, new_starting_hash_key).await
     }
 
@@ -162,12 +164,14 @@ impl Service {
         shard_id: &str,
         adjacent_shard_id: &str,
     ) -> Result<Arc<Stream>> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         self.catalog.merge_shards(stream_name, shard_id, adjacent_shard_id).await
     }
 
     /// UpdateShardCount with UNIFORM_SCALING (the only scaling type);
     /// returns once the new shards serve.
     pub async fn update_shard_count(&self, stream_name: &str, target_shard_count: u32) -> Result<Scaling> {
+        self.authorize(Action::StreamConfigure, &Resource::stream(stream_name))?;
         self.catalog.update_shard_count(stream_name, target_shard_count).await
     }
 
