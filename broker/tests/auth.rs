@@ -784,3 +784,109 @@ async fn a_principal_over_its_request_rate_is_throttled_with_a_hint_and_counted(
     assert!(metrics.contains(r#"stream_broker_refusals_total{listener="grpc",reason="rate_limited"}"#), "{metrics}");
     s.b.stop().await.expect("stop");
 }
+
+/// The README's one command (`stream-broker --data-dir ...`, loopback,
+/// nothing configured): anonymous callers may do everything, and WhoAmI
+/// says authentication is off.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_default_on_loopback_needs_no_setup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = common::process::Process::start(dir.path());
+    let conn = Connection::open(&p.endpoint, &ConnectOptions::default()).await.expect("connect");
+    let me = Access::from_channel(conn.clone()).who_am_i().await.expect("whoami without credentials");
+    assert!(!me.authentication_enabled && me.principal.is_empty() && me.credential == "anonymous", "{me:?}");
+    let admin = Admin::from_channel(conn);
+    admin
+        .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("an anonymous caller creates a stream");
+    let put = pb::PutRecordsRequest { stream_name: "s".into(), records: vec![common::entry("k", b"hello")] };
+    admin.streams().put_records(put).await.expect("and writes");
+    let it = pb::GetShardIteratorRequest {
+        stream_name: "s".into(),
+        shard_id: "shardId-000000000000".into(),
+        iterator_type: pb::IteratorType::TrimHorizon as i32,
+        ..Default::default()
+    };
+    let it = admin.streams().get_shard_iterator(it).await.expect("and reads").into_inner().shard_iterator;
+    let got = admin
+        .streams()
+        .get_records(pb::GetRecordsRequest { shard_iterator: it, ..Default::default() })
+        .await
+        .expect("records")
+        .into_inner();
+    assert_eq!(got.records.iter().map(|r| r.data.as_ref()).collect::<Vec<_>>(), vec![&b"hello"[..]]);
+    // Principals can be prepared before authentication is turned on.
+    let access = Access::from_channel(Connection::open(&p.endpoint, &ConnectOptions::default()).await.expect("c"));
+    access.create_principal("later", "").await.expect("an anonymous caller manages principals");
+    let names: Vec<String> = access.list_principals().await.expect("list").into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["later"]);
+    p.terminate();
+}
+
+/// Starts the binary with gRPC on 0.0.0.0 and `env`; `Ok(grpc port)` once
+/// it listens, `Err(stderr)` when it exits instead.
+fn start_exposed(dir: &Path, env: &[(&str, &str)]) -> Result<(std::process::Child, u16), String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stream-broker"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STREAM_BROKER_") {
+            cmd.env_remove(k);
+        }
+    }
+    let data = dir.join("data");
+    let mut child = cmd
+        .args(["--data-dir", data.to_str().expect("utf-8"), "--grpc-addr", "0.0.0.0:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn stream-broker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read stdout");
+    match line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")) {
+        Some(addr) => Ok((child, addr.parse::<std::net::SocketAddr>().expect("address").port())),
+        None => {
+            let mut err = String::new();
+            child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+            child.wait().expect("reap");
+            Err(err)
+        }
+    }
+}
+
+/// Off loopback the binary needs authentication on (or the explicit
+/// insecure flag); with it on, anonymous calls are refused and the
+/// bootstrap token works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_loopback_address_needs_authentication_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = start_exposed(dir.path(), &[]).map(|_| ()).expect_err("anonymous on 0.0.0.0 is refused");
+    assert!(
+        err.contains("grpc_addr") && err.contains("auth.enabled") && err.contains("--insecure-allow-anonymous"),
+        "{err}"
+    );
+
+    let bootstrap = broker::auth::token::generate().expect("token").token;
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, &bootstrap).expect("write");
+    let env = [
+        ("STREAM_BROKER_AUTH__ENABLED", "true"),
+        ("STREAM_BROKER_AUTH__BOOTSTRAP_TOKEN_FILE", file.to_str().expect("utf-8")),
+    ];
+    let (mut child, port) = start_exposed(dir.path(), &env).expect("with authentication on, 0.0.0.0 is fine");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let anon = Connection::open(&endpoint, &ConnectOptions::default()).await.expect("connect");
+    let e = Admin::from_channel(anon).list_streams().await.expect_err("anonymous");
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let options = ConnectOptions { token: Some(Secret::new(bootstrap)), ..ConnectOptions::default() };
+    let me = Access::from_channel(Connection::open(&endpoint, &options).await.expect("connect"))
+        .who_am_i()
+        .await
+        .expect("whoami");
+    assert_eq!((me.principal.as_str(), me.credential.as_str(), me.super_user), ("admin", "bootstrap", true));
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}

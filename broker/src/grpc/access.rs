@@ -40,7 +40,7 @@ impl AccessService {
         self.auth
             .store()
             .cloned()
-            .ok_or_else(|| BrokerError::Unavailable("this broker keeps no principals (authentication is off)".into()))
+            .ok_or_else(|| BrokerError::Unavailable("the broker is starting; retry shortly".into()))
     }
 
     /// Runs a change that blocks on a durable commit.
