@@ -11,6 +11,7 @@ use proto::v1::stream_broker_client::StreamBrokerClient;
 pub struct Admin {
     streams: StreamBrokerClient<Connection>,
     groups: ConsumerGroupsClient<Connection>,
+    channel: Connection,
 }
 
 impl Admin {
@@ -25,8 +26,14 @@ impl Admin {
             streams: StreamBrokerClient::new(channel.clone())
                 .max_decoding_message_size(MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(MESSAGE_BYTES_MAX),
-            groups: ConsumerGroupsClient::new(channel),
+            groups: ConsumerGroupsClient::new(channel.clone()),
+            channel,
         }
+    }
+
+    /// Principals, tokens and grants over the same connection (and credentials).
+    pub fn access(&self) -> crate::Access {
+        crate::Access::from_channel(self.channel.clone())
     }
 
     /// The raw stream client, for data-plane calls.

@@ -8,12 +8,16 @@
 //!   must be 24..=168, got 12`).
 //! - [`plan`] compares the file with the broker through [`Admin`] and lists
 //!   what [`apply`] would change. It changes nothing.
-//! - [`deploy`] plans, applies, and plans again.
+//! - [`plan_access`] does the same for the file's `[[principals]]` and
+//!   their grants (it needs `admin:auth`); [`plan_all`] is both.
+//! - [`deploy`] plans both, applies, and plans again.
 //! - [`plan_removal`] and [`remove`] delete what the file declares.
 //!
 //! Invariants:
 //! - **Only what the file declares.** Deploy creates and updates declared
-//!   streams and groups and never deletes anything; removal deletes only
+//!   streams, groups, principals and grants and never deletes anything
+//!   (a grant the file no longer lists stays until `streamctl auth grant
+//!   remove`); removal deletes only
 //!   declared streams (their groups go with them). Streams and groups the
 //!   file does not name are never touched, except that deleting a declared
 //!   stream deletes every group on it, which removal refuses to do silently.
@@ -57,8 +61,57 @@ pub struct Stack {
     pub streams: Vec<StreamSpec>,
     /// Declared consumer groups, in file order.
     pub groups: Vec<GroupSpec>,
+    /// Declared principals with their grants, in file order.
+    pub principals: Vec<PrincipalSpec>,
     services: BTreeMap<String, toml::Table>,
     source: String,
+}
+
+/// A `[[principals]]` entry: a principal and the grants it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalSpec {
+    /// Its name (a token's or a client certificate's principal).
+    pub name: String,
+    /// Free text, set when deploy creates it.
+    pub description: String,
+    /// Its grants, allows then denies, in file order.
+    pub grants: Vec<GrantSpec>,
+}
+
+/// One grant of a [`PrincipalSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GrantSpec {
+    /// Whose.
+    pub principal: String,
+    /// A deny (wins over every allow) rather than an allow.
+    pub deny: bool,
+    /// `record:put`, `record:*`, `*`, ...
+    pub action: String,
+    /// `stream:orders`, `group:orders/billing`, `stream:orders-*`, `cluster`, ...
+    pub resource: String,
+}
+
+impl GrantSpec {
+    fn to_pb(&self) -> pb::Grant {
+        let f = if self.deny { crate::deny } else { crate::allow };
+        f(&self.principal, &self.action, &self.resource)
+    }
+
+    fn of_pb(g: &pb::Grant) -> Self {
+        Self {
+            principal: g.principal.clone(),
+            deny: g.effect == pb::Effect::Deny as i32,
+            action: g.action.clone(),
+            resource: g.resource.clone(),
+        }
+    }
+}
+
+impl fmt::Display for GrantSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let effect = if self.deny { "deny" } else { "allow" };
+        write!(f, "{} {effect} {} {}", self.principal, self.action, self.resource)
+    }
 }
 
 /// A `[[streams]]` entry.
@@ -178,6 +231,8 @@ struct RawStack {
     #[serde(default)]
     groups: Vec<RawGroup>,
     #[serde(default)]
+    principals: Vec<RawPrincipal>,
+    #[serde(default)]
     services: BTreeMap<String, toml::Table>,
 }
 
@@ -193,6 +248,17 @@ struct RawStream {
     partition_key: Option<String>,
     #[serde(default)]
     events: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPrincipal {
+    name: String,
+    description: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,7 +383,40 @@ impl Stack {
                 dead_letter: t.dead_letter,
             });
         }
-        Ok(Self { file: file.to_path_buf(), streams, groups, services: raw.services, source })
+        let mut principals = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, t) in raw.principals.into_iter().enumerate() {
+            let at = |key: &str| format!("principals[{i}].{key}");
+            let name_ok = (1..=128).contains(&t.name.len())
+                && t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b));
+            if !name_ok {
+                return Err(bad(at("name"), format!("{:?} must be 1..=128 of [a-zA-Z0-9_.@-]", t.name)));
+            }
+            if !seen.insert(t.name.clone()) {
+                return Err(bad(at("name"), format!("principal {:?} is declared twice", t.name)));
+            }
+            let mut grants = Vec::new();
+            for (key, deny, entries) in [("allow", false, &t.allow), ("deny", true, &t.deny)] {
+                for entry in entries {
+                    // The broker checks the action and resource; here only the shape.
+                    let words: Vec<&str> = entry.split_whitespace().collect();
+                    let [action, resource] = words[..] else {
+                        return Err(bad(
+                            at(key),
+                            format!("{entry:?} must be \"<action> <resource>\", e.g. \"record:put stream:orders\""),
+                        ));
+                    };
+                    grants.push(GrantSpec {
+                        principal: t.name.clone(),
+                        deny,
+                        action: action.to_string(),
+                        resource: resource.to_string(),
+                    });
+                }
+            }
+            principals.push(PrincipalSpec { name: t.name, description: t.description.unwrap_or_default(), grants });
+        }
+        Ok(Self { file: file.to_path_buf(), streams, groups, principals, services: raw.services, source })
     }
 
     /// The `[services.<name>]` table, for the service to read its settings from.
@@ -461,6 +560,15 @@ pub enum Change {
     },
     /// Create a declared group that does not exist.
     CreateGroup(GroupSpec),
+    /// Create a declared principal that does not exist.
+    CreatePrincipal {
+        /// Its name.
+        name: String,
+        /// Its description.
+        description: String,
+    },
+    /// Add a declared grant the broker does not have.
+    AddGrant(GrantSpec),
 }
 
 impl fmt::Display for Change {
@@ -496,6 +604,8 @@ impl fmt::Display for Change {
                 Ok(())
             }
             Change::CreateGroup(g) => write!(f, "+ group {} on {}: start {}", g.name, g.stream, g.start.as_str()),
+            Change::CreatePrincipal { name, .. } => write!(f, "+ principal {name}"),
+            Change::AddGrant(g) => write!(f, "+ grant {g}"),
         }
     }
 }
@@ -636,6 +746,33 @@ pub async fn plan(admin: &Admin, stack: &Stack) -> Result<Plan> {
     Ok(plan)
 }
 
+/// Compares the file's principals and grants with the broker (needs
+/// `admin:auth`); nothing to compare, and no call, when the file declares
+/// no principals. Changes nothing.
+pub async fn plan_access(admin: &Admin, stack: &Stack) -> Result<Vec<Change>> {
+    if stack.principals.is_empty() {
+        return Ok(Vec::new());
+    }
+    let access = admin.access();
+    let live: BTreeSet<String> = access.list_principals().await?.into_iter().map(|p| p.name).collect();
+    let grants: BTreeSet<GrantSpec> = access.list_grants(None).await?.iter().map(GrantSpec::of_pb).collect();
+    let mut changes = Vec::new();
+    for p in &stack.principals {
+        if !live.contains(&p.name) {
+            changes.push(Change::CreatePrincipal { name: p.name.clone(), description: p.description.clone() });
+        }
+        changes.extend(p.grants.iter().filter(|g| !grants.contains(*g)).cloned().map(Change::AddGrant));
+    }
+    Ok(changes)
+}
+
+/// [`plan`] and then [`plan_access`]: everything the file declares.
+pub async fn plan_all(admin: &Admin, stack: &Stack) -> Result<Plan> {
+    let mut plan = plan(admin, stack).await?;
+    plan.changes.extend(plan_access(admin, stack).await?);
+    Ok(plan)
+}
+
 /// Applies `plan` in order (streams before the groups on them). Refuses,
 /// changing nothing, while the plan has a refused difference.
 pub async fn apply(admin: &Admin, stack: &Stack, plan: &Plan) -> Result<()> {
@@ -666,6 +803,12 @@ pub async fn apply(admin: &Admin, stack: &Stack, plan: &Plan) -> Result<()> {
                 admin.update_quotas(stream, to.to_pb()).await?;
             }
             Change::CreateGroup(g) => create_group(admin, g).await?,
+            Change::CreatePrincipal { name, description } => {
+                admin.access().create_principal(name, description).await?;
+            }
+            Change::AddGrant(g) => {
+                admin.access().add_grant(g.to_pb()).await?;
+            }
         }
     }
     Ok(())
@@ -698,9 +841,9 @@ async fn create_group(admin: &Admin, g: &GroupSpec) -> Result<()> {
 /// Plans, applies, and checks that the broker now matches the file; returns
 /// what was applied (empty when the broker already matched).
 pub async fn deploy(admin: &Admin, stack: &Stack) -> Result<Plan> {
-    let planned = plan(admin, stack).await?;
+    let planned = plan_all(admin, stack).await?;
     apply(admin, stack, &planned).await?;
-    let after = plan(admin, stack).await?;
+    let after = plan_all(admin, stack).await?;
     if !after.is_empty() {
         return Err(Error::StackRefused(format!(
             "{}: the broker still differs after deploying (did something else change it meanwhile?):\n{after}",

@@ -349,11 +349,90 @@ async fn malformed_files_name_the_file_line_and_key() {
     assert!(admin.list_streams().await.expect("list").is_empty(), "no invalid file changed anything");
 }
 
+const BILLING: &str = r#"
+[[principals]]
+name = "billing"
+description = "reads orders"
+allow = ["group:read group:orders/billing", "record:get stream:orders*"]
+deny = ["record:get stream:orders-dlq"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn principals_and_grants_are_deployed_once_and_never_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = broker::auth::token::generate().expect("token").token;
+    let token_file = write(dir.path(), "admin.token", &token);
+    let mut c = broker::config::BrokerConfig { data_dir: dir.path().join("data"), ..Default::default() };
+    c.auth.enabled = true;
+    c.auth.bootstrap_token_file = Some(token_file);
+    let b = TestBroker::start_with(c, std::sync::Arc::new(broker::clock::SystemClock)).await;
+    let options = client::ConnectOptions { token: Some(client::Secret::new(token)), ..Default::default() };
+    let admin = Admin::from_channel(client::Connection::open(&b.endpoint(), &options).await.expect("connect"));
+    let file = write(dir.path(), "stack.toml", &format!("{TWO_STREAMS}{BILLING}"));
+    let stack = Stack::load(&file).expect("load");
+
+    let planned = stack::plan_all(&admin, &stack).await.expect("plan");
+    let lines: Vec<String> = planned.changes.iter().map(ToString::to_string).skip(3).collect();
+    assert_eq!(
+        lines,
+        [
+            "+ principal billing",
+            "+ grant billing allow group:read group:orders/billing",
+            "+ grant billing allow record:get stream:orders*",
+            "+ grant billing deny record:get stream:orders-dlq",
+        ]
+    );
+    assert_eq!(stack::deploy(&admin, &stack).await.expect("deploy").changes.len(), 7);
+    let grants = admin.access().list_grants(Some("billing")).await.expect("grants");
+    assert_eq!(grants.len(), 3, "{grants:?}");
+    assert!(stack::deploy(&admin, &stack).await.expect("again").is_empty(), "the second deploy changes nothing");
+
+    // A grant left out of the file stays on the broker; one added is added.
+    let fewer = write(
+        dir.path(),
+        "fewer.toml",
+        &format!("{TWO_STREAMS}{}", BILLING.replace("deny = [\"record:get stream:orders-dlq\"]\n", "")),
+    );
+    assert!(stack::deploy(&admin, &Stack::load(&fewer).expect("load")).await.expect("deploy").is_empty());
+    assert_eq!(admin.access().list_grants(Some("billing")).await.expect("grants").len(), 3);
+    let more = write(
+        dir.path(),
+        "more.toml",
+        &format!("{TWO_STREAMS}{}", BILLING.replace("deny = [", "deny = [\"group:commit group:orders/billing\", ")),
+    );
+    let added = stack::deploy(&admin, &Stack::load(&more).expect("load")).await.expect("deploy");
+    assert_eq!(added.to_string(), "+ grant billing deny group:commit group:orders/billing\n");
+    b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_principal_names_the_file_line_and_key() {
+    let b = TestBroker::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("{TWO_STREAMS}{BILLING}");
+    let (l, k, m) =
+        refused(&b.endpoint(), dir.path(), &text.replace("\"record:get stream:orders*\"", "\"record:get\"")).await;
+    assert_eq!((l, k.as_str()), (25, "principals[0].allow"), "{m}");
+    assert!(m.contains("<action> <resource>"), "{m}");
+    let (l, k, m) = refused(
+        &b.endpoint(),
+        dir.path(),
+        &text.replace("name = \"billing\"\ndescription", "name = \"bill ing\"\ndescription"),
+    )
+    .await;
+    assert_eq!((l, k.as_str()), (23, "principals[0].name"), "{m}");
+    let (_, k, m) = refused(&b.endpoint(), dir.path(), &format!("{text}{BILLING}")).await;
+    assert_eq!(k, "principals[1].name", "{m}");
+    assert!(m.contains("declared twice"), "{m}");
+}
+
 #[test]
 fn the_shipped_stack_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/stack.toml");
     let stack = Stack::load(&path).expect("deploy/stack.toml");
     assert_eq!(stack.streams.len(), 6);
     assert_eq!(stack.groups.len(), 3);
+    let principals: Vec<&str> = stack.principals.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(principals, ["setup", "relay", "external-parties", "delivery-company", "customer-service"]);
     assert!(stack.service("order-service").is_some_and(|t| t.contains_key("orderStreamName")));
 }

@@ -115,3 +115,109 @@ async fn the_service_publishes_to_a_broker_over_tls() {
     svc.running.stop().await.expect("stop");
     b.stop().await.expect("stop broker");
 }
+
+/// The whole order flow against a broker with authentication on, the
+/// service's parts running as the least-privilege principals of
+/// deploy/stack.toml (deployed with `client::stack::deploy` as the
+/// bootstrap admin), each by its own token; and each part refused what it
+/// does not need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_flow_runs_as_the_stack_files_least_privilege_principals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin_token = broker::auth::token::generate().expect("token").token;
+    let admin_file = dir.path().join("admin.token");
+    std::fs::write(&admin_file, &admin_token).expect("write");
+    let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
+    bc.auth.enabled = true;
+    bc.auth.bootstrap_token_file = Some(admin_file);
+    let b = TestBroker::start_with(bc, Arc::new(SystemClock)).await;
+    let broker = format!("http://{}", b.grpc_addr);
+    let as_token = |t: &client::Secret| client::ConnectOptions { token: Some(t.clone()), ..Default::default() };
+    let admin_options = as_token(&client::Secret::new(admin_token));
+    let admin = client::Admin::from_channel(client::Connection::open(&broker, &admin_options).await.expect("admin"));
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/stack.toml");
+    let stack = client::stack::Stack::load(&shipped).expect("deploy/stack.toml");
+    client::stack::deploy(&admin, &stack).await.expect("deploy the stack with its principals");
+
+    let mut config = test_config(&dir.path().join("data"));
+    config.broker = Some(broker.clone());
+    let mut tokens = std::collections::BTreeMap::new();
+    for role in ["setup", "relay", "external-parties", "delivery-company", "customer-service"] {
+        let (_, token) = admin.access().create_token(role, "test", None).await.expect("token");
+        let file = dir.path().join(format!("{role}.token"));
+        std::fs::write(&file, token.expose()).expect("write");
+        let c = &mut config.broker_credentials;
+        let slot = match role {
+            "setup" => &mut c.setup_token_file,
+            "relay" => &mut c.relay_token_file,
+            "external-parties" => &mut c.external_parties_token_file,
+            "delivery-company" => &mut c.delivery_company_token_file,
+            _ => &mut c.customer_service_token_file,
+        };
+        *slot = Some(file);
+        tokens.insert(role, token);
+    }
+    let svc = start(config).await;
+    let order = post(svc.addr, "/order", SEED_ORDER).await.json();
+    let id = order["orderId"].as_str().expect("id").to_string();
+    let fulfil = serde_json::json!({"orderId": id, "fulfillmentId": "CakeProducer1"}).to_string();
+    eventually(LIMIT, "the new-order email (external-parties read order-events)", || async {
+        emails(&svc.data_dir).into_iter().find(|(_, e)| e.contains(&id))
+    })
+    .await;
+    let r = post(svc.addr, "/order/fulfill", &fulfil).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(LIMIT, "the review email (delivery-company and customer-service ran)", || async {
+        emails(&svc.data_dir).into_iter().find(|(_, e)| e.contains("Subject: Order review") && e.contains(&id))
+    })
+    .await;
+    let events = eventually(LIMIT, "three order events", || async {
+        let ev = read_stream_as(&broker, &admin_options, "order-events").await;
+        (ev.len() >= 3).then_some(ev)
+    })
+    .await;
+    assert!(events.iter().all(|e| e.contains(&id)), "{events:?}");
+    svc.running.stop().await.expect("stop");
+
+    // Each part is refused what it does not need.
+    let denied = |r: client::Result<()>, what: &str| match r {
+        Err(client::Error::PermissionDenied(_)) => {}
+        other => panic!("{what}: expected PERMISSION_DENIED, got {other:?}"),
+    };
+    let as_role = |role: &str| {
+        let options = as_token(&tokens[role]);
+        let broker = broker.clone();
+        async move { client::Admin::from_channel(client::Connection::open(&broker, &options).await.expect("c")) }
+    };
+    let put = |stream: &str| client::types::PutRecordsRequest {
+        stream_name: stream.into(),
+        records: vec![client::types::PutRecordsEntry {
+            partition_key: "k".into(),
+            data: bytes::Bytes::from_static(b"x"),
+            explicit_hash_key: None,
+        }],
+    };
+    let iterator = |stream: &str| client::types::GetShardIteratorRequest {
+        stream_name: stream.into(),
+        shard_id: "shardId-000000000000".into(),
+        iterator_type: client::types::IteratorType::TrimHorizon as i32,
+        ..Default::default()
+    };
+    let relay = as_role("relay").await;
+    let read = relay.streams().get_shard_iterator(iterator("order-events")).await;
+    denied(read.map(drop).map_err(client::Error::from), "relay reads order-events");
+    let dlq = relay.streams().put_records(put("order-events-dlq")).await;
+    denied(dlq.map(drop).map_err(client::Error::from), "relay writes a dead-letter stream");
+    let external = as_role("external-parties").await;
+    let forged = external.streams().put_records(put("order-events")).await;
+    denied(forged.map(drop).map_err(client::Error::from), "external-parties writes order-events");
+    let other = external.streams().get_shard_iterator(iterator("customerServiceQueue")).await;
+    denied(other.map(drop).map_err(client::Error::from), "external-parties reads another queue");
+    denied(external.delete_group("order-events", "external-parties").await, "external-parties deletes its group");
+    let setup = as_role("setup").await;
+    denied(setup.delete_stream("order-events").await, "setup deletes a stream");
+    denied(setup.update_retention("order-events", 48).await.map(drop), "setup changes retention");
+    let e = setup.access().list_principals().await.map(drop);
+    denied(e, "setup manages principals");
+    b.stop().await.expect("stop broker");
+}

@@ -61,7 +61,7 @@ pub async fn run(g: &Global, cmd: StackCmd) -> Result<(), CliError> {
         }
         StackCmd::Diff { file } => {
             let stack = Stack::load(&file)?;
-            let plan = stack::plan(&g.admin().await?, &stack).await?;
+            let plan = stack::plan_all(&g.admin().await?, &stack).await?;
             if g.json {
                 print_json(&plan.to_json())?;
             } else if plan.is_empty() {
