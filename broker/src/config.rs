@@ -794,6 +794,30 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_are_checked_and_errors_name_the_key() {
+        let cases: [(&str, fn(&mut BrokerConfig)); 5] = [
+            ("auth.recheck_interval_ms", |c| c.auth.recheck_interval_ms = 50),
+            ("auth.recheck_interval_ms", |c| c.auth.recheck_interval_ms = 60_001),
+            ("auth.requests_per_sec_per_principal", |c| c.auth.requests_per_sec_per_principal = 0),
+            ("auth.super_users", |c| c.auth.super_users = vec!["has space".into()]),
+            ("auth.access_key_principals", |c| {
+                c.auth.access_key_principals.insert("AKIAUNKNOWN".into(), "p".into());
+            }),
+        ];
+        for (key, breaks) in cases {
+            let mut c = BrokerConfig::default();
+            breaks(&mut c);
+            let e = c.validate().expect_err(key);
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
+        let mut c = BrokerConfig::default();
+        c.kinesis.access_keys = vec![AccessKey { access_key_id: "AKIA1".into(), secret_access_key: "s".into() }];
+        c.auth.access_key_principals.insert("AKIA1".into(), "relay".into());
+        c.auth.super_users = vec!["ops@example.com".into()];
+        c.validate().expect("a listed key mapped to a principal name");
+    }
+
+    #[test]
     fn anonymous_callers_are_served_on_loopback_only_unless_allowed_explicitly() {
         let mut c = BrokerConfig::default();
         let local = SocketAddr::from(([127, 0, 0, 1], 7470));

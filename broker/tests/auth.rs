@@ -890,3 +890,41 @@ async fn a_non_loopback_address_needs_authentication_on() {
     child.kill().expect("kill");
     child.wait().expect("reap");
 }
+
+/// `auth.super_users` are allowed everything without a grant; others are not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_super_user_is_allowed_everything_without_grants() {
+    let s = Secured::start(|c, _| c.auth.super_users = vec!["root".into()]).await;
+    let root = s.principal("root", &[]).await;
+    let other = s.principal("other", &[]).await;
+    let access = Access::from_channel(s.conn(Some(&root)).await);
+    let me = access.who_am_i().await.expect("whoami");
+    assert!(me.super_user && me.grants.is_empty(), "{me:?}");
+    access.list_principals().await.expect("a super-user manages access");
+    let create = pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() };
+    Admin::from_channel(s.conn(Some(&root)).await).create_stream(create.clone()).await.expect("and creates streams");
+    let e = Admin::from_channel(s.conn(Some(&other)).await).create_stream(create).await.expect_err("not a super-user");
+    assert!(is_permission_denied(&e), "{e:?}");
+    s.b.stop().await.expect("stop");
+}
+
+/// A bootstrap token file that is missing or too short stops the start,
+/// naming the key and never the file's content.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_bootstrap_token_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short.token");
+    std::fs::write(&short, "tooshort-secret").expect("write");
+    for (file, why) in [(short, "at least 32 characters"), (dir.path().join("missing"), "cannot read")] {
+        let mut c = BrokerConfig { data_dir: dir.path().join("data"), ..BrokerConfig::default() };
+        c.auth.enabled = true;
+        c.auth.bootstrap_token_file = Some(file);
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let token = tokio_util::sync::CancellationToken::new();
+        let e = broker::server::run(c, Arc::new(SystemClock), grpc, http, token).await.expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("auth.bootstrap_token_file") && text.contains(why), "{text}");
+        assert!(!text.contains("tooshort-secret"), "{text}");
+    }
+}
