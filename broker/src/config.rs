@@ -795,7 +795,8 @@ mod tests {
 
     #[test]
     fn auth_settings_are_checked_and_errors_name_the_key() {
-        let cases: [(&str, fn(&mut BrokerConfig)); 5] = [
+        type Breaks = fn(&mut BrokerConfig);
+        let cases: [(&str, Breaks); 5] = [
             ("auth.recheck_interval_ms", |c| c.auth.recheck_interval_ms = 50),
             ("auth.recheck_interval_ms", |c| c.auth.recheck_interval_ms = 60_001),
             ("auth.requests_per_sec_per_principal", |c| c.auth.requests_per_sec_per_principal = 0),

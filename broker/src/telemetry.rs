@@ -145,13 +145,6 @@ pub const METRICS: &[MetricDoc] = &[
         "",
         "Writes refused because the disk is below its watermark.",
     ),
-    // Rendered by the listeners' own counts (`crate::listener::Refusals`), not the recorder.
-    m(
-        "stream_broker_refusals_total",
-        Kind::Counter,
-        "listener,reason",
-        "Connections and requests refused by a listener's limits or its authentication.",
-    ),
     m("stream_broker_permission_denied_total", Kind::Counter, "action", "Calls refused by authorization, by action."),
     m(
         "stream_broker_consumer_group_lag_records",
