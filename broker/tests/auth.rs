@@ -928,3 +928,41 @@ async fn a_bad_bootstrap_token_file_is_refused_at_start() {
         assert!(!text.contains("tooshort-secret"), "{text}");
     }
 }
+
+/// With `console.mutations` on, the console's changes are the caller's own:
+/// `admin:console` opens the console, and each change needs its action's
+/// grant (a refusal is 403, never an internal error).
+#[tokio::test(flavor = "multi_thread")]
+async fn console_changes_are_authorized_as_the_callers_own() {
+    let s = Secured::start(|c, _| c.console.mutations = true).await;
+    let (admin, _) = s.admin().await;
+    admin
+        .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("create");
+    let start = Some(pb::GroupStart { position: pb::IteratorType::TrimHorizon as i32, timestamp_ms: None });
+    let join = pb::JoinGroupRequest { stream_name: "s".into(), group_name: "g".into(), start, client_id: "c".into() };
+    let member = admin.groups().join_group(join).await.expect("join").into_inner().member_id;
+    let leave = pb::LeaveGroupRequest { stream_name: "s".into(), group_name: "g".into(), member_id: member };
+    admin.groups().leave_group(leave).await.expect("leave");
+    let viewer = s.principal("viewer", &[allow("viewer", "admin:console", "cluster")]).await;
+    let auth = bearer(&viewer);
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let create = br#"{"name":"t","shard_count":1}"#;
+    let reset = br#"{"to":"latest"}"#;
+    let (code, body) = http(s.b.http_addr, "POST", "/api/v1/streams", &headers, create).await;
+    assert_eq!(code, 403, "creating needs stream:create: {body}");
+    assert!(body.contains("stream:create"), "{body}");
+    let (code, body) = http(s.b.http_addr, "POST", "/api/v1/streams/s/groups/g/reset", &headers, reset).await;
+    assert_eq!(code, 403, "resetting needs group:admin: {body}");
+    assert!(body.contains("group:admin"), "{body}");
+
+    let (_, access) = s.admin().await;
+    access.add_grant(allow("viewer", "stream:create", "stream:t")).await.expect("grant");
+    access.add_grant(allow("viewer", "group:admin", "group:s/g")).await.expect("grant");
+    let (code, body) = http(s.b.http_addr, "POST", "/api/v1/streams", &headers, create).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = http(s.b.http_addr, "POST", "/api/v1/streams/s/groups/g/reset", &headers, reset).await;
+    assert_eq!(code, 200, "{body}");
+    s.b.stop().await.expect("stop");
+}

@@ -114,6 +114,8 @@ impl From<BrokerError> for ApiError {
             | BrokerError::StorageIo { .. }
             | BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            BrokerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            BrokerError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             _ => {
                 tracing::error!(error = %e, "console call failed");
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "internal error; see the broker log");
