@@ -257,7 +257,7 @@ pub async fn run_with(
     console.attach(service.clone(), shutdown.clone());
     let groups_service = GroupsService::new(service.clone());
     let kinesis_task = kinesis.map(|listener| {
-        let edge = Arc::new(KinesisEdge::new(service.clone()));
+        let edge = Arc::new(KinesisEdge::new(service.clone()).with_refusals(refusals.clone()));
         let conns = crate::listener::incoming(
             listener,
             ListenerConfig {

@@ -177,6 +177,10 @@ async fn every_anonymous_call_is_refused_when_authentication_is_on() {
         .unwrap_or_else(|| panic!("refusals counted: {metrics}"));
     let counted: usize = line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count");
     assert_eq!(counted, paths.len(), "{line}");
+    for (listener, n) in [("admin", 1), ("kinesis", 1)] {
+        let want = format!(r#"stream_broker_refusals_total{{listener="{listener}",reason="unauthenticated"}} {n}"#);
+        assert!(metrics.lines().any(|l| l == want), "{want} in {metrics}");
+    }
     s.b.stop().await.expect("stop");
 }
 

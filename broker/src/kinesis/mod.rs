@@ -59,6 +59,8 @@ pub struct KinesisEdge {
     /// Whether control-plane rates apply (`quotas.enforce`).
     rates_enforced: bool,
     request_ids: RequestIds,
+    /// Where authentication and rate refusals are counted (listener `kinesis`).
+    refusals: Arc<crate::listener::Refusals>,
 }
 
 /// Request ids: a random prefix per broker and a counter, in UUID form.
@@ -94,7 +96,22 @@ impl KinesisEdge {
         let config = service.catalog().config().kinesis.clone();
         let rates_enforced = service.catalog().config().quotas.enforce;
         let arns = Arns { region: config.region.clone(), account: config.account_id.clone() };
-        Self { service, config, arns, rates: Rates::default(), rates_enforced, request_ids: RequestIds::new() }
+        Self {
+            service,
+            config,
+            arns,
+            rates: Rates::default(),
+            rates_enforced,
+            request_ids: RequestIds::new(),
+            refusals: Arc::default(),
+        }
+    }
+
+    /// Counts its authentication and rate refusals in `refusals` (the
+    /// broker's `/metrics`), as listener `kinesis`.
+    pub fn with_refusals(mut self, refusals: Arc<crate::listener::Refusals>) -> Self {
+        self.refusals = refusals;
+        self
     }
 
     fn now(&self) -> u64 {
@@ -265,16 +282,19 @@ impl KinesisEdge {
         signer: &auth::Signer,
         peer: Option<&crate::listener::PeerInfo>,
     ) -> Result<Arc<crate::auth::Caller>, BrokerError> {
+        use crate::listener::Refusal;
         let broker_auth = self.service.auth();
         let caller = match self.config.auth {
             crate::config::KinesisAuth::Strict if broker_auth.enabled() => {
                 let remote = peer.and_then(|p| p.remote_addr).map(|a| a.ip());
-                broker_auth.access_key_caller(&signer.access_key_id, remote)
+                Ok(broker_auth.access_key_caller(&signer.access_key_id, remote))
             }
-            _ => broker_auth.authenticate(None, peer)?,
+            _ => broker_auth.authenticate(None, peer),
         };
-        broker_auth.require_principal(&caller)?;
-        broker_auth.admit(&caller)?;
+        let caller = caller
+            .and_then(|c| broker_auth.require_principal(&c).map(|()| c))
+            .inspect_err(|_| self.refusals.count("kinesis", Refusal::Unauthenticated))?;
+        broker_auth.admit(&caller).inspect_err(|_| self.refusals.count("kinesis", Refusal::RateLimited))?;
         Ok(Arc::new(caller))
     }
 
