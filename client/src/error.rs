@@ -151,8 +151,9 @@ impl From<Status> for Error {
             ("Fenced", _) => Error::Fenced(message),
             ("GroupBusy", _) => Error::GroupBusy(message),
             (_, Code::InvalidArgument) => Error::InvalidArgument(message),
-            (_, Code::Unauthenticated) => Error::Unauthenticated(message),
-            (_, Code::PermissionDenied) => Error::PermissionDenied(message),
+            // The broker's message names the kind already; the variant's Display adds it once.
+            (_, Code::Unauthenticated) => Error::Unauthenticated(unprefixed(message, "unauthenticated: ")),
+            (_, Code::PermissionDenied) => Error::PermissionDenied(unprefixed(message, "permission denied: ")),
             (_, Code::NotFound) => Error::NotFound(message),
             (_, Code::AlreadyExists) => Error::AlreadyExists(message),
             (_, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {
@@ -184,6 +185,14 @@ fn stack_location(file: &str, line: usize, key: &str, message: &str) -> String {
 /// Shorthand for client results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `message` without a leading `prefix`.
+fn unprefixed(message: String, prefix: &str) -> String {
+    match message.strip_prefix(prefix) {
+        Some(rest) => rest.to_string(),
+        None => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +217,7 @@ mod tests {
         let e = Error::from(s);
         assert!(matches!(e, Error::Fenced(_)) && !e.is_retryable());
         assert!(Error::from(Status::unavailable("down")).is_retryable());
+        let e = Error::from(Status::unauthenticated("unauthenticated: the token was revoked"));
+        assert_eq!(e.to_string(), "unauthenticated: the token was revoked", "the kind is said once");
     }
 }
