@@ -83,6 +83,13 @@ pub const METRICS: &[MetricDoc] = &[
     m("stream_broker_request_errors_total", Kind::Counter, "method", "Unary gRPC calls answered with an error."),
     m("stream_broker_connections", Kind::Gauge, "", "Open client connections (gRPC, admin and Kinesis listeners)."),
     m(
+        "stream_broker_refusals_total",
+        Kind::Counter,
+        "listener, reason",
+        "Connections and requests a listener refused: over its connection cap, a failed or slow TLS handshake, \
+         an idle connection, oversized headers.",
+    ),
+    m(
         "stream_broker_connections_max",
         Kind::Gauge,
         "",
