@@ -26,7 +26,7 @@ use broker::config::BrokerConfig;
 use broker::testing::TestBroker;
 use bytes::Bytes;
 use powerfs::{LossMode, PowerFs};
-use powerloss::{Acked, Broker, check, read_all};
+use powerloss::{Acked, check, read_all, start_broker};
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
 use tonic::transport::Channel;
@@ -69,11 +69,11 @@ fn open_shards(d: &pb::StreamDescription) -> Vec<String> {
 }
 
 /// Serialises the tests that configure the process-wide failpoint registry.
-static FAILPOINTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_reshard_during_one_is_refused_and_the_stream_is_updating() {
-    let _one = FAILPOINTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = FAILPOINTS.lock().await;
     let broker = TestBroker::start().await;
     let mut c = common::connect(broker.endpoint()).await;
     common::create(&mut c, "s", 2).await;
@@ -113,7 +113,7 @@ async fn a_second_reshard_during_one_is_refused_and_the_stream_is_updating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_before_the_swap_rolls_the_split_back() {
-    let _one = FAILPOINTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = FAILPOINTS.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     let broker = TestBroker::start_with(config, Arc::new(SystemClock)).await;
@@ -206,7 +206,7 @@ async fn crash_case(op: Op, failpoint: &str, action: &str, new_layout: bool) {
     let dir: PathBuf = fs.path().join("data");
     std::fs::create_dir(&dir).expect("mkdir data");
     File::open(fs.path()).and_then(|d| d.sync_all()).expect("fsync the mount root");
-    let b = Broker::start(&dir, &[]);
+    let b = start_broker(&dir, &[]);
     let mut c = powerloss::connect(&b.endpoint).await;
     powerloss::create_stream(&mut c, "s", 2).await;
     drop(c);
@@ -214,7 +214,7 @@ async fn crash_case(op: Op, failpoint: &str, action: &str, new_layout: bool) {
     powerloss::sync_tree(&dir);
 
     let spec = format!("{failpoint}={action}");
-    let mut b = Broker::start(&dir, &[("FAILPOINTS", spec.as_str())]);
+    let mut b = start_broker(&dir, &[("FAILPOINTS", spec.as_str())]);
     let producers = spawn_producers(&b.endpoint, 3);
     let mut c = powerloss::connect(&b.endpoint).await;
     // Some records first, so the parents have something to close over.
@@ -244,7 +244,7 @@ async fn crash_case(op: Op, failpoint: &str, action: &str, new_layout: bool) {
     }
     fs.power_loss(LossMode::DropUnsynced);
 
-    let mut b = Broker::start(&dir, &[]);
+    let mut b = start_broker(&dir, &[]);
     let (mut c, _) = powerloss::first_answer(&mut b, "s").await;
     let d = describe(&mut c).await;
     assert_eq!(d.status, pb::StreamStatus::Active as i32, "{case}: the start finished the reshard");
