@@ -1,6 +1,6 @@
 //! `streamctl` over TLS and with credentials, against an in-process broker:
 //! `--ca-file` and `https://` addresses, client certificates, tokens from
-//! `--token-file` and `STREAM_BROKER_TOKEN`, and the `auth` commands.
+//! `--token-file` and `STREAMCTL_TOKEN`, and the `auth` commands.
 
 #[path = "../../broker/tests/common/certs.rs"]
 mod certs;
@@ -22,10 +22,12 @@ async fn streamctl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"))
-            .env_remove("STREAM_BROKER_ADDR")
-            .env_remove("STREAM_BROKER_TOKEN")
-            .env_remove("STREAM_BROKER_TOKEN_FILE")
-            .env_remove("STREAM_BROKER_CA_FILE")
+            .env_remove("STREAMCTL_BROKER")
+            .env_remove("STREAMCTL_PROFILE")
+            .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml")
+            .env_remove("STREAMCTL_TOKEN")
+            .env_remove("STREAMCTL_TOKEN_FILE")
+            .env_remove("STREAMCTL_CA_FILE")
             .envs(env)
             .args(&args)
             .timeout(RUN_TIMEOUT)
@@ -62,7 +64,7 @@ async fn streamctl_speaks_tls_with_a_ca_file_and_says_what_is_missing_without() 
     // The CA from the environment, and a bare host:port, work too.
     let bare = format!("localhost:{}", b.grpc_addr.port());
     let (code, out, err) =
-        streamctl(&["--broker", &bare, "stream", "list"], &[("STREAM_BROKER_CA_FILE", ca_file)]).await;
+        streamctl(&["--broker", &bare, "stream", "list"], &[("STREAMCTL_CA_FILE", ca_file)]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains('s'), "{out}");
 
