@@ -63,8 +63,7 @@ async fn streamctl_speaks_tls_with_a_ca_file_and_says_what_is_missing_without() 
     assert!(out.contains("created stream s"), "{out}");
     // The CA from the environment, and a bare host:port, work too.
     let bare = format!("localhost:{}", b.grpc_addr.port());
-    let (code, out, err) =
-        streamctl(&["--broker", &bare, "stream", "list"], &[("STREAMCTL_CA_FILE", ca_file)]).await;
+    let (code, out, err) = streamctl(&["--broker", &bare, "stream", "list"], &[("STREAMCTL_CA_FILE", ca_file)]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains('s'), "{out}");
 
