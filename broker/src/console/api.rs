@@ -275,6 +275,20 @@ pub async fn create_stream(
     Ok((StatusCode::CREATED, Json(stream_summary(&s.console, &stream))))
 }
 
+/// The checks every change to a stream makes first: mutations on and from
+/// this origin, the broker attached, the stream's name valid, the body's JSON.
+fn stream_change<'a, B: DeserializeOwned>(
+    s: &'a AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(&'a super::Attached, B), ApiError> {
+    s.console.check_mutation(headers)?;
+    let a = s.console.attached()?;
+    crate::catalog::validate_stream_name(name)?;
+    Ok((a, parse_body(body)?))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetentionBody {
@@ -288,10 +302,7 @@ pub async fn update_retention(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    s.console.check_mutation(&headers)?;
-    let a = s.console.attached()?;
-    crate::catalog::validate_stream_name(&name)?;
-    let b: RetentionBody = parse_body(&body)?;
+    let (a, b): (_, RetentionBody) = stream_change(&s, &name, &headers, &body)?;
     let stream = a.service.update_retention(&name, b.retention_hours).await?;
     tracing::info!(stream = %name, retention_hours = b.retention_hours, "retention changed from the console");
     Ok(Json(stream_summary(&s.console, &stream)))
@@ -314,10 +325,7 @@ pub async fn split_shard(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    s.console.check_mutation(&headers)?;
-    let a = s.console.attached()?;
-    crate::catalog::validate_stream_name(&name)?;
-    let b: SplitBody = parse_body(&body)?;
+    let (a, b): (_, SplitBody) = stream_change(&s, &name, &headers, &body)?;
     let at = match b.new_starting_hash_key {
         Some(k) => k,
         None => {
@@ -353,10 +361,7 @@ pub async fn merge_shards(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    s.console.check_mutation(&headers)?;
-    let a = s.console.attached()?;
-    crate::catalog::validate_stream_name(&name)?;
-    let b: MergeBody = parse_body(&body)?;
+    let (a, b): (_, MergeBody) = stream_change(&s, &name, &headers, &body)?;
     let stream = a.service.merge_shards(&name, &b.shard_id, &b.adjacent_shard_id).await?;
     tracing::info!(stream = %name, shard = %b.shard_id, adjacent = %b.adjacent_shard_id, "shards merged from the console");
     Ok(Json(stream_summary(&s.console, &stream)))
@@ -376,10 +381,7 @@ pub async fn scale_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    s.console.check_mutation(&headers)?;
-    let a = s.console.attached()?;
-    crate::catalog::validate_stream_name(&name)?;
-    let b: ScaleBody = parse_body(&body)?;
+    let (a, b): (_, ScaleBody) = stream_change(&s, &name, &headers, &body)?;
     let scaled = a.service.update_shard_count(&name, b.target_shard_count).await?;
     tracing::info!(stream = %name, from = scaled.from, target = scaled.target, "stream rescaled from the console");
     Ok(Json(stream_summary(&s.console, &scaled.stream)))

@@ -64,7 +64,7 @@ struct BrokerView {
 }
 
 #[derive(Debug)]
-struct Attached {
+pub(crate) struct Attached {
     service: Service,
     catalog: Arc<Catalog>,
     groups: Arc<GroupManager>,
