@@ -360,6 +360,9 @@ async fn changes_need_the_configuration_a_json_body_and_the_console_origin() {
     let (ro, _d1) = broker(fast(false)).await;
     let refused = change(ro.http_addr, "POST", "/api/v1/streams", json!({"name": "x", "shard_count": 1})).await;
     assert_eq!((refused.status, refused.json()["error"].as_str()), (403, Some("MutationsDisabled")));
+    let refused =
+        change(ro.http_addr, "POST", "/api/v1/streams/x/split", json!({"shard_id": "shardId-000000000000"})).await;
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (403, Some("MutationsDisabled")));
     assert_eq!(get_json(ro.http_addr, "/api/v1/streams").await["streams"], json!([]));
     ro.stop().await.expect("stop");
 
@@ -408,6 +411,45 @@ async fn changes_need_the_configuration_a_json_body_and_the_console_origin() {
     assert_eq!(get_json(addr, "/api/v1/streams/made-here").await["retention_hours"], 72);
     let bad = change(addr, "PUT", "/api/v1/streams/made-here/retention", json!({"retention_hours": 2})).await;
     assert_eq!((bad.status, bad.json()["field"].as_str()), (400, Some("retention_hours")));
+
+    // Resharding: a split in the middle, a merge of the children, a rescale;
+    // the shard tree shows the closed parents and the children's parents.
+    let split =
+        change(addr, "POST", "/api/v1/streams/made-here/split", json!({"shard_id": "shardId-000000000000"})).await;
+    assert_eq!(split.status, 200, "{}", String::from_utf8_lossy(&split.body));
+    assert_eq!(split.json()["open_shards"], 4);
+    let st = get_json(addr, "/api/v1/streams/made-here").await;
+    let shard = |id: &str| st["shards"].as_array().expect("shards").iter().find(|s| s["shard_id"] == id).cloned();
+    let parent = shard("shardId-000000000000").expect("the parent stays listed");
+    assert_eq!((parent["state"].as_str(), parent["ending_sequence_number"].as_u64()), (Some("closed"), Some(0)));
+    for child in ["shardId-000000000003", "shardId-000000000004"] {
+        let c = shard(child).expect("a child");
+        assert_eq!((c["state"].as_str(), c["parent_shard_id"].as_str()), (Some("open"), Some("shardId-000000000000")));
+    }
+    let again =
+        change(addr, "POST", "/api/v1/streams/made-here/split", json!({"shard_id": "shardId-000000000000"})).await;
+    assert_eq!(again.status / 100, 4, "a closed shard cannot be split: {}", String::from_utf8_lossy(&again.body));
+    let merged = change(
+        addr,
+        "POST",
+        "/api/v1/streams/made-here/merge",
+        json!({"shard_id": "shardId-000000000003", "adjacent_shard_id": "shardId-000000000004"}),
+    )
+    .await;
+    assert_eq!(merged.status, 200, "{}", String::from_utf8_lossy(&merged.body));
+    assert_eq!(merged.json()["open_shards"], 3);
+    let m = get_json(addr, "/api/v1/streams/made-here").await;
+    let child =
+        m["shards"].as_array().expect("shards").iter().find(|s| s["shard_id"] == "shardId-000000000005").cloned();
+    let child = child.expect("the merge child");
+    assert_eq!(
+        (child["parent_shard_id"].as_str(), child["adjacent_parent_shard_id"].as_str()),
+        (Some("shardId-000000000003"), Some("shardId-000000000004"))
+    );
+    let scaled = change(addr, "POST", "/api/v1/streams/made-here/scale", json!({"target_shard_count": 6})).await;
+    assert_eq!((scaled.status, scaled.json()["open_shards"].as_u64()), (200, Some(6)));
+    let bad = change(addr, "POST", "/api/v1/streams/made-here/scale", json!({"target_shard_count": 13})).await;
+    assert_eq!((bad.status, bad.json()["field"].as_str()), (400, Some("target_shard_count")));
     b.stop().await.expect("stop");
 }
 

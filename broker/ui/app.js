@@ -385,6 +385,7 @@ async function streamPage(main, name) {
   const first = await api(`/api/v1/streams/${enc(name)}`);
   main.replaceChildren(h("h1", {}, `Stream ${name}`), head,
     h("h2", {}, "Retention"), o.mutations_enabled ? retentionEditor(first) : h("p", { class: "note" }, "Read-only console: changing retention is turned off (console.mutations)."),
+    h("h2", {}, "Resharding"), o.mutations_enabled ? reshardEditor(first) : h("p", { class: "note" }, "Read-only console: splitting, merging and rescaling are turned off (console.mutations)."),
     h("h2", {}, "Shards"), tree);
   await live(head, () => api(`/api/v1/streams/${enc(name)}`), (st) => {
     update(tree, shardTree(st.shards, name, st.quotas));
@@ -411,6 +412,46 @@ function retentionEditor(st) {
     try { await api(`/api/v1/streams/${enc(st.name)}/retention`, { method: "PUT", body: { retention_hours: hours } }); msg.textContent = "Changed."; }
     catch (e) { msg.textContent = e.message; }
   } }, input, h("button", { type: "submit", class: "secondary" }, "Change retention…"), msg);
+}
+
+// Split one open shard, merge two adjacent open ones, or rescale (UpdateShardCount).
+function reshardEditor(st) {
+  const box = h("div", { "data-testid": "reshard" });
+  const msg = h("span", { role: "status" });
+  const render = (st) => {
+    const open = st.shards.filter((x) => x.state === "open")
+      .sort((a, b) => (BigInt(a.starting_hash_key) < BigInt(b.starting_hash_key) ? -1 : 1));
+    const pairs = [];
+    for (let i = 1; i < open.length; i++) {
+      if (BigInt(open[i - 1].ending_hash_key) + 1n === BigInt(open[i].starting_hash_key)) pairs.push([open[i - 1].shard_id, open[i].shard_id]);
+    }
+    const done = async (title, text, label, path, body) => {
+      if (!(await confirmAction(title, text, label))) return;
+      try {
+        await api(`/api/v1/streams/${enc(st.name)}/${path}`, { method: "POST", body });
+        msg.textContent = "Done.";
+        render(await api(`/api/v1/streams/${enc(st.name)}`));
+      } catch (e) { msg.textContent = e.message; }
+    };
+    const splitSel = h("select", { "aria-label": "Shard to split" }, open.map((x) => h("option", { value: x.shard_id }, x.shard_id)));
+    const mergeSel = h("select", { "aria-label": "Adjacent shards to merge" }, pairs.map(([a, b]) => h("option", { value: `${a} ${b}` }, `${a} + ${b}`)));
+    const count = h("input", { type: "number", min: "1", value: String(open.length), "aria-label": "Open shards wanted" });
+    box.replaceChildren(
+      h("form", { class: "inline", onsubmit: (ev) => { ev.preventDefault();
+        done("Split shard", `Split ${splitSel.value} of "${st.name}" in the middle of its hash range? It closes (and stays readable); two children take its writes.`, "Split", "split", { shard_id: splitSel.value }); } },
+        splitSel, h("button", { type: "submit", class: "secondary", disabled: open.length ? null : true }, "Split…")),
+      h("form", { class: "inline", onsubmit: (ev) => { ev.preventDefault();
+        const [a, b] = mergeSel.value.split(" ");
+        done("Merge shards", `Merge ${a} and ${b} of "${st.name}"? Both close (and stay readable); one child takes their writes.`, "Merge", "merge", { shard_id: a, adjacent_shard_id: b }); } },
+        mergeSel, h("button", { type: "submit", class: "secondary", disabled: pairs.length ? null : true }, "Merge…")),
+      h("form", { class: "inline", onsubmit: (ev) => { ev.preventDefault();
+        const n = Number(count.value);
+        done("Rescale stream", `Rescale "${st.name}" from ${open.length} to ${n} open shards (UpdateShardCount, at most double or half; a limited number per day)?`, "Rescale", "scale", { target_shard_count: n }); } },
+        count, h("button", { type: "submit", class: "secondary" }, "Rescale…")),
+      msg);
+  };
+  render(st);
+  return box;
 }
 
 // ---------- consumer groups ----------

@@ -21,9 +21,13 @@
 //!   declared streams (their groups go with them). Streams and groups the
 //!   file does not name are never touched, except that deleting a declared
 //!   stream deletes every group on it, which removal refuses to do silently.
+//! - **Shard counts by UpdateShardCount.** A different shard count is
+//!   applied as uniform rescales, each at most doubling or halving the open
+//!   shards (as AWS allows per call), so it counts against the stream's
+//!   daily scaling limit; closed parents of earlier reshards are not counted.
 //! - **All or nothing up front.** A plan is computed completely before the
-//!   first change, and a plan with a refused change (a shard count, a
-//!   record-size or group-start change the broker cannot make) applies
+//!   first change, and a plan with a refused change (a record-size or
+//!   group-start change the broker cannot make) applies
 //!   nothing. A broker failure half-way leaves the changes made so far, and
 //!   the next deploy finishes the rest, because:
 //! - **Idempotent.** Deploying an applied file changes nothing: [`deploy`]
@@ -558,6 +562,16 @@ pub enum Change {
         /// The file's values of the changed fields; the others are `None`.
         to: QuotaSpec,
     },
+    /// Change a stream's open shard count with UpdateShardCount (uniform
+    /// scaling), in `steps`: each at most doubles or halves the open shards.
+    Rescale {
+        /// Stream name.
+        stream: String,
+        /// The broker's open shards.
+        from: u32,
+        /// The file's shard count, the last step.
+        steps: Vec<u32>,
+    },
     /// Create a declared group that does not exist.
     CreateGroup(GroupSpec),
     /// Create a declared principal that does not exist.
@@ -569,6 +583,18 @@ pub enum Change {
     },
     /// Add a declared grant the broker does not have.
     AddGrant(GrantSpec),
+}
+
+/// The UpdateShardCount targets from `from` to `to` open shards, each at
+/// most double or half the one before (AWS's limit per call).
+pub fn rescale_steps(from: u32, to: u32) -> Vec<u32> {
+    let mut steps = Vec::new();
+    let mut at = from.max(1);
+    while at != to {
+        at = if to > at { to.min(at.saturating_mul(2)) } else { to.max(at.div_ceil(2)) };
+        steps.push(at);
+    }
+    steps
 }
 
 impl fmt::Display for Change {
@@ -602,6 +628,10 @@ impl fmt::Display for Change {
                     }
                 }
                 Ok(())
+            }
+            Change::Rescale { stream, from, steps } => {
+                let path: Vec<String> = steps.iter().map(u32::to_string).collect();
+                write!(f, "~ stream {stream}: shards {from} -> {} (UpdateShardCount)", path.join(" -> "))
             }
             Change::CreateGroup(g) => write!(f, "+ group {} on {}: start {}", g.name, g.stream, g.start.as_str()),
             Change::CreatePrincipal { name, .. } => write!(f, "+ principal {name}"),
@@ -658,13 +688,14 @@ pub async fn plan(admin: &Admin, stack: &Stack) -> Result<Plan> {
             continue;
         }
         let live = admin.describe_stream(&spec.name).await?;
-        let shards = u32::try_from(live.shards.len()).unwrap_or(u32::MAX);
+        // Closed parents of a reshard are listed until retention removes them; only open shards count.
+        let shards = live.open_shard_count;
         if shards != spec.shards {
-            plan.refused.push(format!(
-                "stream {}: the file asks for {} shards, the broker has {shards}; this broker cannot change a \
-                 stream's shard count (resharding is not available yet)",
-                spec.name, spec.shards
-            ));
+            plan.changes.push(Change::Rescale {
+                stream: spec.name.clone(),
+                from: shards,
+                steps: rescale_steps(shards, spec.shards),
+            });
         }
         if let Some(max) = spec.max_record_bytes
             && max != live.max_record_bytes
@@ -801,6 +832,11 @@ pub async fn apply(admin: &Admin, stack: &Stack, plan: &Plan) -> Result<()> {
             }
             Change::UpdateQuotas { stream, to, .. } => {
                 admin.update_quotas(stream, to.to_pb()).await?;
+            }
+            Change::Rescale { stream, steps, .. } => {
+                for &target in steps {
+                    admin.update_shard_count(stream, target).await?;
+                }
             }
             Change::CreateGroup(g) => create_group(admin, g).await?,
             Change::CreatePrincipal { name, description } => {

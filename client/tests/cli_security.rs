@@ -1,6 +1,6 @@
 //! `streamctl` over TLS and with credentials, against an in-process broker:
 //! `--ca-file` and `https://` addresses, client certificates, tokens from
-//! `--token-file` and `STREAM_BROKER_TOKEN`, and the `auth` commands.
+//! `--token-file` and `STREAMCTL_TOKEN`, and the `auth` commands.
 
 #[path = "../../broker/tests/common/certs.rs"]
 mod certs;
@@ -22,10 +22,12 @@ async fn streamctl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_streamctl"))
-            .env_remove("STREAM_BROKER_ADDR")
-            .env_remove("STREAM_BROKER_TOKEN")
-            .env_remove("STREAM_BROKER_TOKEN_FILE")
-            .env_remove("STREAM_BROKER_CA_FILE")
+            .env_remove("STREAMCTL_BROKER")
+            .env_remove("STREAMCTL_PROFILE")
+            .env("STREAMCTL_CONFIG", "/nonexistent/streamctl.toml")
+            .env_remove("STREAMCTL_TOKEN")
+            .env_remove("STREAMCTL_TOKEN_FILE")
+            .env_remove("STREAMCTL_CA_FILE")
             .envs(env)
             .args(&args)
             .timeout(RUN_TIMEOUT)
@@ -61,8 +63,7 @@ async fn streamctl_speaks_tls_with_a_ca_file_and_says_what_is_missing_without() 
     assert!(out.contains("created stream s"), "{out}");
     // The CA from the environment, and a bare host:port, work too.
     let bare = format!("localhost:{}", b.grpc_addr.port());
-    let (code, out, err) =
-        streamctl(&["--broker", &bare, "stream", "list"], &[("STREAM_BROKER_CA_FILE", ca_file)]).await;
+    let (code, out, err) = streamctl(&["--broker", &bare, "stream", "list"], &[("STREAMCTL_CA_FILE", ca_file)]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains('s'), "{out}");
 
@@ -135,7 +136,7 @@ async fn streamctl_auth_manages_principals_tokens_and_grants() {
         assert_eq!(code, 0, "{err}");
     }
 
-    // As relay, by its token from a file and from the environment.
+    // As relay, by its token from a file and from the environment (STREAMCTL_TOKEN).
     let relay_file = dir.path().join("relay.token");
     std::fs::write(&relay_file, &token).expect("write");
     let relay_file = relay_file.to_str().expect("utf-8");
@@ -143,7 +144,7 @@ async fn streamctl_auth_manages_principals_tokens_and_grants() {
         streamctl(&["--broker", &broker_addr, "--token-file", relay_file, "auth", "whoami"], &[]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("relay (by token ") && out.contains("stream:orders-audit"), "{out}");
-    let env = [("STREAM_BROKER_TOKEN", token.as_str())];
+    let env = [("STREAMCTL_TOKEN", token.as_str())];
     let (code, _, err) = streamctl(&["--broker", &broker_addr, "stream", "describe", "orders-eu"], &env).await;
     assert_eq!(code, 0, "writing implies describing: {err}");
     let (code, _, err) = streamctl(&["--broker", &broker_addr, "stream", "describe", "orders-audit"], &env).await;

@@ -189,23 +189,63 @@ async fn a_difference_deploy_cannot_make_refuses_the_whole_deploy() {
     let file = write(dir.path(), "stack.toml", TWO_STREAMS);
     stack::deploy(&admin, &Stack::load(&file).expect("load")).await.expect("first deploy");
 
-    let changed =
-        TWO_STREAMS.replacen("shards = 2", "shards = 4", 1).replace("retentionHours = 168", "retentionHours = 48");
+    let changed = TWO_STREAMS
+        .replacen("maxRecordBytes = 1048576", "maxRecordBytes = 524288", 1)
+        .replace("retentionHours = 168", "retentionHours = 48");
     write(dir.path(), "stack.toml", &changed);
     let path = file.to_str().expect("utf-8 path");
     let r = streamctl(&addr, &["stack", "deploy", path]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains("stream orders: the file asks for 4 shards, the broker has 2")
+        r.stderr.contains("stream orders: maxRecordBytes is 524288 in the file and 1048576 on the broker")
             && r.stderr.contains("nothing was changed"),
-        "names the stream and both counts: {}",
+        "names the stream and both values: {}",
         r.stderr
     );
     assert_eq!(describe(&admin, "orders-dlq").await.retention_hours, 168, "the retention change waits too");
     let r = streamctl(&addr, &["stack", "diff", path]).await;
     assert_eq!(r.code, 3);
-    assert!(r.stdout.contains("! stream orders: the file asks for 4 shards"), "{}", r.stdout);
+    assert!(r.stdout.contains("! stream orders: maxRecordBytes is 524288"), "{}", r.stdout);
     assert!(r.stdout.contains("~ stream orders-dlq: retentionHours 168 -> 48"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_count_change_is_deployed_with_update_shard_count_steps() {
+    let b = TestBroker::start().await;
+    let addr = b.endpoint();
+    let admin = Admin::connect(&addr).await.expect("admin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "stack.toml", TWO_STREAMS);
+    stack::deploy(&admin, &Stack::load(&file).expect("load")).await.expect("first deploy");
+
+    // 2 -> 5 is more than one call may do: it goes 2 -> 4 -> 5.
+    write(dir.path(), "stack.toml", &TWO_STREAMS.replacen("shards = 2", "shards = 5", 1));
+    let path = file.to_str().expect("utf-8 path");
+    let r = streamctl(&addr, &["stack", "diff", path]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("~ stream orders: shards 2 -> 4 -> 5 (UpdateShardCount)"), "{}", r.stdout);
+    let r = streamctl(&addr, &["stack", "deploy", path]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = describe(&admin, "orders").await;
+    assert_eq!(d.open_shard_count, 5, "{d:?}");
+    assert!(d.shards.len() > 5, "the closed parents stay listed: {}", d.shards.len());
+    assert_eq!(streamctl(&addr, &["stack", "diff", path]).await.code, 0, "closed parents are not counted");
+
+    // And back down, halving at most per call: 5 -> 3 -> 2.
+    write(dir.path(), "stack.toml", TWO_STREAMS);
+    let r = streamctl(&addr, &["stack", "diff", path]).await;
+    assert!(r.stdout.contains("~ stream orders: shards 5 -> 3 -> 2 (UpdateShardCount)"), "{}", r.stdout);
+    assert_eq!(streamctl(&addr, &["stack", "deploy", path]).await.code, 0);
+    assert_eq!(describe(&admin, "orders").await.open_shard_count, 2);
+}
+
+#[test]
+fn rescale_steps_double_or_halve_at_most() {
+    assert_eq!(stack::rescale_steps(2, 5), vec![4, 5]);
+    assert_eq!(stack::rescale_steps(1, 16), vec![2, 4, 8, 16]);
+    assert_eq!(stack::rescale_steps(16, 3), vec![8, 4, 3]);
+    assert_eq!(stack::rescale_steps(5, 2), vec![3, 2]);
+    assert!(stack::rescale_steps(4, 4).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

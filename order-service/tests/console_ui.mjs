@@ -61,7 +61,12 @@ async function newPage(viewport, label) {
   const page = await context.newPage();
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${label} ${page.url()}: ${m.text()}`); });
   page.on("pageerror", (e) => consoleErrors.push(`${label} ${page.url()}: ${e.message}`));
-  page.on("requestfailed", (r) => { if (!r.url().includes("format=jsonl")) consoleErrors.push(`${label} request failed ${r.url()}: ${r.failure()?.errorText}`); });
+  // ERR_ABORTED is the browser cancelling a request itself (a live poll in
+  // flight when a page navigates or closes): not a failure the user sees.
+  page.on("requestfailed", (r) => {
+    const why = r.failure()?.errorText;
+    if (!r.url().includes("format=jsonl") && why !== "net::ERR_ABORTED") consoleErrors.push(`${label} request failed ${r.url()}: ${why}`);
+  });
   return page;
 }
 async function shot(page, name) { await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true }); }

@@ -275,6 +275,20 @@ pub async fn create_stream(
     Ok((StatusCode::CREATED, Json(stream_summary(&s.console, &stream))))
 }
 
+/// The checks every change to a stream makes first: mutations on and from
+/// this origin, the broker attached, the stream's name valid, the body's JSON.
+fn stream_change<'a, B: DeserializeOwned>(
+    s: &'a AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(&'a super::Attached, B), ApiError> {
+    s.console.check_mutation(headers)?;
+    let a = s.console.attached()?;
+    crate::catalog::validate_stream_name(name)?;
+    Ok((a, parse_body(body)?))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetentionBody {
@@ -288,13 +302,89 @@ pub async fn update_retention(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    s.console.check_mutation(&headers)?;
-    let a = s.console.attached()?;
-    crate::catalog::validate_stream_name(&name)?;
-    let b: RetentionBody = parse_body(&body)?;
+    let (a, b): (_, RetentionBody) = stream_change(&s, &name, &headers, &body)?;
     let stream = a.service.update_retention(&name, b.retention_hours).await?;
     tracing::info!(stream = %name, retention_hours = b.retention_hours, "retention changed from the console");
     Ok(Json(stream_summary(&s.console, &stream)))
+}
+
+/// `POST /api/v1/streams/{stream}/split` body: the shard, and where its
+/// second child starts (decimal; the middle of its range when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    shard_id: String,
+    #[serde(default)]
+    new_starting_hash_key: Option<String>,
+}
+
+/// `POST /api/v1/streams/{stream}/split`: SplitShard.
+pub async fn split_shard(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let (a, b): (_, SplitBody) = stream_change(&s, &name, &headers, &body)?;
+    let at = match b.new_starting_hash_key {
+        Some(k) => k,
+        None => {
+            let stream = a.catalog.get(&name)?;
+            let shard = stream.shard_by_id("shard_id", &b.shard_id)?;
+            let (lo, hi) = shard.hash_range;
+            if lo == hi {
+                return Err(ApiError::invalid(
+                    "shard_id",
+                    format!("{} owns one hash key and cannot be split", b.shard_id),
+                ));
+            }
+            (lo + (hi - lo) / 2 + 1).to_string()
+        }
+    };
+    let stream = a.service.split_shard(&name, &b.shard_id, &at).await?;
+    tracing::info!(stream = %name, shard = %b.shard_id, at = %at, "shard split from the console");
+    Ok(Json(stream_summary(&s.console, &stream)))
+}
+
+/// `POST /api/v1/streams/{stream}/merge` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    shard_id: String,
+    adjacent_shard_id: String,
+}
+
+/// `POST /api/v1/streams/{stream}/merge`: MergeShards.
+pub async fn merge_shards(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let (a, b): (_, MergeBody) = stream_change(&s, &name, &headers, &body)?;
+    let stream = a.service.merge_shards(&name, &b.shard_id, &b.adjacent_shard_id).await?;
+    tracing::info!(stream = %name, shard = %b.shard_id, adjacent = %b.adjacent_shard_id, "shards merged from the console");
+    Ok(Json(stream_summary(&s.console, &stream)))
+}
+
+/// `POST /api/v1/streams/{stream}/scale` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    target_shard_count: u32,
+}
+
+/// `POST /api/v1/streams/{stream}/scale`: UpdateShardCount (uniform).
+pub async fn scale_stream(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let (a, b): (_, ScaleBody) = stream_change(&s, &name, &headers, &body)?;
+    let scaled = a.service.update_shard_count(&name, b.target_shard_count).await?;
+    tracing::info!(stream = %name, from = scaled.from, target = scaled.target, "stream rescaled from the console");
+    Ok(Json(stream_summary(&s.console, &scaled.stream)))
 }
 
 fn start_view(p: StartPosition) -> Value {

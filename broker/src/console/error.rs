@@ -99,24 +99,28 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::StreamNotFound { .. }
             | BrokerError::ShardNotFound { .. }
+            | BrokerError::ConsumerNotFound { .. }
             | BrokerError::GroupNotFound { .. }
             | BrokerError::UnknownMember { .. } => StatusCode::NOT_FOUND,
-            BrokerError::StreamExists { .. } | BrokerError::GroupBusy { .. } | BrokerError::Fenced { .. } => {
-                StatusCode::CONFLICT
-            }
+            BrokerError::StreamExists { .. }
+            | BrokerError::GroupBusy { .. }
+            | BrokerError::Fenced { .. }
+            | BrokerError::ResourceInUse { .. } => StatusCode::CONFLICT,
+            BrokerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            BrokerError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             BrokerError::Throttled { .. } | BrokerError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::SequenceTrimmed { .. } | BrokerError::SequenceBeyondEnd { .. } => {
                 StatusCode::RANGE_NOT_SATISFIABLE
             }
             BrokerError::ExpiredIterator { .. } => StatusCode::BAD_REQUEST,
             BrokerError::ShardFailed { .. }
+            | BrokerError::ShardClosed { .. }
             | BrokerError::DiskFull { .. }
             | BrokerError::StorageIo { .. }
             | BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            BrokerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            BrokerError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-            _ => {
+            // Named on purpose (no catch-all): a new kind must be given a status here.
+            BrokerError::Tls(_) | BrokerError::Internal(_) | BrokerError::Metadata(_) | BrokerError::Io { .. } => {
                 tracing::error!(error = %e, "console call failed");
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "internal error; see the broker log");
             }

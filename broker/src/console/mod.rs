@@ -66,7 +66,7 @@ struct BrokerView {
 }
 
 #[derive(Debug)]
-struct Attached {
+pub(crate) struct Attached {
     service: Service,
     catalog: Arc<Catalog>,
     groups: Arc<GroupManager>,
@@ -154,6 +154,9 @@ pub fn router(console: Arc<Console>, readiness: Arc<Readiness>) -> Router {
         .route("/api/v1/streams", get(api::streams).post(api::create_stream))
         .route("/api/v1/streams/{stream}", get(api::stream))
         .route("/api/v1/streams/{stream}/retention", put(api::update_retention))
+        .route("/api/v1/streams/{stream}/split", post(api::split_shard))
+        .route("/api/v1/streams/{stream}/merge", post(api::merge_shards))
+        .route("/api/v1/streams/{stream}/scale", post(api::scale_stream))
         .route("/api/v1/streams/{stream}/shards/{shard}/records", get(records::records))
         .route("/api/v1/groups", get(api::groups))
         .route("/api/v1/streams/{stream}/groups/{group}", get(api::group))

@@ -50,7 +50,7 @@ use tonic::transport::Channel;
 #[command(about = "Load generator for stream-broker")]
 pub(crate) struct Args {
     /// Use this broker instead of an in-process one.
-    #[arg(long, env = "STREAM_BROKER_ADDR")]
+    #[arg(long, env = "STREAM_BENCH_BROKER")]
     broker: Option<String>,
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 5)]

@@ -30,7 +30,7 @@
 //! differs from the file.
 //!
 //! Over TLS with `--ca-file` or an `https://` address, as the principal of
-//! `--token-file` (or the `STREAM_BROKER_TOKEN` variable; a token is never
+//! `--token-file` (or the `STREAMCTL_TOKEN` variable; a token is never
 //! a flag, so it stays out of `ps` and shell history) or of the client
 //! certificate `--cert-file`/`--key-file`.
 //!
@@ -98,24 +98,24 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct Security {
     /// PEM CA certificate the broker's certificate must chain to; turns TLS on.
-    #[arg(long, global = true, env = "STREAM_BROKER_CA_FILE", value_name = "PATH")]
+    #[arg(long, global = true, env = "STREAMCTL_CA_FILE", value_name = "PATH")]
     ca_file: Option<PathBuf>,
     /// PEM client certificate, for mutual TLS (its common name is the principal).
-    #[arg(long, global = true, env = "STREAM_BROKER_CERT_FILE", value_name = "PATH", requires = "key_file")]
+    #[arg(long, global = true, env = "STREAMCTL_CERT_FILE", value_name = "PATH", requires = "key_file")]
     cert_file: Option<PathBuf>,
     /// PEM private key of --cert-file.
-    #[arg(long, global = true, env = "STREAM_BROKER_KEY_FILE", value_name = "PATH", requires = "cert_file")]
+    #[arg(long, global = true, env = "STREAMCTL_KEY_FILE", value_name = "PATH", requires = "cert_file")]
     key_file: Option<PathBuf>,
     /// The name the broker's certificate must carry, when not the address's host.
-    #[arg(long, global = true, env = "STREAM_BROKER_SERVER_NAME", value_name = "NAME")]
+    #[arg(long, global = true, env = "STREAMCTL_SERVER_NAME", value_name = "NAME")]
     server_name: Option<String>,
-    /// File holding the API token to send (else the STREAM_BROKER_TOKEN variable).
-    #[arg(long, global = true, env = "STREAM_BROKER_TOKEN_FILE", value_name = "PATH")]
+    /// File holding the API token to send (else the STREAMCTL_TOKEN variable).
+    #[arg(long, global = true, env = "STREAMCTL_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<PathBuf>,
 }
 
 /// The environment variable a token may come from.
-const TOKEN_VAR: &str = "STREAM_BROKER_TOKEN";
+const TOKEN_VAR: &str = "STREAMCTL_TOKEN";
 
 impl Security {
     fn options(&self) -> Result<ConnectOptions, CliError> {
