@@ -190,11 +190,19 @@ impl Service {
         let mut groups: HashMap<u32, Vec<NewRecord>> = HashMap::new();
         let mut throttled_shards: HashMap<u32, u64> = HashMap::new();
         let mut refusals: HashMap<u32, BrokerError> = HashMap::new();
+        // Whether each shard of the batch refuses writes, asked once per shard.
+        let mut refusing: HashMap<u32, bool> = HashMap::new();
         let (mut bytes_in, mut throttled) = (0u64, 0u64);
         for (e, (shard, size)) in entries.into_iter().zip(routed) {
             let target = layout.shard(shard).ok_or_else(|| BrokerError::Internal("a route to no shard".into()))?;
-            if let Some(refusal) = target.write_refusal() {
-                refusals.entry(shard).or_insert(refusal);
+            let refused = *refusing.entry(shard).or_insert_with(|| match target.write_refusal() {
+                Some(refusal) => {
+                    refusals.insert(shard, refusal);
+                    true
+                }
+                None => false,
+            });
+            if refused {
                 outcome.push(Outcome::Refused { shard });
                 continue;
             }
@@ -284,12 +292,15 @@ impl PendingPut {
         }
         let mut resp = PutRecordsResult { failed_record_count: 0, records: Vec::with_capacity(self.outcome.len()) };
         let mut records_in = 0u64;
+        // Each shard's id is formatted once per batch, not once per record.
+        let mut ids: HashMap<u32, String> = HashMap::with_capacity(appended.len());
         for o in self.outcome {
             let entry = match o {
                 Outcome::Queued { shard, offset } => match &appended[&shard] {
                     Ok(a) => {
                         records_in += 1;
-                        Ok(PutRecordResult { shard, shard_id: shard_id(shard), sequence_number: a.first_seq + offset })
+                        let shard_id = ids.entry(shard).or_insert_with(|| shard_id(shard)).clone();
+                        Ok(PutRecordResult { shard, shard_id, sequence_number: a.first_seq + offset })
                     }
                     Err(e) => Err(record_failure(e)),
                 },
