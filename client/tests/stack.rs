@@ -68,6 +68,16 @@ batchSize = 10
 deadLetter = "orders-dlq"
 "#;
 
+/// A broker with [`TWO_STREAMS`] deployed from `<dir>/stack.toml`.
+async fn deployed_two_streams() -> (TestBroker, Admin, tempfile::TempDir, PathBuf) {
+    let b = TestBroker::start().await;
+    let admin = Admin::connect(&b.endpoint()).await.expect("admin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "stack.toml", TWO_STREAMS);
+    stack::deploy(&admin, &Stack::load(&file).expect("load")).await.expect("first deploy");
+    (b, admin, dir, file)
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write the stack file");
@@ -145,12 +155,8 @@ async fn deploy_creates_everything_once_and_the_second_deploy_changes_nothing() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changed_retention_and_quotas_are_applied_and_diff_says_so_first() {
-    let b = TestBroker::start().await;
+    let (b, admin, dir, file) = deployed_two_streams().await;
     let addr = b.endpoint();
-    let admin = Admin::connect(&addr).await.expect("admin");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "stack.toml", TWO_STREAMS);
-    stack::deploy(&admin, &Stack::load(&file).expect("load")).await.expect("first deploy");
     put(&admin, "orders", 10).await;
 
     let changed = TWO_STREAMS
@@ -182,12 +188,8 @@ async fn changed_retention_and_quotas_are_applied_and_diff_says_so_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_difference_deploy_cannot_make_refuses_the_whole_deploy() {
-    let b = TestBroker::start().await;
+    let (b, admin, dir, file) = deployed_two_streams().await;
     let addr = b.endpoint();
-    let admin = Admin::connect(&addr).await.expect("admin");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "stack.toml", TWO_STREAMS);
-    stack::deploy(&admin, &Stack::load(&file).expect("load")).await.expect("first deploy");
 
     let changed = TWO_STREAMS
         .replacen("maxRecordBytes = 1048576", "maxRecordBytes = 524288", 1)
@@ -211,12 +213,8 @@ async fn a_difference_deploy_cannot_make_refuses_the_whole_deploy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shard_count_change_is_deployed_with_update_shard_count_steps() {
-    let b = TestBroker::start().await;
+    let (b, admin, dir, file) = deployed_two_streams().await;
     let addr = b.endpoint();
-    let admin = Admin::connect(&addr).await.expect("admin");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "stack.toml", TWO_STREAMS);
-    stack::deploy(&admin, &Stack::load(&file).expect("load")).await.expect("first deploy");
 
     // 2 -> 5 is more than one call may do: it goes 2 -> 4 -> 5.
     write(dir.path(), "stack.toml", &TWO_STREAMS.replacen("shards = 2", "shards = 5", 1));
