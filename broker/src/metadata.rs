@@ -248,7 +248,7 @@ pub struct ConsumerMeta {
     /// Its tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
-    /// Its resource policy, stored and returned (not enforced).
+    /// Its resource policy (see `crate::auth::resource_policy`).
     #[serde(default)]
     pub policy: Option<String>,
 }
@@ -263,7 +263,7 @@ pub struct StreamAttributes {
     pub mode: StreamMode,
     /// Tags, by key.
     pub tags: BTreeMap<String, String>,
-    /// Resource policy, stored and returned (not enforced).
+    /// Resource policy (see `crate::auth::resource_policy`).
     pub policy: Option<String>,
     /// Enhanced monitoring: shard-level metric names, stored and reported.
     pub shard_level_metrics: std::collections::BTreeSet<String>,

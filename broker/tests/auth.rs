@@ -970,3 +970,138 @@ async fn console_changes_are_authorized_as_the_callers_own() {
     assert_eq!(code, 200, "{body}");
     s.b.stop().await.expect("stop");
 }
+
+/// Kinesis resource policies are evaluated with the grants, for Kinesis
+/// calls only: a policy's allow admits a principal without a grant, its
+/// deny refuses one with a grant, what it does not say is left to the
+/// grants, a consumer's own policy applies to calls naming the consumer,
+/// and a policy the broker could not enforce whole is refused naming the
+/// element.
+#[tokio::test(flavor = "multi_thread")]
+async fn kinesis_resource_policies_allow_and_deny_together_with_the_grants() {
+    let keys = [
+        ("AKIAROOT00000000", "root-secret", "root"),
+        ("AKIAWRITER000000", "writer-secret", "writer"),
+        ("AKIAGUEST0000000", "guest-secret", "guest"),
+    ];
+    let s = Secured::start(|c, _| {
+        c.auth.super_users = vec!["root".into()];
+        c.kinesis.auth = KinesisAuth::Strict;
+        c.kinesis.access_keys = keys
+            .iter()
+            .map(|(id, secret, _)| AccessKey { access_key_id: id.to_string(), secret_access_key: secret.to_string() })
+            .collect();
+        c.auth.access_key_principals = keys.iter().map(|(id, _, p)| (id.to_string(), p.to_string())).collect();
+    })
+    .await;
+    let kinesis = s.b.kinesis_addr.expect("Kinesis API");
+    let writer_token = s.principal("writer", &[allow("writer", "record:put", "stream:orders")]).await;
+    s.principal("guest", &[]).await;
+    let key = |who: &str| keys.iter().find(|k| k.2 == who).map(|k| (k.0, k.1)).expect("a key");
+    let call = |who: &'static str, operation: &'static str, body: serde_json::Value| async move {
+        kinesis_call(kinesis, operation, &body.to_string(), Some(key(who))).await
+    };
+    let verdict = |(code, body): (u16, String)| match code {
+        200 => 'A',
+        400 if body.contains("AccessDeniedException") => 'D',
+        _ => panic!("neither allowed nor denied: {code} {body}"),
+    };
+    let arn = "arn:aws:kinesis:us-east-1:000000000000:stream/orders";
+    let put = || serde_json::json!({"StreamName": "orders", "Data": "cG9saWN5", "PartitionKey": "k"});
+    let iterator = || serde_json::json!({"StreamName": "orders", "ShardId": "shardId-000000000000", "ShardIteratorType": "TRIM_HORIZON"});
+    let (code, body) = call("root", "CreateStream", serde_json::json!({"StreamName": "orders", "ShardCount": 1})).await;
+    assert_eq!(code, 200, "{body}");
+    let active = Instant::now();
+    loop {
+        let (_, body) = call("root", "DescribeStreamSummary", serde_json::json!({"StreamName": "orders"})).await;
+        if body.contains("ACTIVE") {
+            break;
+        }
+        assert!(active.elapsed() < BOUND, "the stream never became ACTIVE: {body}");
+        tokio::task::yield_now().await;
+    }
+
+    // Grants alone.
+    assert_eq!(verdict(call("writer", "PutRecord", put()).await), 'A');
+    assert_eq!(verdict(call("guest", "PutRecord", put()).await), 'D');
+
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "guest-writes", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::000000000000:user/guest"},
+             "Action": "kinesis:Put*", "Resource": arn},
+            {"Sid": "writer-stops", "Effect": "Deny", "Principal": {"AWS": ["arn:aws:iam::000000000000:user/writer"]},
+             "Action": ["kinesis:PutRecord"], "Resource": "arn:aws:kinesis:*:*:stream/ord*"},
+        ]
+    });
+    let (code, body) =
+        call("root", "PutResourcePolicy", serde_json::json!({"ResourceARN": arn, "Policy": policy.to_string()})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        verdict(call("guest", "PutRecord", put()).await),
+        'A',
+        "the policy's allow admits a principal without grants"
+    );
+    assert_eq!(
+        verdict(
+            call(
+                "guest",
+                "PutRecords",
+                serde_json::json!({"StreamName": "orders", "Records": [{"Data": "eA==", "PartitionKey": "k"}]})
+            )
+            .await
+        ),
+        'A'
+    );
+    assert_eq!(verdict(call("guest", "GetShardIterator", iterator()).await), 'D', "an action the policy does not name");
+    assert_eq!(verdict(call("writer", "PutRecord", put()).await), 'D', "the policy's deny beats the writer's grant");
+    // Resource policies belong to the Kinesis API: over gRPC the writer's grant decides.
+    let producer = client::Producer::with_channel(s.conn(Some(&writer_token)).await, "orders", Default::default())
+        .await
+        .expect("producer");
+    producer.send("k", bytes::Bytes::from_static(b"grpc")).await.expect("queued").await.expect("put over gRPC");
+
+    // What cannot be enforced whole is not stored.
+    let conditional = serde_json::json!({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*",
+        "Resource": "*", "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}]});
+    let (code, body) =
+        call("root", "PutResourcePolicy", serde_json::json!({"ResourceARN": arn, "Policy": conditional.to_string()}))
+            .await;
+    assert!(
+        code == 400 && body.contains("InvalidArgumentException") && body.contains("Statement[0].Condition"),
+        "{body}"
+    );
+    assert_eq!(verdict(call("writer", "PutRecord", put()).await), 'D', "the stored policy still applies");
+
+    let (code, body) = call("root", "DeleteResourcePolicy", serde_json::json!({"ResourceARN": arn})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(verdict(call("writer", "PutRecord", put()).await), 'A', "deleted: the grants decide again");
+    assert_eq!(verdict(call("guest", "PutRecord", put()).await), 'D');
+
+    // A consumer's own policy applies to the calls that name it.
+    let (code, body) =
+        call("root", "RegisterStreamConsumer", serde_json::json!({"StreamARN": arn, "ConsumerName": "fan-out"})).await;
+    assert_eq!(code, 200, "{body}");
+    let consumer_arn = serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["Consumer"]["ConsumerARN"]
+        .as_str()
+        .expect("a consumer ARN")
+        .to_string();
+    let describe = || serde_json::json!({"ConsumerARN": consumer_arn});
+    assert_eq!(verdict(call("guest", "DescribeStreamConsumer", describe()).await), 'D');
+    let consumer_policy = serde_json::json!({"Statement": {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::000000000000:user/guest"},
+        "Action": "kinesis:DescribeStreamConsumer", "Resource": consumer_arn}});
+    let (code, body) = call(
+        "root",
+        "PutResourcePolicy",
+        serde_json::json!({"ResourceARN": consumer_arn, "Policy": consumer_policy.to_string()}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(verdict(call("guest", "DescribeStreamConsumer", describe()).await), 'A');
+    assert_eq!(
+        verdict(call("guest", "DescribeStreamSummary", serde_json::json!({"StreamName": "orders"})).await),
+        'D',
+        "the consumer's policy covers the consumer only"
+    );
+    s.b.stop().await.expect("stop");
+}

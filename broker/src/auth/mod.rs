@@ -24,12 +24,18 @@
 //! re-run their checks every `auth.recheck_interval_ms` ([`Auth::watch`]):
 //! a revoked or expired token or a removed grant ends them within that time.
 //!
+//! **Kinesis resource policies** ([`resource_policy`]) are evaluated with
+//! the grants for calls through the Kinesis API: the edge marks its callers
+//! with the operation ([`KinesisCall`]) and the service attaches where the
+//! policies are ([`Auth::attach_policies`]).
+//!
 //! With `auth.enabled = false` every caller is anonymous and allowed
 //! everything; the broker then listens only on loopback addresses unless
 //! `--insecure-allow-anonymous` is given.
 
 pub mod layer;
 pub mod policy;
+pub mod resource_policy;
 pub mod store;
 pub mod tls;
 pub mod token;
@@ -43,7 +49,7 @@ use crate::clock::Clock;
 use crate::config::AuthConfig;
 use crate::error::{BrokerError, Result};
 use crate::listener::PeerInfo;
-use policy::{Action, Resource, decide};
+use policy::{Action, Effect, Resource};
 use store::AuthStore;
 
 /// The principal of the bootstrap token.
@@ -89,17 +95,36 @@ pub struct Caller {
     pub credential: Credential,
     /// Where the call came from.
     pub remote: Option<IpAddr>,
+    /// Set for calls through the Kinesis API, whose resource policies apply.
+    pub kinesis: Option<KinesisCall>,
+}
+
+/// A call through the Kinesis API: its IAM action is `kinesis:<operation>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisCall {
+    /// The operation (`PutRecord`).
+    pub operation: &'static str,
+    /// The consumer a call names by its ARN (stream name, consumer name):
+    /// that consumer's policy applies too.
+    pub consumer: Option<(String, String)>,
+}
+
+/// Where the resource policies of the streams (and their consumers) are.
+pub trait ResourcePolicies: std::fmt::Debug + Send + Sync {
+    /// What the policies of `resource` (a stream; other resources have none)
+    /// say about `caller`'s Kinesis `call`: see [`resource_policy`].
+    fn verdict(&self, caller: &Caller, call: &KinesisCall, resource: &Resource) -> Option<Effect>;
 }
 
 impl Caller {
     /// An anonymous caller from `remote`.
     pub fn anonymous(remote: Option<IpAddr>) -> Self {
-        Self { principal: None, credential: Credential::Anonymous, remote }
+        Self { principal: None, credential: Credential::Anonymous, remote, kinesis: None }
     }
 
     /// `principal` proven by `credential`.
     pub fn named(principal: impl Into<String>, credential: Credential, remote: Option<IpAddr>) -> Self {
-        Self { principal: Some(principal.into()), credential, remote }
+        Self { principal: Some(principal.into()), credential, remote, kinesis: None }
     }
 
     /// The principal's name, or `anonymous`.
@@ -162,6 +187,7 @@ impl Rates {
 pub struct Auth {
     enabled: bool,
     store: OnceLock<Arc<AuthStore>>,
+    policies: OnceLock<Arc<dyn ResourcePolicies>>,
     bootstrap: Option<[u8; 32]>,
     super_users: HashSet<String>,
     access_keys: HashMap<String, String>,
@@ -176,6 +202,7 @@ impl Auth {
         Arc::new(Self {
             enabled: false,
             store: OnceLock::new(),
+            policies: OnceLock::new(),
             bootstrap: None,
             super_users: HashSet::new(),
             access_keys: HashMap::new(),
@@ -211,6 +238,7 @@ impl Auth {
         Ok(Self {
             enabled: config.enabled,
             store: OnceLock::new(),
+            policies: OnceLock::new(),
             bootstrap,
             super_users: config.super_users.iter().cloned().collect(),
             access_keys: config.access_key_principals.clone().into_iter().collect(),
@@ -228,6 +256,11 @@ impl Auth {
     /// Gives authentication its store of principals, tokens and grants.
     pub fn attach(&self, store: Arc<AuthStore>) {
         let _ = self.store.set(store);
+    }
+
+    /// Gives authorization the Kinesis resource policies (the first one given stays).
+    pub fn attach_policies(&self, policies: Arc<dyn ResourcePolicies>) {
+        let _ = self.policies.set(policies);
     }
 
     /// The principals, tokens and grants (none before [`Auth::attach`]).
@@ -326,7 +359,8 @@ impl Auth {
 
     /// Whether `caller` may do `action` on `resource` now: its credential
     /// still works (a token may have been revoked or expired since the call
-    /// began) and its grants allow it.
+    /// began) and its grants (with a Kinesis call, also the resource's
+    /// policies) allow it.
     pub fn authorize(&self, caller: &Caller, action: Action, resource: &Resource) -> Result<()> {
         if !self.enabled {
             return Ok(());
@@ -359,9 +393,25 @@ impl Auth {
         Ok(())
     }
 
+    /// Super users may do everything; anyone else needs an allow from its
+    /// grants or (Kinesis calls) a resource policy, and no deny from either.
     fn granted(&self, caller: &Caller, action: Action, resource: &Resource) -> bool {
-        self.is_super_user(caller)
-            || self.store().is_some_and(|s| s.with_grants(caller.name(), |g| decide(g, action, resource)))
+        if self.is_super_user(caller) {
+            return true;
+        }
+        let grants = self.store().and_then(|s| s.with_grants(caller.name(), |g| policy::verdict(g, action, resource)));
+        if grants == Some(Effect::Deny) {
+            return false;
+        }
+        let policies = match (&caller.kinesis, self.policies.get()) {
+            (Some(call), Some(p)) => p.verdict(caller, call, resource),
+            _ => None,
+        };
+        match policies {
+            Some(Effect::Deny) => false,
+            Some(Effect::Allow) => true,
+            None => grants == Some(Effect::Allow),
+        }
     }
 
     /// Resolves when `caller` loses its credential or any of `checks` (checked every

@@ -274,18 +274,29 @@ const IMPLY_DESCRIBE: [Action; 4] =
 /// The decision for `action` on `resource` under `grants` (a principal's
 /// grants): see the module docs.
 pub fn decide<'a>(grants: impl IntoIterator<Item = &'a Grant> + Clone, action: Action, resource: &Resource) -> bool {
+    verdict(grants, action, resource) == Some(Effect::Allow)
+}
+
+/// What `grants` say about `action` on `resource`: an explicit `Deny`, an
+/// `Allow`, or nothing (`None`, which [`decide`] treats as deny and a
+/// Kinesis resource policy may still allow).
+pub fn verdict<'a>(
+    grants: impl IntoIterator<Item = &'a Grant> + Clone,
+    action: Action,
+    resource: &Resource,
+) -> Option<Effect> {
     let resource = resource.to_string();
     let matching = |action: Action, effect: Effect| {
         grants.clone().into_iter().any(|g| g.effect == effect && g.matches(action, &resource))
     };
     if matching(action, Effect::Deny) {
-        return false;
+        return Some(Effect::Deny);
     }
-    if matching(action, Effect::Allow) {
-        return true;
-    }
-    action == Action::StreamDescribe
-        && IMPLY_DESCRIBE.into_iter().any(|a| !matching(a, Effect::Deny) && matching(a, Effect::Allow))
+    let implied = || {
+        action == Action::StreamDescribe
+            && IMPLY_DESCRIBE.into_iter().any(|a| !matching(a, Effect::Deny) && matching(a, Effect::Allow))
+    };
+    (matching(action, Effect::Allow) || implied()).then_some(Effect::Allow)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! against the service model's constraints ([`validate`]) and metered by
 //! the control-plane rates ([`rate`]); then it becomes a
 //! [`crate::service::Service`] call. Errors are mapped in one place
-//! ([`error`]).
+//! ([`error`]). Callers are marked with their operation, so the resource
+//! policies of the stream (and of the consumer a call names) are evaluated
+//! with the grants ([`policies`], [`crate::auth::resource_policy`]).
 //!
 //! This module holds only the wire format: every rule of the data path and
 //! the control plane lives in the service layer, shared with gRPC, so a
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod error;
 pub mod eventstream;
 pub mod names;
+pub mod policies;
 pub mod rate;
 pub mod validate;
 
@@ -91,11 +94,13 @@ impl RequestIds {
 }
 
 impl KinesisEdge {
-    /// The Kinesis edge of `service`.
+    /// The Kinesis edge of `service`; gives the service's authorization
+    /// the streams' resource policies.
     pub fn new(service: Service) -> Self {
         let config = service.catalog().config().kinesis.clone();
         let rates_enforced = service.catalog().config().quotas.enforce;
         let arns = Arns { region: config.region.clone(), account: config.account_id.clone() };
+        service.auth().attach_policies(Arc::new(policies::Policies::new(service.clone(), arns.clone())));
         Self {
             service,
             config,
@@ -265,8 +270,9 @@ impl KinesisEdge {
             now_ms: self.now(),
         };
         let (signer, body): (_, Bytes) = auth::authenticate(policy, &parts.method, &parts.uri, &parts.headers, body)?;
-        let caller =
-            self.caller(&signer, parts.extensions.get::<crate::listener::PeerInfo>()).map_err(|e| self.err(e))?;
+        let caller = self
+            .caller(&signer, operation, parts.extensions.get::<crate::listener::PeerInfo>())
+            .map_err(|e| self.err(e))?;
         if matches!(rate::rate_of(operation), Some((_, rate::Per::Account))) {
             self.rate(operation, (0, 0))?;
         }
@@ -280,6 +286,7 @@ impl KinesisEdge {
     fn caller(
         &self,
         signer: &auth::Signer,
+        operation: &'static str,
         peer: Option<&crate::listener::PeerInfo>,
     ) -> Result<Arc<crate::auth::Caller>, BrokerError> {
         use crate::listener::Refusal;
@@ -295,7 +302,8 @@ impl KinesisEdge {
             .and_then(|c| broker_auth.require_principal(&c).map(|()| c))
             .inspect_err(|_| self.refusals.count("kinesis", Refusal::Unauthenticated))?;
         broker_auth.admit(&caller).inspect_err(|_| self.refusals.count("kinesis", Refusal::RateLimited))?;
-        Ok(Arc::new(caller))
+        let kinesis = Some(crate::auth::KinesisCall { operation, consumer: None });
+        Ok(Arc::new(crate::auth::Caller { kinesis, ..caller }))
     }
 
     /// Runs an authenticated operation under its deadline, with its metrics.

@@ -5,9 +5,12 @@
 //! Every change is a read-modify-write of the stream's
 //! [`StreamAttributes`] under one lock, made durable by the metadata store
 //! (sled commit: fdatasync of its files and directory) before it returns.
-//! Policies, monitoring, encryption and warm throughput are recorded and
-//! reported only: the broker enforces no IAM policy, computes no extra
-//! metrics and does not encrypt data at rest.
+//! Resource policies are checked whole when put and evaluated on Kinesis
+//! API calls ([`crate::auth::resource_policy`]); every stored change bumps
+//! [`Service::attributes_version`], so whoever caches parsed policies knows
+//! when to read them again. Monitoring, encryption and warm throughput are
+//! recorded and reported only: the broker computes no extra metrics and
+//! does not encrypt data at rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -119,15 +122,13 @@ fn merge_tags(what: &str, into: &mut BTreeMap<String, String>, tags: BTreeMap<St
     Ok(())
 }
 
-/// Checks a resource policy: a JSON object of at most [`POLICY_BYTES_MAX`].
+/// Checks a resource policy: at most [`POLICY_BYTES_MAX`], and a document
+/// the broker enforces whole (see [`crate::auth::resource_policy`]).
 fn validate_policy(policy: &str) -> Result<()> {
     if policy.len() > POLICY_BYTES_MAX {
         return Err(BrokerError::invalid("policy", format!("{} bytes, more than {POLICY_BYTES_MAX}", policy.len())));
     }
-    match serde_json::from_str::<serde_json::Value>(policy) {
-        Ok(serde_json::Value::Object(_)) => Ok(()),
-        _ => Err(BrokerError::invalid("policy", "must be a JSON policy document (an object)")),
-    }
+    crate::auth::resource_policy::ResourcePolicy::parse(policy).map(drop)
 }
 
 /// Checks a consumer name: `[a-zA-Z0-9_.-]{1,128}`, as stream names.
@@ -147,6 +148,11 @@ impl Service {
             .ok_or_else(|| BrokerError::StreamNotFound { name: format!("(the stream with id {id})") })?;
         self.authorize(Action::StreamDescribe, &Resource::stream(&stream.meta().name))?;
         Ok(stream)
+    }
+
+    /// Bumped after every stored change of any stream's attributes.
+    pub fn attributes_version(&self) -> u64 {
+        self.attributes_version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A stream's attributes.
@@ -169,6 +175,7 @@ impl Service {
         let mut attrs = store.stream_attributes(id)?;
         let out = change(&stream, &mut attrs)?;
         store.put_stream_attributes(id, &attrs)?;
+        self.attributes_version.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(out)
     }
 
@@ -217,6 +224,7 @@ impl Service {
         }
         let stream = self.catalog.create(create).await?;
         self.catalog.store().put_stream_attributes(stream.meta().id, &attrs)?;
+        self.attributes_version.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(stream)
     }
 
@@ -522,6 +530,12 @@ mod tests {
     #[test]
     fn policies_must_be_json_objects() {
         assert!(validate_policy(r#"{"Version":"2012-10-17","Statement":[]}"#).is_ok());
+        assert!(
+            validate_policy(
+                r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*","Condition":{}}]}"#
+            )
+            .is_err()
+        );
         assert!(validate_policy("[]").is_err());
         assert!(validate_policy("not json").is_err());
     }

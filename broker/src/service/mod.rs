@@ -234,6 +234,8 @@ pub struct Service {
     buffers: BufferBudget,
     /// Serialises read-modify-writes of stream attributes and account settings.
     attributes_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Counts stored attribute changes (see [`Service::attributes_version`]).
+    attributes_version: Arc<std::sync::atomic::AtomicU64>,
     subscriptions: Arc<subscribe::ConsumerSubscriptions>,
     /// Per-stream facts and metric handles the put path needs on every call.
     puts: Arc<put::PutStreams>,
@@ -263,6 +265,7 @@ impl Service {
             shutdown,
             buffers,
             attributes_lock: Arc::default(),
+            attributes_version: Arc::default(),
             subscriptions: Arc::default(),
             puts: Arc::default(),
             auth: Auth::disabled(),

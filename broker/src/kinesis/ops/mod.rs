@@ -12,6 +12,7 @@ mod tags;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::Format;
@@ -117,6 +118,55 @@ pub(super) fn metric_name(operation: &'static str) -> &'static str {
 
 /// Runs one operation.
 pub(super) async fn dispatch(
+    edge: &Arc<KinesisEdge>,
+    operation: &'static str,
+    format: Format,
+    body: Bytes,
+) -> Result<Answer, KinesisError> {
+    if let Some(caller) = consumer_caller(edge, operation, format, &body) {
+        return crate::auth::scope(caller, run(edge, operation, format, body)).await;
+    }
+    run(edge, operation, format, body).await
+}
+
+/// How a call names a consumer.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NamesConsumer {
+    #[serde(rename = "ConsumerARN")]
+    consumer_arn: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    consumer_name: Option<String>,
+}
+
+/// For the operations on one consumer, the caller marked with that
+/// consumer, whose resource policy then applies too; `None` for the
+/// others, and for bodies that do not name one (the operation reports that).
+fn consumer_caller(
+    edge: &KinesisEdge,
+    operation: &str,
+    format: Format,
+    body: &[u8],
+) -> Option<Arc<crate::auth::Caller>> {
+    if !matches!(operation, "SubscribeToShard" | "DescribeStreamConsumer" | "DeregisterStreamConsumer") {
+        return None;
+    }
+    let names: NamesConsumer = format.decode(body).ok()?;
+    let (stream, consumer) = match (&names.consumer_arn, &names.stream_arn, &names.consumer_name) {
+        (Some(arn), _, _) => edge.arns.consumer_parts(arn).ok().map(|(s, c, _)| (s, c))?,
+        (None, Some(arn), Some(name)) => (edge.arns.stream_name(arn).ok()?, name.as_str()),
+        _ => return None,
+    };
+    let caller = crate::auth::current();
+    let call = crate::auth::KinesisCall {
+        operation: caller.kinesis.as_ref()?.operation,
+        consumer: Some((stream.into(), consumer.into())),
+    };
+    Some(Arc::new(crate::auth::Caller { kinesis: Some(call), ..(*caller).clone() }))
+}
+
+async fn run(
     edge: &Arc<KinesisEdge>,
     operation: &'static str,
     format: Format,

@@ -1,7 +1,8 @@
 //! Tags and resource policies: AddTagsToStream, RemoveTagsFromStream,
 //! ListTagsForStream, TagResource, UntagResource, ListTagsForResource,
 //! Put/Get/DeleteResourcePolicy. A resource ARN names a stream or one of
-//! its consumers. Policies are stored and returned, not enforced.
+//! its consumers. Policies are checked whole when put and evaluated on
+//! Kinesis calls (`crate::auth::resource_policy`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
