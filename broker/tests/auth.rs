@@ -1105,3 +1105,89 @@ async fn kinesis_resource_policies_allow_and_deny_together_with_the_grants() {
     );
     s.b.stop().await.expect("stop");
 }
+
+/// Secrets never leave the broker: with debug logging on, neither the
+/// bootstrap token, a principal's token, a bad token a client presented,
+/// nor a Kinesis secret key appears in the log, in `/metrics`, or in the
+/// errors the callers get back.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_appear_in_logs_metrics_or_errors() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bootstrap = broker::auth::token::generate().expect("a random token").token;
+    std::fs::write(dir.path().join("admin.token"), format!("{bootstrap}\n")).expect("write");
+    let secret_key = "kinesis-secret-key-that-must-not-leak-0123456789";
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nenabled = true\nbootstrap_token_file = {:?}\naccess_key_principals = {{ AKIASECRETTEST00 = \"kin\" }}\n\
+             [kinesis]\nauth = \"strict\"\naccess_keys = [{{ access_key_id = \"AKIASECRETTEST00\", secret_access_key = \"{secret_key}\" }}]\n",
+            dir.path().join("admin.token")
+        ),
+    )
+    .expect("write config");
+    let log = dir.path().join("broker.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
+        .args(["--config", config.to_str().expect("utf-8")])
+        .args(["--data-dir", dir.path().join("data").to_str().expect("utf-8")])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn stream-broker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the listening line");
+    let addr = |name: &str| -> std::net::SocketAddr {
+        let prefix = format!("{name}=");
+        line.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())).expect(name).parse().expect("address")
+    };
+    let (grpc, admin_http, kinesis) = (addr("grpc"), addr("http"), addr("kinesis"));
+    let open = |token: Option<&str>| {
+        let options = ConnectOptions { token: token.map(Secret::new), ..ConnectOptions::default() };
+        async move { Connection::open(&format!("http://{grpc}"), &options).await.expect("connect") }
+    };
+    let access = Access::from_channel(open(Some(&bootstrap)).await);
+    access.create_principal("kin", "test").await.expect("principal");
+    let (_, token) = access.create_token("kin", "test", None).await.expect("token");
+    let token = token.expose().to_string();
+    let mut errors = String::new();
+    // The principal's own token, working (no grant: refused with a reason).
+    let e = Admin::from_channel(open(Some(&token)).await).list_streams().await;
+    errors.push_str(&format!("{e:?}\n"));
+    // A made-up token, and one cut short.
+    let bad = format!("{}x", &token[..token.len() - 1]);
+    for presented in [bad.as_str(), &token[..20]] {
+        let e = Admin::from_channel(open(Some(presented)).await).list_streams().await.expect_err("refused");
+        errors.push_str(&format!("{e:?} {e}\n"));
+    }
+    // Kinesis: signed right, and signed with a wrong secret.
+    let (code, body) = kinesis_call(kinesis, "ListStreams", "{}", Some(("AKIASECRETTEST00", secret_key))).await;
+    assert_eq!(code, 200, "signed right; no grant, so an empty list: {body}");
+    errors.push_str(&body);
+    let wrong = format!("{secret_key}-wrong");
+    let (_, body) = kinesis_call(kinesis, "ListStreams", "{}", Some(("AKIASECRETTEST00", &wrong))).await;
+    errors.push_str(&body);
+    let (_, metrics) =
+        http(admin_http, "GET", "/metrics", &[("authorization", &format!("Bearer {bootstrap}"))], b"").await;
+    let (_, refused) = http(admin_http, "GET", "/metrics", &[("authorization", &format!("Bearer {bad}"))], b"").await;
+    errors.push_str(&refused);
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("SIGTERM");
+    child.wait().expect("clean exit");
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    assert!(logged.contains("DEBUG"), "the broker logged at debug level: {logged}");
+    for (what, text) in [("the log", &logged), ("/metrics", &metrics), ("the errors", &errors)] {
+        for (name, secret) in [
+            ("bootstrap token", bootstrap.as_str()),
+            ("token", &token),
+            ("bad token", &bad),
+            ("secret key", secret_key),
+        ] {
+            // The token's id prefix is public (it names the token in listings); its secret part is not.
+            let secret_part = &secret[secret.len() - 16..];
+            assert!(!text.contains(secret_part), "{name} appears in {what}:\n{text}");
+        }
+    }
+}
