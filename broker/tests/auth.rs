@@ -1138,8 +1138,18 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn stream-broker");
+    // Killed if an assertion fails before the clean stop below.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(child);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the listening line");
+    BufReader::new(stdout).read_line(&mut line).expect("the listening line");
     let addr = |name: &str| -> std::net::SocketAddr {
         let prefix = format!("{name}=");
         line.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())).expect(name).parse().expect("address")
@@ -1174,8 +1184,8 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
         http(admin_http, "GET", "/metrics", &[("authorization", &format!("Bearer {bootstrap}"))], b"").await;
     let (_, refused) = http(admin_http, "GET", "/metrics", &[("authorization", &format!("Bearer {bad}"))], b"").await;
     errors.push_str(&refused);
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("SIGTERM");
-    child.wait().expect("clean exit");
+    std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("SIGTERM");
+    child.0.wait().expect("clean exit");
     let logged = std::fs::read_to_string(&log).expect("the log");
     assert!(logged.contains("DEBUG"), "the broker logged at debug level: {logged}");
     for (what, text) in [("the log", &logged), ("/metrics", &metrics), ("the errors", &errors)] {
