@@ -130,6 +130,20 @@ impl Resource {
     pub fn group(stream: &str, group: &str) -> Self {
         Resource::Group { stream: stream.to_string(), group: group.to_string() }
     }
+
+    /// The resource `text` names exactly (`stream:<name>`,
+    /// `group:<stream>/<group>` or `cluster`; no patterns), as
+    /// [`Resource`]'s `Display` writes it.
+    pub fn parse(text: &str) -> Option<Resource> {
+        if text == "cluster" {
+            return Some(Resource::Cluster);
+        }
+        if let Some(name) = text.strip_prefix("stream:") {
+            return is_name(name).then(|| Resource::stream(name));
+        }
+        let (stream, group) = text.strip_prefix("group:")?.split_once('/')?;
+        (is_name(stream) && is_name(group)).then(|| Resource::group(stream, group))
+    }
 }
 
 impl std::fmt::Display for Resource {
