@@ -385,32 +385,22 @@ impl Config {
         if !(1..=1_000_000).contains(&a.cache_entries_max) {
             return Err(ConfigError::invalid("apiAuth.cacheEntriesMax", "must be 1..=1000000"));
         }
-        match a.mode {
-            ApiAuthMode::None => {
-                if a.delivery_simulator_token_file.is_some() {
-                    return Err(ConfigError::invalid(
-                        "apiAuth.deliverySimulatorTokenFile",
-                        "applies with apiAuth.mode = \"broker-token\" only",
-                    ));
-                }
+        if a.mode == ApiAuthMode::BrokerToken {
+            // The embedded broker runs without authentication: it has no
+            // tokens to check callers against.
+            if self.broker.is_none() {
+                return Err(ConfigError::invalid(
+                    "apiAuth.mode",
+                    "\"broker-token\" checks callers' tokens with an external broker that has \
+                     authentication on; set broker (--broker) too",
+                ));
             }
-            ApiAuthMode::BrokerToken => {
-                // The embedded broker runs without authentication: it has no
-                // tokens to check callers against.
-                if self.broker.is_none() {
-                    return Err(ConfigError::invalid(
-                        "apiAuth.mode",
-                        "\"broker-token\" checks callers' tokens with an external broker that has \
-                         authentication on; set broker (--broker) too",
-                    ));
-                }
-                if self.delivery_webhook_url.is_none() && a.delivery_simulator_token_file.is_none() {
-                    return Err(ConfigError::invalid(
-                        "apiAuth.deliverySimulatorTokenFile",
-                        "is required with apiAuth.mode = \"broker-token\" and no deliveryWebhookUrl: the \
-                         built-in delivery simulator calls POST /order/delivered with it",
-                    ));
-                }
+            if self.delivery_webhook_url.is_none() && a.delivery_simulator_token_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "apiAuth.deliverySimulatorTokenFile",
+                    "is required with apiAuth.mode = \"broker-token\" and no deliveryWebhookUrl: the \
+                     built-in delivery simulator calls POST /order/delivered with it",
+                ));
             }
         }
         Ok(())
