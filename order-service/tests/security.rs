@@ -133,6 +133,12 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_tls(None).await
+    }
+
+    /// With `tls`, the broker serves TLS (every port) and is called by
+    /// `https://localhost:<port>` trusting the files' CA.
+    async fn start_tls(tls: Option<&certs::Files>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_token = broker::auth::token::generate().expect("token").token;
         let admin_file = dir.path().join("admin.token");
@@ -140,10 +146,18 @@ impl Stack {
         let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
         bc.auth.enabled = true;
         bc.auth.bootstrap_token_file = Some(admin_file);
+        if let Some(f) = tls {
+            bc.tls.cert_file = Some(f.cert.clone());
+            bc.tls.key_file = Some(f.key.clone());
+        }
         let b = TestBroker::start_with(bc, Arc::new(SystemClock)).await;
-        let broker = format!("http://{}", b.grpc_addr);
+        let broker = match tls {
+            Some(_) => format!("https://localhost:{}", b.grpc_addr.port()),
+            None => format!("http://{}", b.grpc_addr),
+        };
         let admin_options = client::ConnectOptions {
             token: Some(client::Secret::new(admin_token)),
+            tls: tls.map(|f| client::TlsOptions::from_files(&f.ca, None, None, None).expect("CA")),
             ..client::ConnectOptions::default()
         };
         let admin =
@@ -391,4 +405,55 @@ async fn a_revoked_token_stops_within_the_cache_ttl_and_a_down_broker_allows_not
     assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("authentication_unavailable")), "{}", r.body);
     assert!(!r.body.contains(producer.expose()), "{}", r.body);
     svc.running.stop().await.expect("stop");
+}
+
+/// The order flow with TLS and authentication on everywhere: the broker
+/// serves TLS with auth on, the service reaches it over TLS as its
+/// least-privilege principals, the order API serves TLS and takes broker
+/// tokens, and the delivery company (a webhook, then the test as
+/// `courier`) marks the order delivered over HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_flow_passes_with_tls_and_authentication_on() {
+    let certs_dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let broker_files = ca.server().write(certs_dir.path(), "broker", &ca);
+    let api_files = ca.server().write(certs_dir.path(), "api", &ca);
+    let s = Stack::start_tls(Some(&broker_files)).await;
+    let mut config = s.config(true, 2_000).await;
+    config.broker_tls.ca_file = Some(broker_files.ca.clone());
+    config.tls.cert_file = Some(api_files.cert);
+    config.tls.key_file = Some(api_files.key);
+    // The built-in simulator calls the API over plain HTTP; a webhook stands in.
+    config.api_auth.delivery_simulator_token_file = None;
+    let (hook, log) = webhook_server(1, |_| 200).await;
+    config.delivery_webhook_url = Some(format!("http://{hook}/deliveries"));
+    let svc = start(config).await;
+    let (storefront, producer, courier) =
+        (s.token("storefront", None).await, s.token("cake-producer", None).await, s.token("courier", None).await);
+
+    let (status, body) = https(svc.addr, &ca.pem, "POST", "/order", &[], SEED_ORDER).await;
+    assert_eq!(status, 401, "anonymous over TLS: {body}");
+    let (status, body) =
+        https(svc.addr, &ca.pem, "POST", "/order", &[("authorization", &bearer(&storefront))], SEED_ORDER).await;
+    assert_eq!(status, 201, "{body}");
+    let order: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let id = order["orderId"].as_str().expect("id").to_string();
+    let fulfil = serde_json::json!({"orderId": id, "fulfillmentId": "CakeProducer1"}).to_string();
+    let (status, body) =
+        https(svc.addr, &ca.pem, "POST", "/order/fulfill", &[("authorization", &bearer(&producer))], &fulfil).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(LIMIT, "the fulfilled order at the delivery webhook", || async {
+        log.accepted().into_iter().find(|v| v["orderId"] == id.as_str())
+    })
+    .await;
+    let deliver = serde_json::json!({"orderId": id, "deliveryCompanyId": "D1", "orderReview": "on time"}).to_string();
+    let (status, body) =
+        https(svc.addr, &ca.pem, "POST", "/order/delivered", &[("authorization", &bearer(&courier))], &deliver).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(LIMIT, "the review email (customer-service read its queue over TLS)", || async {
+        emails(&svc.data_dir).into_iter().find(|(_, e)| e.contains("Subject: Order review") && e.contains(&id))
+    })
+    .await;
+    svc.running.stop().await.expect("stop");
+    s.b.stop().await.expect("stop broker");
 }
