@@ -311,6 +311,16 @@ mod tests {
     }
 
     #[test]
+    fn a_resource_parses_from_what_display_writes_and_nothing_else() {
+        for r in [Resource::stream("orders"), Resource::group("orders", "g.1"), Resource::Cluster] {
+            assert_eq!(Resource::parse(&r.to_string()), Some(r));
+        }
+        for bad in ["", "*", "stream:", "stream:o*", "stream:a b", "group:o", "group:o/", "group:/g", "clusters"] {
+            assert_eq!(Resource::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn patterns_validate_and_errors_name_the_field() {
         for (action, resource) in [
             ("record:put", "stream:orders"),
