@@ -27,8 +27,9 @@
 //! through the API only writes it could make itself. No or a malformed
 //! header, or a bad, expired or revoked token: 401 with `WWW-Authenticate:
 //! Bearer`; a principal without a grant: 403 naming the action and the
-//! resource; the broker unreachable: 503. 401 and 403 are counted in
-//! `order_service_refusals_total{listener="orders"}`. Unknown routes answer
+//! resource; over the principal's broker request rate: 429 with
+//! `Retry-After`; the broker unreachable: 503. 401, 403 and 429 are counted
+//! in `order_service_refusals_total{listener="orders"}`. Unknown routes answer
 //! 404 and 405 without a check.
 
 use std::collections::BTreeMap;
@@ -201,6 +202,7 @@ async fn authorize(
                     Some(broker::listener::Refusal::Unauthenticated)
                 }
                 Denied::Forbidden { .. } => Some(broker::listener::Refusal::PermissionDenied),
+                Denied::Throttled(_) => Some(broker::listener::Refusal::RateLimited),
                 Denied::Unavailable(_) => None,
             };
             if let Some(r) = refusal {
@@ -234,6 +236,10 @@ impl From<Denied> for ApiError {
                 ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
             },
             Denied::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            Denied::Throttled(wait) => ApiError {
+                retry_after_secs: Some(wait.as_secs().max(1)),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
             Denied::Unavailable(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "authentication_unavailable",
@@ -251,6 +257,9 @@ pub struct ApiError {
     /// `WWW-Authenticate` of a 401.
     #[serde(skip)]
     challenge: Option<&'static str>,
+    /// `Retry-After` of a 429, in whole seconds.
+    #[serde(skip)]
+    retry_after_secs: Option<u64>,
     error: &'static str,
     message: String,
     fields: Vec<String>,
@@ -258,7 +267,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        Self { status, error, message: message.into(), fields: Vec::new(), challenge: None }
+        Self { status, error, message: message.into(), fields: Vec::new(), challenge: None, retry_after_secs: None }
     }
 
     fn internal(what: &str, e: impl std::fmt::Display) -> Self {
@@ -269,10 +278,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match self.challenge {
-            Some(c) => (self.status, [(header::WWW_AUTHENTICATE, c)], Json(&self)).into_response(),
-            None => (self.status, Json(&self)).into_response(),
+        let mut response = (self.status, Json(&self)).into_response();
+        if let Some(c) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(c));
         }
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

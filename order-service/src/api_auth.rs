@@ -24,8 +24,11 @@
 //!   `apiAuth.cacheEntriesMax` decisions; expired ones go first, then the
 //!   oldest.
 //! - No token appears in a log, a metric or an error message; a 403 names
-//!   the action and the resource, a 401 the broker's reason (`expired`,
-//!   `revoked`, `unknown token`).
+//!   the action and the resource, a 401 the broker's reason (the token is
+//!   not valid, has expired, was revoked).
+//! - A caller over its principal's broker request rate
+//!   (`auth.requests_per_sec_per_principal`; each check that misses the
+//!   cache is one request) gets 429 with the broker's retry hint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -107,6 +110,9 @@ pub enum Denied {
         /// The resource.
         resource: String,
     },
+    /// The caller's principal is over its broker request rate.
+    #[error("too many requests for this principal; retry in {} ms", .0.as_millis())]
+    Throttled(Duration),
     /// The broker could not answer; nothing is allowed meanwhile.
     #[error("cannot check the caller's token with the broker: {0}")]
     Unavailable(String),
@@ -186,6 +192,7 @@ impl ApiAuth {
         let answer = match access.check_access_as(token, action, &key.2).await {
             Ok(a) => a,
             Err(client::Error::Unauthenticated(why)) => return Err(Denied::BadToken(why)),
+            Err(client::Error::Throttled { retry_after, .. }) => return Err(Denied::Throttled(retry_after)),
             Err(e) => {
                 tracing::warn!(error = %e, "the broker could not check an API caller's token");
                 return Err(Denied::Unavailable(e.to_string()));

@@ -457,3 +457,57 @@ async fn the_order_flow_passes_with_tls_and_authentication_on() {
     svc.running.stop().await.expect("stop");
     s.b.stop().await.expect("stop broker");
 }
+
+/// A caller over its principal's broker request rate (each check that
+/// misses the decision cache is one broker request) gets 429 with a
+/// `Retry-After`, counted as rate_limited; another principal is not held
+/// back. (No stack deploy here: its many calls would exceed the small rate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_principals_rate_gets_429() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin_token = broker::auth::token::generate().expect("token").token;
+    let admin_file = dir.path().join("admin.token");
+    std::fs::write(&admin_file, &admin_token).expect("write");
+    let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
+    bc.auth.enabled = true;
+    bc.auth.bootstrap_token_file = Some(admin_file);
+    bc.auth.requests_per_sec_per_principal = 5;
+    let b = TestBroker::start_with(bc, Arc::new(SystemClock)).await;
+    let admin_token = client::Secret::new(admin_token);
+    let options = client::ConnectOptions { token: Some(admin_token.clone()), ..Default::default() };
+    let access = client::Access::from_channel(
+        client::Connection::open(&format!("http://{}", b.grpc_addr), &options).await.expect("admin"),
+    );
+    access.create_principal("reader", "").await.expect("principal");
+    access.add_grant(client::allow("reader", "record:get", "stream:order-events")).await.expect("grant");
+    let (_, reader) = access.create_token("reader", "", None).await.expect("token");
+
+    let mut config = test_config(&dir.path().join("data"));
+    config.broker = Some(format!("http://{}", b.grpc_addr));
+    config.api_auth.mode = order_service::config::ApiAuthMode::BrokerToken;
+    // A 1 ms cache: (almost) every request asks the broker.
+    config.api_auth.cache_ttl_ms = 1;
+    config.delivery_webhook_url = Some("http://127.0.0.1:9/deliveries".into());
+    let svc = start(config).await;
+    let mut throttled = None;
+    for _ in 0..100 {
+        let r = call(svc.addr, "GET", "/orders", Some(&reader), "").await;
+        if r.status != 200 {
+            throttled = Some(r);
+            break;
+        }
+    }
+    let r = throttled.expect("100 checks at once exceed 5 per second");
+    assert_eq!((r.status, r.json()["error"].as_str()), (429, Some("rate_limited")), "{}", r.body);
+    assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n >= 1)), "{:?}", r.headers);
+    assert!(!r.body.contains(reader.expose()), "{}", r.body);
+    let page = call(svc.addr, "GET", "/metrics", Some(&admin_token), "").await;
+    assert_eq!(page.status, 200, "another principal has its own rate: {}", page.body);
+    assert!(
+        page.body.contains(r#"order_service_refusals_total{listener="orders",reason="rate_limited"} 1"#),
+        "{}",
+        page.body
+    );
+    svc.running.stop().await.expect("stop");
+    b.stop().await.expect("stop broker");
+}
