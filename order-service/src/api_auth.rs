@@ -14,9 +14,10 @@
 //! token: the decision cache is keyed by the token's SHA-256.
 //!
 //! **Invariants.**
-//! - Fail closed: a broker that cannot be reached, answers anything but
-//!   allowed/denied/unauthenticated, or has authentication off (it would
-//!   allow every token) gives 503, never access.
+//! - Fail closed: a broker that cannot be reached, answers with an error
+//!   other than unauthenticated or throttled, or has authentication off (it
+//!   would allow every token) gives 503, never access. Each broker call has
+//!   the client's default deadline (10 s).
 //! - A decision (allowed or denied, with its principal) is reused for at
 //!   most `apiAuth.cacheTtlMs`: a revoked token or a removed grant stops
 //!   working within that time. Unauthenticated answers are not cached (a
