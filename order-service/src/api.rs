@@ -195,7 +195,10 @@ async fn authorize(
     };
     let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     match auth.check(authorization, route).await {
-        Ok(_principal) => next.run(req).await,
+        Ok(principal) => {
+            tracing::debug!(%principal, ?route, "order API caller allowed");
+            next.run(req).await
+        }
         Err(denied) => {
             let refusal = match &denied {
                 Denied::Missing | Denied::Malformed | Denied::BadToken(_) => {
