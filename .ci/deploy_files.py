@@ -46,7 +46,7 @@ def check_command(words, where):
 # compose.yaml
 compose = yaml.safe_load((deploy / "compose.yaml").read_text())
 services = compose["services"]
-check(set(services) == {"broker", "order-service", "prometheus", "grafana"}, f"compose services: {sorted(services)}")
+check(set(services) == {"broker", "access", "order-service", "prometheus", "grafana"}, f"compose services: {sorted(services)}")
 check(services["broker"]["build"]["dockerfile"] == "deploy/Dockerfile", "compose builds deploy/Dockerfile")
 check((deploy / services["broker"]["build"]["context"] / "Cargo.toml").is_file(), "compose build context is the workspace")
 for name in ("broker", "order-service"):
@@ -63,6 +63,40 @@ for name, s in services.items():
             check((deploy / source).exists(), f"compose {name} mounts {source}, which exists")
     for p in s.get("ports", []):
         check(str(p).startswith("127.0.0.1:"), f"compose {name} publishes {p} on loopback only")
+# Authentication: the broker's [auth] on with a bootstrap token from a
+# compose secret kept out of git and the image; the order API on broker
+# tokens; every part of the order service, the delivery simulator and
+# Prometheus with a token file of a principal deploy/stack.toml declares,
+# made by the access service. (order-service/tests/deploy.rs runs these
+# settings against a real broker.)
+broker_env = services["broker"].get("environment", {})
+check(str(broker_env.get("STREAM_BROKER_AUTH__ENABLED")).lower() == "true", "compose turns the broker's auth on")
+secrets = compose.get("secrets", {})
+bootstrap = broker_env.get("STREAM_BROKER_AUTH__BOOTSTRAP_TOKEN_FILE", "")
+check(bootstrap.startswith("/run/secrets/") and bootstrap.removeprefix("/run/secrets/") in services["broker"].get("secrets", []),
+      f"the broker's bootstrap token is a compose secret: {bootstrap}")
+for name, spec in secrets.items():
+    check(spec.get("file", "").startswith("./secrets/"), f"compose secret {name} is a file under deploy/secrets/")
+ignore = (deploy / "secrets" / ".gitignore")
+check(ignore.is_file() and "*" in ignore.read_text().split(), "git ignores deploy/secrets/")
+check("deploy/secrets/" in (deploy / "Dockerfile.dockerignore").read_text().split(), "the image build skips deploy/secrets/")
+osvc = services["order-service"]
+oenv = osvc["environment"]
+check(oenv.get("ORDER_SERVICE_API_AUTH__MODE") == "broker-token", "the order API takes broker tokens")
+check(oenv.get("ORDER_SERVICE_BROKER") == "http://broker:7470", "the order service uses the compose broker")
+check(osvc["depends_on"].get("access", {}).get("condition") == "service_completed_successfully",
+      "the order service starts once its tokens are made")
+script = " ".join(services["access"]["command"])
+made = set(re.search(r"for p in ([a-z -]+); do", script).group(1).split())
+stack_text = (deploy / "stack.toml").read_text()
+declared = set(re.findall(r'^name = "([a-z-]+)"', stack_text.split("# Principals:")[1], re.M))
+check(made == declared, f"the access service makes a token for each declared principal: {sorted(made ^ declared)}")
+token_env = {k: v for k, v in osvc["environment"].items() if k.endswith("_TOKEN_FILE")}
+roles = {"SETUP", "RELAY", "EXTERNAL_PARTIES", "DELIVERY_COMPANY", "CUSTOMER_SERVICE"}
+check({k.removeprefix("ORDER_SERVICE_BROKER_CREDENTIALS__").removesuffix("_TOKEN_FILE") for k in token_env} >= roles,
+      "every part of the order service has its token file")
+for k, v in token_env.items():
+    check(re.fullmatch(r"/tokens/[a-z-]+\.token", v) is not None and v[8:-6] in made, f"{k} is a made token: {v}")
 named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")}
 check(named <= set(compose.get("volumes", {})), f"compose declares its named volumes {sorted(named)}")
 
@@ -77,6 +111,10 @@ check_command(cmd, "Dockerfile CMD")
 # Prometheus: both services scraped where compose runs them.
 prom = yaml.safe_load((deploy / "prometheus" / "prometheus.yml").read_text())
 targets = {c["job_name"]: [t for s in c["static_configs"] for t in s["targets"]] for c in prom["scrape_configs"]}
+for c in prom["scrape_configs"]:
+    cred = c.get("authorization", {}).get("credentials_file")
+    check(cred == "/tokens/prometheus.token", f"Prometheus scrapes {c['job_name']} with the prometheus token: {cred}")
+check("tokens:/tokens:ro" in services["prometheus"]["volumes"], "Prometheus mounts the tokens read-only")
 check(targets.get("stream-broker") == ["broker:7471"], f"Prometheus scrapes the broker: {targets}")
 check(targets.get("order-service") == ["order-service:8080"], f"Prometheus scrapes the order service: {targets}")
 rules = yaml.safe_load((deploy / "prometheus" / "rules" / "alerts.yml").read_text())

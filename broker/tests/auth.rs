@@ -1201,3 +1201,43 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
         }
     }
 }
+
+/// CheckAccess answers for the caller itself, by the rule that authorizes
+/// every call: allowed with the grant, not without (and a deny wins); a
+/// forwarded token is answered for its own principal, not the
+/// connection's; anonymous, malformed and revoked tokens are
+/// UNAUTHENTICATED; a bad action or resource names the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_access_answers_for_the_caller_itself() {
+    let s = Secured::start(|_, _| {}).await;
+    let token = s.principal("shop", &[allow("shop", "record:put", "stream:orders*")]).await;
+    let (_, admin) = s.admin().await;
+    admin.add_grant(deny("shop", "record:put", "stream:orders-dlq")).await.expect("deny");
+    let shop = Access::from_channel(s.conn(Some(&token)).await);
+    let answer = |r: client::Result<pb::CheckAccessResponse>| {
+        let r = r.expect("check access");
+        assert!(r.authentication_enabled, "{r:?}");
+        (r.principal, r.allowed)
+    };
+    assert_eq!(answer(shop.check_access("record:put", "stream:orders").await), ("shop".into(), true));
+    assert_eq!(answer(shop.check_access("record:get", "stream:orders").await), ("shop".into(), false));
+    assert_eq!(answer(shop.check_access("record:put", "stream:orders-dlq").await), ("shop".into(), false));
+    assert_eq!(answer(shop.check_access("admin:metrics", "cluster").await), ("shop".into(), false));
+    // The admin's connection, asking with the shop's token, hears about the shop.
+    assert_eq!(answer(admin.check_access_as(&token, "record:put", "stream:orders").await), ("shop".into(), true));
+    assert_eq!(answer(admin.check_access("record:get", "group:orders/g").await), ("admin".into(), true));
+    let e = shop.check_access("record:jump", "stream:orders").await.expect_err("bad action");
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("action")), "{e:?}");
+    let e = shop.check_access("record:put", "stream:orders*").await.expect_err("a pattern");
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("resource")), "{e:?}");
+    let anon = Access::from_channel(s.conn(None).await);
+    let e = anon.check_access("record:put", "stream:orders").await.expect_err("anonymous");
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let e = admin.check_access_as(&Secret::new("sbk_nope_nope"), "record:put", "stream:orders").await;
+    assert!(matches!(e, Err(Error::Unauthenticated(_))), "{e:?}");
+    let id = admin.list_tokens(Some("shop")).await.expect("tokens")[0].id.clone();
+    admin.revoke_token(&id).await.expect("revoke");
+    let e = shop.check_access("record:put", "stream:orders").await.expect_err("revoked");
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    s.b.stop().await.expect("stop");
+}

@@ -1,6 +1,7 @@
 //! Who may do what on a broker: principals, API tokens and grants (the
-//! broker's AccessControl service), and [`Access::who_am_i`]. Every call
-//! but `who_am_i` needs `admin:auth` on `cluster`. No retries: a failed
+//! broker's AccessControl service), [`Access::who_am_i`] and
+//! [`Access::check_access`]. Every call but those two needs `admin:auth` on
+//! `cluster`. No retries: a failed
 //! call says why.
 
 use std::time::Duration;
@@ -26,6 +27,33 @@ impl Access {
     /// Who the connection's credentials name, and its grants.
     pub async fn who_am_i(&self) -> Result<pb::WhoAmIResponse> {
         Ok(self.client.clone().who_am_i(pb::WhoAmIRequest {}).await?.into_inner())
+    }
+
+    /// Whether the connection's caller may do `action` (`record:put`) on
+    /// `resource` (`stream:<name>`, `group:<stream>/<group>` or `cluster`)
+    /// now, by the rule the broker authorizes every call with.
+    pub async fn check_access(&self, action: &str, resource: &str) -> Result<pb::CheckAccessResponse> {
+        let req = pb::CheckAccessRequest { action: action.into(), resource: resource.into() };
+        Ok(self.client.clone().check_access(req).await?.into_inner())
+    }
+
+    /// [`Access::check_access`] for the caller that `token` names instead
+    /// of the connection's: a service asks the broker about its own caller
+    /// by forwarding the caller's token, so it needs no privilege of its own.
+    /// A bad, expired or revoked token is [`crate::Error::Unauthenticated`].
+    pub async fn check_access_as(
+        &self,
+        token: &Secret,
+        action: &str,
+        resource: &str,
+    ) -> Result<pb::CheckAccessResponse> {
+        let mut req = tonic::Request::new(pb::CheckAccessRequest { action: action.into(), resource: resource.into() });
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", token.expose())
+            .parse()
+            .map_err(|_| crate::Error::InvalidArgument("token: must be printable ASCII".into()))?;
+        value.set_sensitive(true);
+        req.metadata_mut().insert("authorization", value);
+        Ok(self.client.clone().check_access(req).await?.into_inner())
     }
 
     /// Creates a principal.

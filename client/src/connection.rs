@@ -346,7 +346,11 @@ impl Service<http::Request<Body>> for Connection {
             req.headers_mut().insert(GRPC_TIMEOUT, self.peer.request_timeout.clone());
             Deadline::Ours
         };
-        if let Some(auth) = &self.peer.authorization {
+        // A call that carries its own credentials (`Access::check_access_as`)
+        // keeps them; the connection's token is the default.
+        if let Some(auth) = &self.peer.authorization
+            && !req.headers().contains_key(http::header::AUTHORIZATION)
+        {
             req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
         }
         let peer = self.peer.clone();

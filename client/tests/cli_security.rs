@@ -144,6 +144,20 @@ async fn streamctl_auth_manages_principals_tokens_and_grants() {
         streamctl(&["--broker", &broker_addr, "--token-file", relay_file, "auth", "whoami"], &[]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("relay (by token ") && out.contains("stream:orders-audit"), "{out}");
+    let can = |action: &'static str, resource: &'static str| {
+        let broker_addr = broker_addr.clone();
+        async move {
+            streamctl(&["--broker", &broker_addr, "--token-file", relay_file, "auth", "can", action, resource], &[])
+                .await
+        }
+    };
+    let (code, out, err) = can("record:put", "stream:orders-eu").await;
+    assert_eq!((code, out.as_str()), (0, "relay may record:put on stream:orders-eu\n"), "{err}");
+    let (code, _, err) = can("record:put", "stream:orders-audit").await;
+    assert_eq!(code, 1, "the deny wins");
+    assert!(err.contains("relay may not record:put on stream:orders-audit"), "{err}");
+    let (code, _, err) = can("record:put", "stream:orders-*").await;
+    assert_eq!(code, 2, "a pattern is not a resource: {err}");
     let env = [("STREAMCTL_TOKEN", token.as_str())];
     let (code, _, err) = streamctl(&["--broker", &broker_addr, "stream", "describe", "orders-eu"], &env).await;
     assert_eq!(code, 0, "writing implies describing: {err}");

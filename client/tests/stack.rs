@@ -471,6 +471,19 @@ fn the_shipped_stack_parses() {
     assert_eq!(stack.streams.len(), 6);
     assert_eq!(stack.groups.len(), 3);
     let principals: Vec<&str> = stack.principals.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(principals, ["setup", "relay", "external-parties", "delivery-company", "customer-service"]);
+    assert_eq!(
+        principals,
+        [
+            "setup",
+            "relay",
+            "external-parties",
+            "delivery-company",
+            "customer-service",
+            "storefront",
+            "cake-producer",
+            "courier",
+            "prometheus"
+        ]
+    );
     assert!(stack.service("order-service").is_some_and(|t| t.contains_key("orderStreamName")));
 }

@@ -69,6 +69,12 @@ impl BrokerAccess {
         ConnectOptions { tls: self.tls.clone(), token: self.tokens.get(role).cloned(), ..ConnectOptions::default() }
     }
 
+    /// The connection options without any role's token (TLS only), for
+    /// calls that carry their own caller's token.
+    pub fn options_without_token(&self) -> ConnectOptions {
+        ConnectOptions { tls: self.tls.clone(), ..ConnectOptions::default() }
+    }
+
     /// Connects as `role`.
     pub async fn connect(&self, role: &str) -> client::Result<Connection> {
         Connection::open(&self.addr, &self.options(role)).await

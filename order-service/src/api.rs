@@ -9,6 +9,28 @@
 //! - `GET /order/{id}` and `GET /orders?status=&limit=&cursor=` read;
 //! - `/healthz` (the process answers), `/readyz` (see [`crate::ready`]) and
 //!   `/metrics` (every metric `order_service_*`, see `docs/metrics.md`).
+//!
+//! With `[apiAuth] mode = "broker-token"` ([`crate::api_auth`]) every route
+//! but `/healthz` and `/readyz` needs `authorization: Bearer <broker API
+//! token>` whose principal the broker allows, on the configured streams:
+//!
+//! | route | needs |
+//! |---|---|
+//! | `POST /order` | `record:put` on `stream:<orderStreamName>` |
+//! | `POST /order/fulfill` | `record:put` on `stream:<orderStreamName>` and `stream:<deliveryQueueName>` |
+//! | `POST /order/delivered` | `record:put` on `stream:<orderStreamName>` and `stream:<customerServiceQueueName>` |
+//! | `GET /order/{id}`, `GET /orders` | `record:get` on `stream:<orderStreamName>` |
+//! | `GET /metrics` | `admin:metrics` on `cluster` |
+//!
+//! A route needs a write on every stream its effect reaches (the event it
+//! publishes, and the queue the order goes to next), so a caller can cause
+//! through the API only writes it could make itself. No or a malformed
+//! header, or a bad, expired or revoked token: 401 with `WWW-Authenticate:
+//! Bearer`; a principal without a grant: 403 naming the action and the
+//! resource; over the principal's broker request rate: 429 with
+//! `Retry-After`; the broker unreachable: 503. 401, 403 and 429 are counted
+//! in `order_service_refusals_total{listener="orders"}`. Unknown routes answer
+//! 404 and 405 without a check.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +46,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::api_auth::{ApiAuth, ApiRoute, Denied};
 use crate::model::{CreateOrder, DeliverOrder, FulfillOrder, Invalid, Order, Status};
 use crate::ready::Readiness;
 use crate::store::{Store, StoreError};
@@ -124,19 +147,27 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// What `/readyz` checks.
     pub ready: Arc<Readiness>,
+    /// Who may call; `None`: everyone.
+    pub auth: Option<Arc<ApiAuth>>,
 }
 
-/// The router, with the body limit.
+/// The router, with the body limit; each protected route checks its
+/// caller first (see the module docs).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let guard = |route: ApiRoute| {
+        axum::middleware::from_fn_with_state((state.clone(), route), |State((s, route)), req, next| {
+            authorize(s, route, req, next)
+        })
+    };
     Router::new()
-        .route("/order", post(create))
-        .route("/order/fulfill", post(fulfill))
-        .route("/order/delivered", post(delivered))
-        .route("/order/{order_id}", get(get_order))
-        .route("/orders", get(list_orders))
+        .route("/order", post(create).route_layer(guard(ApiRoute::Place)))
+        .route("/order/fulfill", post(fulfill).route_layer(guard(ApiRoute::Fulfil)))
+        .route("/order/delivered", post(delivered).route_layer(guard(ApiRoute::Deliver)))
+        .route("/order/{order_id}", get(get_order).route_layer(guard(ApiRoute::Read)))
+        .route("/orders", get(list_orders).route_layer(guard(ApiRoute::Read)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics).route_layer(guard(ApiRoute::Metrics)))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", uri.path()))
         })
@@ -151,11 +182,87 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// Runs the request only if its caller may use `route`; refusals are
+/// counted, and a 401 carries `WWW-Authenticate: Bearer`.
+async fn authorize(
+    s: AppState,
+    route: ApiRoute,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(auth) = &s.auth else {
+        return next.run(req).await;
+    };
+    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match auth.check(authorization, route).await {
+        Ok(principal) => {
+            tracing::debug!(%principal, ?route, "order API caller allowed");
+            next.run(req).await
+        }
+        Err(denied) => {
+            let refusal = match &denied {
+                Denied::Missing | Denied::Malformed | Denied::BadToken(_) => {
+                    Some(broker::listener::Refusal::Unauthenticated)
+                }
+                Denied::Forbidden { .. } => Some(broker::listener::Refusal::PermissionDenied),
+                Denied::Throttled(_) => Some(broker::listener::Refusal::RateLimited),
+                Denied::Unavailable(_) => None,
+            };
+            if let Some(r) = refusal {
+                s.metrics.refusals.count(LISTENER, r);
+            }
+            ApiError::from(denied).into_response()
+        }
+    }
+}
+
+/// The order API's name in `order_service_refusals_total{listener}`.
+const LISTENER: &str = "orders";
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        let message = d.to_string();
+        match d {
+            Denied::Missing => ApiError {
+                challenge: Some("Bearer"),
+                fields: vec!["authorization".into()],
+                ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            },
+            Denied::Malformed => ApiError {
+                challenge: Some("Bearer error=\"invalid_request\""),
+                fields: vec!["authorization".into()],
+                ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_authorization", message)
+            },
+            Denied::BadToken(_) => ApiError {
+                challenge: Some("Bearer error=\"invalid_token\""),
+                fields: vec!["authorization".into()],
+                ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+            },
+            Denied::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            Denied::Throttled(wait) => ApiError {
+                retry_after_secs: Some(wait.as_secs().max(1)),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+            Denied::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authentication_unavailable",
+                "the broker that checks API tokens cannot be reached; try again later",
+            ),
+        }
+    }
+}
+
 /// An error answer.
 #[derive(Debug, Serialize)]
 pub struct ApiError {
     #[serde(skip)]
     status: StatusCode,
+    /// `WWW-Authenticate` of a 401.
+    #[serde(skip)]
+    challenge: Option<&'static str>,
+    /// `Retry-After` of a 429, in whole seconds.
+    #[serde(skip)]
+    retry_after_secs: Option<u64>,
     error: &'static str,
     message: String,
     fields: Vec<String>,
@@ -163,7 +270,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        Self { status, error, message: message.into(), fields: Vec::new() }
+        Self { status, error, message: message.into(), fields: Vec::new(), challenge: None, retry_after_secs: None }
     }
 
     fn internal(what: &str, e: impl std::fmt::Display) -> Self {
@@ -174,7 +281,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(&self)).into_response()
+        let mut response = (self.status, Json(&self)).into_response();
+        if let Some(c) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(c));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

@@ -76,7 +76,51 @@ pub struct Config {
     pub broker_tls: BrokerTls,
     /// The broker principals the service runs as, by role.
     pub broker_credentials: BrokerCredentials,
+    /// Who may call the order API.
+    pub api_auth: ApiAuth,
 }
+
+/// How the order API authenticates its callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiAuthMode {
+    /// Everyone may call it (loopback, or with `insecureAllowAnonymous`).
+    #[default]
+    None,
+    /// `authorization: Bearer <broker API token>`, checked with the broker.
+    BrokerToken,
+}
+
+/// `[apiAuth]`: who may call the order API (see [`crate::api_auth`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiAuth {
+    /// `none` or `broker-token`.
+    pub mode: ApiAuthMode,
+    /// How long a broker's answer about one (token, action, resource) is
+    /// reused, ms: a revoked token or removed grant stops working within it.
+    pub cache_ttl_ms: u64,
+    /// Answers kept at most; the oldest go first.
+    pub cache_entries_max: usize,
+    /// The token the built-in delivery simulator calls
+    /// `POST /order/delivered` with (required with `broker-token` and no
+    /// `deliveryWebhookUrl`).
+    pub delivery_simulator_token_file: Option<PathBuf>,
+}
+
+impl Default for ApiAuth {
+    fn default() -> Self {
+        Self {
+            mode: ApiAuthMode::None,
+            cache_ttl_ms: 2_000,
+            cache_entries_max: 10_000,
+            delivery_simulator_token_file: None,
+        }
+    }
+}
+
+/// Longest `apiAuth.cacheTtlMs`: the broker's longest `auth.recheck_interval_ms`.
+pub const API_AUTH_CACHE_TTL_MS_MAX: u64 = 60_000;
 
 /// A secret configuration value: deserialised like a string, never shown
 /// by `Debug` (configuration may be logged).
@@ -210,6 +254,7 @@ impl Default for Config {
             tls: ApiTls::default(),
             broker_tls: BrokerTls::default(),
             broker_credentials: BrokerCredentials::default(),
+            api_auth: ApiAuth::default(),
         }
     }
 }
@@ -330,6 +375,34 @@ impl Config {
                 "brokerTls and brokerCredentials apply to an external broker; set broker too",
             ));
         }
+        let a = &self.api_auth;
+        if !(1..=API_AUTH_CACHE_TTL_MS_MAX).contains(&a.cache_ttl_ms) {
+            return Err(ConfigError::invalid(
+                "apiAuth.cacheTtlMs",
+                format!("{} must be 1..={API_AUTH_CACHE_TTL_MS_MAX}", a.cache_ttl_ms),
+            ));
+        }
+        if !(1..=1_000_000).contains(&a.cache_entries_max) {
+            return Err(ConfigError::invalid("apiAuth.cacheEntriesMax", "must be 1..=1000000"));
+        }
+        if a.mode == ApiAuthMode::BrokerToken {
+            // The embedded broker runs without authentication: it has no
+            // tokens to check callers against.
+            if self.broker.is_none() {
+                return Err(ConfigError::invalid(
+                    "apiAuth.mode",
+                    "\"broker-token\" checks callers' tokens with an external broker that has \
+                     authentication on; set broker (--broker) too",
+                ));
+            }
+            if self.delivery_webhook_url.is_none() && a.delivery_simulator_token_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "apiAuth.deliverySimulatorTokenFile",
+                    "is required with apiAuth.mode = \"broker-token\" and no deliveryWebhookUrl: the \
+                     built-in delivery simulator calls POST /order/delivered with it",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -438,5 +511,32 @@ mod tests {
         let e = Config::load(None, env(&[("ORDER_SERVICE_NO_SUCH_KEY", "1")])).expect_err("unknown");
         assert!(e.to_string().contains("noSuchKey"), "{e}");
         Config::load(None, env(&[("ORDER_SERVICE_CONFIG", "/etc/x.toml")])).expect("CONFIG is the file, not a key");
+    }
+
+    #[test]
+    fn api_authentication_needs_an_external_broker_and_names_its_keys() {
+        let e = Config::load(None, env(&[("ORDER_SERVICE_API_AUTH__MODE", "broker-token")])).expect_err("embedded");
+        assert!(e.to_string().contains("ORDER_SERVICE_API_AUTH__MODE=broker-token: apiAuth.mode"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("ORDER_SERVICE_API_AUTH__MODE", "broker-token"),
+                ("ORDER_SERVICE_BROKER", "127.0.0.1:7470"),
+                ("ORDER_SERVICE_DELIVERY_WEBHOOK_URL", "http://127.0.0.1:9000/d"),
+                ("ORDER_SERVICE_API_AUTH__CACHE_TTL_MS", "500"),
+            ]),
+        )
+        .expect("with a broker");
+        assert_eq!((c.api_auth.mode, c.api_auth.cache_ttl_ms), (ApiAuthMode::BrokerToken, 500));
+        let e = Config::load(
+            None,
+            env(&[("ORDER_SERVICE_API_AUTH__MODE", "broker-token"), ("ORDER_SERVICE_BROKER", "127.0.0.1:7470")]),
+        )
+        .expect_err("the simulator has no token");
+        assert!(e.to_string().contains("apiAuth.deliverySimulatorTokenFile"), "{e}");
+        let e = Config::load(None, env(&[("ORDER_SERVICE_API_AUTH__CACHE_TTL_MS", "0")])).expect_err("ttl");
+        assert!(e.to_string().contains("apiAuth.cacheTtlMs"), "{e}");
+        let e = Config::load(None, env(&[("ORDER_SERVICE_API_AUTH__MODE", "password")])).expect_err("mode");
+        assert!(e.to_string().contains("mode"), "{e}");
     }
 }

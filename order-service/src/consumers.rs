@@ -118,6 +118,9 @@ pub struct Ctx {
     pub self_url: String,
     /// Outgoing HTTP.
     pub http: HttpClient,
+    /// The token the delivery simulator calls this service's API with
+    /// (`apiAuth.deliverySimulatorTokenFile`).
+    pub simulator_token: Option<client::Secret>,
 }
 
 /// The handler stopped because the service is shutting down; the batch is
@@ -540,7 +543,7 @@ fn need_order(env: &Envelope) -> Result<&Order, Failure> {
 /// Hands a fulfilled order to the delivery company: the webhook, or the simulator.
 async fn deliver(ctx: &Ctx, env: &Envelope, order: &Order, shutdown: &CancellationToken) -> Result<(), Handled> {
     if let Some(url) = &ctx.config.delivery_webhook_url {
-        let status = ctx.http.post_json(url, webhook_body(env, order)?).await.map_err(Failure::from)?;
+        let status = ctx.http.post_json(url, webhook_body(env, order)?, None).await.map_err(Failure::from)?;
         return Ok(Failure::from_status(status, "the delivery webhook")?);
     }
     let delay = Duration::from_millis(ctx.config.delivery_simulator_delay_ms);
@@ -554,8 +557,11 @@ async fn deliver(ctx: &Ctx, env: &Envelope, order: &Order, shutdown: &Cancellati
     });
     let url = format!("{}/order/delivered", ctx.self_url);
     // Serialising a `json!` value cannot fail.
-    let status =
-        ctx.http.post_json(&url, serde_json::to_vec(&body).unwrap_or_default()).await.map_err(Failure::from)?;
+    let status = ctx
+        .http
+        .post_json(&url, serde_json::to_vec(&body).unwrap_or_default(), ctx.simulator_token.as_ref())
+        .await
+        .map_err(Failure::from)?;
     match status {
         200 => tracing::info!(order = %order.order_id, "simulated delivery done"),
         409 | 404 => tracing::warn!(order = %order.order_id, "simulated delivery: order not deliverable"),

@@ -43,13 +43,21 @@ impl HttpError {
 }
 
 impl HttpClient {
-    /// POSTs a JSON body; returns the status code.
-    pub async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<u16, HttpError> {
+    /// POSTs a JSON body, with `authorization: Bearer <bearer>` when given;
+    /// returns the status code.
+    pub async fn post_json(&self, url: &str, body: Vec<u8>, bearer: Option<&client::Secret>) -> Result<u16, HttpError> {
         let err = |message: String, timed_out| HttpError { url: url.into(), message, timed_out };
-        let req = hyper::Request::post(url)
+        let mut req = hyper::Request::post(url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| err(e.to_string(), false))?;
+        if let Some(token) = bearer {
+            // The error never shows the value.
+            let mut v = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| err("the token is not printable ASCII".into(), false))?;
+            v.set_sensitive(true);
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+        }
         let resp = tokio::time::timeout(TIMEOUT, self.inner.request(req))
             .await
             .map_err(|_| err(format!("no answer within {} s", TIMEOUT.as_secs()), true))?

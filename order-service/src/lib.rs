@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod api;
+pub mod api_auth;
 pub mod config;
 pub mod consumers;
 pub mod email;
@@ -181,6 +182,15 @@ pub async fn start_with_stack(
         }
     };
     let broker_addr = broker.addr.clone();
+    let api_auth = api_auth::ApiAuth::from_config(&config, broker.clone()).map(Arc::new);
+    let simulator_token = match &config.api_auth.delivery_simulator_token_file {
+        // The error names the key and the file, never the content.
+        Some(path) => Some(
+            client::Secret::from_file(path)
+                .map_err(|e| config::ConfigError::invalid("apiAuth.deliverySimulatorTokenFile", e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let streams = store::Streams {
         orders: config.order_stream_name.clone(),
@@ -211,10 +221,12 @@ pub async fn start_with_stack(
         broker,
         self_url: format!("http://{}", reachable(http_addr)),
         http: http_client::HttpClient::default(),
+        simulator_token,
     });
     consumers::spawn_all(ctx, &shutdown, &mut tasks, ready.clone());
 
-    let app = api::router(api::AppState { store, metrics: metrics.clone(), ready }, config.max_body_bytes);
+    let app =
+        api::router(api::AppState { store, metrics: metrics.clone(), ready, auth: api_auth }, config.max_body_bytes);
     tasks.spawn(broker::auth::tls::reload_on_sighup(api_tls.iter().cloned().collect(), shutdown.clone()));
     let conns = broker::listener::incoming(
         listener,
@@ -245,9 +257,10 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Refuses to serve the order API to anonymous callers on a non-loopback
-/// address unless `insecureAllowAnonymous` is set (then it warns).
+/// address (no `apiAuth.mode`) unless `insecureAllowAnonymous` is set (then
+/// it warns).
 fn check_exposure(config: &Config, http_addr: SocketAddr) -> Result<(), Error> {
-    if http_addr.ip().is_loopback() {
+    if http_addr.ip().is_loopback() || config.api_auth.mode != config::ApiAuthMode::None {
         return Ok(());
     }
     if !config.insecure_allow_anonymous {
@@ -255,7 +268,8 @@ fn check_exposure(config: &Config, http_addr: SocketAddr) -> Result<(), Error> {
             "httpAddr",
             format!(
                 "{http_addr} is not a loopback address and the order API has no authentication: \
-                 configure it, or for development only set insecureAllowAnonymous (--insecure-allow-anonymous)"
+                 set apiAuth.mode = \"broker-token\" (--api-auth broker-token), or for development only \
+                 insecureAllowAnonymous (--insecure-allow-anonymous)"
             ),
         )));
     }
@@ -317,7 +331,11 @@ mod tests {
             text.contains("httpAddr") && text.contains("10.0.0.7:8080") && text.contains("--insecure-allow-anonymous"),
             "{text}"
         );
+        assert!(text.contains("apiAuth.mode"), "{text}");
         c.insecure_allow_anonymous = true;
         check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect("explicitly allowed");
+        c.insecure_allow_anonymous = false;
+        c.api_auth.mode = config::ApiAuthMode::BrokerToken;
+        check_exposure(&c, "10.0.0.7:8080".parse().expect("addr")).expect("authenticated");
     }
 }

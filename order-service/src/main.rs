@@ -44,6 +44,10 @@ struct Args {
     /// Serve the order API to anonymous callers on a non-loopback address (development only).
     #[arg(long)]
     insecure_allow_anonymous: bool,
+    /// Who may call the order API (key apiAuth.mode): none, or broker-token
+    /// (`authorization: Bearer <broker API token>`, needs --broker).
+    #[arg(long, value_name = "MODE", value_parser = ["none", "broker-token"])]
+    api_auth: Option<String>,
 }
 
 #[tokio::main]
@@ -79,6 +83,11 @@ async fn main() -> std::process::ExitCode {
     config.broker_grpc_addr = args.broker_grpc_addr.unwrap_or(config.broker_grpc_addr);
     config.broker_admin_addr = args.broker_admin_addr.unwrap_or(config.broker_admin_addr);
     config.insecure_allow_anonymous |= args.insecure_allow_anonymous;
+    match args.api_auth.as_deref() {
+        Some("broker-token") => config.api_auth.mode = order_service::config::ApiAuthMode::BrokerToken,
+        Some(_) => config.api_auth.mode = order_service::config::ApiAuthMode::None,
+        None => {}
+    }
     let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
         Ok(l) => l,
         Err(e) => {

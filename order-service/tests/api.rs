@@ -241,3 +241,28 @@ async fn readyz_waits_for_streams_and_groups_and_names_an_unreachable_broker() {
     assert_eq!(get(svc.addr, "/healthz").await.status, 200, "liveness only");
     svc.running.stop().await.expect("clean stop");
 }
+
+/// docs/metrics.md's order-service table and `/metrics` list the same
+/// metrics, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_metrics_md_lists_exactly_the_metrics_on_the_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = start(test_config(dir.path())).await;
+    let page = get(svc.addr, "/metrics").await.body;
+    let on_page: std::collections::BTreeSet<String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect();
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"))
+        .expect("docs/metrics.md");
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `order_service_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("order_service_{name}"))
+        .collect();
+    assert_eq!(on_page, documented, "left: /metrics, right: docs/metrics.md");
+    svc.running.stop().await.expect("stop");
+}

@@ -39,6 +39,7 @@ fn ctx(dir: &std::path::Path, config: order_service::Config) -> Arc<Ctx> {
         broker: "http://127.0.0.1:9".into(),
         self_url: "http://127.0.0.1:9".into(),
         http: Default::default(),
+        simulator_token: None,
     })
 }
 

@@ -1,7 +1,12 @@
 //! The files in `deploy/` against the real thing: `order-service --stack`
-//! creates the stack's streams and groups on a broker, and every query of
-//! the Grafana dashboard and of the Prometheus alert rules names a metric
-//! that the broker or the order service really exports on `/metrics`.
+//! creates the stack's streams and groups on a broker; every query of the
+//! Grafana dashboard and of the Prometheus alert rules names a metric that
+//! the broker or the order service really exports on `/metrics`; and the
+//! authentication settings of `deploy/compose.yaml` (the broker's
+//! environment, the tokens its `access` service makes, the order
+//! service's environment and flags) run the order flow against a real
+//! broker with authentication on. No container engine runs here: the
+//! compose file is read as text (`.ci/deploy_files.py` checks its YAML).
 
 mod common;
 
@@ -105,6 +110,113 @@ async fn the_service_creates_its_stack_and_changes_nothing_that_exists() {
     })
     .await;
     svc.running.stop().await.expect("clean stop");
+}
+
+/// The `KEY: value` pairs of a compose service's `environment:` mapping
+/// (comments skipped, quotes dropped), by indentation: compose.yaml keeps
+/// services at 2 spaces, their keys at 4 and the variables at 6.
+fn compose_env(compose: &str, service: &str) -> Vec<(String, String)> {
+    let mut lines = compose.lines().skip_while(|l| *l != format!("  {service}:")).skip(1);
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in lines.by_ref() {
+        if !line.starts_with("    ") && !line.trim().is_empty() {
+            break;
+        }
+        if line.starts_with("    ") && !line.starts_with("     ") {
+            inside = line.trim() == "environment:";
+            continue;
+        }
+        let t = line.trim();
+        if inside && !t.starts_with('#') && !t.is_empty() {
+            let (k, v) = t.split_once(": ").unwrap_or_else(|| panic!("not `KEY: value`: {line}"));
+            out.push((k.to_string(), v.trim_matches('"').to_string()));
+        }
+    }
+    out
+}
+
+/// deploy/compose.yaml's authentication settings work together: the
+/// broker's environment turns auth on with the bootstrap secret; the
+/// `access` service's commands (stack deploy as that admin, a token per
+/// principal) give the order service's environment every token file it
+/// names; with that environment (broker-token mode) the order API takes
+/// the storefront's and the cake producer's tokens, refuses anonymous
+/// callers, the simulator delivers as courier, and the prometheus token
+/// reads both `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_files_authentication_runs_the_order_flow() {
+    let compose = std::fs::read_to_string(deploy_dir().join("compose.yaml")).expect("deploy/compose.yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin_token = broker::auth::token::generate().expect("token").token;
+    let secret = dir.path().join("admin-token");
+    std::fs::write(&secret, &admin_token).expect("write the secret");
+    let here = |v: &str| {
+        v.replace("/run/secrets/", &format!("{}/", dir.path().display()))
+            .replace("/tokens/", &format!("{}/tokens/", dir.path().display()))
+    };
+    let broker_env: Vec<(String, String)> =
+        compose_env(&compose, "broker").into_iter().map(|(k, v)| (k, here(&v))).collect();
+    let mut bc = broker::config::BrokerConfig::load(None, broker_env).expect("the broker's compose environment");
+    assert!(bc.auth.enabled, "compose turns the broker's auth on");
+    bc.data_dir = dir.path().join("broker");
+    let broker = TestBroker::start_with(bc, std::sync::Arc::new(broker::clock::SystemClock)).await;
+
+    // What the access service does.
+    let script = compose.split("for p in ").nth(1).and_then(|r| r.split("; do").next()).expect("the token loop");
+    let admin_options = client::ConnectOptions { token: Some(client::Secret::new(admin_token)), ..Default::default() };
+    let admin =
+        client::Admin::from_channel(client::Connection::open(&broker.endpoint(), &admin_options).await.expect("admin"));
+    let stack = client::stack::Stack::load(&deploy_dir().join("stack.toml")).expect("deploy/stack.toml");
+    client::stack::deploy(&admin, &stack).await.expect("stack deploy as the bootstrap admin");
+    std::fs::create_dir(dir.path().join("tokens")).expect("tokens");
+    let mut tokens = std::collections::BTreeMap::new();
+    for p in script.split_whitespace() {
+        let (_, token) = admin.access().create_token(p, "compose", None).await.expect("a declared principal");
+        std::fs::write(dir.path().join(format!("tokens/{p}.token")), token.expose()).expect("write");
+        tokens.insert(p.to_string(), token);
+    }
+
+    let order_env: Vec<(String, String)> = compose_env(&compose, "order-service")
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ORDER_SERVICE_"))
+        .map(|(k, v)| (k, here(&v).replace("http://broker:7470", &broker.endpoint())))
+        .collect();
+    assert!(order_env.len() >= 8, "{order_env:?}");
+    let (config, stack) = order_service::stack::load(&deploy_dir().join("stack.toml"), None, order_env)
+        .expect("the order service's compose environment");
+    assert_eq!(config.api_auth.mode, order_service::config::ApiAuthMode::BrokerToken);
+    let test = test_config(&dir.path().join("data"));
+    let config =
+        Config { data_dir: test.data_dir, delivery_simulator_delay_ms: test.delivery_simulator_delay_ms, ..config };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let running = order_service::start_with_stack(config, Some(stack), listener, CancellationToken::new())
+        .await
+        .expect("the service starts");
+    let addr = running.http_addr;
+    let with = |p: &str| format!("Bearer {}", tokens[p].expose());
+
+    assert_eq!(post(addr, "/order", SEED_ORDER).await.status, 401, "anonymous");
+    let placed =
+        request(addr, "POST", "/order", &[("authorization", &with("storefront"))], SEED_ORDER.as_bytes()).await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    let id = placed.json()["orderId"].as_str().expect("orderId").to_string();
+    let fulfil = serde_json::json!({"orderId": id, "fulfillmentId": "CakeProducer1"}).to_string();
+    let r =
+        request(addr, "POST", "/order/fulfill", &[("authorization", &with("cake-producer"))], fulfil.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let path = format!("/order/{id}");
+    eventually(LIMIT, "delivered by the simulator as courier", || async {
+        let r = request(addr, "GET", &path, &[("authorization", &with("storefront"))], b"").await;
+        (r.json()["status"] == "delivered").then_some(())
+    })
+    .await;
+    let m = request(addr, "GET", "/metrics", &[("authorization", &with("prometheus"))], b"").await;
+    assert_eq!(m.status, 200, "{}", m.body);
+    let m = request(broker.http_addr, "GET", "/metrics", &[("authorization", &with("prometheus"))], b"").await;
+    assert_eq!(m.status, 200, "the broker's /metrics with the prometheus token: {}", m.body);
+    running.stop().await.expect("stop");
+    broker.stop().await.expect("stop broker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

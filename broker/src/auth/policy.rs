@@ -130,6 +130,20 @@ impl Resource {
     pub fn group(stream: &str, group: &str) -> Self {
         Resource::Group { stream: stream.to_string(), group: group.to_string() }
     }
+
+    /// The resource `text` names exactly (`stream:<name>`,
+    /// `group:<stream>/<group>` or `cluster`; no patterns), as
+    /// [`Resource`]'s `Display` writes it.
+    pub fn parse(text: &str) -> Option<Resource> {
+        if text == "cluster" {
+            return Some(Resource::Cluster);
+        }
+        if let Some(name) = text.strip_prefix("stream:") {
+            return is_name(name).then(|| Resource::stream(name));
+        }
+        let (stream, group) = text.strip_prefix("group:")?.split_once('/')?;
+        (is_name(stream) && is_name(group)).then(|| Resource::group(stream, group))
+    }
 }
 
 impl std::fmt::Display for Resource {
@@ -305,6 +319,16 @@ mod tests {
 
     fn grant(effect: Effect, action: &str, resource: &str) -> Grant {
         Grant { principal: "p".into(), effect, action: action.into(), resource: resource.into() }
+    }
+
+    #[test]
+    fn a_resource_parses_from_what_display_writes_and_nothing_else() {
+        for r in [Resource::stream("orders"), Resource::group("orders", "g.1"), Resource::Cluster] {
+            assert_eq!(Resource::parse(&r.to_string()), Some(r));
+        }
+        for bad in ["", "*", "stream:", "stream:o*", "stream:a b", "group:o", "group:o/", "group:/g", "clusters"] {
+            assert_eq!(Resource::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The AccessControl gRPC edge: principals, tokens, grants and WhoAmI over
-//! [`crate::auth::store`]. Every call but WhoAmI needs `admin:auth` on
-//! `cluster`. Changes block on a durable commit, so they run off the
+//! [`crate::auth::store`]. Every call but WhoAmI and CheckAccess needs
+//! `admin:auth` on `cluster`; CheckAccess answers for the caller itself
+//! with [`Auth::authorize`], the rule every call is authorized with. Changes block on a durable commit, so they run off the
 //! reactor; the token of CreateToken is in its response only.
 
 use std::sync::Arc;
@@ -112,6 +113,39 @@ impl AccessControl for AccessService {
                 authentication_enabled: self.auth.enabled(),
                 super_user: self.auth.is_super_user(&caller),
                 grants: grants.into_iter().map(grant_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn check_access(
+        &self,
+        req: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        let r = req.into_inner();
+        unary("CheckAccess", self.deadline(), async {
+            let caller = current();
+            let action = Action::parse(&r.action).ok_or_else(|| {
+                BrokerError::invalid("action", format!("{:?} is not an action (e.g. record:put)", r.action))
+            })?;
+            let resource = Resource::parse(&r.resource).ok_or_else(|| {
+                BrokerError::invalid(
+                    "resource",
+                    format!("{:?} must be stream:<name>, group:<stream>/<group> or cluster", r.resource),
+                )
+            })?;
+            // The caller's credential is checked again here (a token revoked
+            // since the layer let the call in is UNAUTHENTICATED), and a
+            // refusal is counted as every refused call is.
+            let allowed = match self.auth.authorize(&caller, action, &resource) {
+                Ok(()) => true,
+                Err(BrokerError::PermissionDenied { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            Ok(pb::CheckAccessResponse {
+                principal: caller.principal.clone().unwrap_or_default(),
+                allowed,
+                authentication_enabled: self.auth.enabled(),
             })
         })
         .await

@@ -1,6 +1,6 @@
-//! `streamctl auth`: who am I, and the broker's principals, API tokens and
-//! grants. Everything but `whoami` needs `admin:auth` on `cluster` (the
-//! bootstrap token's principal has it).
+//! `streamctl auth`: who am I, what may I do, and the broker's principals,
+//! API tokens and grants. Everything but `whoami` and `can` needs
+//! `admin:auth` on `cluster` (the bootstrap token's principal has it).
 //!
 //! `token create` prints the new token once, alone on stdout (or in the
 //! JSON), so it can be piped into a file; the broker keeps only its hash.
@@ -19,6 +19,10 @@ pub enum AuthCmd {
     /// Who the broker takes this caller for, how it was proven, and its grants.
     #[command(name = "whoami")]
     WhoAmI,
+    /// Whether this caller may do ACTION (record:put) on RESOURCE
+    /// (stream:<name>, group:<stream>/<group> or cluster) now, by the
+    /// broker's own rule; exits 1 when not.
+    Can { action: String, resource: String },
     /// Create, list and delete principals.
     #[command(subcommand)]
     Principal(PrincipalCmd),
@@ -169,6 +173,22 @@ pub async fn run(g: &Global, cmd: AuthCmd) -> Result<(), CliError> {
                 out.push_str(&table(&["PRINCIPAL", "EFFECT", "ACTION", "RESOURCE"], &grant_rows(&me.grants)));
             }
             print(&out)
+        }
+        AuthCmd::Can { action, resource } => {
+            let r = access.check_access(&action, &resource).await?;
+            let who = if r.principal.is_empty() { "anonymous" } else { r.principal.as_str() };
+            if g.json {
+                print_json(&json!({
+                    "principal": r.principal,
+                    "action": action,
+                    "resource": resource,
+                    "allowed": r.allowed,
+                    "authentication_enabled": r.authentication_enabled,
+                }))?;
+            } else if r.allowed {
+                print(&format!("{who} may {action} on {resource}\n"))?;
+            }
+            if r.allowed { Ok(()) } else { Err(CliError::failed(format!("{who} may not {action} on {resource}"))) }
         }
         AuthCmd::Principal(PrincipalCmd::Create { name, description }) => {
             let p = access.create_principal(&name, &description).await?;
