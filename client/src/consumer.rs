@@ -517,12 +517,12 @@ impl Consumer {
         F: FnMut(Record, String) -> FF,
         FF: Future<Output = std::result::Result<(), HandlerError>>,
     {
-        if self.attempt(batch.clone(), handler).await.is_ok() {
+        if self.attempt(&batch, handler).await.is_ok() {
             return true;
         }
         // Isolate the failing record(s): one by one, each with its own retries.
         for record in batch {
-            if let Err(e) = self.attempt(vec![record.clone()], handler).await {
+            if let Err(e) = self.attempt(std::slice::from_ref(&record), handler).await {
                 let mut tries = 0;
                 while let Err(hook) = on_failure(record.clone(), e.to_string()).await {
                     tries += 1;
@@ -541,14 +541,16 @@ impl Consumer {
         true
     }
 
-    async fn attempt<H, HF>(&self, batch: Vec<Record>, handler: &mut H) -> std::result::Result<(), HandlerError>
+    /// Hands the handler its own copy of `batch` (one per try: a failed
+    /// try may have consumed it), retrying with backoff.
+    async fn attempt<H, HF>(&self, batch: &[Record], handler: &mut H) -> std::result::Result<(), HandlerError>
     where
         H: FnMut(Vec<Record>) -> HF,
         HF: Future<Output = std::result::Result<(), HandlerError>>,
     {
         let mut tries = 0;
         loop {
-            match handler(batch.clone()).await {
+            match handler(batch.to_vec()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if tries >= self.shared.config.max_retries => return Err(e),
                 Err(_) => {

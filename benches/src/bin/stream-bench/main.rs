@@ -841,8 +841,15 @@ pub(crate) struct Drain {
 /// `members` consumers of a new group drain the `total` records of
 /// `stream` through `Consumer::run` (poll 1000, handle, commit); only first
 /// deliveries count, from the first join to the last first delivery.
+///
+/// A group delivers each shard in sequence order and redelivers from a
+/// checkpoint, so a record is a first delivery exactly when its sequence
+/// number is above the highest one handled on its shard: the harness keeps
+/// one number per shard and looks it up once per batch (a batch is one
+/// shard's), instead of hashing every record into a set, which took about
+/// a seventh of the CPU of the run it measured.
 pub(crate) async fn drain(endpoint: &str, stream: &str, group: &str, members: u32, total: u64) -> Drain {
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<(String, u64)>::new()));
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, Option<u64>>::new()));
     let (first, again) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
@@ -858,13 +865,21 @@ pub(crate) async fn drain(endpoint: &str, stream: &str, group: &str, members: u3
         let (seen, first, again) = (seen.clone(), first.clone(), again.clone());
         tasks.push(tokio::spawn(consumer.run(
             move |records: Vec<client::Record>| {
-                let mut s = seen.lock().expect("seen");
-                for r in records {
-                    if s.insert((r.shard_id, r.sequence_number)) {
-                        first.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        again.fetch_add(1, Ordering::Relaxed);
+                if let Some(shard) = records.first().map(|r| r.shard_id.clone()) {
+                    assert!(records.iter().all(|r| r.shard_id == shard), "a handled batch is one shard's");
+                    let mut s = seen.lock().expect("seen");
+                    let high = s.entry(shard).or_insert(None);
+                    let (mut new, mut old) = (0, 0);
+                    for r in &records {
+                        if high.is_none_or(|h| r.sequence_number > h) {
+                            *high = Some(r.sequence_number);
+                            new += 1;
+                        } else {
+                            old += 1;
+                        }
                     }
+                    first.fetch_add(new, Ordering::Relaxed);
+                    again.fetch_add(old, Ordering::Relaxed);
                 }
                 std::future::ready(Ok(()))
             },
