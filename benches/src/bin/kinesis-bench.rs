@@ -13,7 +13,10 @@
 //! JSON) and counted. Quotas are off; durability is `always` (every put is
 //! fdatasync'ed by group commit) unless `--durability never`.
 //!
-//! HTTP runs on plain keep-alive HTTP/1.1 connections, one per client.
+//! Each API's `--seconds` are run as slices of about 2 s in rotating order
+//! (gRPC, JSON, CBOR; then JSON, CBOR, gRPC; …), so the three see the same
+//! machine state. HTTP runs on plain keep-alive HTTP/1.1 connections, one
+//! per client.
 //! Prints records/s, MB/s (keys + data) and per-call p50/p99 for each.
 
 use std::sync::Arc;
@@ -314,8 +317,9 @@ async fn grpc_client(endpoint: String) -> AnyResult<StreamBrokerClient<Channel>>
     Ok(StreamBrokerClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
-async fn put_run(b: &TestBroker, api: Api, stream: &str, args: &Args) -> AnyResult<Tally> {
-    let until = Instant::now() + Duration::from_secs(args.seconds);
+/// One slice of `api`'s put measurement, `slice` long.
+async fn put_run(b: &TestBroker, api: Api, stream: &str, args: &Args, slice: Duration) -> AnyResult<Tally> {
+    let until = Instant::now() + slice;
     let record = data(args.record_bytes);
     let mut tasks = Vec::new();
     for c in 0..args.concurrency {
@@ -577,12 +581,33 @@ async fn main() -> AnyResult<()> {
         "kinesis-bench: {} x {} B records per PutRecords, {} clients, {} shards, durability {}, {} s per put run",
         args.batch, args.record_bytes, args.concurrency, args.shards, args.durability, args.seconds
     );
-    let mut put_rates = Vec::new();
-    for api in [Api::Grpc, Api::Json, Api::Cbor] {
+    // Each API's put time is cut into slices of about 2 s, run in rotating
+    // order, so every API sees the same machine state: the log and the page
+    // cache grow through the run (first-touch of memory showed as a growing
+    // kernel copy cost in later runs), and other work on the cores comes and
+    // goes.
+    let apis = [Api::Grpc, Api::Json, Api::Cbor];
+    let rounds = (args.seconds / 2).max(1);
+    let slice = Duration::from_secs(args.seconds).div_f64(rounds as f64);
+    let mut streams = Vec::new();
+    for api in apis {
         let stream = format!("put-{}", api.name().replace(' ', "-").to_lowercase());
         create(&b, &stream, args.shards).await?;
-        let t = put_run(&b, api, &stream, &args).await?;
-        println!("{}", t.line("put", api));
+        streams.push(stream);
+    }
+    let mut puts: Vec<Tally> = apis.iter().map(|_| Tally::new()).collect();
+    for round in 0..rounds as usize {
+        for k in 0..apis.len() {
+            let i = (round + k) % apis.len();
+            let t = put_run(&b, apis[i], &streams[i], &args, slice).await?;
+            let elapsed = puts[i].elapsed + t.elapsed;
+            puts[i].add(&t);
+            puts[i].elapsed = elapsed;
+        }
+    }
+    let mut put_rates = Vec::new();
+    for (api, t) in apis.iter().zip(&puts) {
+        println!("{}", t.line("put", *api));
         put_rates.push(t.records as f64 / t.elapsed.as_secs_f64());
     }
     create(&b, "read", args.shards).await?;
