@@ -15,7 +15,10 @@
 //!
 //! Each API's `--seconds` are run as slices of about 2 s in rotating order
 //! (gRPC, JSON, CBOR; then JSON, CBOR, gRPC; …), so the three see the same
-//! machine state. HTTP runs on plain keep-alive HTTP/1.1 connections, one
+//! machine state. Each put row also gives the process's CPU time per
+//! record (broker and load generator together; the load generator's share
+//! is the same small work on every API): on a machine shared with other
+//! work this ratio is steadier than the records/s ratio. HTTP runs on plain keep-alive HTTP/1.1 connections, one
 //! per client.
 //! Prints records/s, MB/s (keys + data) and per-call p50/p99 for each.
 
@@ -152,12 +155,26 @@ struct Tally {
     records: u64,
     bytes: u64,
     elapsed: Duration,
+    /// CPU time of the whole process (broker and load generator) while it ran.
+    cpu: Duration,
+}
+
+/// CPU time this process has used, on all its threads.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
 }
 
 impl Tally {
     fn new() -> Self {
         // Three significant digits up to an hour: these bounds are valid.
-        Self { latency_us: Histogram::new(3).expect("histogram"), records: 0, bytes: 0, elapsed: Duration::ZERO }
+        Self {
+            latency_us: Histogram::new(3).expect("histogram"),
+            records: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            cpu: Duration::ZERO,
+        }
     }
 
     fn add(&mut self, other: &Tally) {
@@ -166,6 +183,12 @@ impl Tally {
         self.records += other.records;
         self.bytes += other.bytes;
         self.elapsed = self.elapsed.max(other.elapsed);
+        self.cpu += other.cpu;
+    }
+
+    /// CPU microseconds per record.
+    fn cpu_per_record_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.records.max(1) as f64
     }
 
     fn line(&self, what: &str, api: Api) -> String {
@@ -599,7 +622,9 @@ async fn main() -> AnyResult<()> {
     for round in 0..rounds as usize {
         for k in 0..apis.len() {
             let i = (round + k) % apis.len();
-            let t = put_run(&b, apis[i], &streams[i], &args, slice).await?;
+            let cpu = process_cpu();
+            let mut t = put_run(&b, apis[i], &streams[i], &args, slice).await?;
+            t.cpu = process_cpu().saturating_sub(cpu);
             let elapsed = puts[i].elapsed + t.elapsed;
             puts[i].add(&t);
             puts[i].elapsed = elapsed;
@@ -607,7 +632,7 @@ async fn main() -> AnyResult<()> {
     }
     let mut put_rates = Vec::new();
     for (api, t) in apis.iter().zip(&puts) {
-        println!("{}", t.line("put", *api));
+        println!("{}   CPU {:.2} us/record", t.line("put", *api), t.cpu_per_record_us());
         put_rates.push(t.records as f64 / t.elapsed.as_secs_f64());
     }
     create(&b, "read", args.shards).await?;
@@ -627,6 +652,11 @@ async fn main() -> AnyResult<()> {
         100.0 * put_rates[2] / put_rates[0],
         100.0 * get_rates[1] / get_rates[0],
         100.0 * get_rates[2] / get_rates[0]
+    );
+    println!(
+        "gRPC / Kinesis CPU per put record (broker and load generator, one process): JSON {:.0}%, CBOR {:.0}%",
+        100.0 * puts[0].cpu_per_record_us() / puts[1].cpu_per_record_us(),
+        100.0 * puts[0].cpu_per_record_us() / puts[2].cpu_per_record_us()
     );
     b.stop().await?;
     Ok(())
