@@ -66,6 +66,10 @@ struct Args {
     /// `always` (fdatasync every ack) or `never`.
     #[arg(long, default_value = "always")]
     durability: String,
+    /// `limits.http_max_header_bytes`: hyper's HTTP/1 read buffer is this
+    /// size too, so request bodies are read in chunks of at most this.
+    #[arg(long, default_value_t = 16 * 1024)]
+    http_max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -599,10 +603,18 @@ async fn main() -> AnyResult<()> {
     config.quotas.enforce = false;
     config.durability.mode = durability;
     config.kinesis.request_bytes_max = 64 << 20;
+    config.limits.http_max_header_bytes = args.http_max_header_bytes;
     let b = TestBroker::start_with(config, Arc::new(SystemClock)).await;
     println!(
-        "kinesis-bench: {} x {} B records per PutRecords, {} clients, {} shards, durability {}, {} s per put run",
-        args.batch, args.record_bytes, args.concurrency, args.shards, args.durability, args.seconds
+        "kinesis-bench: {} x {} B records per PutRecords, {} clients, {} shards, durability {}, {} s per put run, \
+         http_max_header_bytes {}",
+        args.batch,
+        args.record_bytes,
+        args.concurrency,
+        args.shards,
+        args.durability,
+        args.seconds,
+        args.http_max_header_bytes
     );
     // Each API's put time is cut into slices of about 2 s, run in rotating
     // order, so every API sees the same machine state: the log and the page
