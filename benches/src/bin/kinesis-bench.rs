@@ -4,15 +4,22 @@
 //!
 //! Put: `--concurrency` clients each send PutRecords of `--batch` records of
 //! `--record-bytes` of data (and a 10-byte partition key) for `--seconds`;
-//! request bodies are encoded once before the clock starts (a producer's
-//! encoding is its own cost, not the broker's), responses are decoded and
-//! every record is checked accepted. Get: a stream pre-filled over gRPC is
+//! request bodies are encoded once before the clock starts on every API,
+//! gRPC included (a producer's encoding is its own cost, not the broker's,
+//! and the load generator shares the broker's cores), and every response is
+//! read for its failed-record count, which must be 0. Get: a stream pre-filled over gRPC is
 //! read from TRIM_HORIZON to its end by one reader per shard with
 //! GetRecords of up to 10,000 records; responses are decoded (base64 in
 //! JSON) and counted. Quotas are off; durability is `always` (every put is
 //! fdatasync'ed by group commit) unless `--durability never`.
 //!
-//! HTTP runs on plain keep-alive HTTP/1.1 connections, one per client.
+//! Each API's `--seconds` are run as slices of about 2 s in rotating order
+//! (gRPC, JSON, CBOR; then JSON, CBOR, gRPC; …), so the three see the same
+//! machine state. Each put row also gives the process's CPU time per
+//! record (broker and load generator together; the load generator's share
+//! is the same small work on every API): on a machine shared with other
+//! work this ratio is steadier than the records/s ratio. HTTP runs on plain keep-alive HTTP/1.1 connections, one
+//! per client.
 //! Prints records/s, MB/s (keys + data) and per-call p50/p99 for each.
 
 use std::sync::Arc;
@@ -31,6 +38,8 @@ use proto::v1::stream_broker_client::StreamBrokerClient;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -57,6 +66,10 @@ struct Args {
     /// `always` (fdatasync every ack) or `never`.
     #[arg(long, default_value = "always")]
     durability: String,
+    /// `limits.http_max_header_bytes`: hyper's HTTP/1 read buffer is this
+    /// size too, so request bodies are read in chunks of at most this.
+    #[arg(long, default_value_t = 16 * 1024)]
+    http_max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,12 +159,26 @@ struct Tally {
     records: u64,
     bytes: u64,
     elapsed: Duration,
+    /// CPU time of the whole process (broker and load generator) while it ran.
+    cpu: Duration,
+}
+
+/// CPU time this process has used, on all its threads.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
 }
 
 impl Tally {
     fn new() -> Self {
         // Three significant digits up to an hour: these bounds are valid.
-        Self { latency_us: Histogram::new(3).expect("histogram"), records: 0, bytes: 0, elapsed: Duration::ZERO }
+        Self {
+            latency_us: Histogram::new(3).expect("histogram"),
+            records: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            cpu: Duration::ZERO,
+        }
     }
 
     fn add(&mut self, other: &Tally) {
@@ -160,6 +187,12 @@ impl Tally {
         self.records += other.records;
         self.bytes += other.bytes;
         self.elapsed = self.elapsed.max(other.elapsed);
+        self.cpu += other.cpu;
+    }
+
+    /// CPU microseconds per record.
+    fn cpu_per_record_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.records.max(1) as f64
     }
 
     fn line(&self, what: &str, api: Api) -> String {
@@ -198,7 +231,15 @@ fn put_body(api: Api, stream: &str, keys: &[String], data: &Bytes) -> Vec<u8> {
                 keys.iter().map(|k| serde_json::json!({"Data": encoded, "PartitionKey": k})).collect();
             serde_json::to_vec(&serde_json::json!({"StreamName": stream, "Records": records})).expect("JSON")
         }
-        Api::Cbor | Api::Grpc => {
+        Api::Grpc => {
+            use prost::Message;
+            let records = keys
+                .iter()
+                .map(|k| pb::PutRecordsEntry { partition_key: k.clone(), data: data.clone(), explicit_hash_key: None })
+                .collect();
+            pb::PutRecordsRequest { stream_name: stream.into(), records }.encode_to_vec()
+        }
+        Api::Cbor => {
             use ciborium::Value;
             let records = keys
                 .iter()
@@ -220,13 +261,92 @@ fn put_body(api: Api, stream: &str, keys: &[String], data: &Bytes) -> Vec<u8> {
     }
 }
 
+/// The one field of a PutRecords response the load generator reads (prost
+/// skips the per-record results without allocating them, as the HTTP
+/// clients skip theirs).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PutRecordsCount {
+    #[prost(uint32, tag = "1")]
+    failed_record_count: u32,
+}
+
+/// Sends a request encoded before the clock started and decodes a
+/// [`PutRecordsCount`]: the gRPC twin of the HTTP clients' pre-encoded bodies.
+#[derive(Clone, Copy, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = PutRecordsCount;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = PutRecordsCount;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<PutRecordsCount>, tonic::Status> {
+        use prost::Message;
+        PutRecordsCount::decode(buf).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// A gRPC PutRecords client that sends pre-encoded requests.
+struct RawPut {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+impl RawPut {
+    async fn connect(endpoint: String) -> AnyResult<Self> {
+        let channel = Channel::from_shared(endpoint)?.connect().await?;
+        let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+        Ok(Self { grpc: grpc.max_encoding_message_size(64 << 20) })
+    }
+
+    /// One PutRecords call of an encoded `PutRecordsRequest`; its failed-record count.
+    async fn put_records(&mut self, request: Bytes) -> AnyResult<u32> {
+        self.grpc.ready().await?;
+        let path = PathAndQuery::from_static("/streambroker.v1.StreamBroker/PutRecords");
+        let out = self.grpc.unary(tonic::Request::new(request), path, PreEncoded).await?;
+        Ok(out.into_inner().failed_record_count)
+    }
+}
+
 async fn grpc_client(endpoint: String) -> AnyResult<StreamBrokerClient<Channel>> {
     let channel = Channel::from_shared(endpoint)?.connect().await?;
     Ok(StreamBrokerClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
-async fn put_run(b: &TestBroker, api: Api, stream: &str, args: &Args) -> AnyResult<Tally> {
-    let until = Instant::now() + Duration::from_secs(args.seconds);
+/// One slice of `api`'s put measurement, `slice` long.
+async fn put_run(b: &TestBroker, api: Api, stream: &str, args: &Args, slice: Duration) -> AnyResult<Tally> {
+    let until = Instant::now() + slice;
     let record = data(args.record_bytes);
     let mut tasks = Vec::new();
     for c in 0..args.concurrency {
@@ -234,23 +354,12 @@ async fn put_run(b: &TestBroker, api: Api, stream: &str, args: &Args) -> AnyResu
         let per_record = (keys[0].len() + record.len()) as u64;
         let stream = stream.to_string();
         let (endpoint, addr) = (b.endpoint(), b.kinesis_addr.ok_or("no Kinesis API")?);
-        let body = put_body(api, &stream, &keys, &record);
-        let grpc_req = pb::PutRecordsRequest {
-            stream_name: stream.clone(),
-            records: keys
-                .iter()
-                .map(|k| pb::PutRecordsEntry {
-                    partition_key: k.clone(),
-                    data: record.clone(),
-                    explicit_hash_key: None,
-                })
-                .collect(),
-        };
+        let body = Bytes::from(put_body(api, &stream, &keys, &record));
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::new();
             let started = Instant::now();
             let mut grpc = match api {
-                Api::Grpc => Some(grpc_client(endpoint).await?),
+                Api::Grpc => Some(RawPut::connect(endpoint).await?),
                 _ => None,
             };
             let mut http = match api {
@@ -260,7 +369,7 @@ async fn put_run(b: &TestBroker, api: Api, stream: &str, args: &Args) -> AnyResu
             while Instant::now() < until {
                 let call = Instant::now();
                 let failed = match (&mut grpc, &mut http) {
-                    (Some(g), _) => u64::from(g.put_records(grpc_req.clone()).await?.into_inner().failed_record_count),
+                    (Some(g), _) => u64::from(g.put_records(body.clone()).await?),
                     (_, Some(h)) => {
                         let out = h.call("PutRecords", api.content_type(), &body).await?;
                         let parsed: PutRecordsOut = match api {
@@ -494,17 +603,48 @@ async fn main() -> AnyResult<()> {
     config.quotas.enforce = false;
     config.durability.mode = durability;
     config.kinesis.request_bytes_max = 64 << 20;
+    config.limits.http_max_header_bytes = args.http_max_header_bytes;
     let b = TestBroker::start_with(config, Arc::new(SystemClock)).await;
     println!(
-        "kinesis-bench: {} x {} B records per PutRecords, {} clients, {} shards, durability {}, {} s per put run",
-        args.batch, args.record_bytes, args.concurrency, args.shards, args.durability, args.seconds
+        "kinesis-bench: {} x {} B records per PutRecords, {} clients, {} shards, durability {}, {} s per put run, \
+         http_max_header_bytes {}",
+        args.batch,
+        args.record_bytes,
+        args.concurrency,
+        args.shards,
+        args.durability,
+        args.seconds,
+        args.http_max_header_bytes
     );
-    let mut put_rates = Vec::new();
-    for api in [Api::Grpc, Api::Json, Api::Cbor] {
+    // Each API's put time is cut into slices of about 2 s, run in rotating
+    // order, so every API sees the same machine state: the log and the page
+    // cache grow through the run (first-touch of memory showed as a growing
+    // kernel copy cost in later runs), and other work on the cores comes and
+    // goes.
+    let apis = [Api::Grpc, Api::Json, Api::Cbor];
+    let rounds = (args.seconds / 2).max(1);
+    let slice = Duration::from_secs(args.seconds).div_f64(rounds as f64);
+    let mut streams = Vec::new();
+    for api in apis {
         let stream = format!("put-{}", api.name().replace(' ', "-").to_lowercase());
         create(&b, &stream, args.shards).await?;
-        let t = put_run(&b, api, &stream, &args).await?;
-        println!("{}", t.line("put", api));
+        streams.push(stream);
+    }
+    let mut puts: Vec<Tally> = apis.iter().map(|_| Tally::new()).collect();
+    for round in 0..rounds as usize {
+        for k in 0..apis.len() {
+            let i = (round + k) % apis.len();
+            let cpu = process_cpu();
+            let mut t = put_run(&b, apis[i], &streams[i], &args, slice).await?;
+            t.cpu = process_cpu().saturating_sub(cpu);
+            let elapsed = puts[i].elapsed + t.elapsed;
+            puts[i].add(&t);
+            puts[i].elapsed = elapsed;
+        }
+    }
+    let mut put_rates = Vec::new();
+    for (api, t) in apis.iter().zip(&puts) {
+        println!("{}   CPU {:.2} us/record", t.line("put", *api), t.cpu_per_record_us());
         put_rates.push(t.records as f64 / t.elapsed.as_secs_f64());
     }
     create(&b, "read", args.shards).await?;
@@ -524,6 +664,11 @@ async fn main() -> AnyResult<()> {
         100.0 * put_rates[2] / put_rates[0],
         100.0 * get_rates[1] / get_rates[0],
         100.0 * get_rates[2] / get_rates[0]
+    );
+    println!(
+        "gRPC / Kinesis CPU per put record (broker and load generator, one process): JSON {:.0}%, CBOR {:.0}%",
+        100.0 * puts[0].cpu_per_record_us() / puts[1].cpu_per_record_us(),
+        100.0 * puts[0].cpu_per_record_us() / puts[2].cpu_per_record_us()
     );
     b.stop().await?;
     Ok(())

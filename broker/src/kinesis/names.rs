@@ -110,17 +110,39 @@ pub fn stream_id_number(id: &str) -> Option<u64> {
     id.get(..20).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse().ok())
 }
 
-/// Appends `v` in decimal, left-padded with zeros to `width` digits
-/// (`width` is at least the digits of `v`: 20 for a u64, 10 for a u32).
-fn push_padded(out: &mut String, mut v: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    while v > 0 {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
+/// Writes `v` in decimal over all of `out`, left-padded with zeros (`out`
+/// is at least the digits of `v`: 20 for a u64, 10 for a u32).
+fn put_padded(out: &mut [u8], mut v: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
         v /= 10;
     }
-    out.extend(digits[digits.len() - width.max(digits.len() - at)..].iter().map(|&d| char::from(d)));
+}
+
+/// A sequence number's text, held inline: a PutRecords answer has one per
+/// record, and a `String` each was an allocation per record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SequenceText([u8; SEQ_DIGITS]);
+
+impl SequenceText {
+    /// The 52 digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written (see `Sequence::text`), so this
+        // cannot fail; the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for SequenceText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SequenceText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// A decoded sequence number.
@@ -139,26 +161,31 @@ pub struct Sequence {
 impl Sequence {
     /// The sequence number of the record at `offset`.
     pub fn record(stream_id: u64, shard: u32, offset: u64) -> String {
-        Self::text(stream_id, shard, offset, '1')
+        Self::record_text(stream_id, shard, offset).as_str().to_string()
+    }
+
+    /// [`Sequence::record`] without an allocation.
+    pub fn record_text(stream_id: u64, shard: u32, offset: u64) -> SequenceText {
+        Self::text(stream_id, shard, offset, b'1')
     }
 
     /// The position just before `offset`: after every record below it,
     /// before the record at it.
     pub fn before(stream_id: u64, shard: u32, offset: u64) -> String {
-        Self::text(stream_id, shard, offset, '0')
+        Self::text(stream_id, shard, offset, b'0').as_str().to_string()
     }
 
-    /// `4`, the three zero-padded fields, then `last`. Written digit by
-    /// digit: a PutRecords answer has one per record, and `format!`'s
-    /// padding was a visible share of the Kinesis put path's profile.
-    fn text(stream_id: u64, shard: u32, offset: u64, last: char) -> String {
-        let mut out = String::with_capacity(52);
-        out.push('4');
-        push_padded(&mut out, stream_id, 20);
-        push_padded(&mut out, u64::from(shard), 10);
-        push_padded(&mut out, offset, 20);
-        out.push(last);
-        out
+    /// `4`, the three zero-padded fields, then `last` (an ASCII digit).
+    /// Written digit by digit: a PutRecords answer has one per record, and
+    /// `format!`'s padding was a visible share of the Kinesis put path's profile.
+    fn text(stream_id: u64, shard: u32, offset: u64, last: u8) -> SequenceText {
+        let mut out = [b'0'; SEQ_DIGITS];
+        out[0] = b'4';
+        put_padded(&mut out[1..21], stream_id);
+        put_padded(&mut out[21..31], u64::from(shard));
+        put_padded(&mut out[31..51], offset);
+        out[SEQ_DIGITS - 1] = last;
+        SequenceText(out)
     }
 
     /// Decodes a sequence number of this broker.
@@ -245,6 +272,7 @@ mod tests {
         for (stream, shard, offset) in [(0, 0, 0), (7, 2, 41), (u64::MAX, u32::MAX, u64::MAX), (10, 100, 1000)] {
             let formatted = format!("4{stream:020}{shard:010}{offset:020}1");
             assert_eq!(Sequence::record(stream, shard, offset), formatted);
+            assert_eq!(Sequence::record_text(stream, shard, offset).as_str(), formatted);
             assert_eq!(Sequence::before(stream, shard, offset), format!("{}0", &formatted[..51]));
         }
     }
