@@ -100,7 +100,7 @@ impl KinesisEdge {
         let config = service.catalog().config().kinesis.clone();
         let rates_enforced = service.catalog().config().quotas.enforce;
         let arns = Arns { region: config.region.clone(), account: config.account_id.clone() };
-        service.auth().attach_policies(Arc::new(policies::Policies::new(service.clone(), arns.clone())));
+        service.auth().attach_policies(Arc::new(policies::Policies::new(&service, arns.clone())));
         Self {
             service,
             config,

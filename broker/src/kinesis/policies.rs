@@ -2,7 +2,8 @@
 //! API's authorization reads them ([`crate::auth::ResourcePolicies`]).
 //!
 //! Policies are parsed once and cached per stream id. The cache is valid
-//! for one [`Service::attributes_version`]: the version is read *before*
+//! for one attributes version ([`Service::attributes_version`]): the
+//! version is read *before*
 //! the attributes, so a change stored after the read bumps the version and
 //! the next call parses again; a PutResourcePolicy therefore applies to
 //! every call that starts after it returns.
@@ -11,13 +12,19 @@
 //! only checked for a JSON object) denies every Kinesis call on its
 //! resource but a super user's, and says so in the log: a policy is
 //! enforced whole or not at all, never half.
+//!
+//! It holds the catalog weakly: the broker's `Auth` holds this, and the
+//! service holds `Auth`, so a strong reference would keep the metadata
+//! store (and its file lock) alive after the broker stops.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::auth::policy::{Effect, Resource};
 use crate::auth::resource_policy::{Request, ResourcePolicy};
 use crate::auth::{Caller, KinesisCall, ResourcePolicies};
+use crate::catalog::Catalog;
 use crate::service::Service;
 
 use super::names::Arns;
@@ -42,15 +49,17 @@ struct Cache {
 /// The resource policies of a service's streams.
 #[derive(Debug)]
 pub struct Policies {
-    service: Service,
+    catalog: Weak<Catalog>,
+    version: Arc<AtomicU64>,
     arns: Arns,
     cache: Mutex<Cache>,
 }
 
 impl Policies {
     /// The policies of `service`'s streams, with ARNs of `arns`.
-    pub fn new(service: Service, arns: Arns) -> Self {
-        Self { service, arns, cache: Mutex::default() }
+    pub fn new(service: &Service, arns: Arns) -> Self {
+        let catalog = Arc::downgrade(service.catalog());
+        Self { catalog, version: service.attributes_counter(), arns, cache: Mutex::default() }
     }
 
     fn parse(text: &str, what: &str) -> Parsed {
@@ -62,8 +71,8 @@ impl Policies {
     }
 
     /// The parsed policies of stream `id`, or `None` if it has none or is gone.
-    fn of(&self, id: u64, name: &str) -> Option<Arc<StreamPolicies>> {
-        let version = self.service.attributes_version();
+    fn of(&self, catalog: &Catalog, id: u64, name: &str) -> Option<Arc<StreamPolicies>> {
+        let version = self.version.load(Ordering::Acquire);
         {
             // The cache holds parsed values only; a panic elsewhere cannot leave it torn.
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -73,8 +82,8 @@ impl Policies {
                 return Some(p.clone());
             }
         }
-        let stream = self.service.catalog().get_by_id(id)?;
-        let attrs = match self.service.attributes(&stream) {
+        let stream = catalog.get_by_id(id)?;
+        let attrs = match catalog.store().stream_attributes(stream.meta().id) {
             Ok(a) => a,
             Err(e) => {
                 // Fail closed: without the attributes the policies are unknown.
@@ -124,8 +133,10 @@ impl ResourcePolicies for Policies {
         let (Resource::Stream(name), Some(principal)) = (resource, caller.principal.as_deref()) else {
             return None;
         };
-        let id = self.service.catalog().get(name).ok()?.meta().id;
-        let policies = self.of(id, name)?;
+        // Gone only while the broker stops: nothing is served then.
+        let catalog = self.catalog.upgrade()?;
+        let id = catalog.get(name).ok()?.meta().id;
+        let policies = self.of(&catalog, id, name)?;
         let consumer = call.consumer.as_ref().filter(|(stream, _)| stream == name);
         let consumer = consumer.and_then(|(_, c)| policies.consumers.get(c).map(|p| (c, p)));
         if policies.stream.is_none() && consumer.is_none() {

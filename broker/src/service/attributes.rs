@@ -155,6 +155,12 @@ impl Service {
         self.attributes_version.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The counter behind [`Service::attributes_version`], for a cache that
+    /// must not hold the service.
+    pub fn attributes_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.attributes_version.clone()
+    }
+
     /// A stream's attributes.
     pub fn attributes(&self, stream: &Stream) -> Result<StreamAttributes> {
         self.catalog.store().stream_attributes(stream.meta().id)
