@@ -422,6 +422,17 @@ fn agree(action: &str, resource: &str, verdicts: &[char]) -> char {
     verdicts[0]
 }
 
+/// Strict SigV4 on the Kinesis API with these (access key id, secret,
+/// principal) triples.
+fn strict_kinesis(c: &mut BrokerConfig, keys: &[(&str, &str, &str)]) {
+    c.kinesis.auth = KinesisAuth::Strict;
+    c.kinesis.access_keys = keys
+        .iter()
+        .map(|(id, secret, _)| AccessKey { access_key_id: id.to_string(), secret_access_key: secret.to_string() })
+        .collect();
+    c.auth.access_key_principals = keys.iter().map(|(id, _, p)| (id.to_string(), p.to_string())).collect();
+}
+
 /// The same through the Kinesis API, for the actions it has.
 async fn kinesis_attempt(addr: std::net::SocketAddr, key: (&str, &str), action: &str, stream: &str) -> Option<char> {
     let (operation, body) = match action {
@@ -452,15 +463,7 @@ async fn the_principal_action_resource_matrix_matches_the_table_on_grpc_http_and
         ("AKIAOPS000000000", "ops-secret", "ops"),
         ("AKIANOBODY000000", "nobody-secret", "nobody"),
     ];
-    let s = Secured::start(|c, _| {
-        c.kinesis.auth = KinesisAuth::Strict;
-        c.kinesis.access_keys = keys
-            .iter()
-            .map(|(id, secret, _)| AccessKey { access_key_id: id.to_string(), secret_access_key: secret.to_string() })
-            .collect();
-        c.auth.access_key_principals = keys.iter().map(|(id, _, p)| (id.to_string(), p.to_string())).collect();
-    })
-    .await;
+    let s = Secured::start(|c, _| strict_kinesis(c, &keys)).await;
     let (admin, _) = s.admin().await;
     for name in ["orders", "orders-eu", "other"] {
         admin
@@ -986,12 +989,7 @@ async fn kinesis_resource_policies_allow_and_deny_together_with_the_grants() {
     ];
     let s = Secured::start(|c, _| {
         c.auth.super_users = vec!["root".into()];
-        c.kinesis.auth = KinesisAuth::Strict;
-        c.kinesis.access_keys = keys
-            .iter()
-            .map(|(id, secret, _)| AccessKey { access_key_id: id.to_string(), secret_access_key: secret.to_string() })
-            .collect();
-        c.auth.access_key_principals = keys.iter().map(|(id, _, p)| (id.to_string(), p.to_string())).collect();
+        strict_kinesis(c, &keys);
     })
     .await;
     let kinesis = s.b.kinesis_addr.expect("Kinesis API");
