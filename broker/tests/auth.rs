@@ -26,6 +26,7 @@ use broker::config::{AccessKey, BrokerConfig, KinesisAuth};
 use broker::testing::TestBroker;
 use client::types as pb;
 use client::{Access, Admin, ConnectOptions, Connection, Error, Secret, allow, deny};
+use common::process::Process;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
@@ -1110,8 +1111,6 @@ async fn kinesis_resource_policies_allow_and_deny_together_with_the_grants() {
 /// errors the callers get back.
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_appear_in_logs_metrics_or_errors() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().expect("tempdir");
     let bootstrap = broker::auth::token::generate().expect("a random token").token;
     std::fs::write(dir.path().join("admin.token"), format!("{bootstrap}\n")).expect("write");
@@ -1127,32 +1126,13 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
     )
     .expect("write config");
     let log = dir.path().join("broker.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
-        .args(["--config", config.to_str().expect("utf-8")])
-        .args(["--data-dir", dir.path().join("data").to_str().expect("utf-8")])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn stream-broker");
-    // Killed if an assertion fails before the clean stop below.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stdout = child.stdout.take().expect("stdout");
-    let mut child = KillOnDrop(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("the listening line");
-    let addr = |name: &str| -> std::net::SocketAddr {
-        let prefix = format!("{name}=");
-        line.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())).expect(name).parse().expect("address")
-    };
-    let (grpc, admin_http, kinesis) = (addr("grpc"), addr("http"), addr("kinesis"));
+    let b = Process::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[("RUST_LOG", "debug")],
+        std::fs::File::create(&log).expect("log file").into(),
+    );
+    let (grpc, admin_http, kinesis) = (b.grpc_addr, b.http_addr, b.kinesis_addr.expect("Kinesis API"));
     let open = |token: Option<&str>| {
         let options = ConnectOptions { token: token.map(Secret::new), ..ConnectOptions::default() };
         async move { Connection::open(&format!("http://{grpc}"), &options).await.expect("connect") }
@@ -1182,8 +1162,7 @@ async fn secrets_never_appear_in_logs_metrics_or_errors() {
         http(admin_http, "GET", "/metrics", &[("authorization", &format!("Bearer {bootstrap}"))], b"").await;
     let (_, refused) = http(admin_http, "GET", "/metrics", &[("authorization", &format!("Bearer {bad}"))], b"").await;
     errors.push_str(&refused);
-    std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("SIGTERM");
-    child.0.wait().expect("clean exit");
+    assert!(b.terminate().success(), "a clean stop");
     let logged = std::fs::read_to_string(&log).expect("the log");
     assert!(logged.contains("DEBUG"), "the broker logged at debug level: {logged}");
     for (what, text) in [("the log", &logged), ("/metrics", &metrics), ("the errors", &errors)] {

@@ -17,6 +17,7 @@
 //! `cargo test -p broker --release --test crash_secured -- --ignored --nocapture`.
 
 mod common;
+mod powerloss;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use broker::testing::History;
 use client::{Admin, ConnectOptions, Connection, Secret, TlsOptions};
 use common::certs::Ca;
 use common::process::Process;
-use powerfs::{LossMode, PowerFs};
+use powerfs::LossMode;
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
 
@@ -187,16 +188,12 @@ async fn run(kills: usize, load: Duration, crash: Crash, mode: &str) -> broker::
     let dir = tempfile::tempdir().expect("tempdir");
     let secured = Secured::new(dir.path());
     // Certificates and the bootstrap token are the operator's files, not on the failing disk.
-    let power = (crash == Crash::PowerLoss)
-        .then(|| PowerFs::mount().unwrap_or_else(|e| panic!("power-loss rounds cannot run here: {e}")));
-    let data = match &power {
-        Some(fs) => {
-            let data = fs.path().join("data");
-            std::fs::create_dir(&data).expect("mkdir data");
-            std::fs::File::open(fs.path()).and_then(|d| d.sync_all()).expect("fsync the mount root");
-            data
+    let (power, data) = match crash {
+        Crash::PowerLoss => {
+            let (fs, data) = powerloss::mount_with_data();
+            (Some(fs), data)
         }
-        None => dir.path().join("data"),
+        Crash::Kill9 => (None, dir.path().join("data")),
     };
     let mut p = secured.start(&data, mode);
     let admin_options = secured.options(Some(&secured.admin));

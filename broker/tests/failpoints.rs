@@ -21,12 +21,10 @@
 mod common;
 mod powerloss;
 
-use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use powerfs::{LossMode, PowerFs};
+use powerfs::LossMode;
 use powerloss::*;
 use proto::v1 as pb;
 use proto::v1::consumer_groups_client::ConsumerGroupsClient;
@@ -62,14 +60,6 @@ impl Action {
             Action::Delay => format!("{after}*off->sleep(20)"),
         }
     }
-}
-
-fn mount_with_data() -> (PowerFs, PathBuf) {
-    let fs = PowerFs::mount().unwrap_or_else(|e| panic!("failpoint tests run on powerfs, which cannot run here: {e}"));
-    let dir = fs.path().join("data");
-    std::fs::create_dir(&dir).expect("mkdir data");
-    File::open(fs.path()).and_then(|d| d.sync_all()).expect("fsync the mount root");
-    (fs, dir)
 }
 
 /// True if a put to every shard of `stream` fails (the shard refuses writes).

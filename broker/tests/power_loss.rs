@@ -27,8 +27,7 @@ mod common;
 mod powerloss;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
@@ -36,19 +35,6 @@ use powerfs::{LossMode, LossReport, PowerFs};
 use powerloss::*;
 use proto::v1 as pb;
 use proto::v1::consumer_groups_client::ConsumerGroupsClient;
-
-fn mount() -> PowerFs {
-    PowerFs::mount().unwrap_or_else(|e| panic!("power-loss tests cannot run here: {e}"))
-}
-
-/// The broker's data directory on the mount, made durable as an operator's
-/// setup would be (what the broker creates inside is its own business).
-fn data_dir(fs: &PowerFs) -> PathBuf {
-    let dir = fs.path().join("data");
-    std::fs::create_dir(&dir).expect("mkdir data");
-    File::open(fs.path()).and_then(|d| d.sync_all()).expect("fsync the mount root");
-    dir
-}
 
 /// Kills the broker and cuts the power.
 fn cut(fs: &PowerFs, b: Process, mode: LossMode) -> LossReport {
@@ -92,8 +78,7 @@ impl Figures {
 /// acknowledged record fails the test at once; otherwise losses are counted
 /// (and forgotten, so later rounds can check the rest).
 async fn power_loss_loop(rounds: usize, mode: &str, expect_no_loss: bool, random_pages: bool, seed: u64) -> Figures {
-    let fs = mount();
-    let dir = data_dir(&fs);
+    let (fs, dir) = mount_with_data();
     let env = [("STREAM_BROKER_DURABILITY__MODE", mode)];
     let mut b = start_broker(&dir, &env);
     let mut c = connect(&b.endpoint).await;
@@ -247,8 +232,7 @@ async fn exists(c: &mut Client, stream: &str) -> bool {
 /// a stream created after a power loss must get an id never used before.
 #[tokio::test]
 async fn acknowledged_creates_survive_power_loss_and_ids_are_never_reused() {
-    let fs = mount();
-    let dir = data_dir(&fs);
+    let (fs, dir) = mount_with_data();
     let mut failures = Vec::new();
     let mut created: Vec<(String, Vec<Acked>)> = Vec::new();
     let mut ids_seen: BTreeSet<u64> = BTreeSet::new();
@@ -301,8 +285,7 @@ async fn acknowledged_creates_survive_power_loss_and_ids_are_never_reused() {
 /// checked to survive a power loss.
 #[tokio::test]
 async fn acknowledged_deletes_stay_deleted_after_power_loss() {
-    let fs = mount();
-    let dir = data_dir(&fs);
+    let (fs, dir) = mount_with_data();
     let mut failures = Vec::new();
     const TRIALS: usize = 4;
     for t in 0..TRIALS {
@@ -344,8 +327,7 @@ async fn groups(endpoint: &str) -> ConsumerGroupsClient<tonic::transport::Channe
 /// stream's creation is made durable first by a sync of the whole tree.
 #[tokio::test]
 async fn acknowledged_checkpoints_survive_power_loss() {
-    let fs = mount();
-    let dir = data_dir(&fs);
+    let (fs, dir) = mount_with_data();
     let b = start_broker(&dir, &[]);
     let mut c = connect(&b.endpoint).await;
     create_stream(&mut c, "g", 1).await;
@@ -435,8 +417,7 @@ async fn acknowledged_checkpoints_survive_power_loss() {
 /// revoked token stays revoked, an issued one works, a grant still allows).
 #[tokio::test]
 async fn acknowledged_tokens_grants_and_revocations_survive_power_loss() {
-    let fs = mount();
-    let dir = data_dir(&fs);
+    let (fs, dir) = mount_with_data();
     let secrets = tempfile::tempdir().expect("tempdir");
     let bootstrap_file = secrets.path().join("admin.token");
     let bootstrap = broker::auth::token::generate().expect("token").token;

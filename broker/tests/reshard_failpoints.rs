@@ -16,8 +16,6 @@
 mod common;
 mod powerloss;
 
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +23,7 @@ use broker::clock::SystemClock;
 use broker::config::BrokerConfig;
 use broker::testing::TestBroker;
 use bytes::Bytes;
-use powerfs::{LossMode, PowerFs};
+use powerfs::LossMode;
 use powerloss::{Acked, check, read_all, start_broker};
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
@@ -202,10 +200,7 @@ enum Op {
 /// must show the expected layout and every acknowledged record.
 async fn crash_case(op: Op, failpoint: &str, action: &str, new_layout: bool) {
     let case = format!("{op:?} at {failpoint}={action}");
-    let fs = PowerFs::mount().unwrap_or_else(|e| panic!("these tests run on powerfs, which cannot run here: {e}"));
-    let dir: PathBuf = fs.path().join("data");
-    std::fs::create_dir(&dir).expect("mkdir data");
-    File::open(fs.path()).and_then(|d| d.sync_all()).expect("fsync the mount root");
+    let (fs, dir) = powerloss::mount_with_data();
     let b = start_broker(&dir, &[]);
     let mut c = powerloss::connect(&b.endpoint).await;
     powerloss::create_stream(&mut c, "s", 2).await;

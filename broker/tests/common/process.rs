@@ -16,6 +16,10 @@ pub struct Process {
     pub endpoint: String,
     /// Its gRPC listener.
     pub grpc_addr: SocketAddr,
+    /// Its admin (HTTP) listener.
+    pub http_addr: SocketAddr,
+    /// Its Kinesis API listener (`None` when configured off).
+    pub kinesis_addr: Option<SocketAddr>,
     /// When the process was spawned (restart-to-first-answer starts here).
     pub spawned: Instant,
 }
@@ -31,6 +35,12 @@ impl Process {
     /// `STREAM_BROKER_GROUPS__SESSION_TIMEOUT_MS`; they win over the defaults
     /// set here). Blocks until the broker prints its addresses.
     pub fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with(data_dir, &[], env, Stdio::inherit())
+    }
+
+    /// [`Process::start_with_env`] with extra arguments (`--config FILE`)
+    /// and the broker's log (stderr) sent to `stderr`.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
         let spawned = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_stream-broker"))
             .args([
@@ -43,11 +53,12 @@ impl Process {
                 "--kinesis-addr",
                 "127.0.0.1:0",
             ])
+            .args(args)
             .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn stream-broker");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -56,12 +67,15 @@ impl Process {
         // Keep reading stdout, so the broker never blocks on (or fails
         // writing to) a full or closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let Some(grpc) = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")) else {
+        let addr = |name: &str| -> Option<SocketAddr> {
+            let prefix = format!("{name}=");
+            line.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str())).and_then(|a| a.parse().ok())
+        };
+        let (Some(grpc_addr), Some(http_addr), kinesis_addr) = (addr("grpc"), addr("http"), addr("kinesis")) else {
             let status = child.wait().expect("reap");
             panic!("the broker did not start on {} ({read:?}, {line:?}): {status}", data_dir.display());
         };
-        let grpc_addr: SocketAddr = grpc.parse().expect("a socket address after grpc=");
-        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, child, spawned }
+        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, http_addr, kinesis_addr, child, spawned }
     }
 
     /// Waits up to `timeout` for the process to exit by itself.

@@ -4,12 +4,13 @@
 //! through GetRecords, and the check by `broker::testing::history::History`.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::process::Process;
 use broker::testing::history::{History, Report};
 use bytes::Bytes;
+use powerfs::PowerFs;
 use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
 use tonic::transport::Channel;
@@ -27,6 +28,23 @@ pub const BASE_ENV: &[(&str, &str)] = &[
     ("STREAM_BROKER_RETENTION__CHECK_INTERVAL_MS", "100"),
     ("RUST_LOG", "warn"),
 ];
+
+/// Mounts a fresh `powerfs`; these tests need FUSE (`/dev/fuse`, root),
+/// and without it they fail and say so: they never pass without having run.
+pub fn mount() -> PowerFs {
+    PowerFs::mount().unwrap_or_else(|e| panic!("these tests run on powerfs (FUSE, root), which cannot run here: {e}"))
+}
+
+/// A fresh mount and the broker's data directory on it, made durable as an
+/// operator's setup would be (what the broker creates inside is its own
+/// business).
+pub fn mount_with_data() -> (PowerFs, PathBuf) {
+    let fs = mount();
+    let dir = fs.path().join("data");
+    std::fs::create_dir(&dir).expect("mkdir data");
+    std::fs::File::open(fs.path()).and_then(|d| d.sync_all()).expect("fsync the mount root");
+    (fs, dir)
+}
 
 /// fsyncs every file and directory under `dir`, as `sync(1)` would: a test
 /// uses it to make a precondition durable (a stream that has existed for a
