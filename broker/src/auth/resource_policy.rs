@@ -220,9 +220,10 @@ impl ResourcePolicy {
     /// matches, else `Allow` if an allow statement names the caller, else
     /// `None` (the policy says nothing).
     pub fn evaluate(&self, request: &Request<'_>) -> Option<Effect> {
+        let action_name = request.action.to_ascii_lowercase();
         let mut verdict = None;
         for s in &self.statements {
-            let action = s.actions.iter().any(|p| glob(p, &request.action.to_ascii_lowercase()));
+            let action = s.actions.iter().any(|p| glob(p, &action_name));
             if !action || !s.resources.iter().any(|p| glob(p, request.resource)) {
                 continue;
             }
@@ -243,15 +244,17 @@ impl ResourcePolicy {
 }
 
 /// IAM wildcard match: `*` any run of characters, `?` any one character.
+/// Byte-wise: ARNs and action names are ASCII, and a non-ASCII pattern
+/// byte matches no ASCII text either way.
 fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     // Classic two-pointer match with backtracking to the last `*`.
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some(pi);
             mark = ti;
             pi += 1;
@@ -263,7 +266,7 @@ fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! API's authorization reads them ([`crate::auth::ResourcePolicies`]).
 //!
 //! Policies are parsed once and cached per stream id. The cache is valid
-//! for one attributes version ([`Service::attributes_version`]): the
+//! for one attributes version ([`Service::attributes_counter`]): the
 //! version is read *before*
 //! the attributes, so a change stored after the read bumps the version and
 //! the next call parses again; a PutResourcePolicy therefore applies to

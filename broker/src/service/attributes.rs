@@ -7,7 +7,7 @@
 //! (sled commit: fdatasync of its files and directory) before it returns.
 //! Resource policies are checked whole when put and evaluated on Kinesis
 //! API calls ([`crate::auth::resource_policy`]); every stored change bumps
-//! [`Service::attributes_version`], so whoever caches parsed policies knows
+//! [`Service::attributes_counter`], so whoever caches parsed policies knows
 //! when to read them again. Monitoring, encryption and warm throughput are
 //! recorded and reported only: the broker computes no extra metrics and
 //! does not encrypt data at rest.
@@ -150,13 +150,9 @@ impl Service {
         Ok(stream)
     }
 
-    /// Bumped after every stored change of any stream's attributes.
-    pub fn attributes_version(&self) -> u64 {
-        self.attributes_version.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The counter behind [`Service::attributes_version`], for a cache that
-    /// must not hold the service.
+    /// A counter bumped after every stored change of any stream's
+    /// attributes, shared (not the service itself) so a cache of them need
+    /// not hold the service.
     pub fn attributes_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.attributes_version.clone()
     }

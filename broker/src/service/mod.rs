@@ -234,7 +234,7 @@ pub struct Service {
     buffers: BufferBudget,
     /// Serialises read-modify-writes of stream attributes and account settings.
     attributes_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Counts stored attribute changes (see [`Service::attributes_version`]).
+    /// Counts stored attribute changes (see [`Service::attributes_counter`]).
     attributes_version: Arc<std::sync::atomic::AtomicU64>,
     subscriptions: Arc<subscribe::ConsumerSubscriptions>,
     /// Per-stream facts and metric handles the put path needs on every call.
