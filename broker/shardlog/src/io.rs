@@ -71,6 +71,16 @@ pub trait IoFile: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+
+    /// Reads exactly `len` bytes from `pos` into a new buffer; fails with
+    /// `UnexpectedEof` if the file is shorter. The real file reads into the
+    /// buffer's uninitialised capacity: zeroing it first cost as much as
+    /// the read on the subscribers' path.
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
+    }
 }
 
 /// The real filesystem.
@@ -127,6 +137,20 @@ impl IoFile for StdFile {
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.0.read_at(buf, pos)
+    }
+
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = pos + buf.len() as u64;
+            // Reads into the spare capacity and grows the length by what `pread` filled.
+            if rustix::io::pread(&self.0, rustix::buffer::spare_capacity(&mut buf), at)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        // The allocator may have given more capacity than asked, and `pread` filled it.
+        buf.truncate(len);
+        Ok(buf)
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
@@ -570,5 +594,23 @@ mod tests {
         assert!(f.write_all_at(b"z", 0).is_err(), "faults are sticky");
         assert!(io.triggered());
         assert_eq!(std::fs::read(dir.path().join("f")).expect("read"), b"okab", "torn write kept half");
+    }
+
+    #[test]
+    fn read_vec_at_reads_exactly_the_range_and_refuses_past_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sim = SimIo::new();
+        sim.create_dir_all(Path::new("/d")).expect("sim dir");
+        for (io, path) in [(&StdIo as &dyn Io, dir.path().join("f")), (&sim as &dyn Io, PathBuf::from("/d/f"))] {
+            let f = io.open(&path, OpenMode::CreateNew).expect("create");
+            f.write_all_at(&content, 0).expect("write");
+            for (pos, len) in [(0, 0), (0, 1), (7, 4096), (1, 299_999), (0, 300_000), (123_456, 100_000)] {
+                let got = f.read_vec_at(len, pos as u64).expect("in range");
+                assert_eq!(got, &content[pos..pos + len], "{path:?} at {pos}, {len} bytes");
+            }
+            let err = f.read_vec_at(10, 299_995).expect_err("5 bytes past the end");
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{path:?}");
+        }
     }
 }

@@ -249,9 +249,7 @@ pub(crate) fn scan_frames(
                 }
                 let want = (next_chunk.max(needed.unwrap_or(0) as usize).max(FRAME_HEADER_LEN) as u64).min(left);
                 next_chunk = next_chunk.saturating_mul(2).min(chunk.max);
-                let mut fresh = vec![0u8; want as usize];
-                file.read_exact_at(&mut fresh, pos)?;
-                buf = Bytes::from(fresh);
+                buf = Bytes::from(file.read_vec_at(want as usize, pos)?);
                 buf_start = pos;
             }
             Err(FrameError::Invalid(reason)) => return Ok(ScanEnd::Bad { pos, next_seq: expected_seq, reason }),

@@ -78,9 +78,12 @@ enum What {
     },
     /// Produce-to-subscriber latency.
     E2e {
-        /// Records per second (1 KiB each) over 8 shards.
+        /// Records per second (1 KiB each) over all the shards.
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
+        /// Shards of the stream, one subscriber each.
+        #[arg(long, default_value_t = 8)]
+        shards: u32,
     },
     /// Consumer-group drain throughput (1, 2, 4 members on 8 shards) and rebalance pauses.
     Groups {
@@ -629,9 +632,8 @@ pub(crate) struct E2e {
 /// time is written into each record's first 8 bytes immediately before the
 /// PutRecords call; the receive time is taken when the subscriber's task
 /// gets the event.
-pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, secs: u64) -> E2e {
+pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, secs: u64) -> E2e {
     let mut c = client(endpoint).await;
-    let shards = 8u32;
     create(&mut c, name, shards).await;
     let origin = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
@@ -727,12 +729,12 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, secs: u64) ->
     E2e { sent, latency }
 }
 
-async fn e2e(args: &Args, rate: u64) {
+async fn e2e(args: &Args, rate: u64, shards: u32) {
     let t = target(args, false).await;
-    let r = e2e_run(&t.endpoint, "e2e", rate, args.seconds).await;
+    let r = e2e_run(&t.endpoint, "e2e", rate, shards, args.seconds).await;
     let h = &r.latency;
     println!(
-        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over 8 shards ({} s, {} sent, {} received)",
+        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over {shards} shard(s) ({} s, {} sent, {} received)",
         args.seconds,
         r.sent,
         h.len()
@@ -765,7 +767,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             produce_matrix(&args).await;
         }
         What::Scale { shards } => scale(&args, shards).await,
-        What::E2e { rate } => e2e(&args, *rate).await,
+        What::E2e { rate, shards } => e2e(&args, *rate, *shards).await,
         What::Groups { rounds } => groups(&args, *rounds).await,
         What::Overload { shards } => overload(&args, *shards).await,
         What::Suite(suite) => suite::run(&args, suite).await,
@@ -774,7 +776,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
-            e2e(&args, (max_1k / 2.0) as u64).await;
+            e2e(&args, (max_1k / 2.0) as u64, 8).await;
             groups(&args, 20).await;
         }
     }

@@ -504,7 +504,7 @@ async fn e2e(r: &mut Report, args: &Args, sizes: &Sizes, max_1k: f64) {
     let t = target(args, false).await;
     for (i, fraction) in [0.25, 0.5].into_iter().enumerate() {
         let rate = ((max_1k * fraction) as u64).max(100);
-        let res = crate::e2e_run(&t.endpoint, &format!("suite-e2e-{i}"), rate, sizes.seconds).await;
+        let res = crate::e2e_run(&t.endpoint, &format!("suite-e2e-{i}"), rate, 8, sizes.seconds).await;
         let load = format!(
             "open loop at {rate} records/s of 1 KiB ({fraction} x the best durable 1 KiB produce rate) over 8 shards: \
              a PutRecords of <= 500 records every 10 ms over 4 connections, not waiting for answers; 8 SubscribeShard calls"
