@@ -992,7 +992,8 @@ pub fn validate_record(index: usize, r: &RecordRef<'_>, record_bytes_max: u32) -
     let Ok(key) = std::str::from_utf8(r.partition_key) else {
         return bad("partition_key", "must be valid UTF-8".into());
     };
-    let chars = key.chars().count();
+    // A key of at most 256 bytes has at most 256 characters: only longer ones are counted.
+    let chars = if key.len() <= format::PARTITION_KEY_CHARS_MAX { key.len() } else { key.chars().count() };
     if chars > format::PARTITION_KEY_CHARS_MAX {
         return bad("partition_key", format!("{chars} characters, more than 256"));
     }
