@@ -53,8 +53,8 @@ use crate::auth::tls::{ServerTls, subject_common_name};
 /// flush; larger ones (record batches) go to the socket directly.
 const COALESCE_WRITE_MAX: usize = 16 * 1024;
 
-/// The most a connection buffers for coalescing.
-const COALESCE_BUFFER_BYTES: usize = 64 * 1024;
+/// The most a connection buffers for coalescing (reported in `/metrics`).
+pub(crate) const COALESCE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Why a connection or a request was refused, as `/metrics` labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -430,6 +430,8 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
+        // A burst may grow the buffer to its bound; an idle connection keeps less.
+        self.out.shrink_to(COALESCE_WRITE_MAX);
         Poll::Ready(Ok(()))
     }
 

@@ -287,6 +287,8 @@ pub async fn run_with(
     // named here so /metrics can report them).
     metrics::gauge!("stream_broker_connection_receive_window_bytes").set(f64::from(CONNECTION_WINDOW_BYTES));
     metrics::gauge!("stream_broker_stream_receive_window_bytes").set(f64::from(STREAM_WINDOW_BYTES));
+    metrics::gauge!("stream_broker_connection_write_buffer_bytes_max")
+        .set(crate::listener::COALESCE_BUFFER_BYTES as f64);
     metrics::gauge!("stream_broker_connections_max").set(config.limits.max_connections as f64);
     let conns = crate::listener::incoming(
         grpc,

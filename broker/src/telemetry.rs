@@ -121,6 +121,12 @@ pub const METRICS: &[MetricDoc] = &[
         "HTTP/2 receive window of a gRPC connection: what one connection may make the broker buffer.",
     ),
     m("stream_broker_stream_receive_window_bytes", Kind::Gauge, "", "HTTP/2 receive window of one gRPC call."),
+    m(
+        "stream_broker_connection_write_buffer_bytes_max",
+        Kind::Gauge,
+        "",
+        "Most bytes of small writes one connection holds until its next flush.",
+    ),
     m("stream_broker_subscriptions", Kind::Gauge, "", "SubscribeShard calls being served."),
     m(
         "stream_broker_subscriptions_refused_total",
