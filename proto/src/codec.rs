@@ -14,9 +14,10 @@
 //!
 //! Encoding is prost's, into a buffer reserved for the whole message first:
 //! tonic's buffer otherwise grows by doubling from 8 KiB, so a 512 KiB
-//! `PutRecords` or a large `GetRecords` answer was copied about twice and
-//! its fresh pages faulted in on every message (a third of a produce ->
-//! subscriber run's CPU went to growing that buffer).
+//! `PutRecords` or a large `GetRecords` answer was copied about twice more
+//! and its fresh pages faulted in on every message. In a profile of a
+//! produce -> subscriber run, encoding fell from about 8% of the CPU to 4%
+//! with the reservation, and the allocator from about 17% to 8%.
 
 use std::any::TypeId;
 use std::marker::PhantomData;

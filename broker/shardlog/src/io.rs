@@ -74,8 +74,8 @@ pub trait IoFile: Send + Sync + fmt::Debug {
 
     /// Reads exactly `len` bytes from `pos` into a new buffer; fails with
     /// `UnexpectedEof` if the file is shorter. The real file reads into the
-    /// buffer's uninitialised capacity: zeroing it first cost as much as
-    /// the read on the subscribers' path.
+    /// buffer's uninitialised capacity: zeroing it first was wasted work on
+    /// every read of the subscribers' path.
     fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         self.read_exact_at(&mut buf, pos)?;
