@@ -120,6 +120,19 @@ async fn the_service_publishes_to_a_broker_over_tls() {
     b.stop().await.expect("stop broker");
 }
 
+/// A broker configuration with authentication on, its data and a
+/// bootstrap admin token file in a new directory; the admin token.
+fn secured_broker_config() -> (tempfile::TempDir, BrokerConfig, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin_token = broker::auth::token::generate().expect("token").token;
+    let admin_file = dir.path().join("admin.token");
+    std::fs::write(&admin_file, &admin_token).expect("write");
+    let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
+    bc.auth.enabled = true;
+    bc.auth.bootstrap_token_file = Some(admin_file);
+    (dir, bc, admin_token)
+}
+
 /// A broker with authentication on and deploy/stack.toml deployed on it
 /// by the bootstrap admin; tokens for any principal; a service
 /// configuration whose parts run as the stack's principals.
@@ -139,13 +152,7 @@ impl Stack {
     /// With `tls`, the broker serves TLS (every port) and is called by
     /// `https://localhost:<port>` trusting the files' CA.
     async fn start_tls(tls: Option<&certs::Files>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let admin_token = broker::auth::token::generate().expect("token").token;
-        let admin_file = dir.path().join("admin.token");
-        std::fs::write(&admin_file, &admin_token).expect("write");
-        let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
-        bc.auth.enabled = true;
-        bc.auth.bootstrap_token_file = Some(admin_file);
+        let (dir, mut bc, admin_token) = secured_broker_config();
         if let Some(f) = tls {
             bc.tls.cert_file = Some(f.cert.clone());
             bc.tls.key_file = Some(f.key.clone());
@@ -464,13 +471,7 @@ async fn the_order_flow_passes_with_tls_and_authentication_on() {
 /// back. (No stack deploy here: its many calls would exceed the small rate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_over_its_principals_rate_gets_429() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let admin_token = broker::auth::token::generate().expect("token").token;
-    let admin_file = dir.path().join("admin.token");
-    std::fs::write(&admin_file, &admin_token).expect("write");
-    let mut bc = BrokerConfig { data_dir: dir.path().join("broker"), ..BrokerConfig::default() };
-    bc.auth.enabled = true;
-    bc.auth.bootstrap_token_file = Some(admin_file);
+    let (dir, mut bc, admin_token) = secured_broker_config();
     bc.auth.requests_per_sec_per_principal = 5;
     let b = TestBroker::start_with(bc, Arc::new(SystemClock)).await;
     let admin_token = client::Secret::new(admin_token);
