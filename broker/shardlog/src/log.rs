@@ -1017,8 +1017,11 @@ pub struct LogReader {
 /// and the caller continues from `next_seq`.
 const READ_SEGMENTS_MAX: usize = 2;
 
-/// First read size of a scan for `read` and time lookups.
+/// Smallest first read of a scan for `read` and time lookups.
 const READ_CHUNK_MIN: usize = 16 * 1024;
+
+/// Bytes `read` expects per record when it sizes its first read.
+const READ_BYTES_PER_RECORD: usize = 1024;
 
 impl LogReader {
     /// The oldest readable sequence number (the trim horizon).
@@ -1075,11 +1078,19 @@ impl LogReader {
                 continue;
             }
             let (start_seq, start_pos) = v.segment.index().floor(v.segment.base_seq, out.next_seq);
-            // Start small (one index interval and a few records fit) and grow
-            // only while the read keeps wanting more, so a read of one record
-            // neither reads nor allocates `max_bytes`.
-            let chunk =
-                Chunk { min: READ_CHUNK_MIN, max: max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20) };
+            // A reader near the end (everything visible after the start is at
+            // most twice what it wants, counting 1 KiB per record) reads all
+            // of it with one `pread`: a subscriber at the tail gets a group
+            // commit's batches at once instead of re-reading each batch that
+            // outgrew a small first read. Otherwise start small (one index
+            // interval and a few records fit) and grow only while the read
+            // keeps wanting more, so a read of one record neither reads nor
+            // allocates `max_bytes`.
+            let max = max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20);
+            let left = usize::try_from(v.len - start_pos).unwrap_or(usize::MAX);
+            let wanted = (max_records - out.records.len()).saturating_mul(READ_BYTES_PER_RECORD);
+            let first = if left <= wanted.saturating_mul(2).min(max) { left } else { READ_CHUNK_MIN };
+            let chunk = Chunk { min: first.clamp(READ_CHUNK_MIN, max), max };
             let mut full = false;
             let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, chunk, |_, h, frame| {
                 if h.next_seq() <= out.next_seq {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use shardlog::io::{Io, IoFile, OpenMode, SimIo};
 use shardlog::{Config, RecordRef, ShardLog};
 
-/// Counts the bytes read through it and the largest single read.
+/// Counts the bytes read through it, the reads, and the largest single read.
 #[derive(Debug, Clone)]
 struct CountingIo {
     inner: Arc<dyn Io>,
@@ -18,12 +18,14 @@ struct CountingIo {
 #[derive(Debug, Default)]
 struct Counts {
     bytes: AtomicU64,
+    reads: AtomicU64,
     largest: AtomicU64,
 }
 
 impl Counts {
     fn reset(&self) {
         self.bytes.store(0, Ordering::SeqCst);
+        self.reads.store(0, Ordering::SeqCst);
         self.largest.store(0, Ordering::SeqCst);
     }
 }
@@ -58,6 +60,7 @@ impl IoFile for CountingFile {
     }
     fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
         self.counts.bytes.fetch_add(buf.len() as u64, Ordering::SeqCst);
+        self.counts.reads.fetch_add(1, Ordering::SeqCst);
         self.counts.largest.fetch_max(buf.len() as u64, Ordering::SeqCst);
         self.inner.read_at(buf, pos)
     }
@@ -101,6 +104,32 @@ fn reading_one_record_reads_tens_of_kib_not_max_bytes() {
     assert_eq!(got.records.len(), 5_000);
     let read = counts.bytes.load(Ordering::SeqCst);
     assert!(read < 2 * 5_000 * 1100, "a large read reads about what it returns, got {read}");
+}
+
+#[test]
+fn a_reader_at_the_tail_gets_every_new_batch_with_one_read() {
+    let sim = SimIo::new();
+    let (io, counts) = counting(&sim);
+    let mut log = ShardLog::open_with_io("/shard", Config::default(), io).expect("open");
+    let data = vec![3u8; 1024];
+    let batch: Vec<RecordRef<'_>> = (0..60).map(|_| RecordRef { partition_key: b"k", data: &data }).collect();
+    log.append(1_000, &batch).expect("append");
+    log.sync().expect("sync");
+    let from = log.next_seq();
+    // What a group commit of several producers' requests leaves: a few
+    // batches of about 60 KiB each, larger than a small first read.
+    for t in 0..4 {
+        log.append(1_001 + t, &batch).expect("append");
+    }
+    log.sync().expect("sync");
+    counts.reset();
+    let got = log.read(from, 10_000, 10 << 20).expect("read");
+    assert_eq!(got.records.len(), 240);
+    assert_eq!(got.next_seq, from + 240);
+    let reads = counts.reads.load(Ordering::SeqCst);
+    let bytes = counts.bytes.load(Ordering::SeqCst);
+    assert_eq!(reads, 1, "the tail read took {reads} reads ({bytes} bytes) for 4 batches");
+    assert!(bytes < 4 * 62 * 1024, "the tail read read {bytes} bytes for 4 batches of 60 KiB");
 }
 
 #[test]
