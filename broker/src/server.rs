@@ -306,6 +306,7 @@ pub async fn run_with(
     let grpc_server = tonic::transport::Server::builder()
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_max_header_list_size(config.limits.grpc_max_header_bytes)
         .layer(GrpcAuthLayer::new(auth.clone(), refusals.clone()))
@@ -364,3 +365,8 @@ pub async fn run_with(
 const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 /// HTTP/2 receive window of one call.
 const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+/// Largest HTTP/2 frame a client may send. At hyper's default of 16 KiB a
+/// 512 KiB PutRecords arrives as 32 DATA frames, each read and accounted
+/// separately; 256 KiB cuts that to 2. The receive windows above still
+/// bound what a connection can make the broker buffer.
+const MAX_FRAME_BYTES: u32 = 256 * 1024;
