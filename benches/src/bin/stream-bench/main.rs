@@ -84,6 +84,9 @@ enum What {
         /// Shards of the stream, one subscriber each.
         #[arg(long, default_value_t = 8)]
         shards: u32,
+        /// How the producer spaces its calls.
+        #[arg(long, value_enum, default_value_t = Pacing::Lockstep)]
+        pacing: Pacing,
     },
     /// Consumer-group drain throughput (1, 2, 4 members on 8 shards) and rebalance pauses.
     Groups {
@@ -625,14 +628,25 @@ pub(crate) struct E2e {
     pub latency: Histogram<u64>,
 }
 
-/// Produces `rate` records/s of 1 KiB over 8 shards of a new stream
-/// `name`, open loop (a PutRecords of at most 500 records every 10 ms,
-/// spread over 4 connections, not waiting for earlier answers), and
-/// measures when SubscribeShard subscribers receive each record. The send
+/// How an open-loop producer spaces its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Pacing {
+    /// Every 10 ms, all of that tick's records at once, in calls of at most
+    /// 500: as if every producer sent at the same instant.
+    Lockstep,
+    /// One call at a time, evenly spaced: calls of `rate / 100` records
+    /// (at most 500), `rate / n` times a second, as independent producers
+    /// together arrive.
+    Even,
+}
+
+/// Produces `rate` records/s of 1 KiB over `shards` shards of a new stream
+/// `name`, open loop paced as `pacing` says (over 4 connections, not
+/// waiting for earlier answers), and measures when SubscribeShard subscribers receive each record. The send
 /// time is written into each record's first 8 bytes immediately before the
 /// PutRecords call; the receive time is taken when the subscriber's task
 /// gets the event.
-pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, secs: u64) -> E2e {
+pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, secs: u64, pacing: Pacing) -> E2e {
     let mut c = client(endpoint).await;
     create(&mut c, name, shards).await;
     let origin = Instant::now();
@@ -676,9 +690,16 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let per_tick = (rate / 100).max(1) as usize; // every 10 ms
     let keys: Arc<Vec<String>> = Arc::new((0..shards).map(|s| key_for(s, shards)).collect());
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // Records per tick, records per call, and the tick period.
+    let (per_tick, per_call, period) = match pacing {
+        Pacing::Lockstep => ((rate / 100).max(1) as usize, 500, Duration::from_millis(10)),
+        Pacing::Even => {
+            let n = (rate / 100).clamp(1, 500) as usize;
+            (n, n, Duration::from_secs_f64(n as f64 / rate as f64))
+        }
+    };
+    let mut tick = tokio::time::interval(period);
     let mut sent = 0u64;
     let mut producers = clients(endpoint, 4).await;
     let mut in_flight = tokio::task::JoinSet::new();
@@ -687,7 +708,7 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
         tick.tick().await;
         let mut left = per_tick;
         while left > 0 {
-            let n = left.min(500);
+            let n = left.min(per_call);
             left -= n;
             let (mut c, keys, stream, first) =
                 (producers[i % producers.len()].clone(), keys.clone(), name.to_string(), i);
@@ -729,12 +750,12 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     E2e { sent, latency }
 }
 
-async fn e2e(args: &Args, rate: u64, shards: u32) {
+async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
     let t = target(args, false).await;
-    let r = e2e_run(&t.endpoint, "e2e", rate, shards, args.seconds).await;
+    let r = e2e_run(&t.endpoint, "e2e", rate, shards, args.seconds, pacing).await;
     let h = &r.latency;
     println!(
-        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over {shards} shard(s) ({} s, {} sent, {} received)",
+        "# produce-to-subscriber latency at {rate} records/s of 1 KiB over {shards} shard(s), {pacing:?} pacing ({} s, {} sent, {} received)",
         args.seconds,
         r.sent,
         h.len()
@@ -767,7 +788,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             produce_matrix(&args).await;
         }
         What::Scale { shards } => scale(&args, shards).await,
-        What::E2e { rate, shards } => e2e(&args, *rate, *shards).await,
+        What::E2e { rate, shards, pacing } => e2e(&args, *rate, *shards, *pacing).await,
         What::Groups { rounds } => groups(&args, *rounds).await,
         What::Overload { shards } => overload(&args, *shards).await,
         What::Suite(suite) => suite::run(&args, suite).await,
@@ -776,7 +797,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         What::All => {
             let max_1k = produce_matrix(&args).await;
             scale(&args, &[25, 50, 100, 150, 200]).await;
-            e2e(&args, (max_1k / 2.0) as u64, 8).await;
+            e2e(&args, (max_1k / 2.0) as u64, 8, Pacing::Lockstep).await;
             groups(&args, 20).await;
         }
     }

@@ -33,7 +33,7 @@ use proto::v1 as pb;
 use serde_json::json;
 use shardlog::{Config, RecordRef, ShardLog};
 
-use crate::{Args, Load, bench_dir, client, create, dd_fdatasync, hist, ms, target};
+use crate::{Args, Load, Pacing, bench_dir, client, create, dd_fdatasync, hist, ms, target};
 
 /// `stream-bench suite` flags.
 #[derive(Debug, clap::Args)]
@@ -502,21 +502,32 @@ async fn produce(r: &mut Report, args: &Args, sizes: &Sizes) -> String {
 
 async fn e2e(r: &mut Report, args: &Args, sizes: &Sizes, max_1k: f64) {
     let t = target(args, false).await;
-    for (i, fraction) in [0.25, 0.5].into_iter().enumerate() {
+    let runs = [(0.25, Pacing::Lockstep), (0.5, Pacing::Lockstep), (0.25, Pacing::Even), (0.5, Pacing::Even)];
+    for (i, (fraction, pacing)) in runs.into_iter().enumerate() {
         let rate = ((max_1k * fraction) as u64).max(100);
-        let res = crate::e2e_run(&t.endpoint, &format!("suite-e2e-{i}"), rate, 8, sizes.seconds).await;
+        let res = crate::e2e_run(&t.endpoint, &format!("suite-e2e-{i}"), rate, 8, sizes.seconds, pacing).await;
+        let (tag, shape) = match pacing {
+            Pacing::Lockstep => (
+                "",
+                "every 10 ms all of that tick's records at once, in PutRecords of <= 500 records, over 4 connections",
+            ),
+            Pacing::Even => {
+                (".even", "one PutRecords of min(rate / 100, 500) records at a time, evenly spaced, over 4 connections")
+            }
+        };
         let load = format!(
             "open loop at {rate} records/s of 1 KiB ({fraction} x the best durable 1 KiB produce rate) over 8 shards: \
-             a PutRecords of <= 500 records every 10 ms over 4 connections, not waiting for answers; 8 SubscribeShard calls"
+             {shape}, not waiting for answers; 8 SubscribeShard calls"
         );
         let ts = "stamp written into each record immediately before its PutRecords call; received when the subscriber's task gets the event";
         let pct = (fraction * 100.0) as u32;
-        for (q, tag, limit) in [(0.5, "p50", None), (0.99, "p99", Some(10.0)), (0.999, "p999", Some(25.0))] {
+        let pacing_name = if tag.is_empty() { "" } else { ", evenly paced" };
+        for (q, quantile, limit) in [(0.5, "p50", None), (0.99, "p99", Some(10.0)), (0.999, "p999", Some(25.0))] {
             let v = ms(&res.latency, q);
             let target = limit.filter(|_| fraction == 0.5).map(|l| (format!("< {l} ms"), v < l));
             r.add(
-                format!("e2e.{pct}pct.{tag}_ms"),
-                format!("produce -> subscriber at {pct}% of max: {tag}"),
+                format!("e2e.{pct}pct{tag}.{quantile}_ms"),
+                format!("produce -> subscriber at {pct}% of max{pacing_name}: {quantile}"),
                 v,
                 "ms",
                 Ref::Sync4k(v),
@@ -527,8 +538,8 @@ async fn e2e(r: &mut Report, args: &Args, sizes: &Sizes, max_1k: f64) {
         }
         let delivered = res.latency.len() as f64 / res.sent.max(1) as f64;
         r.add(
-            format!("e2e.{pct}pct.delivered_ratio"),
-            format!("produce -> subscriber at {pct}% of max: share of records delivered"),
+            format!("e2e.{pct}pct{tag}.delivered_ratio"),
+            format!("produce -> subscriber at {pct}% of max{pacing_name}: share of records delivered"),
             delivered,
             "ratio",
             Ref::None,
