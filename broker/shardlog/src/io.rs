@@ -81,6 +81,16 @@ pub trait IoFile: Send + Sync + fmt::Debug {
         self.read_exact_at(&mut buf, pos)?;
         Ok(buf)
     }
+
+    /// As [`read_vec_at`](Self::read_vec_at), but only if every byte is in
+    /// memory now: `Ok(None)` when reading would wait for the disk (or the
+    /// file cannot tell), so an async caller can read inline and fall back to
+    /// a blocking thread. The default never reads: simulated and faulty files
+    /// always take the blocking path, where their faults are injected.
+    fn read_vec_at_cached(&self, len: usize, pos: u64) -> io::Result<Option<Vec<u8>>> {
+        let _ = (len, pos);
+        Ok(None)
+    }
 }
 
 /// The real filesystem.
@@ -151,6 +161,31 @@ impl IoFile for StdFile {
         // The allocator may have given more capacity than asked, and `pread` filled it.
         buf.truncate(len);
         Ok(buf)
+    }
+
+    /// `preadv2(RWF_NOWAIT)`: the kernel copies from the page cache and
+    /// refuses (EAGAIN, or a short read) rather than wait for the disk.
+    fn read_vec_at_cached(&self, len: usize, pos: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let read = rustix::io::preadv2(
+                &self.0,
+                &mut [io::IoSliceMut::new(&mut buf[done..])],
+                pos + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            );
+            match read {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                // Not cached, or a kernel or filesystem without RWF_NOWAIT: read the blocking way.
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(buf))
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
@@ -612,5 +647,32 @@ mod tests {
             let err = f.read_vec_at(10, 299_995).expect_err("5 bytes past the end");
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{path:?}");
         }
+    }
+
+    #[test]
+    fn read_vec_at_cached_reads_what_the_page_cache_holds_and_declines_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("f");
+        let f = StdIo.open(&path, OpenMode::CreateNew).expect("create");
+        f.write_all_at(&content, 0).expect("write");
+        for (pos, len) in [(0, 1), (7, 4096), (0, 300_000), (123_456, 100_000)] {
+            let got = f.read_vec_at_cached(len, pos as u64).expect("read").expect("just written: cached");
+            assert_eq!(got, &content[pos..pos + len], "at {pos}, {len} bytes");
+        }
+        let err = f.read_vec_at_cached(10, 299_995).expect_err("5 bytes past the end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // Synced pages are clean, so DONTNEED evicts them: reading now would wait for the disk.
+        f.sync_data().expect("sync");
+        let file = File::open(&path).expect("open");
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+        assert_eq!(f.read_vec_at_cached(4096, 0).expect("read"), None, "evicted pages are not read inline");
+        assert_eq!(f.read_vec_at(4096, 0).expect("blocking read"), &content[..4096]);
+        // Simulated files never read inline: their faults are injected on the blocking path.
+        let sim = SimIo::new();
+        sim.create_dir_all(Path::new("/d")).expect("sim dir");
+        let g = sim.open(Path::new("/d/f"), OpenMode::CreateNew).expect("create");
+        g.write_all_at(&content, 0).expect("write");
+        assert_eq!(g.read_vec_at_cached(10, 0).expect("read"), None);
     }
 }

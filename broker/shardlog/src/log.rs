@@ -49,7 +49,7 @@ use crate::format::{self, FILE_HEADER_LEN, FileKind};
 use crate::io::{Io, StdIo};
 use crate::recovery::{self, Damage, Found, FoundActive, RecoveryReport, path_of};
 use crate::seal::{SealJob, Sealer};
-use crate::segment::{Chunk, IndexBuilder, ScanEnd, Segment, SegmentIndex, scan_frames};
+use crate::segment::{Chunk, IndexBuilder, ReadFrom, ScanEnd, Segment, SegmentIndex, scan_frames, scan_frames_with};
 
 /// A record to append: the partition key (UTF-8, 1–256 characters) and the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1055,6 +1055,26 @@ impl LogReader {
 
     /// See [`ShardLog::read`].
     pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
+        Ok(self.read_from(from_seq, max_records, max_bytes, ReadFrom::Disk)?.expect("a disk read always reads"))
+    }
+
+    /// As [`read`](Self::read), but only from the page cache and without
+    /// blocking: `Ok(None)` when a read would wait for the disk or copy
+    /// more than 1 MiB at once, and then the caller reads with `read` on a
+    /// blocking thread. A subscriber at the tail reads what was just
+    /// written, which the page cache holds, so it needs no thread hop.
+    /// Every answer, errors included, is what `read` would give.
+    pub fn read_cached(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Option<ReadBatch>> {
+        self.read_from(from_seq, max_records, max_bytes, ReadFrom::Cache)
+    }
+
+    fn read_from(
+        &self,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+        from: ReadFrom,
+    ) -> Result<Option<ReadBatch>> {
         let window: Vec<Visible> = {
             let segments = self.shared.read();
             let first = segments[0].segment.base_seq;
@@ -1092,32 +1112,36 @@ impl LogReader {
             let first = if left <= wanted.saturating_mul(2).min(max) { left } else { READ_CHUNK_MIN };
             let chunk = Chunk { min: first.clamp(READ_CHUNK_MIN, max), max };
             let mut full = false;
-            let end = scan_frames(v.segment.file.as_ref(), start_pos, v.len, start_seq, chunk, |_, h, frame| {
-                if h.next_seq() <= out.next_seq {
-                    return true;
-                }
-                for (i, (k, d)) in format::records(frame, h.record_count).enumerate() {
-                    let seq = h.base_seq + i as u64;
-                    if seq < out.next_seq {
-                        continue;
+            let scan =
+                scan_frames_with(v.segment.file.as_ref(), start_pos, v.len, start_seq, chunk, from, |_, h, frame| {
+                    if h.next_seq() <= out.next_seq {
+                        return true;
                     }
-                    let size = k.len() + d.len();
-                    if out.records.len() >= max_records || (!out.records.is_empty() && bytes + size > max_bytes) {
-                        full = true;
-                        return false;
+                    for (i, (k, d)) in format::records(frame, h.record_count).enumerate() {
+                        let seq = h.base_seq + i as u64;
+                        if seq < out.next_seq {
+                            continue;
+                        }
+                        let size = k.len() + d.len();
+                        if out.records.len() >= max_records || (!out.records.is_empty() && bytes + size > max_bytes) {
+                            full = true;
+                            return false;
+                        }
+                        bytes += size;
+                        out.records.push(Record {
+                            seq,
+                            timestamp_ms: h.timestamp_ms,
+                            partition_key: frame.slice(k),
+                            data: frame.slice(d),
+                        });
+                        out.next_seq = seq + 1;
                     }
-                    bytes += size;
-                    out.records.push(Record {
-                        seq,
-                        timestamp_ms: h.timestamp_ms,
-                        partition_key: frame.slice(k),
-                        data: frame.slice(d),
-                    });
-                    out.next_seq = seq + 1;
-                }
-                true
-            })
-            .map_err(io_err("read segment", &v.segment.path))?;
+                    true
+                });
+            let end = match scan {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && from == ReadFrom::Cache => return Ok(None),
+                other => other.map_err(io_err("read segment", &v.segment.path))?,
+            };
             if let ScanEnd::Bad { pos, reason, .. } = end {
                 // Hand out what was read before the damage; the read that
                 // starts at the damaged batch reports it.
@@ -1131,7 +1155,7 @@ impl LogReader {
                 break;
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// See [`ShardLog::seq_at_or_after_timestamp`]. A timestamp after the

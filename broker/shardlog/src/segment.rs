@@ -209,8 +209,37 @@ pub(crate) fn scan_frames(
     file: &dyn IoFile,
     start: u64,
     end: u64,
+    expected_seq: u64,
+    chunk: Chunk,
+    visit: impl FnMut(u64, &FrameHeader, &Bytes) -> bool,
+) -> std::io::Result<ScanEnd> {
+    scan_frames_with(file, start, end, expected_seq, chunk, ReadFrom::Disk, visit)
+}
+
+/// Where [`scan_frames_with`] may take its bytes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFrom {
+    /// Any read, waiting for the disk if it must.
+    Disk,
+    /// Only reads of at most [`CACHED_READ_BYTES_MAX`] that the page cache
+    /// holds whole ([`IoFile::read_vec_at_cached`]); any other read ends
+    /// the scan with `WouldBlock`.
+    Cache,
+}
+
+/// Largest single read a [`ReadFrom::Cache`] scan makes: a copy from the
+/// page cache this size takes tens of microseconds, which an async thread
+/// can afford.
+pub(crate) const CACHED_READ_BYTES_MAX: usize = 1 << 20;
+
+/// [`scan_frames`], reading as `from` allows.
+pub(crate) fn scan_frames_with(
+    file: &dyn IoFile,
+    start: u64,
+    end: u64,
     mut expected_seq: u64,
     chunk: Chunk,
+    from: ReadFrom,
     mut visit: impl FnMut(u64, &FrameHeader, &Bytes) -> bool,
 ) -> std::io::Result<ScanEnd> {
     let mut buf = Bytes::new();
@@ -249,7 +278,15 @@ pub(crate) fn scan_frames(
                 }
                 let want = (next_chunk.max(needed.unwrap_or(0) as usize).max(FRAME_HEADER_LEN) as u64).min(left);
                 next_chunk = next_chunk.saturating_mul(2).min(chunk.max);
-                buf = Bytes::from(file.read_vec_at(want as usize, pos)?);
+                let read = match from {
+                    ReadFrom::Disk => Some(file.read_vec_at(want as usize, pos)?),
+                    ReadFrom::Cache if want as usize <= CACHED_READ_BYTES_MAX => {
+                        file.read_vec_at_cached(want as usize, pos)?
+                    }
+                    ReadFrom::Cache => None,
+                };
+                let Some(read) = read else { return Err(std::io::ErrorKind::WouldBlock.into()) };
+                buf = Bytes::from(read);
                 buf_start = pos;
             }
             Err(FrameError::Invalid(reason)) => return Ok(ScanEnd::Bad { pos, next_seq: expected_seq, reason }),

@@ -99,10 +99,18 @@ impl Service {
         })?;
         let reader = shard.reader()?;
         let end = reader.next_seq();
-        let batch = tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?
-            .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
+        // Read here when the page cache holds the bytes (a consumer near the
+        // tail); only a read that would wait for the disk takes a blocking thread.
+        let batch = match reader.read_cached(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX) {
+            Ok(Some(batch)) => Ok(batch),
+            Ok(None) => {
+                tokio::task::spawn_blocking(move || reader.read(pos.seq, limit as usize, GET_RECORDS_BYTES_MAX))
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| BrokerError::from_read(e, &shard.id, "shard_iterator"))?;
         let bytes: u64 = batch.records.iter().map(|r| (r.partition_key.len() + r.data.len()) as u64).sum();
         shard.quota.charge_read(batch.records.len() as u64, bytes, now);
         let behind = if batch.next_seq >= end {

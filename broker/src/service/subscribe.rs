@@ -500,11 +500,17 @@ impl Running {
         let reader = self.shard.reader()?;
         let (pos, max_bytes) = (self.pos, self.event_bytes_max);
         let max_records = (max_bytes / RECORD_OVERHEAD_BYTES).max(1);
-        let read = tokio::task::spawn_blocking(move || {
-            reader.read(pos, max_records, max_bytes).map(|batch| (compact(&batch.records), batch.next_seq))
-        })
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        // At the tail the page cache holds what is read: read it here. Only a
+        // read that would wait for the disk goes to a blocking thread.
+        let read = match reader.read_cached(pos, max_records, max_bytes) {
+            Ok(Some(batch)) => Ok((compact(&batch.records), batch.next_seq)),
+            Ok(None) => tokio::task::spawn_blocking(move || {
+                reader.read(pos, max_records, max_bytes).map(|batch| (compact(&batch.records), batch.next_seq))
+            })
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?,
+            Err(e) => Err(e),
+        };
         let (records, next_seq) =
             read.map_err(|e| BrokerError::from_read(e, &self.shard.id, "starting_sequence_number"))?;
         let now = self.clock.now_ms();
