@@ -49,7 +49,9 @@ use crate::format::{self, FILE_HEADER_LEN, FileKind};
 use crate::io::{Io, StdIo};
 use crate::recovery::{self, Damage, Found, FoundActive, RecoveryReport, path_of};
 use crate::seal::{SealJob, Sealer};
-use crate::segment::{Chunk, IndexBuilder, ReadFrom, ScanEnd, Segment, SegmentIndex, scan_frames, scan_frames_with};
+use crate::segment::{
+    CACHED_READ_BYTES_MAX, Chunk, IndexBuilder, ReadFrom, ScanEnd, Segment, SegmentIndex, scan_frames, scan_frames_with,
+};
 
 /// A record to append: the partition key (UTF-8, 1–256 characters) and the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1023,6 +1025,12 @@ const READ_CHUNK_MIN: usize = 16 * 1024;
 /// Bytes `read` expects per record when it sizes its first read.
 const READ_BYTES_PER_RECORD: usize = 1024;
 
+/// The largest single read of a `read` asked for `max_bytes`: room for a
+/// batch's header and keys beyond the data, within sane bounds.
+fn read_bytes_max(max_bytes: usize) -> usize {
+    max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20)
+}
+
 impl LogReader {
     /// The oldest readable sequence number (the trim horizon).
     pub fn first_seq(&self) -> u64 {
@@ -1059,9 +1067,9 @@ impl LogReader {
     }
 
     /// As [`read`](Self::read), but only from the page cache and without
-    /// blocking: `Ok(None)` when a read would wait for the disk or copy
-    /// more than 1 MiB at once, and then the caller reads with `read` on a
-    /// blocking thread. A subscriber at the tail reads what was just
+    /// blocking: `Ok(None)` when a read would wait for the disk or may copy
+    /// more than 1 MiB (decided before reading anything), and then the
+    /// caller reads with `read` on a blocking thread. A subscriber at the tail reads what was just
     /// written, which the page cache holds, so it needs no thread hop.
     /// Every answer, errors included, is what `read` would give.
     pub fn read_cached(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Option<ReadBatch>> {
@@ -1088,6 +1096,22 @@ impl LogReader {
             let i = segments.partition_point(|v| v.segment.base_seq <= from_seq) - 1;
             segments[i..].iter().take(READ_SEGMENTS_MAX).cloned().collect()
         };
+        // A read from the cache is for a reader near the end: one that may
+        // copy more than a mebibyte (far behind, with a large `max_bytes`)
+        // declines before reading anything rather than part-way through.
+        if from == ReadFrom::Cache {
+            let visible: u64 = window
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let start = if i == 0 { v.segment.index().floor(v.segment.base_seq, from_seq).1 } else { 0 };
+                    v.len.saturating_sub(start)
+                })
+                .sum();
+            if visible.min(read_bytes_max(max_bytes) as u64) > CACHED_READ_BYTES_MAX as u64 {
+                return Ok(None);
+            }
+        }
         let mut out = ReadBatch { records: Vec::new(), next_seq: from_seq };
         let mut bytes = 0usize;
         for v in &window {
@@ -1106,7 +1130,7 @@ impl LogReader {
             // interval and a few records fit) and grow only while the read
             // keeps wanting more, so a read of one record neither reads nor
             // allocates `max_bytes`.
-            let max = max_bytes.saturating_add(64 * 1024).clamp(READ_CHUNK_MIN, 16 << 20);
+            let max = read_bytes_max(max_bytes);
             let left = usize::try_from(v.len - start_pos).unwrap_or(usize::MAX);
             let wanted = (max_records - out.records.len()).saturating_mul(READ_BYTES_PER_RECORD);
             let first = if left <= wanted.saturating_mul(2).min(max) { left } else { READ_CHUNK_MIN };

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shardlog::io::{Io, IoFile, OpenMode, SimIo};
+use shardlog::io::{Io, IoFile, OpenMode, SimIo, StdIo};
 use shardlog::{Config, RecordRef, ShardLog};
 
 /// Counts the bytes read through it, the reads, and the largest single read.
@@ -63,6 +63,12 @@ impl IoFile for CountingFile {
         self.counts.reads.fetch_add(1, Ordering::SeqCst);
         self.counts.largest.fetch_max(buf.len() as u64, Ordering::SeqCst);
         self.inner.read_at(buf, pos)
+    }
+    fn read_vec_at_cached(&self, len: usize, pos: u64) -> std::io::Result<Option<Vec<u8>>> {
+        self.counts.bytes.fetch_add(len as u64, Ordering::SeqCst);
+        self.counts.reads.fetch_add(1, Ordering::SeqCst);
+        self.counts.largest.fetch_max(len as u64, Ordering::SeqCst);
+        self.inner.read_vec_at_cached(len, pos)
     }
     fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
         self.inner.write_all_at(buf, pos)
@@ -130,6 +136,31 @@ fn a_reader_at_the_tail_gets_every_new_batch_with_one_read() {
     let bytes = counts.bytes.load(Ordering::SeqCst);
     assert_eq!(reads, 1, "the tail read took {reads} reads ({bytes} bytes) for 4 batches");
     assert!(bytes < 4 * 62 * 1024, "the tail read read {bytes} bytes for 4 batches of 60 KiB");
+}
+
+#[test]
+fn a_cached_read_far_behind_declines_before_reading_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counts = Arc::new(Counts::default());
+    let io: Arc<dyn Io> = Arc::new(CountingIo { inner: Arc::new(StdIo), counts: counts.clone() });
+    let mut log = ShardLog::open_with_io(dir.path(), Config::default(), io).expect("open");
+    let data = vec![1u8; 1024];
+    let batch: Vec<RecordRef<'_>> = (0..100).map(|_| RecordRef { partition_key: b"k", data: &data }).collect();
+    for t in 0..40 {
+        log.append(1_000 + t, &batch).expect("append");
+    }
+    log.sync().expect("sync");
+    let reader = log.reader();
+    counts.reset();
+    // 4 MiB visible after the start and 10 MiB allowed: not a read for an
+    // async thread. (1,500 records wanted: a blocking read would start small
+    // and double its reads, so a late refusal would come after 2 MiB.)
+    assert!(reader.read_cached(0, 1_500, 10 << 20).expect("cached read").is_none());
+    assert_eq!(counts.reads.load(Ordering::SeqCst), 0, "declined only after reading");
+    // Near the end it reads, once.
+    let got = reader.read_cached(3_900, 10_000, 10 << 20).expect("cached read").expect("just written: cached");
+    assert_eq!(got.records.len(), 100);
+    assert_eq!(counts.reads.load(Ordering::SeqCst), 1);
 }
 
 #[test]
