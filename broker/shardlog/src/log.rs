@@ -1069,9 +1069,10 @@ impl LogReader {
     /// As [`read`](Self::read), but only from the page cache and without
     /// blocking: `Ok(None)` when a read would wait for the disk or may copy
     /// more than 1 MiB (decided before reading anything), and then the
-    /// caller reads with `read` on a blocking thread. A subscriber at the tail reads what was just
-    /// written, which the page cache holds, so it needs no thread hop.
-    /// Every answer, errors included, is what `read` would give.
+    /// caller reads with `read` on a blocking thread. A subscriber at the
+    /// tail reads what was just written, which the page cache holds, so it
+    /// needs no thread hop. Every other answer, errors included, is what
+    /// `read` would give.
     pub fn read_cached(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Option<ReadBatch>> {
         self.read_from(from_seq, max_records, max_bytes, ReadFrom::Cache)
     }

@@ -634,18 +634,19 @@ pub(crate) enum Pacing {
     /// Every 10 ms, all of that tick's records at once, in calls of at most
     /// 500: as if every producer sent at the same instant.
     Lockstep,
-    /// One call at a time, evenly spaced: calls of `rate / 100` records
+    /// One call at a time, evenly spaced: calls of `n = rate / 100` records
     /// (at most 500), `rate / n` times a second, as independent producers
-    /// together arrive.
+    /// together arrive. (tokio's timer fires in 1 ms steps, so a call whose
+    /// time falls between two steps leaves at the next one.)
     Even,
 }
 
 /// Produces `rate` records/s of 1 KiB over `shards` shards of a new stream
 /// `name`, open loop paced as `pacing` says (over 4 connections, not
-/// waiting for earlier answers), and measures when SubscribeShard subscribers receive each record. The send
-/// time is written into each record's first 8 bytes immediately before the
-/// PutRecords call; the receive time is taken when the subscriber's task
-/// gets the event.
+/// waiting for earlier answers), and measures when SubscribeShard
+/// subscribers receive each record. The send time is written into each
+/// record's first 8 bytes immediately before the PutRecords call; the
+/// receive time is taken when the subscriber's task gets the event.
 pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, secs: u64, pacing: Pacing) -> E2e {
     let mut c = client(endpoint).await;
     create(&mut c, name, shards).await;
