@@ -227,9 +227,10 @@ pub(crate) enum ReadFrom {
     Cache,
 }
 
-/// Largest single read a [`ReadFrom::Cache`] scan makes: a copy from the
-/// page cache this size takes tens of microseconds, which an async thread
-/// can afford.
+/// Largest single read a [`ReadFrom::Cache`] scan makes: it runs on an
+/// async thread, so one read may hold that thread for one memory copy of
+/// this size and no more (a subscriber at the tail reads what one or a few
+/// group commits wrote, far less).
 pub(crate) const CACHED_READ_BYTES_MAX: usize = 1 << 20;
 
 /// [`scan_frames`], reading as `from` allows.
