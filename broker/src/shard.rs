@@ -435,8 +435,9 @@ impl Queue {
 /// and run by one pool thread at a time (the mutex), so requests are
 /// committed in queue order.
 struct Slot {
-    /// Queued on the pool (or about to be); cleared just before a run
-    /// drains the queue, so a request queued during the run schedules again.
+    /// Queued on the pool, or running; cleared when a run has finished its
+    /// step, so a request queued during the run does not schedule again
+    /// (the run looks for it after the clear).
     scheduled: std::sync::atomic::AtomicBool,
     writer: Mutex<Option<Writer>>,
     /// Set once the writer has stopped (and synced).
@@ -468,23 +469,25 @@ impl Slot {
 }
 
 impl Task for Slot {
-    fn run(self: Arc<Self>) {
+    fn run(&self) -> bool {
         let mut guard = lock(&self.writer);
-        let Some(writer) = guard.as_mut() else { return };
-        self.scheduled.store(false, Ordering::SeqCst);
+        let Some(writer) = guard.as_mut() else { return false };
         if writer.step() {
             writer.finish();
             *guard = None;
             drop(guard);
             *lock(&self.finished) = true;
             self.finished_changed.notify_all();
-            return;
+            return false;
         }
+        // Cleared only now, so that requests queued during the step's
+        // fdatasync did not schedule the slot onto a second thread to block
+        // on the writer. A request queued before the clear is seen by the
+        // check below; one queued after it schedules the slot itself.
+        self.scheduled.store(false, Ordering::SeqCst);
         let more = !writer.rx.is_empty();
         drop(guard);
-        if more {
-            self.schedule();
-        }
+        more && !self.scheduled.swap(true, Ordering::SeqCst)
     }
 }
 

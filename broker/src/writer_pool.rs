@@ -3,11 +3,19 @@
 //!
 //! A shard's writer is a [`Task`]: when something is queued for it, it is
 //! scheduled (at most once at a time, see the shard's `Slot`); a pool thread
-//! runs one group commit of it and reschedules it behind the others if more
-//! is queued, so a busy shard cannot starve the rest. `fdatasync` blocks a
-//! pool thread, never a tokio worker; `storage.writer_threads` bounds how
-//! many shards commit (and sync) at once. While one shard's group syncs, its
-//! next group queues up, as with a thread per shard.
+//! runs one group commit of it and, if more is queued, runs it again, behind
+//! the others when some are waiting, so a busy shard cannot starve the rest.
+//! `fdatasync` blocks a pool thread, never a tokio worker;
+//! `storage.writer_threads` bounds how many shards commit (and sync) at once.
+//! While one shard's group syncs, its next group queues up, as with a thread
+//! per shard.
+//!
+//! **A shard occupies at most one thread.** A task stays scheduled until its
+//! step has finished, so requests queued during a slow `fdatasync` wait for
+//! that thread instead of waking others to block on the shard's writer: the
+//! other shards keep the rest of the pool. A thread that runs a task again
+//! wakes no other thread unless others are waiting (a wake is a context
+//! switch per commit on a busy core).
 //!
 //! The threads end when the last handle to the pool is dropped and nothing
 //! is scheduled.
@@ -20,8 +28,9 @@ use crate::error::{BrokerError, Result};
 
 /// Work a pool thread runs: one step of a shard writer.
 pub(crate) trait Task: Send + Sync {
-    /// Runs one step; the task reschedules itself if it has more to do.
-    fn run(self: Arc<Self>);
+    /// Runs one step; true if the task has more to do and is still
+    /// scheduled: the pool runs it again.
+    fn run(&self) -> bool;
 }
 
 #[derive(Default)]
@@ -90,20 +99,34 @@ impl WriterPool {
 }
 
 fn work(shared: &Shared) {
+    let mut again: Option<Arc<dyn Task>> = None;
     loop {
         let task = {
             let mut ready = shared.ready();
-            loop {
-                if let Some(t) = ready.pop_front() {
-                    break t;
+            if let Some(t) = again.take() {
+                if ready.is_empty() {
+                    t
+                } else {
+                    // Behind the waiting tasks; another thread may take one.
+                    ready.push_back(t);
+                    shared.wake.notify_one();
+                    ready.pop_front().expect("not empty")
                 }
-                if shared.shutdown.load(Ordering::SeqCst) {
-                    return;
+            } else {
+                loop {
+                    if let Some(t) = ready.pop_front() {
+                        break t;
+                    }
+                    if shared.shutdown.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    ready = shared.wake.wait(ready).unwrap_or_else(|e| e.into_inner());
                 }
-                ready = shared.wake.wait(ready).unwrap_or_else(|e| e.into_inner());
             }
         };
-        task.run();
+        if task.run() {
+            again = Some(task);
+        }
     }
 }
 
@@ -115,9 +138,10 @@ mod tests {
     struct Count(AtomicUsize, Mutex<Vec<std::thread::ThreadId>>);
 
     impl Task for Count {
-        fn run(self: Arc<Self>) {
+        fn run(&self) -> bool {
             self.1.lock().expect("ids").push(std::thread::current().id());
             self.0.fetch_add(1, Ordering::SeqCst);
+            false
         }
     }
 
@@ -137,5 +161,31 @@ mod tests {
         ids.sort_by_key(|id| format!("{id:?}"));
         ids.dedup();
         assert!(ids.len() <= 3, "ran on {} threads", ids.len());
+    }
+
+    /// Runs `left` more times, recording its threads.
+    struct Again(AtomicUsize, Mutex<Vec<std::thread::ThreadId>>);
+
+    impl Task for Again {
+        fn run(&self) -> bool {
+            self.1.lock().expect("ids").push(std::thread::current().id());
+            self.0.fetch_sub(1, Ordering::SeqCst) > 1
+        }
+    }
+
+    #[test]
+    fn a_task_that_runs_again_stays_on_its_thread_while_nothing_waits() {
+        let pool = WriterPool::new(3).expect("pool");
+        let task = Arc::new(Again(AtomicUsize::new(100), Mutex::new(Vec::new())));
+        pool.schedule(task.clone());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while task.0.load(Ordering::SeqCst) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the task did not run 100 times");
+            std::thread::yield_now();
+        }
+        let mut ids = task.1.lock().expect("ids").clone();
+        assert_eq!(ids.len(), 100);
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "ran on {} threads", ids.len());
     }
 }

@@ -5,15 +5,19 @@
 //!   be trusted), until an operator repairs it, and every acknowledged
 //!   record is there afterwards;
 //! - a writer that panics fails its shard visibly instead of leaving it
-//!   "writable" but dead; a repair brings it back.
+//!   "writable" but dead; a repair brings it back;
+//! - a slow fsync holds one writer thread, not every one: requests queued
+//!   behind it wait for it without taking more threads, so the other
+//!   shards keep committing.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use broker::catalog::{Catalog, CreateStream};
 use broker::clock::SystemClock;
-use broker::config::BrokerConfig;
+use broker::config::{BrokerConfig, StorageConfig};
 use broker::error::BrokerError;
 use broker::metadata::{MetadataStore, SledStore};
 use broker::shard::{FailureKind, RepairAction};
@@ -172,5 +176,120 @@ async fn a_panicking_writer_fails_its_shard_visibly_and_a_repair_brings_it_back(
     assert!(done.applied && done.failure.is_none(), "{done:?}");
     let next = a.append(vec![("k".into(), "after repair".into())]).await.expect("writable after repair");
     assert_eq!(next.first_seq, 1);
+    catalog.close().await.expect("close");
+}
+
+/// Real files, but once armed the next data sync waits until released.
+#[derive(Debug, Default)]
+struct SlowSyncIo(Arc<Gate>);
+
+#[derive(Debug, Default)]
+struct Gate {
+    armed: AtomicBool,
+    /// Whether a sync is being held, and whether it may go on.
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn wait_until(&self, done: impl Fn(&(bool, bool)) -> bool) {
+        let mut s = self.state.lock().expect("gate");
+        while !done(&s) {
+            s = self.changed.wait(s).expect("gate");
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut (bool, bool))) {
+        f(&mut self.state.lock().expect("gate"));
+        self.changed.notify_all();
+    }
+}
+
+#[derive(Debug)]
+struct SlowSyncFile {
+    inner: Arc<dyn IoFile>,
+    gate: Arc<Gate>,
+}
+
+impl Io for SlowSyncIo {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        StdIo.list_dir(dir)
+    }
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(SlowSyncFile { inner: StdIo.open(path, mode)?, gate: self.0.clone() }))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdIo.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.sync_dir(dir)
+    }
+}
+
+impl IoFile for SlowSyncFile {
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, pos)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.gate.armed.swap(false, Ordering::SeqCst) {
+            self.gate.set(|s| s.0 = true);
+            self.gate.wait_until(|s| s.1);
+        }
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fsync_holds_one_writer_thread_and_the_other_shards_keep_committing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = StorageConfig { writer_threads: 2, ..StorageConfig::default() };
+    let config = Arc::new(BrokerConfig { data_dir: dir.path().to_path_buf(), storage, ..BrokerConfig::default() });
+    let io = SlowSyncIo::default();
+    let gate = io.0.clone();
+    let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&dir.path().join("meta")).expect("meta"));
+    let catalog =
+        Arc::new(Catalog::open_with_io(config.clone(), store, Arc::new(SystemClock), Arc::new(io)).expect("open"));
+    let stream =
+        catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
+    let (a, b) = (stream.shards()[0].clone(), stream.shards()[1].clone());
+    a.append(vec![("k".into(), "a0".into())]).await.expect("healthy append");
+    b.append(vec![("k".into(), "b0".into())]).await.expect("healthy append");
+
+    // Shard a's next fsync hangs (a slow disk); requests pile up behind it.
+    gate.armed.store(true, Ordering::SeqCst);
+    let held = tokio::spawn({
+        let a = a.clone();
+        async move { a.append(vec![("k".into(), "a1".into())]).await }
+    });
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait_until(|s| s.0)).await.expect("the sync is held");
+    let mut queued = Vec::new();
+    for i in 2..6 {
+        let ack = a.submit(vec![("k".into(), format!("a{i}").into())]).await.expect("queued behind the held sync");
+        queued.push(ack);
+    }
+    // Two writer threads: one holds shard a's sync; shard b needs the other.
+    let other = tokio::time::timeout(Duration::from_secs(10), b.append(vec![("k".into(), "b1".into())])).await;
+    gate.set(|s| s.1 = true);
+    let other = other.expect("shard b committed while shard a's fsync was held").expect("append");
+    assert_eq!(other.first_seq, 1);
+
+    assert_eq!(held.await.expect("task").expect("a1 acknowledged").first_seq, 1);
+    for (i, ack) in queued.into_iter().enumerate() {
+        let appended = ack.await.expect("answered").expect("acknowledged");
+        assert_eq!(appended.first_seq, i as u64 + 2, "in queue order");
+    }
     catalog.close().await.expect("close");
 }
