@@ -45,6 +45,8 @@ use proto::v1 as pb;
 use proto::v1::stream_broker_client::StreamBrokerClient;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for stream-broker")]
@@ -324,6 +326,34 @@ fn entries(keys: &[String], data: &Bytes, p: u32, batch: usize, id: u64) -> Vec<
             explicit_hash_key: Some(keys[(i + id as usize) % keys.len()].clone()),
         })
         .collect()
+}
+
+/// `window` tasks on each of `connections` connections, each calling the
+/// gRPC health check and waiting in a loop for `secs`; returns calls/s.
+pub(crate) async fn health_checks(endpoint: &str, connections: u32, window: usize, secs: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let channel = Channel::from_shared(endpoint.to_string()).expect("endpoint").connect().await.expect("connect");
+        for _ in 0..window {
+            let mut c = HealthClient::new(channel.clone());
+            callers.spawn(async move {
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    let status = c.check(HealthCheckRequest { service: String::new() }).await.expect("health check");
+                    assert_eq!(status.into_inner().status, 1, "SERVING");
+                    calls += 1;
+                }
+                calls
+            });
+        }
+    }
+    let started = Instant::now();
+    let mut calls = 0;
+    while let Some(n) = callers.join_next().await {
+        calls += n.expect("caller");
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
 }
 
 /// `load.window` tasks on one connection, each calling and waiting in a loop.

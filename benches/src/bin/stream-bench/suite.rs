@@ -786,6 +786,7 @@ async fn per_call(r: &mut Report, dir: &Path, sizes: &Sizes, cmd: &BrokerCommand
     }
     let mut c = client(&broker.endpoint).await;
     create(&mut c, "percall", 1).await;
+    health_floor(r, &broker, sizes, pinned, cmd).await;
     let loads = [
         ("unary", Load { size: 100, batch: 1, window: 16, connections: 4, unary: true }),
         ("stream", Load { size: 100, batch: 1, window: 16, connections: 4, unary: false }),
@@ -831,6 +832,34 @@ async fn per_call(r: &mut Report, dir: &Path, sizes: &Sizes, cmd: &BrokerCommand
         pin_self(&format!("0-{}", cpus - 1));
     }
     drop(broker);
+}
+
+/// The same load of gRPC health checks: a unary call that does no work,
+/// writes nothing and (being open to load balancers) skips authentication,
+/// so its broker CPU is what the transport alone (HTTP/2, tonic, the
+/// listener) costs per call: the floor under PutRecord's.
+async fn health_floor(r: &mut Report, broker: &BrokerProcess, sizes: &Sizes, pinned: bool, cmd: &BrokerCommand) {
+    let (connections, window) = (4, 16);
+    let before = broker.cpu_seconds();
+    let calls_per_sec = crate::health_checks(&broker.endpoint, connections, window, sizes.seconds).await;
+    let cpu = broker.cpu_seconds() - before;
+    let us_per_call = cpu * 1e6 / (calls_per_sec * sizes.seconds as f64).max(1.0);
+    let load = format!(
+        "unary grpc.health.v1.Health/Check; {connections} connection(s) x {window} in flight = {} requests outstanding, exactly; broker process {} ({})",
+        connections as usize * window,
+        if pinned { "pinned to CPU 0, load generator pinned to CPU 1" } else { "NOT pinned (1 CPU)" },
+        cmd.describe
+    );
+    r.add(
+        "percall.health.broker_us_per_call",
+        "gRPC health check (no work, nothing written): broker CPU per call, the transport's floor",
+        us_per_call,
+        "us",
+        Ref::None,
+        load,
+        "broker CPU: utime + stime of the broker process from /proc/<pid>/stat around the run, divided by the calls answered",
+        None,
+    );
 }
 
 async fn idle(r: &mut Report, dir: &Path, sizes: &Sizes, cmd: &BrokerCommand) {
