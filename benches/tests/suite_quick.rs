@@ -27,7 +27,13 @@ fn quick_suite_reports_every_benchmark_with_its_disk_reference() {
         serde_json::from_str(&std::fs::read_to_string(out.join("suite.json")).expect("suite.json")).expect("JSON");
     assert_eq!(json["quick"], true);
     let disk = &json["disk"];
-    for key in ["dd_fdatasync_mb_per_sec", "dd_nosync_mb_per_sec", "sync_4k_append_p50_ms", "sync_4k_append_p99_ms"] {
+    for key in [
+        "dd_fdatasync_mb_per_sec",
+        "dd_nosync_mb_per_sec",
+        "sync_4k_append_p50_ms",
+        "sync_4k_append_p99_ms",
+        "sync_4k_overwrite_p50_ms",
+    ] {
         let v = disk[key].as_f64().unwrap_or_else(|| panic!("disk.{key} missing: {disk}"));
         assert!(v.is_finite() && v > 0.0, "disk.{key} = {v}");
     }
