@@ -13,68 +13,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use broker::catalog::{Catalog, CreateStream};
 use broker::clock::{Clock, ManualClock};
 use broker::config::{BrokerConfig, DurabilityMode};
 use broker::metadata::{MetadataStore, SledStore};
 use bytes::Bytes;
-use shardlog::io::{Io, IoFile, OpenMode, StdIo};
+use common::hooked_io::{Hook, HookedIo};
 
 const T0: u64 = 1_800_000_000_000;
 
-/// The real filesystem, counting every `sync_data` of a shard-log file.
-#[derive(Debug, Clone, Default)]
-struct CountingIo {
-    syncs: Arc<AtomicU64>,
-}
+/// Counts every `sync_data` of a shard-log file.
+#[derive(Debug, Default)]
+struct Syncs(AtomicU64);
 
-impl CountingIo {
-    fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Debug)]
-struct CountingFile {
-    inner: Arc<dyn IoFile>,
-    syncs: Arc<AtomicU64>,
-}
-
-impl Io for CountingIo {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        StdIo.list_dir(dir)
-    }
-    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn IoFile>> {
-        Ok(Arc::new(CountingFile { inner: StdIo.open(path, mode)?, syncs: self.syncs.clone() }))
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.sync_dir(dir)
+impl Hook for Syncs {
+    fn before_sync(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-impl IoFile for CountingFile {
-    fn size(&self) -> std::io::Result<u64> {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-        self.inner.read_at(buf, pos)
-    }
-    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, pos)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
+type CountingIo = HookedIo<Syncs>;
+
+fn sync_count(io: &CountingIo) -> u64 {
+    io.0.0.load(Ordering::SeqCst)
 }
 
 fn config(dir: &Path, mode: DurabilityMode, interval_ms: u64) -> BrokerConfig {
@@ -129,16 +92,16 @@ async fn interval_mode_fsyncs_every_interval_while_the_shard_queue_is_full() {
     // Eight producers on a queue of depth one: the queue stays full.
     wait_for("the producers to get going", || acked.load(Ordering::SeqCst) >= 100).await;
     for interval in 0..20 {
-        let syncs = io.syncs();
+        let syncs = sync_count(&io);
         clock.advance(60_000);
         // A commit may have read the clock just before the advance; the one
         // after it began later and must have fsynced before publishing.
         let end = shard.reader().expect("open shard").next_seq();
         wait_for("two more commits", || shard.reader().expect("open shard").next_seq() >= end + 2).await;
         assert!(
-            io.syncs() > syncs,
+            sync_count(&io) > syncs,
             "interval {interval}: no fsync in a whole interval while the queue was full ({} fsyncs so far)",
-            io.syncs()
+            sync_count(&io)
         );
     }
     stop.store(true, Ordering::SeqCst);
@@ -160,11 +123,11 @@ async fn interval_mode_fsyncs_an_idle_shard_within_an_interval() {
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 1, ..Default::default() }).await.expect("create");
     let shard = stream.shards()[0].clone();
-    let syncs = io.syncs();
+    let syncs = sync_count(&io);
     shard.append(vec![("k".into(), "unsynced".into())]).await.expect("append");
     // Nothing else is written; the acknowledged record is fsynced once an interval passes.
     clock.advance(50);
-    wait_for("the idle writer to fsync", || io.syncs() > syncs).await;
+    wait_for("the idle writer to fsync", || sync_count(&io) > syncs).await;
     drop((shard, stream));
     catalog.close().await.expect("close");
 }
@@ -179,15 +142,15 @@ async fn never_mode_acknowledges_without_fsync_and_syncs_at_close() {
     let stream =
         catalog.create(CreateStream { name: "s".into(), shard_count: 1, ..Default::default() }).await.expect("create");
     let shard = stream.shards()[0].clone();
-    let syncs = io.syncs();
+    let syncs = sync_count(&io);
     for i in 0..200u64 {
         shard.append(vec![("k".into(), Bytes::from(format!("r{i}")))]).await.expect("append");
         clock.advance(1_000);
     }
-    assert_eq!(io.syncs(), syncs, "never mode acknowledged with an fsync");
+    assert_eq!(sync_count(&io), syncs, "never mode acknowledged with an fsync");
     drop((shard, stream));
     catalog.close().await.expect("close");
-    assert!(io.syncs() > syncs, "closing a never-mode shard syncs it");
+    assert!(sync_count(&io) > syncs, "closing a never-mode shard syncs it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

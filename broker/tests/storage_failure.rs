@@ -10,18 +10,20 @@
 //!   behind it wait for it without taking more threads, so the other
 //!   shards keep committing.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use broker::catalog::{Catalog, CreateStream};
+mod common;
+
+use broker::catalog::{Catalog, CreateStream, Stream};
 use broker::clock::SystemClock;
 use broker::config::{BrokerConfig, StorageConfig};
 use broker::error::BrokerError;
 use broker::metadata::{MetadataStore, SledStore};
 use broker::shard::{FailureKind, RepairAction};
-use shardlog::io::{FaultKind, FaultyIo, Io, IoFile, OpenMode, StdIo};
+use common::hooked_io::{Hook, HookedIo};
+use shardlog::io::{FaultKind, FaultyIo, Io, StdIo};
 
 #[tokio::test]
 async fn a_failed_fsync_fails_only_that_shard_until_it_is_repaired() {
@@ -99,52 +101,24 @@ async fn a_failed_fsync_fails_only_that_shard_until_it_is_repaired() {
     catalog.close().await.expect("close");
 }
 
+/// A catalog on `io` (metadata in `config.data_dir`/meta) with stream `s` of two shards.
+async fn open_with_two_shards(config: &Arc<BrokerConfig>, io: Arc<dyn Io>) -> (Arc<Catalog>, Arc<Stream>) {
+    let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&config.data_dir.join("meta")).expect("meta"));
+    let catalog = Arc::new(Catalog::open_with_io(config.clone(), store, Arc::new(SystemClock), io).expect("open"));
+    let stream =
+        catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
+    (catalog, stream)
+}
+
 /// Real files, but a write panics once armed.
 #[derive(Debug, Default)]
-struct PanickyIo {
-    armed: Arc<AtomicBool>,
+struct Panicky {
+    armed: AtomicBool,
 }
 
-#[derive(Debug)]
-struct PanickyFile {
-    inner: Arc<dyn IoFile>,
-    armed: Arc<AtomicBool>,
-}
-
-impl Io for PanickyIo {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        StdIo.list_dir(dir)
-    }
-    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn IoFile>> {
-        Ok(Arc::new(PanickyFile { inner: StdIo.open(path, mode)?, armed: self.armed.clone() }))
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.sync_dir(dir)
-    }
-}
-
-impl IoFile for PanickyFile {
-    fn size(&self) -> std::io::Result<u64> {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-        self.inner.read_at(buf, pos)
-    }
-    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+impl Hook for Panicky {
+    fn before_write(&self) {
         assert!(!self.armed.swap(false, Ordering::SeqCst), "injected panic in the shard writer");
-        self.inner.write_all_at(buf, pos)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
     }
 }
 
@@ -152,16 +126,12 @@ impl IoFile for PanickyFile {
 async fn a_panicking_writer_fails_its_shard_visibly_and_a_repair_brings_it_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Arc::new(BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() });
-    let io = PanickyIo::default();
-    let armed = io.armed.clone();
-    let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&dir.path().join("meta")).expect("meta"));
-    let catalog =
-        Arc::new(Catalog::open_with_io(config.clone(), store, Arc::new(SystemClock), Arc::new(io)).expect("open"));
-    let stream =
-        catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
+    let io = HookedIo::<Panicky>::default();
+    let hook = io.0.clone();
+    let (catalog, stream) = open_with_two_shards(&config, Arc::new(io)).await;
     let (a, b) = (stream.shards()[0].clone(), stream.shards()[1].clone());
     a.append(vec![("k".into(), "acked".into())]).await.expect("healthy append");
-    armed.store(true, Ordering::SeqCst);
+    hook.armed.store(true, Ordering::SeqCst);
     a.append(vec![("k".into(), "boom".into())]).await.expect_err("the writer panicked");
     let err = a.append(vec![("k".into(), "after".into())]).await.expect_err("refused");
     assert!(matches!(&err, BrokerError::ShardFailed { kind: "Panicked", .. }), "{err}");
@@ -180,9 +150,6 @@ async fn a_panicking_writer_fails_its_shard_visibly_and_a_repair_brings_it_back(
 }
 
 /// Real files, but once armed the next data sync waits until released.
-#[derive(Debug, Default)]
-struct SlowSyncIo(Arc<Gate>);
-
 #[derive(Debug, Default)]
 struct Gate {
     armed: AtomicBool,
@@ -205,49 +172,12 @@ impl Gate {
     }
 }
 
-#[derive(Debug)]
-struct SlowSyncFile {
-    inner: Arc<dyn IoFile>,
-    gate: Arc<Gate>,
-}
-
-impl Io for SlowSyncIo {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        StdIo.list_dir(dir)
-    }
-    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Arc<dyn IoFile>> {
-        Ok(Arc::new(SlowSyncFile { inner: StdIo.open(path, mode)?, gate: self.0.clone() }))
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.sync_dir(dir)
-    }
-}
-
-impl IoFile for SlowSyncFile {
-    fn size(&self) -> std::io::Result<u64> {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-        self.inner.read_at(buf, pos)
-    }
-    fn write_all_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, pos)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        if self.gate.armed.swap(false, Ordering::SeqCst) {
-            self.gate.set(|s| s.0 = true);
-            self.gate.wait_until(|s| s.1);
+impl Hook for Gate {
+    fn before_sync(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.set(|s| s.0 = true);
+            self.wait_until(|s| s.1);
         }
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
     }
 }
 
@@ -256,13 +186,9 @@ async fn a_slow_fsync_holds_one_writer_thread_and_the_other_shards_keep_committi
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = StorageConfig { writer_threads: 2, ..StorageConfig::default() };
     let config = Arc::new(BrokerConfig { data_dir: dir.path().to_path_buf(), storage, ..BrokerConfig::default() });
-    let io = SlowSyncIo::default();
+    let io = HookedIo::<Gate>::default();
     let gate = io.0.clone();
-    let store: Arc<dyn MetadataStore> = Arc::new(SledStore::open(&dir.path().join("meta")).expect("meta"));
-    let catalog =
-        Arc::new(Catalog::open_with_io(config.clone(), store, Arc::new(SystemClock), Arc::new(io)).expect("open"));
-    let stream =
-        catalog.create(CreateStream { name: "s".into(), shard_count: 2, ..Default::default() }).await.expect("create");
+    let (catalog, stream) = open_with_two_shards(&config, Arc::new(io)).await;
     let (a, b) = (stream.shards()[0].clone(), stream.shards()[1].clone());
     a.append(vec![("k".into(), "a0".into())]).await.expect("healthy append");
     b.append(vec![("k".into(), "b0".into())]).await.expect("healthy append");

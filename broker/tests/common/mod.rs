@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod hooked_io;
 pub mod process;
 
 use bytes::Bytes;
