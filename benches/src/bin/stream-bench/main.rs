@@ -656,6 +656,16 @@ pub(crate) async fn clients(endpoint: &str, n: usize) -> Vec<StreamBrokerClient<
 pub(crate) struct E2e {
     pub sent: u64,
     pub latency: Histogram<u64>,
+    /// CPU time of this whole process (the broker too when it runs in
+    /// process) from the first call to the last answer, divided by that
+    /// wall time: how many cores were busy on average.
+    pub cores_busy: f64,
+}
+
+/// CPU time this process has used, on all its threads.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
 }
 
 /// How an open-loop producer spaces its calls.
@@ -735,6 +745,7 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     let mut producers = clients(endpoint, 4).await;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut i = 0usize;
+    let (cpu_before, started) = (process_cpu(), Instant::now());
     while Instant::now() < deadline {
         tick.tick().await;
         let mut left = per_tick;
@@ -767,6 +778,7 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     while let Some(r) = in_flight.join_next().await {
         assert_eq!(r.expect("put task"), 0);
     }
+    let cores_busy = (process_cpu() - cpu_before).as_secs_f64() / started.elapsed().as_secs_f64();
     producers.clear();
     // Wait (bounded) until the subscribers have every record, then end them by deleting the stream.
     let give_up = Instant::now() + Duration::from_secs(30);
@@ -778,7 +790,7 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     for s in subscribers {
         latency.add(s.await.expect("subscriber")).expect("merge");
     }
-    E2e { sent, latency }
+    E2e { sent, latency, cores_busy }
 }
 
 async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
@@ -798,6 +810,7 @@ async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
         ms(h, 0.999),
         h.max() as f64 / 1000.0
     );
+    println!("CPU: {:.2} cores of this process busy on average while producing", r.cores_busy);
     println!(
         "target: p99 < 10 ms at half the maximum throughput -> {}",
         if ms(h, 0.99) < 10.0 { "MET" } else { "MISSED" }

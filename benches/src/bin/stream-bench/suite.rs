@@ -549,6 +549,16 @@ async fn e2e(r: &mut Report, args: &Args, sizes: &Sizes, max_1k: f64) {
                 target,
             );
         }
+        r.add(
+            format!("e2e.{pct}pct{tag}.cores_busy"),
+            format!("produce -> subscriber at {pct}% of max{pacing_name}: CPU cores busy on average"),
+            res.cores_busy,
+            "cores",
+            Ref::None,
+            load.clone(),
+            "CPU time of the whole stream-bench process (broker, producers and subscribers when the broker is in process) from the first PutRecords to the last answer, over that wall time",
+            None,
+        );
         let delivered = res.latency.len() as f64 / res.sent.max(1) as f64;
         r.add(
             format!("e2e.{pct}pct{tag}.delivered_ratio"),
