@@ -437,7 +437,8 @@ impl Queue {
 struct Slot {
     /// Queued on the pool, or running; cleared when a run has finished its
     /// step, so a request queued during the run does not schedule again
-    /// (the run looks for it after the clear).
+    /// (the run looks for it after the clear). Stays set once the writer
+    /// has stopped: nothing is scheduled for a stopped writer.
     scheduled: std::sync::atomic::AtomicBool,
     writer: Mutex<Option<Writer>>,
     /// Set once the writer has stopped (and synced).
@@ -483,8 +484,13 @@ impl Task for Slot {
         // Cleared only now, so that requests queued during the step's
         // fdatasync did not schedule the slot onto a second thread to block
         // on the writer. A request queued before the clear is seen by the
-        // check below; one queued after it schedules the slot itself.
-        self.scheduled.store(false, Ordering::SeqCst);
+        // check below; one queued after it schedules the slot itself. The
+        // clear is a swap, not a store: every write of the flag is then a
+        // read-modify-write, so a sender's swap that read `true` is ordered
+        // before this one, and its queued request before the check (a
+        // plain store would let the check's loads pass it on weakly
+        // ordered CPUs).
+        self.scheduled.swap(false, Ordering::SeqCst);
         let more = !writer.rx.is_empty();
         drop(guard);
         more && !self.scheduled.swap(true, Ordering::SeqCst)
@@ -884,7 +890,9 @@ impl Writer {
             }
         };
         self.group = group;
-        close
+        // Every sender gone: nothing more can come, so stop (with the
+        // final sync) after this group rather than wait for a wake-up.
+        close || gone
     }
 
     /// The last sync when the writer stops.

@@ -52,7 +52,11 @@ struct Owner(Arc<Shared>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // Under the queue's lock, so that no thread is between seeing
+        // `shutdown` unset and waiting when the notification is sent.
+        let ready = self.0.ready();
         self.0.shutdown.store(true, Ordering::SeqCst);
+        drop(ready);
         self.0.wake.notify_all();
     }
 }
