@@ -28,7 +28,10 @@ pub struct Config {
     /// the format's hard frame bound of 64 MiB.
     pub batch_bytes_max: u32,
     /// Appended batches are gathered in memory up to this many bytes before
-    /// a write call; `sync` and `publish` always write them first. Default 256 KiB.
+    /// a write call, which writes up to the last 64 KiB boundary of the
+    /// file (or the largest power of two below a smaller buffer) and keeps
+    /// the rest; `sync` and `publish` always write everything first.
+    /// Default 256 KiB.
     pub write_buffer_bytes: usize,
     /// A rolled segment is synced (`fdatasync`) and gets its index files on
     /// a short-lived background thread of the log, so the append that

@@ -445,7 +445,7 @@ impl ShardLog {
         self.next_seq += u64::from(count);
         self.last_ts = timestamp_ms;
         if self.pending.len() >= self.config.write_buffer_bytes {
-            self.flush_pending()?;
+            self.flush_aligned()?;
         }
         Ok(Appended { first_seq: base_seq, next_seq: self.next_seq, timestamp_ms })
     }
@@ -815,6 +815,7 @@ impl ShardLog {
         self.fail_on_err(queued, "seal segment")
     }
 
+    /// Writes every buffered batch (before a sync, a publish or a roll).
     fn flush_pending(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -823,6 +824,28 @@ impl ShardLog {
         let r = self.active.segment.file.write_all_at(&self.pending, position);
         self.fail_on_err(r, "write segment")?;
         self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes the buffered bytes up to the last multiple of
+    /// [`write_align`] in the file and keeps the rest buffered (less than
+    /// one alignment unit, so the buffer stays within `write_buffer_bytes`
+    /// plus one unit plus one batch). A write that starts and ends on
+    /// 64 KiB boundaries lets the page cache take it in large folios: `dd
+    /// bs=1M` ran at 6.2 GB/s aligned and 5.6 GB/s starting at byte 1,000
+    /// on this project's ext4 (kernel 6.18), and the appends of the
+    /// no-sync benchmark were such unaligned half-MiB writes.
+    fn flush_aligned(&mut self) -> Result<()> {
+        let align = write_align(self.config.write_buffer_bytes);
+        let start = self.active.len - self.pending.len() as u64;
+        let end = self.active.len / align * align;
+        if end <= start {
+            return Ok(());
+        }
+        let n = (end - start) as usize;
+        let r = self.active.segment.file.write_all_at(&self.pending[..n], start);
+        self.fail_on_err(r, "write segment")?;
+        self.pending.drain(..n);
         Ok(())
     }
 
@@ -980,6 +1003,13 @@ fn check_continuity(found: &Found, expected: Option<u64>) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The alignment of the append path's writes: the largest power of two
+/// not above `write_buffer_bytes`, at most 64 KiB (1 for an unbuffered log).
+fn write_align(write_buffer_bytes: usize) -> u64 {
+    let unit = write_buffer_bytes.clamp(1, 64 * 1024);
+    1 << unit.ilog2()
 }
 
 /// Checks one record against the format's and the configuration's limits.
@@ -1278,6 +1308,36 @@ mod tests {
 
     fn seqs(batch: &ReadBatch) -> Vec<u64> {
         batch.records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn appends_write_whole_64k_units_and_a_sync_writes_the_rest() {
+        let io = SimIo::new();
+        let mut log = open(&io, Config::default());
+        let data = vec![7u8; 1000];
+        let recs: Vec<RecordRef<'_>> = (0..100).map(|_| RecordRef { partition_key: b"pk", data: &data }).collect();
+        let mut written = Vec::new();
+        for t in 0..20 {
+            log.append(t, &recs).expect("append");
+            written.push(log.active.segment.file.size().expect("size"));
+        }
+        assert!(written.iter().any(|&n| n > FILE_HEADER_LEN), "a full buffer is written before a sync: {written:?}");
+        for n in &written {
+            assert!(*n == FILE_HEADER_LEN || n % (64 * 1024) == 0, "a write ended off a 64 KiB boundary: {written:?}");
+        }
+        log.sync().expect("sync");
+        assert_eq!(log.active.segment.file.size().expect("size"), log.active.len, "sync writes every buffered byte");
+        let read = log.read(0, 10_000, usize::MAX).expect("read");
+        assert_eq!(read.records.len(), 2000);
+        assert!(read.records.iter().all(|r| r.data[..] == data[..]));
+    }
+
+    #[test]
+    fn write_alignment_follows_the_buffer_up_to_64k() {
+        assert_eq!(write_align(0), 1);
+        assert_eq!(write_align(1024), 1024);
+        assert_eq!(write_align(3000), 2048);
+        assert_eq!(write_align(256 * 1024), 64 * 1024);
     }
 
     #[test]
