@@ -89,3 +89,29 @@ fn quick_suite_reports_every_benchmark_with_its_disk_reference() {
     assert_eq!(table_rows, rows.len(), "{md}");
     assert!(stdout.contains(&md), "stdout carries the table");
 }
+
+/// Without a `stream-broker` next to it, the suite starts `stream-bench
+/// serve` with the broker's own flags; it must take all of them and print
+/// the broker's listening line.
+#[test]
+fn the_serve_fallback_takes_the_flags_of_stream_broker() {
+    use std::io::{BufRead, BufReader};
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stream-bench"))
+        .args(["serve", "--data-dir", scratch.path().to_str().expect("utf-8")])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn stream-bench serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the listening line");
+    child.kill().expect("stop stream-bench serve");
+    let out = child.wait_with_output().expect("wait for stream-bench serve");
+    assert!(
+        line.starts_with("stream-broker listening grpc=127.0.0.1:") && line.contains(" kinesis="),
+        "listening line {line:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -126,6 +126,9 @@ enum What {
         /// HTTP admin listen address.
         #[arg(long, default_value = "127.0.0.1:0")]
         http_addr: std::net::SocketAddr,
+        /// Kinesis API listen address (overrides `kinesis.addr`), as `stream-broker` takes it.
+        #[arg(long)]
+        kinesis_addr: Option<std::net::SocketAddr>,
     },
 }
 
@@ -819,8 +822,8 @@ async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if let What::Serve { data_dir, grpc_addr, http_addr } = &args.what {
-        return suite::serve(data_dir, *grpc_addr, *http_addr).await;
+    if let What::Serve { data_dir, grpc_addr, http_addr, kinesis_addr } = &args.what {
+        return suite::serve(data_dir, *grpc_addr, *http_addr, *kinesis_addr).await;
     }
     println!(
         "stream-bench on {} cores; hot page cache; broker {}",

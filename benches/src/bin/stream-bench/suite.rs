@@ -1099,19 +1099,32 @@ fn to_json(rows: &[Row], d: &Disk, sizes: &Sizes, mode: &str, cmd: &BrokerComman
 
 /// `stream-bench serve`: the broker in this process, configured like
 /// `stream-broker` (defaults, then `STREAM_BROKER_*` variables, then the
-/// flags); prints its addresses the way `stream-broker` does.
+/// flags, the same three listeners); prints its addresses the way
+/// `stream-broker` does.
 pub(crate) async fn serve(
     data_dir: &Path,
     grpc_addr: std::net::SocketAddr,
     http_addr: std::net::SocketAddr,
+    kinesis_addr: Option<std::net::SocketAddr>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let env = std::env::vars().filter(|(k, _)| k.starts_with(broker::config::ENV_PREFIX));
     let mut config = broker::config::BrokerConfig::load(None, env)?;
     config.data_dir = data_dir.to_path_buf();
     let grpc = tokio::net::TcpListener::bind(grpc_addr).await?;
     let http = tokio::net::TcpListener::bind(http_addr).await?;
-    println!("stream-broker listening grpc={} http={}", grpc.local_addr()?, http.local_addr()?);
+    let kinesis = match config.kinesis.enabled {
+        true => Some(tokio::net::TcpListener::bind(kinesis_addr.unwrap_or(config.kinesis.addr)).await?),
+        false => None,
+    };
+    let kinesis_bound = kinesis.as_ref().map(|k| k.local_addr()).transpose()?;
+    println!(
+        "stream-broker listening grpc={} http={} kinesis={}",
+        grpc.local_addr()?,
+        http.local_addr()?,
+        kinesis_bound.map_or_else(|| "off".to_string(), |a| a.to_string())
+    );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    broker::server::run(config, Arc::new(broker::clock::SystemClock), grpc, http, shutdown).await?;
+    let listeners = broker::server::Listeners { grpc, http, kinesis };
+    broker::server::run_with(config, Arc::new(broker::clock::SystemClock), listeners, shutdown).await?;
     Ok(())
 }
