@@ -44,6 +44,11 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// mimalloc: glibc's allocator spent about 16% of the produce → subscriber
+/// benchmark's CPU consolidating its free lists (see benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = failpoints();

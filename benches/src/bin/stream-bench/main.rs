@@ -132,6 +132,11 @@ enum What {
     },
 }
 
+/// mimalloc: glibc's allocator spent about 16% of the produce → subscriber
+/// benchmark's CPU consolidating its free lists (see benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
