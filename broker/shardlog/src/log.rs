@@ -37,6 +37,10 @@
 //!   than the cutoff, so an idle shard does not keep expired records.
 //! - **Timestamps never decrease.** A batch's timestamp is the later of the
 //!   caller's and the previous batch's, so time lookups can binary-search.
+//!   "Previous" means in the log: a log opened (or truncated) with no
+//!   record left, every one trimmed by retention or lost unsynced in a
+//!   crash, has no previous batch, and the next append takes the caller's
+//!   time as it is. The file format keeps no timestamp outside the frames.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -57,6 +57,17 @@ struct Model {
     visible: u64,
     durable: u64,
     clock: u64,
+    /// The timestamp an append is clamped to: the last appended batch's,
+    /// or after a reopen, crash or truncation the last remaining record's
+    /// (0 when none remains: nothing on disk keeps a trimmed record's time).
+    ts_floor: u64,
+}
+
+impl Model {
+    /// The floor a log opened or cut at `next` continues from.
+    fn floor_at(&self, next: u64) -> u64 {
+        if next > self.first { self.records[next as usize - 1].ts } else { 0 }
+    }
 }
 
 fn config(background_seal: bool) -> Config {
@@ -153,7 +164,8 @@ fn run(ops: Vec<Op>, background_seal: bool) {
                 let refs: Vec<RecordRef<'_>> =
                     contents.iter().map(|(k, d)| RecordRef { partition_key: k, data: d }).collect();
                 let a = log.append(m.clock, &refs).expect("append");
-                let stored_ts = m.records.last().map_or(m.clock, |r| r.ts.max(m.clock));
+                let stored_ts = m.ts_floor.max(m.clock);
+                m.ts_floor = stored_ts;
                 assert_eq!((a.first_seq, a.next_seq, a.timestamp_ms), (base, base + records as u64, stored_ts));
                 m.records.extend(contents.into_iter().map(|(key, data)| ModelRecord { ts: stored_ts, key, data }));
                 // A roll neither syncs nor publishes: appends never move the durable or visible end.
@@ -196,6 +208,7 @@ fn run(ops: Vec<Op>, background_seal: bool) {
                     continue; // nothing to cut (truncating at the end is a no-op)
                 }
                 log.truncate_after(new_next - 1).expect("truncate");
+                m.ts_floor = m.floor_at(new_next);
                 m.records.truncate(new_next as usize);
                 m.durable = new_next;
                 m.visible = new_next;
@@ -211,6 +224,7 @@ fn run(ops: Vec<Op>, background_seal: bool) {
                 log = open(&io);
                 m.durable = m.records.len() as u64;
                 m.visible = m.durable;
+                m.ts_floor = m.floor_at(m.durable);
                 assert!(log.recovery_report().is_clean(), "clean close needs no repair: {:?}", log.recovery_report());
                 check_all(&log, &m);
             }
@@ -225,6 +239,7 @@ fn run(ops: Vec<Op>, background_seal: bool) {
                     m.durable,
                     m.records.len()
                 );
+                m.ts_floor = m.floor_at(recovered);
                 m.records.truncate(recovered as usize);
                 m.durable = recovered;
                 m.visible = recovered;
@@ -243,6 +258,29 @@ fn run(ops: Vec<Op>, background_seal: bool) {
     log.sync().expect("final sync");
     m.visible = m.records.len() as u64;
     check_all(&log, &m);
+}
+
+/// Found by the long run (the last seed in `model.proptest-regressions`):
+/// retention removes every synced record, a crash takes the unsynced one
+/// after them, and the reopened log has no record left to take a floor
+/// from, so the next append keeps the caller's earlier time. The model
+/// used to clamp it to a trimmed record's time, which the log cannot know.
+#[test]
+fn a_log_emptied_by_retention_and_a_crash_takes_the_callers_time() {
+    let append = |ts_step| Op::Append { records: 1, data_len: 0, ts_step };
+    run(
+        vec![
+            append(0),
+            append(150), // 150 ms after the segment's first batch: rolls
+            append(149),
+            Op::Sync,
+            append(1), // rolls again; this record is never synced
+            Op::Trim { age_ms: 0 },
+            Op::Crash { seed: 0 },
+            append(-3),
+        ],
+        false,
+    );
 }
 
 proptest! {
