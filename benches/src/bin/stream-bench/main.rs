@@ -132,8 +132,8 @@ enum What {
     },
 }
 
-/// mimalloc: glibc's allocator spent about 16% of the produce → subscriber
-/// benchmark's CPU consolidating its free lists (see benches/README.md).
+/// The allocator of `stream-broker`, for the broker this process runs
+/// in-process (see `stream-broker`'s main).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
