@@ -44,12 +44,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-/// mimalloc: glibc's allocator spent about 16% of the produce → subscriber
-/// benchmark's CPU in `malloc` and `free`, much of it consolidating its
-/// bins (see benches/README.md, the full run of 16:58).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = failpoints();

@@ -50,11 +50,6 @@ struct Args {
     api_auth: Option<String>,
 }
 
-/// The allocator of `stream-broker`, for the broker this process embeds by
-/// default (see `stream-broker`'s main).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();

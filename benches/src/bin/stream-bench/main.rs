@@ -132,11 +132,6 @@ enum What {
     },
 }
 
-/// The allocator of `stream-broker`, for the broker this process runs
-/// in-process (see `stream-broker`'s main).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
