@@ -15,6 +15,7 @@
 //! definitions in sled behind [`metadata`]; a stream's shard tree and the
 //! crash-safe protocol of splits and merges in [`layout`].
 
+pub mod allocator;
 pub mod auth;
 pub mod catalog;
 pub mod clock;

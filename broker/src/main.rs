@@ -45,6 +45,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    broker::allocator::configure();
     #[cfg(feature = "failpoints")]
     let _failpoints = failpoints();
     let args = Args::parse();

@@ -52,6 +52,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // As `stream-broker` does, for the broker this process may embed.
+    broker::allocator::configure();
     let args = Args::parse();
     broker::telemetry::init_logs(args.log_format, "info,sled=warn,h2=warn");
     // The flags' own variables are not configuration keys.

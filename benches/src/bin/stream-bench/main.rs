@@ -133,6 +133,8 @@ enum What {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `stream-broker` does, so that the in-process broker is measured as it runs.
+    broker::allocator::configure();
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args))
