@@ -3,6 +3,7 @@
 //! client convert them to domain types at their edges.
 
 pub mod codec;
+pub mod wire;
 
 /// Version 1 of the API.
 pub mod v1 {
