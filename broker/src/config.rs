@@ -57,6 +57,8 @@ pub struct BrokerConfig {
     pub auth: AuthConfig,
     /// The Kinesis-compatible HTTP API.
     pub kinesis: KinesisConfig,
+    /// The framed produce protocol.
+    pub wire: WireConfig,
     /// The web console on the admin port.
     pub console: ConsoleConfig,
     /// Split, merge and UpdateShardCount.
@@ -217,6 +219,23 @@ pub struct AccessKey {
 impl std::fmt::Debug for AccessKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessKey").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+/// `[wire]`: PutRecord and PutRecords in length-prefixed binary frames
+/// (`proto::wire`), for producers that send one record per call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WireConfig {
+    /// Whether the listener runs at all.
+    pub enabled: bool,
+    /// Its listen address (TLS when `[tls]` is set, ALPN `sbw/1`).
+    pub addr: SocketAddr,
+}
+
+impl Default for WireConfig {
+    fn default() -> Self {
+        Self { enabled: true, addr: SocketAddr::from(([127, 0, 0, 1], 7472)) }
     }
 }
 
@@ -445,6 +464,7 @@ impl Default for BrokerConfig {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             kinesis: KinesisConfig::default(),
+            wire: WireConfig::default(),
             console: ConsoleConfig::default(),
             reshard: ReshardConfig::default(),
             metrics: MetricsConfig::default(),

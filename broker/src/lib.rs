@@ -40,6 +40,7 @@ pub mod service;
 pub mod shard;
 pub mod telemetry;
 pub mod testing;
+pub mod wire;
 pub mod writer_pool;
 
 pub use error::{BrokerError, Result};

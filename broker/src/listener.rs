@@ -63,7 +63,7 @@ pub enum Refusal {
     Connections,
     /// The TLS handshake failed.
     Handshake,
-    /// The TLS handshake did not finish in time.
+    /// The TLS handshake (or the wire protocol's HELLO) did not finish in time.
     HandshakeTimeout,
     /// No byte moved for the idle timeout.
     Idle,

@@ -39,6 +39,9 @@ struct Args {
     /// Kinesis API listen address (overrides `kinesis.addr`).
     #[arg(long, value_name = "ADDR")]
     kinesis_addr: Option<SocketAddr>,
+    /// Framed produce protocol listen address (overrides `wire.addr`).
+    #[arg(long, value_name = "ADDR")]
+    wire_addr: Option<SocketAddr>,
     /// Log lines as text or as JSON objects.
     #[arg(long, env = "STREAM_BROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -63,11 +66,15 @@ fn main() -> ExitCode {
     config.grpc_addr = args.grpc_addr.unwrap_or(config.grpc_addr);
     config.http_addr = args.http_addr.unwrap_or(config.http_addr);
     config.kinesis.addr = args.kinesis_addr.unwrap_or(config.kinesis.addr);
+    config.wire.addr = args.wire_addr.unwrap_or(config.wire.addr);
     config.auth.insecure_allow_anonymous |= args.insecure_allow_anonymous;
     // Checked before binding, so a refused configuration never listens at all.
     let mut listeners = vec![("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)];
     if config.kinesis.enabled {
         listeners.push(("kinesis.addr", config.kinesis.addr));
+    }
+    if config.wire.enabled {
+        listeners.push(("wire.addr", config.wire.addr));
     }
     if let Err(e) = config.check_exposure(&listeners) {
         eprintln!("stream-broker: {e}");
@@ -147,6 +154,17 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         false => None,
     };
     let kinesis_addr = kinesis.as_ref().map(|l| l.local_addr()).transpose()?;
+    let wire = match config.wire.enabled {
+        true => Some(tokio::net::TcpListener::bind(config.wire.addr).await.map_err(|e| {
+            format!(
+                "cannot listen on {} for the framed produce protocol (--wire-addr, key wire.addr; \
+                 wire.enabled = false turns it off): {e}",
+                config.wire.addr
+            )
+        })?),
+        false => None,
+    };
+    let wire_addr = wire.as_ref().map(|l| l.local_addr()).transpose()?;
     // The handlers are in place before anyone learns where the broker
     // listens, so a SIGTERM right after that line is a clean stop.
     use tokio::signal::unix::{SignalKind, signal};
@@ -154,10 +172,11 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot listen for SIGINT: {e}"))?;
     // Tests and scripts that bind port 0 read the real addresses from here.
     println!(
-        "stream-broker listening grpc={} http={} kinesis={}",
+        "stream-broker listening grpc={} http={} kinesis={} wire={}",
         grpc.local_addr()?,
         http.local_addr()?,
-        kinesis_addr.map_or_else(|| "off".to_string(), |a| a.to_string())
+        kinesis_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        wire_addr.map_or_else(|| "off".to_string(), |a| a.to_string())
     );
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -171,6 +190,7 @@ async fn serve(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.cancel();
         }
     });
-    broker::server::run_with(config, clock(), broker::server::Listeners { grpc, http, kinesis }, shutdown).await?;
+    broker::server::run_with(config, clock(), broker::server::Listeners { grpc, http, kinesis, wire }, shutdown)
+        .await?;
     Ok(())
 }

@@ -47,6 +47,7 @@ use crate::kinesis::KinesisEdge;
 use crate::listener::{HttpLimits, ListenerConfig, Refusals};
 use crate::metadata::{MetadataStore, SledStore};
 use crate::service::Service;
+use crate::wire::WireEdge;
 use proto::v1::access_control_server::AccessControlServer;
 
 /// The listeners of a broker, bound by the caller.
@@ -58,6 +59,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The Kinesis-compatible HTTP API; `None` runs without it.
     pub kinesis: Option<TcpListener>,
+    /// The framed produce protocol; `None` runs without it.
+    pub wire: Option<TcpListener>,
 }
 
 /// Runs a broker until `shutdown` fires, on gRPC and admin listeners the
@@ -69,7 +72,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    run_with(config, clock, Listeners { grpc, http, kinesis: None }, shutdown).await
+    run_with(config, clock, Listeners { grpc, http, kinesis: None, wire: None }, shutdown).await
 }
 
 /// Runs a broker until `shutdown` fires, on listeners the caller bound.
@@ -79,7 +82,7 @@ pub async fn run_with(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let Listeners { grpc, http, kinesis } = listeners;
+    let Listeners { grpc, http, kinesis, wire } = listeners;
     crate::telemetry::prometheus();
     let addr = |l: &TcpListener, key: &str| {
         l.local_addr().map_err(|source| BrokerError::Io { context: format!("{key} address"), source })
@@ -89,9 +92,12 @@ pub async fn run_with(
     if let Some(k) = &kinesis {
         bound.push(("kinesis.addr", addr(k, "kinesis.addr")?));
     }
+    if let Some(w) = &wire {
+        bound.push(("wire.addr", addr(w, "wire.addr")?));
+    }
     config.check_exposure(&bound).map_err(|e| BrokerError::invalid(e.key.clone().unwrap_or_default(), e.message))?;
     // One certificate for every listener; each has its own ALPN list.
-    let (grpc_tls, admin_tls, kinesis_tls) = match config.tls.files() {
+    let (grpc_tls, admin_tls, kinesis_tls, wire_tls) = match config.tls.files() {
         Some(files) => {
             let grpc_tls = Arc::new(ServerTls::load(files.clone(), &[b"h2"])?);
             let admin_tls = config
@@ -100,13 +106,14 @@ pub async fn run_with(
                 .then(|| ServerTls::load(files.clone(), crate::listener::HTTP_ALPN))
                 .transpose()?
                 .map(Arc::new);
-            let kinesis_tls = Arc::new(ServerTls::load(files, crate::listener::HTTP_ALPN)?);
-            (Some(grpc_tls), admin_tls, Some(kinesis_tls))
+            let kinesis_tls = Arc::new(ServerTls::load(files.clone(), crate::listener::HTTP_ALPN)?);
+            let wire_tls = Arc::new(ServerTls::load(files, &[proto::wire::ALPN])?);
+            (Some(grpc_tls), admin_tls, Some(kinesis_tls), Some(wire_tls))
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let reloader = tokio::spawn(crate::auth::tls::reload_on_sighup(
-        [grpc_tls.clone(), admin_tls.clone(), kinesis_tls.clone()].into_iter().flatten().collect(),
+        [grpc_tls.clone(), admin_tls.clone(), kinesis_tls.clone(), wire_tls.clone()].into_iter().flatten().collect(),
         shutdown.clone(),
     ));
     let auth = Arc::new(Auth::new(&config.auth, clock.clone())?);
@@ -277,6 +284,22 @@ pub async fn run_with(
         let router = crate::kinesis::router(edge);
         tokio::spawn(crate::listener::serve_http(conns, router, http_limits, refusals.clone(), shutdown.clone()))
     });
+    let wire_task = wire.map(|listener| {
+        let conns = crate::listener::incoming(
+            listener,
+            ListenerConfig {
+                name: "wire",
+                max_connections: config.limits.max_connections,
+                handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+                idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+                tls: wire_tls,
+            },
+            refusals.clone(),
+            shutdown.clone(),
+        );
+        let edge = Arc::new(WireEdge::new(service.clone(), refusals.clone()));
+        tokio::spawn(edge.serve(conns, shutdown.clone()))
+    });
     let service = GrpcService::new(service);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamBrokerServer<GrpcService>>().await;
@@ -346,6 +369,13 @@ pub async fn run_with(
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "Kinesis API server task failed"),
             Err(_) => tracing::warn!("Kinesis API requests did not finish in time; closing them"),
+        }
+    }
+    if let Some(task) = wire_task {
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "framed produce listener task failed"),
+            Err(_) => tracing::warn!("framed produce requests did not finish in time; closing them"),
         }
     }
     let _ = janitor.await;

@@ -29,8 +29,8 @@ use crate::listener::{PeerInfo, Refusal, Refusals};
 /// gRPC methods any caller may use.
 const OPEN_GRPC_PREFIX: &str = "/grpc.health.v1.Health/";
 
-/// Authenticates, rate-limits and scopes a request; the refusal, counted, otherwise.
-fn admit(
+/// Authenticates and rate-limits a request; the refusal, counted, otherwise.
+pub(crate) fn admit(
     auth: &Auth,
     refusals: &Refusals,
     listener: &'static str,

@@ -23,8 +23,7 @@ use crate::config::DurabilityMode;
 use crate::error::{BrokerError, Result};
 use crate::metadata::{ReshardTarget, ShardMeta, ShardState, StreamStatus};
 use crate::service::{
-    self, IteratorKind, PendingPut, PutEntry, PutRecordsResult, RecordFailureKind, Service, StartingPosition,
-    SubscribeEvent,
+    self, IteratorKind, PendingPut, PutEntry, PutRecordsResult, Service, StartingPosition, SubscribeEvent,
 };
 use crate::shard::{FailureKind, RepairAction, Shard, shard_id};
 use status::to_status;
@@ -77,17 +76,6 @@ fn put_entry(e: pb::PutRecordsEntry) -> PutEntry {
     PutEntry { partition_key: e.partition_key, data: e.data, explicit_hash_key: e.explicit_hash_key }
 }
 
-/// The gRPC code of a record that failed.
-fn record_error_code(kind: RecordFailureKind) -> &'static str {
-    match kind {
-        RecordFailureKind::Throttled => "ProvisionedThroughputExceeded",
-        RecordFailureKind::DiskFull => "DiskFull",
-        RecordFailureKind::ShardFailed => "ShardFailed",
-        RecordFailureKind::ShardClosed => "ShardClosed",
-        RecordFailureKind::ShardUnavailable => "ShardUnavailable",
-    }
-}
-
 fn put_records_response(r: PutRecordsResult) -> pb::PutRecordsResponse {
     pb::PutRecordsResponse {
         failed_record_count: r.failed_record_count,
@@ -101,7 +89,7 @@ fn put_records_response(r: PutRecordsResult) -> pb::PutRecordsResponse {
                     ..Default::default()
                 },
                 Err(f) => pb::PutRecordsResultEntry {
-                    error_code: record_error_code(f.kind).into(),
+                    error_code: f.kind.error_code().into(),
                     error_message: f.message,
                     retry_after_ms: f.retry_after_ms,
                     ..Default::default()

@@ -380,7 +380,7 @@ pub async fn call<T>(name: &'static str, deadline: Duration, f: impl Future<Outp
 /// The request-duration histogram of a method. Handles are looked up in the
 /// recorder once per method, not on every call (a registry lookup per call
 /// showed in the per-call profile).
-fn duration_histogram(name: &'static str) -> metrics::Histogram {
+pub(crate) fn duration_histogram(name: &'static str) -> metrics::Histogram {
     static HANDLES: std::sync::OnceLock<std::sync::RwLock<HashMap<&'static str, metrics::Histogram>>> =
         std::sync::OnceLock::new();
     let handles = HANDLES.get_or_init(Default::default);

@@ -41,6 +41,19 @@ pub enum RecordFailureKind {
     ShardUnavailable,
 }
 
+impl RecordFailureKind {
+    /// The code both edges answer with (Kinesis's `ErrorCode` where it has one).
+    pub fn error_code(self) -> &'static str {
+        match self {
+            RecordFailureKind::Throttled => "ProvisionedThroughputExceeded",
+            RecordFailureKind::DiskFull => "DiskFull",
+            RecordFailureKind::ShardFailed => "ShardFailed",
+            RecordFailureKind::ShardClosed => "ShardClosed",
+            RecordFailureKind::ShardUnavailable => "ShardUnavailable",
+        }
+    }
+}
+
 /// One record of a batch that was not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordFailure {
@@ -245,7 +258,12 @@ impl Service {
     /// PutRecord: one record, whose failure is the call's error. Fields are
     /// named without the `records[0].` prefix of a batch.
     pub async fn put_record(&self, stream_name: &str, entry: PutEntry) -> Result<PutRecordResult> {
-        self.submit_put(stream_name, vec![entry]).await.map_err(unprefix)?.wait_one().await
+        self.submit_put_record(stream_name, entry).await?.wait_one().await
+    }
+
+    /// PutRecord's queueing half; [`PendingPut::wait_one`] waits for it.
+    pub async fn submit_put_record(&self, stream_name: &str, entry: PutEntry) -> Result<PendingPut> {
+        self.submit_put(stream_name, vec![entry]).await.map_err(unprefix)
     }
 }
 

@@ -34,6 +34,8 @@ pub struct TestBroker {
     pub http_addr: SocketAddr,
     /// Kinesis API address (`None` when `kinesis.enabled` is false).
     pub kinesis_addr: Option<SocketAddr>,
+    /// Framed produce protocol address (`None` when `wire.enabled` is false).
+    pub wire_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<()>>>,
@@ -59,13 +61,18 @@ impl TestBroker {
             true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind Kinesis listener")),
             false => None,
         };
+        let wire = match config.wire.enabled {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind wire listener")),
+            false => None,
+        };
         let (grpc_addr, http_addr) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
         let kinesis_addr = kinesis.as_ref().map(|l| l.local_addr().expect("addr"));
+        let wire_addr = wire.as_ref().map(|l| l.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let data_dir = config.data_dir.clone();
-        let listeners = crate::server::Listeners { grpc, http, kinesis };
+        let listeners = crate::server::Listeners { grpc, http, kinesis, wire };
         let task = tokio::spawn(crate::server::run_with(config, clock, listeners, shutdown.clone()));
-        Self { grpc_addr, http_addr, kinesis_addr, data_dir, shutdown, task: Some(task), _temp: None }
+        Self { grpc_addr, http_addr, kinesis_addr, wire_addr, data_dir, shutdown, task: Some(task), _temp: None }
     }
 
     /// `http://127.0.0.1:port` for gRPC clients.

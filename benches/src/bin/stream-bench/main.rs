@@ -129,6 +129,9 @@ enum What {
         /// Kinesis API listen address (overrides `kinesis.addr`), as `stream-broker` takes it.
         #[arg(long)]
         kinesis_addr: Option<std::net::SocketAddr>,
+        /// Framed produce protocol listen address (overrides `wire.addr`), as `stream-broker` takes it.
+        #[arg(long)]
+        wire_addr: Option<std::net::SocketAddr>,
     },
 }
 
@@ -824,8 +827,8 @@ async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if let What::Serve { data_dir, grpc_addr, http_addr, kinesis_addr } = &args.what {
-        return suite::serve(data_dir, *grpc_addr, *http_addr, *kinesis_addr).await;
+    if let What::Serve { data_dir, grpc_addr, http_addr, kinesis_addr, wire_addr } = &args.what {
+        return suite::serve(data_dir, *grpc_addr, *http_addr, *kinesis_addr, *wire_addr).await;
     }
     println!(
         "stream-bench on {} cores; hot page cache; broker {}",

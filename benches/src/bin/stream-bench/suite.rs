@@ -738,6 +738,7 @@ impl BrokerProcess {
             .args(&cmd.prefix)
             .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+            .args(["--wire-addr", "127.0.0.1:0"])
             .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
             .env("STREAM_BROKER_LIMITS__MAX_SHARDS_PER_STREAM", "4096")
             .env("RUST_LOG", "warn")
@@ -1106,6 +1107,7 @@ pub(crate) async fn serve(
     grpc_addr: std::net::SocketAddr,
     http_addr: std::net::SocketAddr,
     kinesis_addr: Option<std::net::SocketAddr>,
+    wire_addr: Option<std::net::SocketAddr>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let env = std::env::vars().filter(|(k, _)| k.starts_with(broker::config::ENV_PREFIX));
     let mut config = broker::config::BrokerConfig::load(None, env)?;
@@ -1117,14 +1119,21 @@ pub(crate) async fn serve(
         false => None,
     };
     let kinesis_bound = kinesis.as_ref().map(|k| k.local_addr()).transpose()?;
+    let wire = match config.wire.enabled {
+        true => Some(tokio::net::TcpListener::bind(wire_addr.unwrap_or(config.wire.addr)).await?),
+        false => None,
+    };
+    let wire_bound = wire.as_ref().map(|w| w.local_addr()).transpose()?;
+    let off = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     println!(
-        "stream-broker listening grpc={} http={} kinesis={}",
+        "stream-broker listening grpc={} http={} kinesis={} wire={}",
         grpc.local_addr()?,
         http.local_addr()?,
-        kinesis_bound.map_or_else(|| "off".to_string(), |a| a.to_string())
+        off(kinesis_bound),
+        off(wire_bound)
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let listeners = broker::server::Listeners { grpc, http, kinesis };
+    let listeners = broker::server::Listeners { grpc, http, kinesis, wire };
     broker::server::run_with(config, Arc::new(broker::clock::SystemClock), listeners, shutdown).await?;
     Ok(())
 }
