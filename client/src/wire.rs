@@ -887,4 +887,206 @@ mod tests {
         let ack = within("the second call", producer.put_record("s", "b", Bytes::from("7"))).await.expect("stored");
         assert_eq!((ack.shard_id.as_str(), ack.sequence_number), ("b", 21));
     }
+
+    #[tokio::test]
+    async fn an_error_for_a_request_fails_only_that_call() {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = connections.clone();
+        let addr = fake(move |_, mut peer| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            async move {
+                peer.ready(1 << 20, 16).await;
+                while let Some(request) = peer.request().await {
+                    let Request::PutRecord { id, record, .. } = request else { panic!("PutRecord only") };
+                    let error = |kind: &str, retry_after_ms, message: &str| Response::Error {
+                        id,
+                        kind: kind.into(),
+                        retry_after_ms,
+                        message: message.into(),
+                    };
+                    let answer = match record.partition_key.as_str() {
+                        "bad" => error("InvalidArgument", 0, "data: 2000000 bytes, more than 1048576"),
+                        "slow" => error("Throttled", 0, "shard write quota"),
+                        "slower" => error("LimitExceeded", 250, "stream quota"),
+                        "gone" => error("StreamNotFound", 0, "stream s"),
+                        "split" => error("ShardClosed", 0, "shardId-000000000000 is closed"),
+                        "full" => error("DiskFull", 0, "no space"),
+                        "who" => error("PermissionDenied", 0, "permission denied: alice may not write s"),
+                        "odd" => error("Damaged", 0, "segment 7"),
+                        key => Response::Record { id, appended: appended(key, number(&record.data)) },
+                    };
+                    peer.send(&[answer]).await;
+                }
+            }
+        })
+        .await;
+        let producer = WireProducer::connect(&addr, &options(WAIT)).await.expect("connect");
+        let keys = ["ok1", "bad", "slow", "slower", "gone", "split", "full", "who", "odd", "ok2"];
+        let calls = keys.iter().enumerate().map(|(i, key)| producer.put_record("s", key, Bytes::from(i.to_string())));
+        let results = within("the calls", futures_join(calls)).await;
+        let [ok1, bad, slow, slower, gone, split, full, who, odd, ok2] = results.try_into().expect("ten results");
+        assert_eq!(ok1.expect("stored").sequence_number, 0);
+        assert_eq!(ok2.expect("stored").sequence_number, 9);
+        assert!(matches!(bad, Err(Error::InvalidArgument(m)) if m.starts_with("data:")));
+        let slow = slow.expect_err("throttled");
+        assert_eq!((slow.retry_after(), slow.is_retryable()), (Some(Duration::from_millis(1000)), true));
+        assert_eq!(slower.expect_err("throttled").retry_after(), Some(Duration::from_millis(250)));
+        assert!(matches!(gone, Err(Error::NotFound(m)) if m == "stream s"));
+        for e in [split.expect_err("closed"), full.expect_err("full")] {
+            assert!(matches!(&e, Error::Unavailable(_)) && e.is_retryable(), "{e:?}");
+        }
+        assert!(matches!(who, Err(Error::PermissionDenied(m)) if m == "alice may not write s"));
+        assert!(matches!(odd, Err(Error::Rejected { kind, message }) if kind == "Damaged" && message == "segment 7"));
+        // The connection survived all of them.
+        producer.put_record("s", "ok3", Bytes::from("3")).await.expect("stored");
+        assert_eq!(connections.load(Ordering::Relaxed), 1);
+    }
+
+    /// Reads `n` requests, then ends the connection as `end` says.
+    async fn fail_after(peer: &mut Peer<TcpStream>, n: usize, end: Option<Response>) {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            match peer.request().await.expect("a request") {
+                Request::PutRecord { id, .. } => ids.push(id),
+                other => panic!("PutRecord only, got {other:?}"),
+            }
+        }
+        match end {
+            Some(Response::Record { appended, .. }) => {
+                // An answer with an id nobody waits for: a protocol error.
+                peer.send(&[Response::Record { id: ids[0] + 1000, appended }]).await
+            }
+            Some(other) => peer.send(&[other]).await,
+            None => {}
+        }
+        // Dropping the peer closes the connection.
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_connection_fails_every_waiting_call_and_the_next_call_redials() {
+        let addr = fake(|n, mut peer| async move {
+            peer.ready(1 << 20, 8).await;
+            let error = |kind: &str, message: &str| {
+                Some(Response::Error { id: 0, kind: kind.into(), retry_after_ms: 0, message: message.into() })
+            };
+            match n {
+                0 => fail_after(&mut peer, 3, error("Unavailable", "the broker is shutting down")).await,
+                1 => fail_after(&mut peer, 3, None).await,
+                2 => fail_after(&mut peer, 3, Some(Response::Record { id: 0, appended: appended("x", 1) })).await,
+                3 => fail_after(&mut peer, 2, error("Unauthenticated", "unauthenticated: the token was revoked")).await,
+                _ => echo(peer).await,
+            }
+        })
+        .await;
+        let producer = WireProducer::connect(&addr, &options(WAIT)).await.expect("connect");
+        let round = |n: usize| {
+            let calls = (0..n).map(|i| producer.put_record("s", "k", Bytes::from(i.to_string())));
+            within("a round of calls", futures_join(calls))
+        };
+        for e in round(3).await {
+            let e = e.expect_err("the broker shut down");
+            assert!(
+                matches!(&e, Error::Unavailable(m) if m.contains(&addr) && m.contains("shutting down")),
+                "{e:?}"
+            );
+        }
+        for e in round(3).await {
+            let e = e.expect_err("EOF");
+            assert!(matches!(&e, Error::Unavailable(m) if m == &format!("{addr} closed the connection")), "{e:?}");
+        }
+        for e in round(3).await {
+            let e = e.expect_err("wrong id");
+            assert!(matches!(&e, Error::Unavailable(m) if m.contains("protocol error") && m.contains(&addr)), "{e:?}");
+        }
+        for e in round(2).await {
+            let e = e.expect_err("revoked");
+            assert!(matches!(&e, Error::Unauthenticated(m) if m == "the token was revoked"), "{e:?}");
+        }
+        // A fifth connection, dialled by this call.
+        let ack = producer.put_record("s", "k", Bytes::from("5")).await.expect("stored after redialling");
+        assert_eq!(ack.sequence_number, 15);
+    }
+
+    #[tokio::test]
+    async fn a_broker_of_another_version_is_refused() {
+        let addr = fake(|_, mut peer| async move {
+            peer.hello().await;
+            peer.send(&[Response::Ready { version: 2, max_frame_bytes: 1 << 20, in_flight: 8 }]).await;
+        })
+        .await;
+        let e = WireProducer::connect(&addr, &options(WAIT)).await.expect_err("version 2");
+        assert!(
+            matches!(&e, Error::NotBroker(m) if m.contains(&addr) && m.contains("version 2") && m.contains("version 1")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hello_carries_the_token_and_a_refusal_is_the_brokers_error() {
+        let addr = fake(|_, mut peer| async move {
+            match peer.hello().await.as_deref() {
+                Some("s3cret") => {
+                    peer.send(&[Response::Ready { version: wire::VERSION, max_frame_bytes: 1 << 20, in_flight: 8 }])
+                        .await;
+                    echo(peer).await;
+                }
+                _ => {
+                    let message = "unauthenticated: a token is required".to_string();
+                    peer.send(&[Response::Error { id: 0, kind: "Unauthenticated".into(), retry_after_ms: 0, message }])
+                        .await
+                }
+            }
+        })
+        .await;
+        let e = WireProducer::connect(&addr, &options(WAIT)).await.expect_err("no token");
+        assert!(matches!(&e, Error::Unauthenticated(m) if m == "a token is required"), "{e:?}");
+        let with_token = ConnectOptions { token: Some(crate::Secret::new("s3cret")), ..options(WAIT) };
+        let producer = WireProducer::connect(&addr, &with_token).await.expect("connect with the token");
+        assert_eq!(producer.put_record("s", "k", Bytes::from("2")).await.expect("stored").sequence_number, 6);
+    }
+
+    #[tokio::test]
+    async fn connect_errors_name_the_address() {
+        // A port that was just free: nothing listens there.
+        let addr = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").to_string();
+        let e = WireProducer::connect(&addr, &options(WAIT)).await.expect_err("refused");
+        assert!(matches!(&e, Error::Unavailable(m) if m == &format!("connection refused by {addr}")), "{e:?}");
+        let e = WireProducer::connect("http://127.0.0.1:1", &options(WAIT)).await.expect_err("a URL");
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("host:port")), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_request_is_refused_before_it_is_sent() {
+        let (sizes_tx, mut sizes_rx) = mpsc::unbounded_channel();
+        let addr = fake(move |_, mut peer| {
+            let sizes_tx = sizes_tx.clone();
+            async move {
+                peer.ready(1000, 8).await;
+                while let Some(request) = peer.request().await {
+                    let Request::PutRecord { id, record, .. } = request else { panic!("PutRecord only") };
+                    sizes_tx.send(record.data.len()).expect("the test listens");
+                    peer.send(&[Response::Record { id, appended: appended("a", 1) }]).await;
+                }
+            }
+        })
+        .await;
+        let producer = WireProducer::connect(&addr, &options(WAIT)).await.expect("connect");
+        let big = Bytes::from(vec![b'x'; 2000]);
+        let e = producer.put_record("s", "k", big.clone()).await.expect_err("oversize");
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.starts_with("data:") && m.contains("1000") && m.contains("2021 bytes")),
+            "{e:?}"
+        );
+        let records =
+            (0..3).map(|_| Record { partition_key: "k".into(), explicit_hash_key: None, data: big.slice(..400) }).collect();
+        let e = producer.put_records("s", records).await.expect_err("oversize");
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.starts_with("records:") && m.contains("1000")), "{e:?}");
+        producer.put_record("s", "k", Bytes::from("small")).await.expect("a request that fits");
+        // The fake reports each request before answering it, so every report is in.
+        let mut sizes = Vec::new();
+        while let Ok(n) = sizes_rx.try_recv() {
+            sizes.push(n);
+        }
+        assert_eq!(sizes, [5], "only the request that fits reached the broker");
+    }
 }
