@@ -25,7 +25,12 @@
 //!   `in_flight` frames.
 //! - **Deadlines.** A call fails with [`Error::Unavailable`] naming the
 //!   address and [`ConnectOptions::request_timeout`] when no answer came in
-//!   time; a late answer is discarded.
+//!   time (counted from when the call has a connection, waiting for the
+//!   window included; dialling is bounded by
+//!   [`ConnectOptions::connect_timeout`]); a late answer is discarded and
+//!   the connection stays. The protocol has no ping: a connection whose
+//!   peer vanished without a reset is noticed only when TCP gives up on a
+//!   write, and until then calls fail at their deadline.
 //! - **Failure and reconnect.** EOF, an I/O error, an undecodable frame, a
 //!   protocol error or an `ERROR` frame with id 0 fails every waiting call
 //!   with the cause and the address (an id-0 `Unauthenticated` or
@@ -372,7 +377,9 @@ impl WireProducer {
         let addr = inner.addr.as_str();
         let connect_timeout = inner.options.connect_timeout;
         let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(Error::Unavailable(format!("connecting to {addr} timed out after {connect_timeout:?}"))),
+            Err(_) => {
+                return Err(Error::Unavailable(format!("connecting to {addr} timed out after {connect_timeout:?}")));
+            }
             Ok(Err(e)) => return Err(connect_error(addr, &e)),
             Ok(Ok(s)) => s,
         };
@@ -414,7 +421,12 @@ where
     Request::Hello { version: wire::VERSION, token }
         .encode(&mut hello)
         .map_err(|e| Error::InvalidArgument(format!("token: {}", e.reason)))?;
-    let lost = |e: std::io::Error| Error::Unavailable(format!("connection to {addr} was lost: {e}"));
+    // With TLS 1.3 the broker checks a client certificate after the
+    // client's side of the handshake is done: its refusal arrives here.
+    let lost = |e: std::io::Error| match rustls_error(&e) {
+        Some(tls) => Error::Tls(format!("TLS handshake with {addr} failed: {tls}")),
+        None => Error::Unavailable(format!("connection to {addr} was lost: {e}")),
+    };
     wr.write_all(&hello).await.map_err(lost)?;
     wr.flush().await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -441,7 +453,10 @@ where
             (max_frame_bytes as usize, in_flight as usize)
         }
         Ok(Response::Error { kind, retry_after_ms, message, .. }) => {
-            return Err(request_error(kind, retry_after_ms, message));
+            return Err(match request_error(kind, retry_after_ms, message) {
+                Error::Unavailable(m) => Error::Unavailable(format!("{addr} refused the connection: {m}")),
+                other => other,
+            });
         }
         Ok(other) => return Err(Error::NotBroker(format!("{addr} answered HELLO with {other:?}, not READY"))),
         Err(e) => return Err(Error::NotBroker(format!("{addr} is not a stream-broker wire port: its answer's {e}"))),
@@ -468,7 +483,10 @@ enum ReadError {
 }
 
 /// The next whole frame, or `None` at a clean EOF between frames.
-async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::result::Result<Option<Bytes>, ReadError> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::result::Result<Option<Bytes>, ReadError> {
     loop {
         if let Some(frame) = wire::next_frame(buf, RESPONSE_BYTES_MAX).map_err(ReadError::Frame)? {
             return Ok(Some(frame));
@@ -582,9 +600,13 @@ fn connect_error(addr: &str, e: &std::io::Error) -> Error {
     }
 }
 
+/// rustls's error inside an I/O error of a TLS stream, where tokio-rustls carries it.
+fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
 fn tls_error(addr: &str, e: &std::io::Error) -> Error {
-    // tokio-rustls carries rustls's error inside the I/O error.
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match rustls_error(e) {
         Some(tls) => Error::Tls(format!("TLS handshake with {addr} failed: {tls}")),
         None => Error::Unavailable(format!("TLS handshake with {addr} failed: {e}")),
     }
@@ -734,7 +756,7 @@ mod tests {
     /// Answers every request in order, each record with its key as the
     /// shard and three times its data (a number) as the sequence number,
     /// writing the answers to all requests read so far at once.
-    async fn echo(mut peer: Peer<TcpStream>) {
+    async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut peer: Peer<S>) {
         loop {
             let Some(first) = peer.request().await else { return };
             let mut answers = Vec::new();
@@ -758,6 +780,12 @@ mod tests {
 
     async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
         tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("{what} did not finish within {WAIT:?}"))
+    }
+
+    #[test]
+    fn the_producer_is_shared_across_tasks() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<WireProducer>();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -794,7 +822,8 @@ mod tests {
                         .expect("put_record_with_hash_key");
                     assert_eq!((ack.shard_id, ack.sequence_number), (format!("k{i}"), 3 * i));
                 } else {
-                    let ack = p.put_record("s", &format!("k{i}"), Bytes::from(i.to_string())).await.expect("put_record");
+                    let ack =
+                        p.put_record("s", &format!("k{i}"), Bytes::from(i.to_string())).await.expect("put_record");
                     assert_eq!((ack.shard_id, ack.sequence_number), (format!("k{i}"), 3 * i));
                 }
             }));
@@ -985,10 +1014,7 @@ mod tests {
         };
         for e in round(3).await {
             let e = e.expect_err("the broker shut down");
-            assert!(
-                matches!(&e, Error::Unavailable(m) if m.contains(&addr) && m.contains("shutting down")),
-                "{e:?}"
-            );
+            assert!(matches!(&e, Error::Unavailable(m) if m.contains(&addr) && m.contains("shutting down")), "{e:?}");
         }
         for e in round(3).await {
             let e = e.expect_err("EOF");
@@ -1077,8 +1103,9 @@ mod tests {
             matches!(&e, Error::InvalidArgument(m) if m.starts_with("data:") && m.contains("1000") && m.contains("2021 bytes")),
             "{e:?}"
         );
-        let records =
-            (0..3).map(|_| Record { partition_key: "k".into(), explicit_hash_key: None, data: big.slice(..400) }).collect();
+        let records = (0..3)
+            .map(|_| Record { partition_key: "k".into(), explicit_hash_key: None, data: big.slice(..400) })
+            .collect();
         let e = producer.put_records("s", records).await.expect_err("oversize");
         assert!(matches!(&e, Error::InvalidArgument(m) if m.starts_with("records:") && m.contains("1000")), "{e:?}");
         producer.put_record("s", "k", Bytes::from("small")).await.expect("a request that fits");
@@ -1088,5 +1115,101 @@ mod tests {
             sizes.push(n);
         }
         assert_eq!(sizes, [5], "only the request that fits reached the broker");
+    }
+
+    /// A CA and a certificate it signed, PEM.
+    struct Pki {
+        ca_pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+            params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+            let key = rcgen::KeyPair::generate().expect("CA key");
+            let ca_pem = params.self_signed(&key).expect("CA").pem();
+            Self { ca_pem, issuer: rcgen::Issuer::new(params, key) }
+        }
+
+        /// A certificate for `sans` (none: a client certificate) and its key, PEM.
+        fn leaf(&self, sans: &[&str]) -> (String, String) {
+            let params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+            let key = rcgen::KeyPair::generate().expect("leaf key");
+            (params.signed_by(&key, &self.issuer).expect("leaf").pem(), key.serialize_pem())
+        }
+    }
+
+    /// A fake broker behind TLS that requires a client certificate of `pki`
+    /// and reports each handshake's ALPN protocol; it then answers as [`echo`].
+    async fn fake_tls(pki: &Pki) -> (String, mpsc::UnboundedReceiver<Option<Vec<u8>>>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("CA")).expect("root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .expect("verifier");
+        let (cert, key) = pki.leaf(&["127.0.0.1", "localhost"]);
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+            )
+            .expect("server config");
+        config.alpn_protocols = vec![wire::ALPN.to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let (alpn_tx, alpn_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, alpn_tx) = (acceptor.clone(), alpn_tx.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let _ = alpn_tx.send(stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+                    let mut peer = Peer { stream, buf: BytesMut::new() };
+                    peer.ready(1 << 20, 8).await;
+                    echo(peer).await;
+                });
+            }
+        });
+        (addr, alpn_rx)
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_client_certificate_and_alpn() {
+        let pki = Pki::new();
+        let (addr, mut alpn) = fake_tls(&pki).await;
+        let (cert, key) = pki.leaf(&[]);
+        let tls = TlsOptions {
+            ca_pem: pki.ca_pem.clone().into_bytes(),
+            client_cert_pem: Some(cert.into_bytes()),
+            client_key_pem: Some(crate::Secret::new(key)),
+            server_name: None,
+        };
+        let producer = WireProducer::connect(&addr, &ConnectOptions { tls: Some(tls.clone()), ..options(WAIT) })
+            .await
+            .expect("TLS");
+        assert_eq!(producer.put_record("s", "k", Bytes::from("4")).await.expect("stored").sequence_number, 12);
+        assert_eq!(within("the ALPN report", alpn.recv()).await, Some(Some(wire::ALPN.to_vec())));
+
+        // Another CA: the broker's certificate is not trusted.
+        let other = TlsOptions { ca_pem: Pki::new().ca_pem.into_bytes(), ..tls.clone() };
+        let e = WireProducer::connect(&addr, &ConnectOptions { tls: Some(other), ..options(WAIT) })
+            .await
+            .expect_err("untrusted");
+        assert!(matches!(&e, Error::Tls(m) if m.contains(&addr) && m.contains("invalid peer certificate")), "{e:?}");
+        // No client certificate: the broker refuses the handshake.
+        let anonymous = TlsOptions { client_cert_pem: None, client_key_pem: None, ..tls };
+        let e = WireProducer::connect(&addr, &ConnectOptions { tls: Some(anonymous), ..options(WAIT) })
+            .await
+            .expect_err("no client certificate");
+        assert!(matches!(&e, Error::Tls(m) if m.contains(&addr)), "{e:?}");
     }
 }
