@@ -1034,6 +1034,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn calls_that_had_not_left_go_to_the_new_connection_and_sent_ones_are_not_retried() {
+        let later = Arc::new(AtomicUsize::new(0));
+        let counted = later.clone();
+        let addr = fake(move |n, mut peer| {
+            let counted = counted.clone();
+            async move {
+                peer.ready(1 << 20, 2).await;
+                if n == 0 {
+                    // Two requests fill the window; the broker dies holding them.
+                    return fail_after(&mut peer, 2, None).await;
+                }
+                while let Some(Request::PutRecord { id, record, .. }) = peer.request().await {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    peer.send(&[Response::Record { id, appended: appended("a", 3 * number(&record.data)) }]).await;
+                }
+            }
+        })
+        .await;
+        let producer = WireProducer::connect(&addr, &options(WAIT)).await.expect("connect");
+        // Polled in order on one task: calls 0 and 1 take the window, 2 and 3 wait for it.
+        let calls = (0..4u64).map(|i| producer.put_record("s", "k", Bytes::from(i.to_string())));
+        let results = within("the calls", futures_join(calls)).await;
+        for sent in &results[..2] {
+            assert!(matches!(sent, Err(Error::Unavailable(m)) if m.contains("closed the connection")), "{sent:?}");
+        }
+        let stored: Vec<u64> =
+            results[2..].iter().map(|r| r.as_ref().expect("sent on the new connection").sequence_number).collect();
+        assert_eq!(stored, [6, 9]);
+        assert_eq!(later.load(Ordering::Relaxed), 2, "the two requests that had left were not sent again");
+    }
+
+    #[tokio::test]
     async fn a_broker_of_another_version_is_refused() {
         let addr = fake(|_, mut peer| async move {
             peer.hello().await;
