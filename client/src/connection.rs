@@ -201,7 +201,7 @@ impl Default for ConnectOptions {
 }
 
 impl ConnectOptions {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         for (name, d) in [
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),

@@ -186,7 +186,7 @@ fn stack_location(file: &str, line: usize, key: &str, message: &str) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `message` without a leading `prefix`.
-fn unprefixed(message: String, prefix: &str) -> String {
+pub(crate) fn unprefixed(message: String, prefix: &str) -> String {
     match message.strip_prefix(prefix) {
         Some(rest) => rest.to_string(),
         None => message,
