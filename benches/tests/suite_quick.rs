@@ -100,6 +100,7 @@ fn the_serve_fallback_takes_the_flags_of_stream_broker() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_stream-bench"))
         .args(["serve", "--data-dir", scratch.path().to_str().expect("utf-8")])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+        .args(["--wire-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -110,7 +111,9 @@ fn the_serve_fallback_takes_the_flags_of_stream_broker() {
     child.kill().expect("stop stream-bench serve");
     let out = child.wait_with_output().expect("wait for stream-bench serve");
     assert!(
-        line.starts_with("stream-broker listening grpc=127.0.0.1:") && line.contains(" kinesis="),
+        line.starts_with("stream-broker listening grpc=127.0.0.1:")
+            && line.contains(" kinesis=")
+            && line.contains(" wire=127.0.0.1:"),
         "listening line {line:?}; stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -845,7 +845,7 @@ fn start_exposed(dir: &Path, env: &[(&str, &str)]) -> Result<(std::process::Chil
     let data = dir.join("data");
     let mut child = cmd
         .args(["--data-dir", data.to_str().expect("utf-8"), "--grpc-addr", "0.0.0.0:0"])
-        .args(["--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0", "--wire-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())

@@ -55,7 +55,7 @@ fn a_busy_port_is_named_with_its_flag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = broker()
         .args(["--data-dir", dir.path().to_str().expect("utf-8"), "--grpc-addr", &addr, "--http-addr", "127.0.0.1:0"])
-        .args(["--kinesis-addr", "127.0.0.1:0"])
+        .args(["--kinesis-addr", "127.0.0.1:0", "--wire-addr", "127.0.0.1:0"])
         .output()
         .expect("run");
     assert!(!out.status.success());
@@ -69,7 +69,7 @@ fn run_and_stop(args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = broker()
         .args(["--data-dir", dir.path().to_str().expect("utf-8"), "--grpc-addr", "127.0.0.1:0"])
-        .args(["--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--kinesis-addr", "127.0.0.1:0", "--wire-addr", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

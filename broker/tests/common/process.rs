@@ -20,6 +20,8 @@ pub struct Process {
     pub http_addr: SocketAddr,
     /// Its Kinesis API listener (`None` when configured off).
     pub kinesis_addr: Option<SocketAddr>,
+    /// Its framed produce listener (`None` when configured off).
+    pub wire_addr: Option<SocketAddr>,
     /// When the process was spawned (restart-to-first-answer starts here).
     pub spawned: Instant,
 }
@@ -52,6 +54,8 @@ impl Process {
                 "127.0.0.1:0",
                 "--kinesis-addr",
                 "127.0.0.1:0",
+                "--wire-addr",
+                "127.0.0.1:0",
             ])
             .args(args)
             .env("STREAM_BROKER_QUOTAS__ENFORCE", "false")
@@ -75,7 +79,8 @@ impl Process {
             let status = child.wait().expect("reap");
             panic!("the broker did not start on {} ({read:?}, {line:?}): {status}", data_dir.display());
         };
-        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, http_addr, kinesis_addr, child, spawned }
+        let wire_addr = addr("wire");
+        Self { endpoint: format!("http://{grpc_addr}"), grpc_addr, http_addr, kinesis_addr, wire_addr, child, spawned }
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
