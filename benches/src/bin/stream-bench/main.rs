@@ -336,6 +336,45 @@ fn entries(keys: &[String], data: &Bytes, p: u32, batch: usize, id: u64) -> Vec<
         .collect()
 }
 
+/// `load.window` tasks on each of `load.connections` [`client::WireProducer`]s
+/// (framed produce protocol at `addr`), each putting one record and
+/// waiting in a loop until `secs` have passed.
+pub(crate) async fn wire_produce(addr: &str, stream: &str, load: Load, secs: u64) -> ProduceResult {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let data = Bytes::from(vec![b'x'; load.size]);
+    let mut callers = tokio::task::JoinSet::new();
+    for p in 0..load.connections {
+        let producer =
+            client::WireProducer::connect(addr, &client::ConnectOptions::default()).await.expect("connect (wire)");
+        for _ in 0..load.window {
+            let (producer, stream, data, key) = (producer.clone(), stream.to_string(), data.clone(), format!("p{p}"));
+            callers.spawn(async move {
+                let (mut h, mut records) = (hist(), 0u64);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    producer.put_record(&stream, &key, data.clone()).await.expect("put record (wire)");
+                    h.record(sent.elapsed().as_micros().max(1) as u64).expect("record latency");
+                    records += 1;
+                }
+                (records, h)
+            });
+        }
+    }
+    let started = Instant::now();
+    let (mut records, mut latency) = (0, hist());
+    while let Some(r) = callers.join_next().await {
+        let (n, part) = r.expect("caller");
+        records += n;
+        latency.add(part).expect("merge");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    ProduceResult {
+        records_per_sec: records as f64 / secs,
+        mb_per_sec: records as f64 * (load.size + 2) as f64 / secs / 1e6,
+        latency,
+    }
+}
+
 /// `window` tasks on each of `connections` connections, each calling the
 /// gRPC health check and waiting in a loop for `secs`; returns calls/s.
 pub(crate) async fn health_checks(endpoint: &str, connections: u32, window: usize, secs: u64) -> f64 {

@@ -722,6 +722,8 @@ impl BrokerCommand {
 struct BrokerProcess {
     child: Child,
     endpoint: String,
+    /// `host:port` of its framed produce listener.
+    wire_addr: Option<String>,
 }
 
 impl BrokerProcess {
@@ -750,7 +752,8 @@ impl BrokerProcess {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
         let grpc = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address printed");
-        Self { endpoint: format!("http://{grpc}"), child }
+        let wire_addr = line.split_whitespace().find_map(|w| w.strip_prefix("wire=")).map(str::to_string);
+        Self { endpoint: format!("http://{grpc}"), wire_addr, child }
     }
 
     fn pid(&self) -> u32 {
@@ -811,20 +814,35 @@ async fn per_call(r: &mut Report, dir: &Path, sizes: &Sizes, cmd: &BrokerCommand
     let mut c = client(&broker.endpoint).await;
     create(&mut c, "percall", 1).await;
     health_floor(r, &broker, sizes, pinned, cmd).await;
-    let loads = [
-        ("unary", Load { size: 100, batch: 1, window: 16, connections: 4, unary: true }),
-        ("stream", Load { size: 100, batch: 1, window: 16, connections: 4, unary: false }),
-    ];
+    let unary = Load { size: 100, batch: 1, window: 16, connections: 4, unary: true };
+    let loads = [("unary", unary), ("stream", Load { unary: false, ..unary }), ("wire", unary)];
     for (tag, load) in loads {
         let before = broker.cpu_seconds();
-        let res = crate::produce(&broker.endpoint, "percall", 1, load, sizes.seconds).await;
+        let res = match tag {
+            "wire" => {
+                let addr = broker.wire_addr.as_deref().expect("the broker's wire listener");
+                crate::wire_produce(addr, "percall", load, sizes.seconds).await
+            }
+            _ => crate::produce(&broker.endpoint, "percall", 1, load, sizes.seconds).await,
+        };
         let cpu = broker.cpu_seconds() - before;
         let calls = res.records_per_sec * sizes.seconds as f64;
         let us_per_call = cpu * 1e6 / calls.max(1.0);
-        let what = if tag == "unary" { "unary PutRecord" } else { "single-record Produce stream sends" };
+        let (what, how) = match tag {
+            "unary" => ("unary PutRecord", load.describe()),
+            "stream" => ("single-record Produce stream sends", load.describe()),
+            _ => (
+                "unary PutRecord over the framed protocol",
+                format!(
+                    "PutRecord frames (wire v1, client::WireProducer); {} connection(s) x {} in flight = {} requests outstanding, exactly",
+                    load.connections,
+                    load.window,
+                    load.connections as usize * load.window
+                ),
+            ),
+        };
         let load_text = format!(
-            "{}; broker process {} to CPU 0, load generator {} CPU 1 ({})",
-            load.describe(),
+            "{how}; broker process {} to CPU 0, load generator {} CPU 1 ({})",
             if pinned { "pinned" } else { "NOT pinned (1 CPU)" },
             if pinned { "pinned to" } else { "sharing" },
             cmd.describe
@@ -847,7 +865,7 @@ async fn per_call(r: &mut Report, dir: &Path, sizes: &Sizes, cmd: &BrokerCommand
             "records/s",
             Ref::DdSync(res.mb_per_sec),
             load_text,
-            "send: when the request is handed to the gRPC client; ack: when its answer is read",
+            "send: when the request is handed to the client library; ack: when its answer is read",
             Some((">= 90,000 records/s".into(), res.records_per_sec >= 90_000.0)),
         );
     }
