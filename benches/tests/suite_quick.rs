@@ -70,6 +70,8 @@ fn quick_suite_reports_every_benchmark_with_its_disk_reference() {
         "percall.health.broker_us_per_call",
         "percall.unary.broker_us_per_call",
         "percall.stream.broker_us_per_call",
+        "percall.wire.broker_us_per_call",
+        "percall.wire.records_per_sec",
         "groups.drain_4x8.records_per_sec",
         "getrecords.mb_per_sec",
         "orders.p99_ms",
