@@ -16,7 +16,8 @@
 //!   when it has none); anonymous callers are refused while authentication
 //!   is on. The credential is checked again every `auth.recheck_interval_ms`
 //!   ([`Auth::watch`]), so a revoked token ends the connection.
-//! - **Per request**: the principal's rate ([`Auth::admit`]), then
+//! - **Per request** (`PING` excepted: it is answered in order and
+//!   nothing else): the principal's rate ([`Auth::admit`]), then
 //!   [`Service::submit_put`], which authorizes `record:put` on the stream,
 //!   validates every field (errors name it), routes, applies the shard's
 //!   write quota and queues to the shard writer. An answer is written only
@@ -76,6 +77,10 @@ enum Queued {
         id: u64,
         started: Instant,
         pending: Result<PendingPut>,
+    },
+    /// A PING's answer.
+    Pong {
+        id: u64,
     },
     /// A request that failed before it was queued.
     Failed {
@@ -233,6 +238,7 @@ impl WireEdge {
         let started = Instant::now();
         Ok(match Request::decode(frame).map_err(invalid)? {
             Request::Hello { .. } => return Err(BrokerError::invalid("kind", "HELLO is sent once, first")),
+            Request::Ping { id } => Queued::Pong { id },
             Request::PutRecord { id, stream, record } => match self.admit(caller) {
                 Ok(()) => {
                     let pending = self.service.submit_put_record(&stream, entry(record)).await;
@@ -367,6 +373,7 @@ async fn resolve(queued: Queued, deadline: Duration) -> Response {
             }
         }
         Queued::Failed { id, error: e } => error(id, &e),
+        Queued::Pong { id } => Response::Pong { id },
         Queued::Fatal(e) => error(0, &e),
     }
 }

@@ -192,6 +192,7 @@ async fn a_bad_request_fails_alone_and_names_its_field() {
         put(4, "Bad Name!", "k", b"x"),
         Request::PutRecords { id: 5, stream: "orders".into(), records: Vec::new() },
         put(6, "orders", "k", b"fine"),
+        Request::Ping { id: 7 },
     ])
     .await;
     let (kind, message, _) = error_of(raw.next().await, 1);
@@ -211,6 +212,7 @@ async fn a_bad_request_fails_alone_and_names_its_field() {
     assert!(message.contains("records"), "{message}");
     // The connection goes on: the last request is stored.
     assert!(matches!(raw.next().await, Some(Response::Record { id: 6, .. })));
+    assert_eq!(raw.next().await, Some(Response::Pong { id: 7 }), "a PING is answered in order");
     let it = iterator(&mut c, "orders", "shardId-000000000000", pb::IteratorType::TrimHorizon, None, None).await;
     let data: Vec<_> = drain(&mut c, it, 100).await.into_iter().map(|r| r.data).collect();
     assert_eq!(data, vec![Bytes::from_static(b"fine")], "nothing of a refused request was stored");

@@ -31,8 +31,17 @@
 //!   the connection stays. The protocol has no ping: a connection whose
 //!   peer vanished without a reset is noticed only when TCP gives up on a
 //!   write, and until then calls fail at their deadline.
+//! - **Keepalive.** Every [`ConnectOptions::keepalive_interval`], idle or
+//!   not, a `PING` goes out like a request (it takes a window slot and is
+//!   answered in order); when its `PONG` has not come within
+//!   [`ConnectOptions::keepalive_timeout`] the connection is failed, so a
+//!   peer that vanished without a reset is noticed, and an idle connection
+//!   is not closed by the broker's idle timeout. A `PONG` comes after the
+//!   answers of the requests before it, so a broker whose commits stall
+//!   for longer than the timeout is treated as gone too.
 //! - **Failure and reconnect.** EOF, an I/O error, an undecodable frame, a
-//!   protocol error or an `ERROR` frame with id 0 fails every waiting call
+//!   protocol error, an `ERROR` frame with id 0 or an unanswered keepalive
+//!   fails every waiting call
 //!   with the cause and the address (an id-0 `Unauthenticated` or
 //!   `PermissionDenied` as those variants, anything else as
 //!   [`Error::Unavailable`]). The next call dials again. A request that may
@@ -88,8 +97,8 @@ struct Inner {
     addr: String,
     options: ConnectOptions,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    /// Request ids; 0 is never used.
-    next_id: AtomicU64,
+    /// Request ids, shared with the keepalive task; 0 is never used.
+    next_id: Arc<AtomicU64>,
     /// The live connection, replaced by the first call that finds it failed.
     session: Mutex<Option<Arc<Session>>>,
     /// One dial at a time; callers that wait for it take its session.
@@ -105,12 +114,14 @@ struct Session {
     max_frame_bytes: usize,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    keepalive: JoinHandle<()>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.reader.abort();
         self.writer.abort();
+        self.keepalive.abort();
     }
 }
 
@@ -145,6 +156,7 @@ struct Waiter {
 enum Expect {
     Record,
     Records(usize),
+    Pong,
 }
 
 impl Shared {
@@ -176,6 +188,24 @@ impl Shared {
         }
     }
 
+    /// Queues `frame` (request `id`) behind a window slot; the receiver
+    /// gets its answer. `Unsent`: the connection had failed first.
+    async fn enqueue(
+        &self,
+        id: u64,
+        expect: Expect,
+        frame: Bytes,
+    ) -> std::result::Result<oneshot::Receiver<Result<Response>>, Unsent> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| Unsent)?;
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.lock();
+        let Some(frames) = &state.frames else { return Err(Unsent) };
+        // The permit bounds the queue to the channel's capacity (the window).
+        frames.try_send(frame).map_err(|_| Unsent)?;
+        state.waiters.push_back(Waiter { id, expect, answer: tx, _permit: permit });
+        Ok(rx)
+    }
+
     fn failure(&self) -> Error {
         self.lock().failed.clone().unwrap_or_else(|| Error::Unavailable(format!("connection to {} failed", self.addr)))
     }
@@ -193,6 +223,7 @@ impl Shared {
                     let fits = match (&response, w.expect) {
                         (Response::Error { .. }, _) | (Response::Record { .. }, Expect::Record) => true,
                         (Response::Records { results, .. }, Expect::Records(n)) => results.len() == n,
+                        (Response::Pong { .. }, Expect::Pong) => true,
                         _ => false,
                     };
                     if !fits {
@@ -229,7 +260,7 @@ impl WireProducer {
             addr: addr.to_string(),
             options: options.clone(),
             tls,
-            next_id: AtomicU64::new(1),
+            next_id: Arc::new(AtomicU64::new(1)),
             session: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
@@ -318,23 +349,7 @@ impl WireProducer {
                     session.max_frame_bytes
                 )));
             }
-            let send = async {
-                let permit = match session.shared.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return Err(Unsent),
-                };
-                let (tx, rx) = oneshot::channel();
-                {
-                    let mut state = session.shared.lock();
-                    let Some(frames) = &state.frames else { return Err(Unsent) };
-                    // The permit bounds the queue to the channel's capacity (the window).
-                    if frames.try_send(frame.clone()).is_err() {
-                        return Err(Unsent);
-                    }
-                    state.waiters.push_back(Waiter { id, expect, answer: tx, _permit: permit });
-                }
-                Ok(rx.await)
-            };
+            let send = async { Ok(session.shared.enqueue(id, expect, frame.clone()).await?.await) };
             match tokio::time::timeout(timeout, send).await {
                 Err(_) => {
                     return Err(Error::Unavailable(format!("{} did not answer within {timeout:?}", self.inner.addr)));
@@ -386,12 +401,17 @@ impl WireProducer {
         // Frames are coalesced by the writer already; Nagle would only add latency.
         tcp.set_nodelay(true).map_err(|e| Error::Unavailable(format!("connection to {addr} failed: {e}")))?;
         let token = inner.options.token.as_ref().map(|t| t.expose().to_string());
+        let keepalive = Keepalive {
+            ids: inner.next_id.clone(),
+            interval: inner.options.keepalive_interval,
+            timeout: inner.options.keepalive_timeout,
+        };
         let handshake = async {
             match &inner.tls {
-                None => start(addr, tcp, token).await,
+                None => start(addr, tcp, token, keepalive).await,
                 Some((connector, name)) => {
                     let tls = connector.connect(name.clone(), tcp).await.map_err(|e| tls_error(addr, &e))?;
-                    start(addr, tls, token).await
+                    start(addr, tls, token, keepalive).await
                 }
             }
         };
@@ -407,12 +427,44 @@ impl WireProducer {
 /// The request was not queued: its session had failed.
 struct Unsent;
 
+/// What the keepalive task of a session needs.
+struct Keepalive {
+    ids: Arc<AtomicU64>,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// The keepalive task: a `PING` every interval; one without its `PONG`
+/// within the timeout fails the connection (see the module docs).
+async fn keep_alive(shared: Arc<Shared>, k: Keepalive) {
+    loop {
+        tokio::time::sleep(k.interval).await;
+        let id = k.ids.fetch_add(1, Ordering::Relaxed);
+        let mut frame = BytesMut::new();
+        let ping = Request::Ping { id };
+        if ping.encode(&mut frame).is_err() {
+            return;
+        }
+        let ping = async { shared.enqueue(id, Expect::Pong, frame.freeze()).await.ok()?.await.ok()?.ok() };
+        match tokio::time::timeout(k.timeout, ping).await {
+            Ok(Some(_)) => {}
+            // The connection failed; whoever failed it said why.
+            Ok(None) => return,
+            Err(_) => {
+                let why = format!("{} did not answer a keepalive PING within {:?}", shared.addr, k.timeout);
+                shared.fail(Error::Unavailable(why));
+                return;
+            }
+        }
+    }
+}
+
 fn ack(a: Appended) -> RecordAck {
     RecordAck { shard_id: a.shard_id, sequence_number: a.sequence_number }
 }
 
 /// Says HELLO on a fresh stream, waits for READY, and starts the two tasks.
-async fn start<S>(addr: &str, stream: S, token: Option<String>) -> Result<Session>
+async fn start<S>(addr: &str, stream: S, token: Option<String>, keepalive: Keepalive) -> Result<Session>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -474,7 +526,8 @@ where
     });
     let reader = tokio::spawn(read_answers(shared.clone(), rd, buf));
     let writer = tokio::spawn(write_frames(shared.clone(), wr, queue));
-    Ok(Session { shared, max_frame_bytes, reader, writer })
+    let keepalive = tokio::spawn(keep_alive(shared.clone(), keepalive));
+    Ok(Session { shared, max_frame_bytes, reader, writer, keepalive })
 }
 
 enum ReadError {
@@ -519,7 +572,10 @@ async fn read_answers<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R, mut 
         };
         let id = match &response {
             Response::Error { id: 0, kind, message, .. } => break connection_error(&addr, kind, message),
-            Response::Record { id, .. } | Response::Records { id, .. } | Response::Error { id, .. } => *id,
+            Response::Record { id, .. }
+            | Response::Records { id, .. }
+            | Response::Error { id, .. }
+            | Response::Pong { id } => *id,
             Response::Ready { .. } => break Error::Unavailable(format!("protocol error: {addr} sent READY twice")),
         };
         if let Err(why) = shared.deliver(id, response) {
@@ -770,6 +826,7 @@ mod tests {
                         id,
                         results: records.iter().map(|r| Ok(appended(&r.partition_key, 3 * number(&r.data)))).collect(),
                     },
+                    Request::Ping { id } => Response::Pong { id },
                     Request::Hello { .. } => panic!("a second HELLO"),
                 });
                 next = peer.buffered();
@@ -831,6 +888,73 @@ mod tests {
         for t in tasks {
             within("a caller", t).await.expect("the caller's assertions hold");
         }
+    }
+
+    fn keepalive_options(interval: Duration, timeout: Duration) -> ConnectOptions {
+        ConnectOptions { keepalive_interval: interval, keepalive_timeout: timeout, ..options(WAIT) }
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_stops_answering_is_dropped_by_the_keepalive() {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let addr = fake(move |_, mut peer| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                peer.ready(1 << 20, 8).await;
+                // Reads everything, answers nothing, keeps the connection open.
+                while let Some(request) = peer.request().await {
+                    let _ = seen_tx.send(request);
+                }
+            }
+        })
+        .await;
+        let options = keepalive_options(Duration::from_millis(100), Duration::from_millis(300));
+        let producer = WireProducer::connect(&addr, &options).await.expect("connect");
+        // The call's own deadline is 30 s; the keepalive ends it first.
+        let e =
+            within("the put", producer.put_record("s", "k", Bytes::from_static(b"1"))).await.expect_err("no answer");
+        assert!(matches!(&e, Error::Unavailable(m) if m.contains("keepalive PING")), "{e:?}");
+        let mut pinged = false;
+        while let Ok(request) = seen.try_recv() {
+            pinged |= matches!(request, Request::Ping { .. });
+        }
+        assert!(pinged, "the fake saw a PING");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_kept_with_pings() {
+        let (pings_tx, mut pings) = mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let addr = fake(move |_, mut peer| {
+            let pings_tx = pings_tx.clone();
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                peer.ready(1 << 20, 8).await;
+                while let Some(request) = peer.request().await {
+                    let answer = match request {
+                        Request::Ping { id } => {
+                            let _ = pings_tx.send(id);
+                            Response::Pong { id }
+                        }
+                        Request::PutRecord { id, record, .. } => {
+                            Response::Record { id, appended: appended(&record.partition_key, number(&record.data)) }
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    peer.send(&[answer]).await;
+                }
+            }
+        })
+        .await;
+        let options = keepalive_options(Duration::from_millis(50), Duration::from_secs(5));
+        let producer = WireProducer::connect(&addr, &options).await.expect("connect");
+        for _ in 0..3 {
+            within("a PING while idle", pings.recv()).await.expect("the fake is running");
+        }
+        let ack = producer.put_record("s", "k", Bytes::from_static(b"7")).await.expect("the connection is alive");
+        assert_eq!(ack.sequence_number, 7);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection throughout");
     }
 
     #[tokio::test]

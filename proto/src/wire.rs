@@ -20,6 +20,10 @@
 //!   or the TLS client certificate when empty).
 //! - `PUT_RECORD` (2): `u64 id`, `s16 stream`, one record.
 //! - `PUT_RECORDS` (3): `u64 id`, `s16 stream`, `u16 count`, `count` records.
+//! - `PING` (4): `u64 id`. Answered in order like a request, but neither
+//!   rate-limited nor written anywhere: the client's keepalive (a peer that
+//!   does not answer is gone), and traffic that keeps an idle connection
+//!   from the broker's idle timeout.
 //!
 //! A record is `s16 partition_key`, `s16 explicit_hash_key` (empty: none),
 //! `data`.
@@ -37,6 +41,7 @@
 //! - `ERROR` (132): `u64 id` (0: the connection's, which then closes),
 //!   `s8 kind` (the broker's error kind, as gRPC's `x-error-kind`), `u64
 //!   retry_after_ms`, `s16 message` (which names the bad field).
+//! - `PONG` (133), PING's answer: `u64 id`.
 //!
 //! Answers come in request order. Acknowledged means what it means on the
 //! gRPC API: the broker's durability mode decides (fsynced by default).
@@ -55,10 +60,12 @@ pub const LENGTH_BYTES: usize = 4;
 const HELLO: u8 = 1;
 const PUT_RECORD: u8 = 2;
 const PUT_RECORDS: u8 = 3;
+const PING: u8 = 4;
 const READY: u8 = 129;
 const RECORD: u8 = 130;
 const RECORDS: u8 = 131;
 const ERROR: u8 = 132;
+const PONG: u8 = 133;
 
 /// One record of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +105,11 @@ pub enum Request {
         stream: String,
         /// The records.
         records: Vec<Record>,
+    },
+    /// A keepalive, answered with [`Response::Pong`] in order.
+    Ping {
+        /// Echoed in the answer.
+        id: u64,
     },
 }
 
@@ -157,6 +169,11 @@ pub enum Response {
         retry_after_ms: u64,
         /// What is wrong; names the field.
         message: String,
+    },
+    /// PING's answer.
+    Pong {
+        /// The PING's id.
+        id: u64,
     },
 }
 
@@ -309,7 +326,8 @@ impl Request {
                 }
                 Request::PutRecords { id, stream, records }
             }
-            other => return Err(bad("kind", format!("{other} is not a request kind (1, 2 or 3)"))),
+            PING => Request::Ping { id: r.u64(&named("id"))? },
+            other => return Err(bad("kind", format!("{other} is not a request kind (1..=4)"))),
         };
         r.end()?;
         Ok(request)
@@ -341,6 +359,10 @@ impl Request {
                 for (i, record) in records.iter().enumerate() {
                     put_record(out, record, &format!("records[{i}]."))?;
                 }
+            }
+            Request::Ping { id } => {
+                out.put_u8(PING);
+                out.put_u64(*id);
             }
         }
         finish(out, start)
@@ -392,7 +414,8 @@ impl Response {
                 retry_after_ms: r.u64(&named("retry_after_ms"))?,
                 message: r.s16(&named("message"))?,
             },
-            other => return Err(bad("kind", format!("{other} is not a response kind (129..=132)"))),
+            PONG => Response::Pong { id: r.u64(&named("id"))? },
+            other => return Err(bad("kind", format!("{other} is not a response kind (129..=133)"))),
         };
         r.end()?;
         Ok(response)
@@ -440,6 +463,10 @@ impl Response {
                 put_s8_cut(out, kind);
                 out.put_u64(*retry_after_ms);
                 put_s16_cut(out, message);
+            }
+            Response::Pong { id } => {
+                out.put_u8(PONG);
+                out.put_u64(*id);
             }
         }
         // A response frame is far below 4 GiB: at most 500 records of bounded fields.
@@ -531,6 +558,7 @@ mod tests {
             }),
             (any::<u64>(), "[a-z-]{1,30}", proptest::collection::vec(record(), 0..20))
                 .prop_map(|(id, stream, records)| Request::PutRecords { id, stream, records }),
+            any::<u64>().prop_map(|id| Request::Ping { id }),
         ]
     }
 
@@ -555,6 +583,7 @@ mod tests {
             (any::<u64>(), "[A-Za-z]{1,30}", any::<u64>(), "\\PC{0,60}").prop_map(
                 |(id, kind, retry_after_ms, message)| { Response::Error { id, kind, retry_after_ms, message } }
             ),
+            any::<u64>().prop_map(|id| Response::Pong { id }),
         ]
     }
 
