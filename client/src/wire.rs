@@ -589,6 +589,9 @@ async fn read_answers<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R, mut 
 async fn write_frames<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut wr: W, mut queue: mpsc::Receiver<Bytes>) {
     let mut batch = BytesMut::with_capacity(COALESCE_BYTES);
     while let Some(first) = queue.recv().await {
+        // The callers woken with this one (say by a batch of answers) queue
+        // their frames when they run: let them, then write all at once.
+        tokio::task::yield_now().await;
         let result = match queue.try_recv() {
             // Alone: written as it is, without a copy.
             Err(_) => write(&mut wr, &first).await,
