@@ -3,7 +3,8 @@
 //! server name and plaintext to a TLS port fail with errors that say so;
 //! mutual TLS refuses clients without a certificate from the client CA; and
 //! a certificate reloaded on SIGHUP is served to new connections while an
-//! established connection keeps producing without an error.
+//! established connection keeps producing without an error. The framed
+//! produce port speaks (mutual) TLS with the same certificate.
 //! Certificates are generated at test time (rcgen); no key is committed.
 
 mod common;
@@ -18,7 +19,7 @@ use broker::clock::SystemClock;
 use broker::config::BrokerConfig;
 use broker::testing::TestBroker;
 use client::types as pb;
-use client::{Admin, ConnectOptions, Connection, Error, TlsOptions};
+use client::{Admin, ConnectOptions, Connection, Error, TlsOptions, WireProducer};
 use common::certs::{Ca, Files};
 use common::process::Process;
 
@@ -157,6 +158,54 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     let stranger = Ca::new("a stranger's CA");
     let e = list(&addr, &with_cert(stranger.client("order-relay"))).await.expect_err("a certificate from another CA");
     assert!(matches!(e, Error::Tls(_) | Error::Unavailable(_)), "{e:?}");
+    b.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wire_port_speaks_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    let files = ca.server().write(dir.path(), "server", &ca);
+    let mut config = tls_config(dir.path(), &files);
+    config.tls.client_ca_file = Some(clients.write(dir.path(), "clients.pem"));
+    config.tls.client_auth = ClientAuth::Required;
+    // The admin port in plaintext, so the test reads /metrics without a client certificate.
+    config.tls.admin = false;
+    let b = TestBroker::start_with(config, Arc::new(SystemClock)).await;
+    let leaf = clients.client("order-relay");
+    let with_cert = ConnectOptions {
+        tls: Some(TlsOptions {
+            ca_pem: ca.pem.as_bytes().to_vec(),
+            client_cert_pem: Some(leaf.cert_pem.into_bytes()),
+            client_key_pem: Some(client::Secret::new(leaf.key_pem)),
+            server_name: None,
+        }),
+        ..ConnectOptions::default()
+    };
+    let admin = Admin::from_channel(
+        Connection::open(&format!("https://localhost:{}", b.grpc_addr.port()), &with_cert).await.expect("connect"),
+    );
+    admin
+        .create_stream(pb::CreateStreamRequest { stream_name: "s".into(), shard_count: 1, ..Default::default() })
+        .await
+        .expect("create over TLS");
+    let wire = format!("localhost:{}", b.wire_addr.expect("the wire listener").port());
+    let producer = WireProducer::connect(&wire, &with_cert).await.expect("a certificate from the client CA");
+    let ack = producer.put_record("s", "k", bytes::Bytes::from_static(b"over TLS")).await.expect("put over TLS");
+    assert_eq!((ack.shard_id.as_str(), ack.sequence_number), ("shardId-000000000000", 0));
+
+    let e = async { WireProducer::connect(&wire, &options(&ca.pem)).await?.put_record("s", "k", "x".into()).await }
+        .await
+        .expect_err("no client certificate");
+    assert!(matches!(e, Error::Tls(_)), "{e:?}");
+    let e = WireProducer::connect(&wire, &ConnectOptions::default()).await.expect_err("plaintext to a TLS port");
+    assert!(matches!(e, Error::Unavailable(_) | Error::NotBroker(_)), "{e:?}");
+    let (_, metrics) = common::http_get(b.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"stream_broker_refusals_total{listener="wire",reason="tls_handshake"}"#),
+        "failed handshakes on the wire port are counted: {metrics}"
+    );
     b.stop().await.expect("stop");
 }
 
