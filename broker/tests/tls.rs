@@ -131,18 +131,23 @@ async fn the_admin_and_kinesis_ports_speak_tls_and_refuse_plaintext() {
     b.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A broker that requires a client certificate from its client CA (the
+/// admin port in plaintext, so tests read `/metrics` without one): the
+/// broker, the server CA and the client CA.
+async fn mutual_tls_broker(dir: &Path) -> (TestBroker, Ca, Ca) {
     let ca = Ca::new("server CA");
     let clients = Ca::new("client CA");
-    let files = ca.server().write(dir.path(), "server", &ca);
-    let mut config = tls_config(dir.path(), &files);
-    config.tls.client_ca_file = Some(clients.write(dir.path(), "clients.pem"));
+    let files = ca.server().write(dir, "server", &ca);
+    let mut config = tls_config(dir, &files);
+    config.tls.client_ca_file = Some(clients.write(dir, "clients.pem"));
     config.tls.client_auth = ClientAuth::Required;
-    let b = TestBroker::start_with(config, Arc::new(SystemClock)).await;
-    let addr = format!("https://localhost:{}", b.grpc_addr.port());
-    let with_cert = |leaf: common::certs::Leaf| ConnectOptions {
+    config.tls.admin = false;
+    (TestBroker::start_with(config, Arc::new(SystemClock)).await, ca, clients)
+}
+
+/// Trusts `ca` and presents `leaf`.
+fn with_cert(ca: &Ca, leaf: common::certs::Leaf) -> ConnectOptions {
+    ConnectOptions {
         tls: Some(TlsOptions {
             ca_pem: ca.pem.as_bytes().to_vec(),
             client_cert_pem: Some(leaf.cert_pem.into_bytes()),
@@ -150,13 +155,20 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
             server_name: None,
         }),
         ..ConnectOptions::default()
-    };
+    }
+}
 
-    list(&addr, &with_cert(clients.client("order-relay"))).await.expect("a certificate from the client CA");
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (b, ca, clients) = mutual_tls_broker(dir.path()).await;
+    let addr = format!("https://localhost:{}", b.grpc_addr.port());
+    list(&addr, &with_cert(&ca, clients.client("order-relay"))).await.expect("a certificate from the client CA");
     let e = list(&addr, &options(&ca.pem)).await.expect_err("no client certificate");
     assert!(matches!(e, Error::Tls(_) | Error::Unavailable(_)), "{e:?}");
     let stranger = Ca::new("a stranger's CA");
-    let e = list(&addr, &with_cert(stranger.client("order-relay"))).await.expect_err("a certificate from another CA");
+    let e =
+        list(&addr, &with_cert(&ca, stranger.client("order-relay"))).await.expect_err("a certificate from another CA");
     assert!(matches!(e, Error::Tls(_) | Error::Unavailable(_)), "{e:?}");
     b.stop().await.expect("stop");
 }
@@ -164,25 +176,8 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wire_port_speaks_mutual_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new("server CA");
-    let clients = Ca::new("client CA");
-    let files = ca.server().write(dir.path(), "server", &ca);
-    let mut config = tls_config(dir.path(), &files);
-    config.tls.client_ca_file = Some(clients.write(dir.path(), "clients.pem"));
-    config.tls.client_auth = ClientAuth::Required;
-    // The admin port in plaintext, so the test reads /metrics without a client certificate.
-    config.tls.admin = false;
-    let b = TestBroker::start_with(config, Arc::new(SystemClock)).await;
-    let leaf = clients.client("order-relay");
-    let with_cert = ConnectOptions {
-        tls: Some(TlsOptions {
-            ca_pem: ca.pem.as_bytes().to_vec(),
-            client_cert_pem: Some(leaf.cert_pem.into_bytes()),
-            client_key_pem: Some(client::Secret::new(leaf.key_pem)),
-            server_name: None,
-        }),
-        ..ConnectOptions::default()
-    };
+    let (b, ca, clients) = mutual_tls_broker(dir.path()).await;
+    let with_cert = with_cert(&ca, clients.client("order-relay"));
     let admin = Admin::from_channel(
         Connection::open(&format!("https://localhost:{}", b.grpc_addr.port()), &with_cert).await.expect("connect"),
     );

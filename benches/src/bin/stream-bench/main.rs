@@ -318,11 +318,18 @@ pub(crate) async fn produce(endpoint: &str, stream: &str, shards: u32, load: Loa
         records += n;
         latency.add(h).expect("merge");
     }
-    let secs = started.elapsed().as_secs_f64();
-    ProduceResult {
-        records_per_sec: records as f64 / secs,
-        mb_per_sec: records as f64 * (load.size + 2) as f64 / secs / 1e6,
-        latency,
+    ProduceResult::of(records, latency, started, load.size)
+}
+
+impl ProduceResult {
+    /// `records` of `size` bytes acknowledged since `started`, with their latencies.
+    fn of(records: u64, latency: Histogram<u64>, started: Instant, size: usize) -> Self {
+        let secs = started.elapsed().as_secs_f64();
+        Self {
+            records_per_sec: records as f64 / secs,
+            mb_per_sec: records as f64 * (size + 2) as f64 / secs / 1e6,
+            latency,
+        }
     }
 }
 
@@ -367,12 +374,7 @@ pub(crate) async fn wire_produce(addr: &str, stream: &str, load: Load, secs: u64
         records += n;
         latency.add(part).expect("merge");
     }
-    let secs = started.elapsed().as_secs_f64();
-    ProduceResult {
-        records_per_sec: records as f64 / secs,
-        mb_per_sec: records as f64 * (load.size + 2) as f64 / secs / 1e6,
-        latency,
-    }
+    ProduceResult::of(records, latency, started, load.size)
 }
 
 /// `window` tasks on each of `connections` connections, each calling the
