@@ -245,6 +245,14 @@ impl BrokerError {
         }
     }
 
+    /// When a retry can succeed, for the errors that say (throttling, a full disk).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::Throttled { retry_after_ms, .. } | Self::DiskFull { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
     /// A stable, machine-readable name for the error's kind.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Auth, Caller};
 use crate::error::{BrokerError, Result};
 use crate::listener::{Conn, PeerInfo, Refusal, Refusals};
-use crate::service::{PendingPut, PutEntry, PutRecordsResult, Service};
+use crate::service::{PendingPut, PutEntry, PutRecordsResult, Service, record_call, within};
 
 /// Answers gathered before they are written even if more are ready.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -271,10 +271,7 @@ fn invalid(e: wire::DecodeError) -> BrokerError {
 }
 
 fn error(id: u64, e: &BrokerError) -> Response {
-    let retry_after_ms = match e {
-        BrokerError::Throttled { retry_after_ms, .. } | BrokerError::DiskFull { retry_after_ms, .. } => *retry_after_ms,
-        _ => 0,
-    };
+    let retry_after_ms = e.retry_after_ms().unwrap_or(0);
     let message = match e.kind() {
         "Internal" => {
             tracing::error!(error = %e, "internal error");
@@ -349,7 +346,7 @@ async fn resolve(queued: Queued, deadline: Duration) -> Response {
     match queued {
         Queued::Record { id, started, pending } => {
             let outcome = match pending {
-                Ok(p) => within(deadline, "wire.PutRecord", p.wait_one()).await,
+                Ok(p) => within("wire.PutRecord", deadline, p.wait_one()).await,
                 Err(e) => Err(e),
             };
             record_call("wire.PutRecord", started, outcome.is_err());
@@ -363,7 +360,7 @@ async fn resolve(queued: Queued, deadline: Duration) -> Response {
         }
         Queued::Records { id, started, pending } => {
             let outcome = match pending {
-                Ok(p) => within(deadline, "wire.PutRecords", async { Ok(p.wait().await) }).await,
+                Ok(p) => within("wire.PutRecords", deadline, async { Ok(p.wait().await) }).await,
                 Err(e) => Err(e),
             };
             record_call("wire.PutRecords", started, outcome.is_err());
@@ -375,19 +372,6 @@ async fn resolve(queued: Queued, deadline: Duration) -> Response {
         Queued::Failed { id, error: e } => error(id, &e),
         Queued::Pong { id } => Response::Pong { id },
         Queued::Fatal(e) => error(0, &e),
-    }
-}
-
-async fn within<T>(deadline: Duration, name: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(deadline, f).await.unwrap_or_else(|_| {
-        Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis())))
-    })
-}
-
-fn record_call(name: &'static str, started: Instant, failed: bool) {
-    crate::service::duration_histogram(name).record(started.elapsed().as_secs_f64());
-    if failed {
-        metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
     }
 }
 

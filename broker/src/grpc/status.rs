@@ -56,7 +56,7 @@ pub fn to_status(e: BrokerError) -> Status {
     };
     let mut status = Status::new(code, message);
     status.metadata_mut().insert("x-error-kind", MetadataValue::from_static(e.kind()));
-    if let BrokerError::Throttled { retry_after_ms, .. } | BrokerError::DiskFull { retry_after_ms, .. } = e {
+    if let Some(retry_after_ms) = e.retry_after_ms() {
         status.metadata_mut().insert("retry-after-ms", MetadataValue::from(retry_after_ms));
     }
     status

@@ -366,21 +366,31 @@ impl Service {
 /// `stream_broker_request_errors_total`, labelled by `method`).
 pub async fn call<T>(name: &'static str, deadline: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
     let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(deadline, f).await {
-        Ok(r) => r,
-        Err(_) => Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis()))),
-    };
+    let result = within(name, deadline, f).await;
+    record_call(name, started, result.is_err());
+    result
+}
+
+/// `f`, or `Unavailable` naming `name` once `deadline` has passed.
+pub(crate) async fn within<T>(name: &str, deadline: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(deadline, f).await.unwrap_or_else(|_| {
+        Err(BrokerError::Unavailable(format!("{name} exceeded the {} ms deadline", deadline.as_millis())))
+    })
+}
+
+/// A call of `name` that started at `started` ended now: its latency and,
+/// when it `failed`, its error in the metrics.
+pub(crate) fn record_call(name: &'static str, started: std::time::Instant, failed: bool) {
     duration_histogram(name).record(started.elapsed().as_secs_f64());
-    if result.is_err() {
+    if failed {
         metrics::counter!("stream_broker_request_errors_total", "method" => name).increment(1);
     }
-    result
 }
 
 /// The request-duration histogram of a method. Handles are looked up in the
 /// recorder once per method, not on every call (a registry lookup per call
 /// showed in the per-call profile).
-pub(crate) fn duration_histogram(name: &'static str) -> metrics::Histogram {
+fn duration_histogram(name: &'static str) -> metrics::Histogram {
     static HANDLES: std::sync::OnceLock<std::sync::RwLock<HashMap<&'static str, metrics::Histogram>>> =
         std::sync::OnceLock::new();
     let handles = HANDLES.get_or_init(Default::default);
