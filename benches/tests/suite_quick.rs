@@ -67,6 +67,7 @@ fn quick_suite_reports_every_benchmark_with_its_disk_reference() {
         "e2e.50pct.p999_ms",
         "e2e.50pct.even.p99_ms",
         "e2e.50pct.cores_busy",
+        "e2e.50pct.fsync_over_25ms",
         "percall.health.broker_us_per_call",
         "percall.unary.broker_us_per_call",
         "percall.stream.broker_us_per_call",

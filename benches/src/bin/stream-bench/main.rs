@@ -709,6 +709,76 @@ pub(crate) struct E2e {
     /// process) from the first call to the last answer, divided by that
     /// wall time: how many cores were busy on average.
     pub cores_busy: f64,
+    /// The in-process broker's `fdatasync`s during the run (None with an
+    /// external broker).
+    pub syncs: Option<Syncs>,
+}
+
+/// The in-process broker's `fdatasync`s over a span of time, from its
+/// `stream_broker_fsync_seconds` histogram: how much of a produce ->
+/// subscriber latency the disk explains. Every record waits for the
+/// `fdatasync` of its group commit, so one that takes 40 ms holds its
+/// records for at least that long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Syncs {
+    pub count: u64,
+    pub over_10ms: u64,
+    pub over_25ms: u64,
+    pub over_50ms: u64,
+    /// Upper bound of the histogram bucket the slowest one fell in, in ms
+    /// (infinite above the last bucket, 10 s); 0 when there was none.
+    pub slowest_le_ms: f64,
+}
+
+/// `stream_broker_fsync_seconds` of this process's metrics recorder as
+/// cumulative buckets `(le in seconds, count)`, ascending; empty when this
+/// process runs no broker.
+fn fsync_buckets() -> Vec<(f64, u64)> {
+    parse_fsync_buckets(&broker::telemetry::prometheus().render())
+}
+
+/// The `stream_broker_fsync_seconds_bucket` lines of a Prometheus page.
+fn parse_fsync_buckets(page: &str) -> Vec<(f64, u64)> {
+    let mut buckets: Vec<(f64, u64)> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("stream_broker_fsync_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+impl Syncs {
+    /// What happened between two [`fsync_buckets`] readings; None when
+    /// there is no histogram (an external broker).
+    fn between(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Self> {
+        let at = |list: &[(f64, u64)], le: f64| list.iter().find(|(l, _)| *l == le).map_or(0, |(_, c)| *c);
+        let count = after.last()?.1 - before.last().map_or(0, |b| b.1);
+        let within = |le: f64| at(after, le) - at(before, le);
+        let slowest_le_ms = if count == 0 {
+            0.0
+        } else {
+            after.iter().find(|(le, _)| within(*le) == count).map_or(f64::INFINITY, |(le, _)| le * 1000.0)
+        };
+        Some(Self {
+            count,
+            over_10ms: count - within(0.01),
+            over_25ms: count - within(0.025),
+            over_50ms: count - within(0.05),
+            slowest_le_ms,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} fdatasync(s) of the broker, {} over 10 ms, {} over 25 ms, {} over 50 ms, the slowest at most {} ms",
+            self.count, self.over_10ms, self.over_25ms, self.over_50ms, self.slowest_le_ms
+        )
+    }
 }
 
 /// CPU time this process has used, on all its threads.
@@ -794,7 +864,7 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     let mut producers = clients(endpoint, 4).await;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut i = 0usize;
-    let (cpu_before, started) = (process_cpu(), Instant::now());
+    let (cpu_before, started, syncs_before) = (process_cpu(), Instant::now(), fsync_buckets());
     while Instant::now() < deadline {
         tick.tick().await;
         let mut left = per_tick;
@@ -834,12 +904,13 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     while received.load(Ordering::SeqCst) < sent && Instant::now() < give_up {
         let _ = tokio::time::timeout(Duration::from_secs(1), arrived.notified()).await;
     }
+    let syncs = Syncs::between(&syncs_before, &fsync_buckets());
     c.delete_stream(pb::DeleteStreamRequest { stream_name: name.into() }).await.expect("delete");
     let mut latency = hist();
     for s in subscribers {
         latency.add(s.await.expect("subscriber")).expect("merge");
     }
-    E2e { sent, latency, cores_busy }
+    E2e { sent, latency, cores_busy, syncs }
 }
 
 async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
@@ -860,6 +931,10 @@ async fn e2e(args: &Args, rate: u64, shards: u32, pacing: Pacing) {
         h.max() as f64 / 1000.0
     );
     println!("CPU: {:.2} cores of this process busy on average while producing", r.cores_busy);
+    match r.syncs {
+        Some(s) => println!("disk: {} (until the last record arrived)", s.describe()),
+        None => println!("disk: not measured (an external broker's fdatasyncs are on its /metrics)"),
+    }
     println!(
         "target: p99 < 10 ms at half the maximum throughput -> {}",
         if ms(h, 0.99) < 10.0 { "MET" } else { "MISSED" }
@@ -1280,4 +1355,36 @@ async fn overload(args: &Args, shards: u32) {
         p99[0],
         if ratio < 1.5 { "MET" } else { "MISSED" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(counts: [u64; 4]) -> String {
+        let les = ["0.01", "0.025", "0.05", "+Inf"];
+        let mut page = String::from("# TYPE stream_broker_fsync_seconds histogram\n");
+        for (le, c) in les.iter().zip(counts) {
+            page.push_str(&format!("stream_broker_fsync_seconds_bucket{{le=\"{le}\"}} {c}\n"));
+        }
+        page.push_str(&format!("stream_broker_fsync_seconds_count {}\n", counts[3]));
+        page
+    }
+
+    #[test]
+    fn syncs_count_what_happened_between_two_readings() {
+        let before = parse_fsync_buckets(&page([5, 5, 5, 5]));
+        assert_eq!(before, vec![(0.01, 5), (0.025, 5), (0.05, 5), (f64::INFINITY, 5)]);
+        // 8 more: 5 within 10 ms, 2 within 25 ms, 1 above 50 ms.
+        let after = parse_fsync_buckets(&page([10, 12, 12, 13]));
+        let s = Syncs::between(&before, &after).expect("a histogram");
+        assert_eq!((s.count, s.over_10ms, s.over_25ms, s.over_50ms), (8, 3, 1, 1));
+        assert_eq!(s.slowest_le_ms, f64::INFINITY);
+        // The slowest bucket is the first that holds them all.
+        let s = Syncs::between(&before, &parse_fsync_buckets(&page([6, 9, 9, 9]))).expect("a histogram");
+        assert_eq!((s.count, s.over_10ms, s.slowest_le_ms), (4, 3, 25.0));
+        // Nothing synced, and no broker at all.
+        assert_eq!(Syncs::between(&before, &before).map(|s| s.slowest_le_ms), Some(0.0));
+        assert_eq!(Syncs::between(&[], &parse_fsync_buckets("no histogram here")), None);
+    }
 }

@@ -559,6 +559,18 @@ async fn e2e(r: &mut Report, args: &Args, sizes: &Sizes, max_1k: f64) {
             "CPU time of the whole stream-bench process (broker, producers and subscribers when the broker is in process) from the first PutRecords to the last answer, over that wall time",
             None,
         );
+        if let Some(syncs) = res.syncs {
+            r.add(
+                format!("e2e.{pct}pct{tag}.fsync_over_25ms"),
+                format!("produce -> subscriber at {pct}% of max{pacing_name}: broker fdatasyncs over 25 ms (the disk's share)"),
+                syncs.over_25ms as f64,
+                "fdatasyncs",
+                Ref::None,
+                format!("{load}; {}", syncs.describe()),
+                "the in-process broker's stream_broker_fsync_seconds histogram, from the first PutRecords until the last record arrived",
+                None,
+            );
+        }
         let delivered = res.latency.len() as f64 / res.sent.max(1) as f64;
         r.add(
             format!("e2e.{pct}pct{tag}.delivered_ratio"),
