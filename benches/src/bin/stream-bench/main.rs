@@ -864,7 +864,10 @@ pub(crate) async fn e2e_run(endpoint: &str, name: &str, rate: u64, shards: u32, 
     let mut producers = clients(endpoint, 4).await;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut i = 0usize;
-    let (cpu_before, started, syncs_before) = (process_cpu(), Instant::now(), fsync_buckets());
+    // Read first: rendering the metrics page drains every histogram sample
+    // recorded so far, which is not this run's CPU.
+    let syncs_before = fsync_buckets();
+    let (cpu_before, started) = (process_cpu(), Instant::now());
     while Instant::now() < deadline {
         tick.tick().await;
         let mut left = per_tick;
