@@ -381,10 +381,6 @@ pub struct StorageConfig {
     /// Threads that run every shard's writer (group commit, `fdatasync`):
     /// at most this many shards commit at once, however many shards there are.
     pub writer_threads: usize,
-    /// Zeros written ahead of each active segment's data before a group
-    /// commit's `fdatasync`, so most `fdatasync`s overwrite allocated blocks
-    /// instead of growing the file (see `shardlog::Config::prefill_bytes`). 0: off.
-    pub prefill_bytes: u64,
 }
 
 /// `[retention]`
@@ -507,7 +503,6 @@ impl Default for StorageConfig {
             reserve_bytes: 64 * 1024 * 1024,
             free_space_check_interval_ms: 250,
             writer_threads: 32,
-            prefill_bytes: s.prefill_bytes,
         }
     }
 }
@@ -598,7 +593,6 @@ impl BrokerConfig {
             segment_bytes_max: self.storage.segment_bytes_max,
             segment_age_max_ms: self.storage.segment_age_max_ms,
             index_interval_bytes: self.storage.index_interval_bytes,
-            prefill_bytes: self.storage.prefill_bytes,
             ..shardlog::Config::default()
         };
         if let Err(shardlog::Error::InvalidConfig { field, reason }) = storage.validate() {
@@ -770,7 +764,6 @@ impl BrokerConfig {
             segment_bytes_max: self.storage.segment_bytes_max,
             segment_age_max_ms: self.storage.segment_age_max_ms,
             index_interval_bytes: self.storage.index_interval_bytes,
-            prefill_bytes: self.storage.prefill_bytes,
             record_bytes_max,
             ..shardlog::Config::default()
         }

@@ -895,15 +895,11 @@ impl Writer {
         close || gone
     }
 
-    /// The last sync when the writer stops: the log is closed (synced,
-    /// its rolled segments sealed, its preallocated zeros cut).
+    /// The last sync when the writer stops.
     fn finish(&mut self) {
-        if self.core.failure().is_some() {
-            return;
-        }
-        if let Some(log) = self.log.take() {
-            if let Err(e) = log.close() {
-                tracing::error!(shard = %self.core.id, error = %e, "closing the shard log failed");
+        if let Some(log) = self.log.as_mut().filter(|_| self.core.failure().is_none()) {
+            if let Err(e) = log.sync() {
+                tracing::error!(shard = %self.core.id, error = %e, "final sync of shard log failed");
             }
         }
     }

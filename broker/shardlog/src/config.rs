@@ -40,18 +40,6 @@ pub struct Config {
     /// truncation (or a roll, once 4 segments wait), on the caller's thread;
     /// deterministic, for tests. Default on.
     pub background_seal: bool,
-    /// Before a `sync`, the active segment is extended with zeros to about
-    /// this many bytes past its data (never more than the data it already
-    /// holds, at least 64 KiB), synced with the data, so that the next
-    /// `sync`s overwrite blocks the file system has already allocated and
-    /// sized: the `fdatasync` of an overwrite writes the data and flushes,
-    /// where one of an append also commits the file system's journal (ext4
-    /// allocates the blocks and grows the file at that `fdatasync`). The
-    /// zeros are cut when the segment rolls or the log closes; recovery
-    /// cuts a zero tail without counting it as torn. It costs one write of
-    /// zeros per byte of log (PostgreSQL zero-fills its WAL files for the
-    /// same reason). `0` turns it off. Default 1 MiB, at most 64 MiB.
-    pub prefill_bytes: u64,
 }
 
 impl Default for Config {
@@ -65,15 +53,12 @@ impl Default for Config {
             batch_bytes_max: 16 * 1024 * 1024,
             write_buffer_bytes: 256 * 1024,
             background_seal: true,
-            prefill_bytes: 1024 * 1024,
         }
     }
 }
 
 /// Upper bound of [`Config::segment_bytes_max`].
 pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 1024 * 1024 * 1024;
-/// Upper bound of [`Config::prefill_bytes`].
-pub const PREFILL_BYTES_MAX_LIMIT: u64 = 64 * 1024 * 1024;
 /// Upper bound of [`Config::record_bytes_max`].
 pub const RECORD_BYTES_MAX_LIMIT: u32 = 10 * 1024 * 1024;
 
@@ -102,9 +87,6 @@ impl Config {
         if self.write_buffer_bytes > 64 * 1024 * 1024 {
             return bad("write_buffer_bytes", format!("{} exceeds 64 MiB", self.write_buffer_bytes));
         }
-        if self.prefill_bytes > PREFILL_BYTES_MAX_LIMIT {
-            return bad("prefill_bytes", format!("{} exceeds 64 MiB", self.prefill_bytes));
-        }
         Ok(())
     }
 }
@@ -128,7 +110,6 @@ mod tests {
             ("batch_records_max", Config { batch_records_max: 0, ..Config::default() }),
             ("batch_bytes_max", Config { batch_bytes_max: u32::MAX, ..Config::default() }),
             ("write_buffer_bytes", Config { write_buffer_bytes: usize::MAX, ..Config::default() }),
-            ("prefill_bytes", Config { prefill_bytes: 65 * 1024 * 1024, ..Config::default() }),
         ];
         for (field, config) in cases {
             match config.validate() {

@@ -218,8 +218,6 @@ struct FaultPlan {
     fail_syncs: AtomicBool,
     torn: AtomicBool,
     triggered: AtomicBool,
-    /// Writes reaching past this file position fail (0: no limit).
-    file_bytes_max: AtomicU64,
 }
 
 impl FaultPlan {
@@ -264,12 +262,6 @@ impl FaultyIo {
         left.store(successes, Ordering::SeqCst);
         self.plan.torn.store(torn, Ordering::SeqCst);
         armed.store(true, Ordering::SeqCst);
-    }
-
-    /// From now on, a write that would reach past byte `max` of its file
-    /// fails with `StorageFull` (a full disk), and nothing of it is written.
-    pub fn fail_writes_past(&self, max: u64) {
-        self.plan.file_bytes_max.store(max, Ordering::SeqCst);
     }
 
     /// Whether an injected fault has fired.
@@ -330,11 +322,6 @@ impl IoFile for FaultyFile {
     }
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
-        let max = self.plan.file_bytes_max.load(Ordering::SeqCst);
-        if max > 0 && pos + buf.len() as u64 > max {
-            self.plan.triggered.store(true, Ordering::SeqCst);
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device"));
-        }
         if self.plan.should_fail(FaultKind::Write) {
             if self.plan.torn.load(Ordering::SeqCst) {
                 self.inner.write_all_at(&buf[..buf.len() / 2], pos)?;

@@ -59,7 +59,7 @@ pub mod recovery;
 mod seal;
 mod segment;
 
-pub use config::{Config, PREFILL_BYTES_MAX_LIMIT, RECORD_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX_LIMIT};
+pub use config::{Config, RECORD_BYTES_MAX_LIMIT, SEGMENT_BYTES_MAX_LIMIT};
 pub use error::{Error, Result};
 pub use log::{
     Appended, LogReader, LogStats, ReadBatch, Record, RecordRef, RepairPlan, ShardLog, Trimmed, validate_record,

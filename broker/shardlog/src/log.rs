@@ -28,17 +28,6 @@
 //!   the first `sync` of a rolled segment), so recovery can tell bytes that
 //!   were never synced from damaged synced bytes, in this segment and older
 //!   ones (see [`crate::recovery`]).
-//! - **Zeros past the data are only ever preallocation.** Before a `sync`
-//!   the active segment may be extended with zeros past its data
-//!   ([`Config::prefill_bytes`]), synced with the data, so that later syncs
-//!   overwrite allocated blocks instead of growing the file. They are
-//!   written only past every written byte, so they never cover a batch; a
-//!   roll cuts them before the sealed segment's `fdatasync` (so a sealed
-//!   segment ends at its last batch), `close` cuts them, and recovery cuts
-//!   an all-zero tail of the active segment as preallocation
-//!   ([`RecoveryReport::preallocated_bytes`]), not as a torn write. A
-//!   failed zero write is not a failed append (the data's own write and
-//!   `fdatasync` decide that): it only stops preallocation for the segment.
 //! - **Damage is reported, not fatal.** Reads stop at damaged bytes with
 //!   [`Error::Corrupt`] naming file and byte, and serve everything else; a
 //!   log whose active segment is damaged in its synced part is read-only
@@ -212,11 +201,6 @@ struct Active {
     /// Bytes of the segment covered by the last successful `fdatasync`;
     /// every appended batch records it.
     durable_len: u64,
-    /// End of the bytes the file holds: the data, then zeros written by
-    /// [`ShardLog::prefill`]. At least `len` once the data is written.
-    file_len: u64,
-    /// Preallocation failed once for this segment (a full disk): no more tries.
-    prefill_off: bool,
     /// Format version of the segment file; an older one is rolled before appending.
     version: u16,
     first_ts: Option<u64>,
@@ -230,8 +214,6 @@ impl Active {
             segment: f.found.segment,
             len: f.found.len,
             durable_len: f.found.len,
-            file_len: f.found.len,
-            prefill_off: false,
             version: f.version,
             first_ts: f.found.first_ts,
             max_ts: f.found.max_ts,
@@ -499,58 +481,9 @@ impl ShardLog {
     /// once every older segment is synced too (see [`sync`](Self::sync)).
     fn sync_active(&mut self) -> Result<()> {
         crate::failpoint!("shardlog::sync::after_write_before_fsync", &self.active.segment.path);
-        self.prefill();
         let path = &self.active.segment.path;
         self.active.segment.file.sync_data().map_err(io_err("sync segment", path))?;
         crate::failpoint!("shardlog::sync::after_fsync", path);
-        Ok(())
-    }
-
-    /// Extends the active segment with zeros past its data when fewer than a
-    /// quarter of the wanted bytes remain ahead: to about `prefill_bytes`
-    /// past the data, or as much as the segment holds if that is less (so a
-    /// small shard takes little disk), at least 64 KiB, ending on a 64 KiB
-    /// unit, never past the segment's size limit. Called after every buffered byte is
-    /// written, so the zeros start past all data. Best effort: a failed
-    /// write (a full disk) leaves at most some unsynced zeros past the data
-    /// and turns preallocation off for this segment.
-    fn prefill(&mut self) {
-        const UNIT: u64 = 64 * 1024;
-        static ZEROS: [u8; UNIT as usize] = [0; UNIT as usize];
-        let a = &mut self.active;
-        if self.config.prefill_bytes == 0 || a.prefill_off {
-            return;
-        }
-        debug_assert!(self.pending.is_empty(), "prefill only past written data");
-        let want = (a.len - FILE_HEADER_LEN).clamp(UNIT, self.config.prefill_bytes.max(UNIT));
-        let start = a.file_len.max(a.len);
-        let end = ((a.len + want) / UNIT * UNIT).min(self.config.segment_bytes_max);
-        if start >= a.len + want / 4 || end <= start {
-            return;
-        }
-        let mut at = start;
-        while at < end {
-            let n = (end - at).min(UNIT - at % UNIT);
-            if let Err(e) = a.segment.file.write_all_at(&ZEROS[..n as usize], at) {
-                tracing::warn!(path = %a.segment.path.display(), error = %e, "preallocating the segment failed; going on without");
-                a.prefill_off = true;
-                a.file_len = a.file_len.max(at);
-                return;
-            }
-            at += n;
-        }
-        a.file_len = end.max(a.file_len);
-    }
-
-    /// Cuts the zeros [`prefill`](Self::prefill) wrote past the active
-    /// segment's data (before a roll seals it or the log closes).
-    fn cut_prefill(&mut self) -> Result<()> {
-        if self.active.file_len <= self.active.len {
-            return Ok(());
-        }
-        let r = self.active.segment.file.set_len(self.active.len);
-        self.fail_on_err(r, "cut preallocated zeros")?;
-        self.active.file_len = self.active.len;
         Ok(())
     }
 
@@ -566,11 +499,6 @@ impl ShardLog {
     /// Syncs and closes the log, once every rolled segment's index files are written.
     pub fn close(mut self) -> Result<()> {
         self.sync()?;
-        if self.active.file_len > self.active.len {
-            self.cut_prefill()?;
-            let r = self.active.segment.file.sync_data();
-            self.fail_on_err(r, "sync segment")?;
-        }
         let sealed = self.sealer.wait_done();
         self.fail_on_err(sealed, "seal segment")
     }
@@ -670,8 +598,7 @@ impl ShardLog {
             known.retain(|d| segments[target..].iter().all(|v| v.segment.path != d.path));
         }
         let keep = &segments[target].segment;
-        // The visible end, not the file's: the active segment may hold preallocated zeros past it.
-        let file_len = segments[target].len;
+        let file_len = keep.file.size().map_err(io_err("stat segment", &keep.path))?;
         let (start_seq, start_pos) = keep.index().floor(keep.base_seq, new_next);
         let mut cut: Option<(u64, Option<Vec<u8>>)> = None;
         let end =
@@ -865,8 +792,6 @@ impl ShardLog {
     /// Readers see the roll at the next `publish` or `sync`.
     fn roll(&mut self) -> Result<()> {
         self.flush_pending()?;
-        // Before the seal job's `fdatasync`, which makes the cut durable too.
-        self.cut_prefill()?;
         let created = recovery::create_segment_unsynced(self.io.as_ref(), &self.dir, self.next_seq);
         let file = self.fail_on_err(created, "create segment")?;
         let path = path_of(&self.dir, self.next_seq, FileKind::Log);
@@ -876,8 +801,6 @@ impl ShardLog {
             len: FILE_HEADER_LEN,
             // Nothing of the new segment is synced, and older segments may not be either.
             durable_len: 0,
-            file_len: FILE_HEADER_LEN,
-            prefill_off: false,
             version: format::VERSION,
             first_ts: None,
             max_ts: None,
@@ -1387,116 +1310,6 @@ mod tests {
         }
     }
 
-    /// Appends and syncs `syncs` batches of 64 records of 1,000 bytes (about
-    /// 65 KiB, one group commit of the e2e benchmark per shard), returning
-    /// the file's size after each sync.
-    fn sync_batches(log: &mut ShardLog, syncs: u64) -> Vec<u64> {
-        let data = vec![7u8; 1000];
-        let recs: Vec<RecordRef<'_>> = (0..64).map(|_| RecordRef { partition_key: b"pk", data: &data }).collect();
-        (0..syncs)
-            .map(|t| {
-                log.append(t, &recs).expect("append");
-                log.sync().expect("sync");
-                log.active.segment.file.size().expect("size")
-            })
-            .collect()
-    }
-
-    fn zeros_past_data(log: &ShardLog) -> bool {
-        let file = &log.active.segment.file;
-        let size = file.size().expect("size");
-        let mut tail = vec![1u8; (size - log.active.len) as usize];
-        file.read_exact_at(&mut tail, log.active.len).expect("read");
-        tail.iter().all(|&b| b == 0)
-    }
-
-    #[test]
-    fn most_syncs_overwrite_preallocated_zeros_instead_of_growing_the_file() {
-        let io = SimIo::new();
-        let mut log = open(&io, Config::default());
-        let sizes = sync_batches(&mut log, 64);
-        let grew = sizes.windows(2).filter(|w| w[1] != w[0]).count() + 1;
-        // Without preallocation every sync grows the file (64 of 64).
-        assert!(grew <= 12, "{grew} of 64 syncs grew the file: {sizes:?}");
-        assert!(log.active.segment.file.size().expect("size") > log.active.len);
-        assert!(zeros_past_data(&log), "only zeros past the data");
-        let ahead = sizes.last().expect("synced") - log.active.len;
-        assert!(ahead <= 1024 * 1024 + 64 * 1024, "at most prefill_bytes ahead: {ahead}");
-        let read = log.read(0, 10_000, usize::MAX).expect("read");
-        assert_eq!(read.records.len(), 64 * 64, "readers stop at the data");
-    }
-
-    #[test]
-    fn a_small_shard_preallocates_little() {
-        let io = SimIo::new();
-        let mut log = open(&io, Config::default());
-        log.append(0, &[RecordRef { partition_key: b"pk", data: b"x" }]).expect("append");
-        log.sync().expect("sync");
-        assert_eq!(log.active.segment.file.size().expect("size"), 64 * 1024, "one unit for a tiny segment");
-    }
-
-    #[test]
-    fn a_roll_and_a_close_cut_the_preallocated_zeros() {
-        let io = SimIo::new();
-        let config = Config { segment_bytes_max: 1024 * 1024, ..Config::default() };
-        let mut log = open(&io, config.clone());
-        sync_batches(&mut log, 40);
-        log.wait_sealed().expect("sealed");
-        let visible = log.shared.read().clone();
-        assert!(visible.len() >= 2, "rolled");
-        for v in &visible[..visible.len() - 1] {
-            assert_eq!(v.segment.file.size().expect("size"), v.len, "a sealed segment ends at its last batch");
-        }
-        assert!(log.active.segment.file.size().expect("size") > log.active.len);
-        let path = log.active.segment.path.clone();
-        let len = log.active.len;
-        log.close().expect("close");
-        let again = open(&io, config);
-        assert!(again.recovery_report().is_clean(), "{:?}", again.recovery_report());
-        assert_eq!(again.recovery_report().preallocated_bytes, 0, "close cut them");
-        assert_eq!(again.active.segment.path, path);
-        assert_eq!(again.active.segment.file.size().expect("size"), len);
-    }
-
-    #[test]
-    fn reopening_after_a_crash_cuts_the_zeros_as_preallocation_not_a_torn_write() {
-        let io = SimIo::new();
-        let mut log = open(&io, Config::default());
-        sync_batches(&mut log, 20);
-        let next = log.next_seq();
-        let zeros = log.active.segment.file.size().expect("size") - log.active.len;
-        assert!(zeros > 0);
-        drop(log); // kill -9: no close
-        let mut again = open(&io, Config::default());
-        let report = again.recovery_report().clone();
-        assert!(report.is_clean(), "{report:?}");
-        assert_eq!((report.preallocated_bytes, report.truncated_bytes), (zeros, 0));
-        assert_eq!(again.next_seq(), next);
-        sync_batches(&mut again, 3);
-        assert_eq!(again.read(0, 10_000, usize::MAX).expect("read").records.len() as u64, next + 3 * 64);
-        drop(again);
-        let third = open(&io, Config::default());
-        assert_eq!(third.next_seq(), next + 3 * 64);
-    }
-
-    #[test]
-    fn a_full_disk_stops_preallocation_not_appends() {
-        let sim = SimIo::new();
-        let io = crate::io::FaultyIo::new(Arc::new(sim.clone()));
-        let mut log = ShardLog::open_with_io("/shard", Config::default(), Arc::new(io.clone())).expect("open");
-        sync_batches(&mut log, 2);
-        // Room for the data of a few more syncs, not for the zeros ahead.
-        io.fail_writes_past(log.active.len + 4 * 66_000);
-        sync_batches(&mut log, 4);
-        assert!(io.triggered(), "a zero write hit the limit");
-        assert!(log.poisoned().is_none(), "only the zeros failed");
-        assert_eq!(log.read(0, 10_000, usize::MAX).expect("read").records.len(), 6 * 64);
-        drop(log);
-        let again = open(&sim, Config::default());
-        assert_eq!(again.next_seq(), 6 * 64, "{:?}", again.recovery_report());
-        assert!(again.recovery_report().damage.is_empty());
-    }
-
     fn seqs(batch: &ReadBatch) -> Vec<u64> {
         batch.records.iter().map(|r| r.seq).collect()
     }
@@ -1504,7 +1317,7 @@ mod tests {
     #[test]
     fn appends_write_whole_64k_units_and_a_sync_writes_the_rest() {
         let io = SimIo::new();
-        let mut log = open(&io, Config { prefill_bytes: 0, ..Config::default() });
+        let mut log = open(&io, Config::default());
         let data = vec![7u8; 1000];
         let recs: Vec<RecordRef<'_>> = (0..100).map(|_| RecordRef { partition_key: b"pk", data: &data }).collect();
         let mut written = Vec::new();

@@ -29,16 +29,6 @@
 //! - **Version-1 active segments** carry no durable lengths; for them any
 //!   valid batch later in the sequence after the first invalid byte makes
 //!   the damage real (read-only), as before version 2.
-//! - **A tail of zeros is preallocation, not a torn write.** The writer
-//!   extends the active segment with zeros before a `sync` (see
-//!   [`Config::prefill_bytes`](crate::Config::prefill_bytes)); when every
-//!   byte from the first invalid one to the end of the active segment is
-//!   zero and the cut is allowed as above, it is cut the same way but
-//!   counted in [`RecoveryReport::preallocated_bytes`], so a restart after
-//!   `kill -9` reports a clean open. A cut that takes anything but zeros
-//!   counts every byte it takes as truncated. (A power loss that lost only unsynced
-//!   pages of a preallocated segment leaves the same zeros: those pages
-//!   were never acknowledged either way.)
 //! - **Rolled segments may be torn too.** A roll does not sync on the
 //!   append path (see [`crate::seal`]): a sealed segment is proven synced
 //!   once its index files are written (a seal writes them only after the
@@ -114,11 +104,8 @@ impl Damage {
 pub struct RecoveryReport {
     /// Segments in the log after opening.
     pub segments: usize,
-    /// Bytes cut from the tail of the active segment (preallocated zeros not included).
+    /// Bytes cut from the tail of the active segment.
     pub truncated_bytes: u64,
-    /// Zeros past the active segment's last batch that the writer had
-    /// preallocated, cut: not damage, not a torn write.
-    pub preallocated_bytes: u64,
     /// Where the active segment was cut, with the reason the bytes there were invalid.
     pub truncated_at: Option<(PathBuf, u64, String)>,
     /// Damage found and left in place (see the module docs), in log order.
@@ -676,35 +663,14 @@ pub(crate) fn open_active(
             return Ok(active_of(base_seq, path, file, scan, version, Some(d)));
         }
         scan = before;
-        let zeros = all_zero(file.as_ref(), &path, scan.valid_len, len)?;
         file.set_len(scan.valid_len).map_err(io_err("truncate torn tail", &path))?;
-        if zeros {
-            report.preallocated_bytes += len - scan.valid_len;
-        } else {
-            report.truncated_bytes += len - scan.valid_len;
-            report.truncated_at = Some((path.clone(), scan.valid_len, bad.reason));
-        }
+        report.truncated_bytes += len - scan.valid_len;
+        report.truncated_at = Some((path.clone(), scan.valid_len, bad.reason));
     }
     // Bytes that survived a crash may still be only in the page cache;
     // `fdatasync` them before the first append claims them as durable.
     file.sync_data().map_err(io_err("sync segment", &path))?;
     Ok(active_of(base_seq, path, file, scan, version, None))
-}
-
-/// True if every byte of `file` in `from..to` is zero: the writer's
-/// preallocation (or unsynced pages of it that a power loss dropped).
-fn all_zero(file: &dyn IoFile, path: &Path, from: u64, to: u64) -> Result<bool> {
-    let mut buf = vec![0u8; (to.saturating_sub(from)).min(1 << 20) as usize];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], at).map_err(io_err("read segment", path))?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-        at += n as u64;
-    }
-    Ok(true)
 }
 
 fn rewrite_header(file: &dyn IoFile, path: &Path, base_seq: u64) -> Result<()> {
@@ -851,13 +817,8 @@ pub(crate) fn cut_torn(
         report.truncated_bytes += bytes;
         report.removed_segments.push(p);
     }
-    let cut_bytes = s.len.saturating_sub(cut.position.max(FILE_HEADER_LEN));
-    if later.is_empty() && cut.position >= FILE_HEADER_LEN && all_zero(s.file.as_ref(), &s.path, cut.position, s.len)? {
-        report.preallocated_bytes += cut_bytes;
-    } else {
-        report.truncated_bytes += cut_bytes;
-        report.truncated_at = Some((s.path.clone(), cut.position, cut.reason));
-    }
+    report.truncated_bytes += s.len.saturating_sub(cut.position.max(FILE_HEADER_LEN));
+    report.truncated_at = Some((s.path.clone(), cut.position, cut.reason));
     if cut.position == 0 {
         rewrite_header(s.file.as_ref(), &s.path, s.base_seq)?;
         report.repaired_headers.push(s.path.clone());

@@ -70,9 +70,7 @@ fn frame_starts(file: &Path) -> (Vec<u64>, u64) {
     let bytes = fs::read(file).expect("read log");
     let mut pos = FILE_HEADER_LEN as usize;
     let mut starts = Vec::new();
-    // Zeros past the last frame are the writer's preallocation.
-    let data_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    while pos < data_end {
+    while pos < bytes.len() {
         let h = format::check_frame(&bytes[pos..]).expect("pristine log has valid frames");
         starts.push(pos as u64);
         pos += h.len as usize;
@@ -417,14 +415,14 @@ fn a_lost_unsynced_page_before_an_intact_later_page_is_a_torn_tail() {
     log.publish().expect("write without syncing");
     drop(log);
     let active = segment_files(dir.path()).pop().expect("segment");
-    let (starts, _) = frame_starts(&active);
+    let (starts, end) = frame_starts(&active);
     let mut bytes = fs::read(&active).expect("read");
     bytes[starts[6] as usize..starts[9] as usize].fill(0);
     fs::write(&active, &bytes).expect("write");
     let log = ShardLog::open(dir.path(), config()).expect("a power-loss shape never refuses");
     assert!(log.read_only().is_none() && log.recovery_report().damage.is_empty(), "{:?}", log.recovery_report());
     assert_eq!(log.next_seq(), 6);
-    assert_eq!(log.recovery_report().truncated_bytes, bytes.len() as u64 - starts[6], "the preallocated zeros too");
+    assert_eq!(log.recovery_report().truncated_bytes, end - starts[6]);
     drop(log);
     reopen_is_clean(dir.path(), 6);
 }
