@@ -579,6 +579,7 @@ impl Catalog {
             interval_ms: c.durability.interval_ms,
             queue_depth: c.limits.shard_queue_depth,
             group_max: c.limits.group_commit_max_requests,
+            commit_delay: std::time::Duration::from_micros(c.limits.group_commit_delay_us),
             writers: self.writers.clone(),
             closed: !s.is_open(),
         };

@@ -407,6 +407,11 @@ pub struct LimitsConfig {
     pub shard_queue_depth: usize,
     /// Most produce requests one group commit covers.
     pub group_commit_max_requests: usize,
+    /// While a shard commits often (`durability.mode = always`, 20 commits
+    /// in the last 100 ms), its writer waits up to this long for more
+    /// requests before it commits, ending early once 32 requests or 256 KiB
+    /// are gathered, so one `fdatasync` covers more. 0: never wait.
+    pub group_commit_delay_us: u64,
     /// Concurrent SubscribeShard calls per shard: Kinesis's 20 registered
     /// consumers per stream, each subscribed to each shard at most once.
     pub subscribers_per_shard: usize,
@@ -522,6 +527,7 @@ impl Default for LimitsConfig {
             request_timeout_ms: 30_000,
             shard_queue_depth: 1024,
             group_commit_max_requests: 1024,
+            group_commit_delay_us: 1_000,
             subscribers_per_shard: 20,
             subscribe_heartbeat_ms: 5_000,
             subscription_lifetime_ms: 300_000,
@@ -690,6 +696,9 @@ impl BrokerConfig {
             if v == 0 {
                 return bad(key, "must be positive");
             }
+        }
+        if l.group_commit_delay_us > 100_000 {
+            return bad("limits.group_commit_delay_us", "must be 0..=100000 (100 ms)");
         }
         if !(8 * 1024..=1024 * 1024).contains(&l.http_max_header_bytes) {
             return bad("limits.http_max_header_bytes", "must be 8 KiB..=1 MiB");
