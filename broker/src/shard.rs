@@ -24,9 +24,10 @@
 //! quiet spell start at once); an acknowledgement waits at most the delay
 //! longer than it would have; only appends wait (a trim, seal, repair or
 //! close never does); the wait holds only the pool thread the shard already
-//! occupies. (`stream-bench e2e --rate 412000 --pacing lockstep`: 15,410–
-//! 16,035 `fdatasync`s per run against 35,882–43,976, 1.38–1.41 cores
-//! against 1.50–1.77; see `benches/README.md`.)
+//! occupies (with more busy shards than `storage.writer_threads`, that
+//! thread is kept from the others for up to the delay).
+//! (`stream-bench e2e --rate 412000 --pacing lockstep`: 15,500–18,600
+//! `fdatasync`s per run against 36,400–37,700; see `benches/README.md`.)
 //!
 //! **`interval` and `never`.** A commit only publishes (`write`, no
 //! `fdatasync`). In `interval` mode the writer itself checks, at every
