@@ -884,6 +884,7 @@ mod tests {
             (vec![("STREAM_BROKER_QUOTAS__READ_CALLS_PER_SEC", "0")], "quotas.read_calls_per_sec"),
             (vec![("STREAM_BROKER_STORAGE__SEGMENT_BYTES_MAX", "10")], "storage.segment_bytes_max"),
             (vec![("STREAM_BROKER_LIMITS__SHARD_QUEUE_DEPTH", "0")], "limits.shard_queue_depth"),
+            (vec![("STREAM_BROKER_LIMITS__GROUP_COMMIT_DELAY_US", "200000")], "limits.group_commit_delay_us"),
             (vec![("STREAM_BROKER_STORAGE__MIN_FREE_PERCENT", "95")], "storage.min_free_percent"),
             (vec![("STREAM_BROKER_CONSOLE__SAMPLE_INTERVAL_MS", "5")], "console.sample_interval_ms"),
             (vec![("STREAM_BROKER_CONSOLE__ORDER_SERVICE_URL", "ftp://x")], "console.order_service_url"),
